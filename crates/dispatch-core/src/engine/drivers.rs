@@ -1,0 +1,250 @@
+//! Driver and fleet sessions: hello, positions, availability, batches, and
+//! what happens when a session ends.
+
+use std::collections::HashSet;
+
+use super::state::{Driver, Session};
+use super::{DriverHello, Effect, Engine, FleetDriverUpdate, NearbyDriver, NearbyQuery, Ping, SessionEnd, WithdrawReason};
+use crate::error::EngineError;
+use crate::geo::MAX_DISTANCE_M;
+use crate::ids::{DriverId, FleetId, SessionId};
+use crate::index::DriverKey;
+use crate::time::Timestamp;
+use crate::trip::Trip;
+
+impl Engine {
+    /// A driver's app says hello on a new session. A session already open
+    /// for the same driver is replaced (it gets [`SessionEnd::Replaced`]); a
+    /// driver a fleet speaks for cannot be taken. Returns the driver's
+    /// current trip, if it has one (it reconnected mid-trip).
+    pub fn connect_driver(
+        &mut self,
+        now: Timestamp,
+        session: SessionId,
+        hello: DriverHello,
+    ) -> Result<Option<Trip>, EngineError> {
+        let key = match self.driver_keys.get(&hello.driver).copied() {
+            Some(key) => {
+                match self.driver(key).session.and_then(|s| self.sessions.get(&s).map(|kind| (s, kind))) {
+                    Some((_, Session::Fleet { .. })) => return Err(EngineError::DriverHeldElsewhere(hello.driver)),
+                    Some((old, Session::Driver(_))) if old != session => {
+                        self.sessions.remove(&old);
+                        self.effects.push(Effect::EndSession { session: old, reason: SessionEnd::Replaced });
+                    }
+                    _ => {}
+                }
+                self.driver_mut(key).session = Some(session);
+                key
+            }
+            None => self.add_driver(hello.driver.clone(), session),
+        };
+        self.sessions.insert(session, Session::Driver(key));
+        let driver = self.driver_mut(key);
+        driver.services = if hello.services.is_empty() { crate::service::ServiceSet::taxi() } else { hello.services };
+        driver.available = hello.available;
+        driver.auto_accept = hello.auto_accept;
+        if let Some(position) = hello.position {
+            self.apply_fix(now, key, Ping { position, timestamp: None });
+        }
+        self.supply_changed = true;
+        let current = self.driver(key).trip;
+        Ok(current.and_then(|trip| self.trip(trip).cloned()))
+    }
+
+    /// A partner gateway says hello. A session already open for the same
+    /// fleet is replaced and its drivers move to the new one, so a gateway
+    /// restart loses nobody. Returns the current trips of the fleet's drivers.
+    pub fn connect_fleet(&mut self, session: SessionId, fleet: FleetId) -> Vec<Trip> {
+        let mut drivers = HashSet::new();
+        if let Some(old) = self.fleet_sessions.insert(fleet.clone(), session)
+            && old != session
+            && let Some(Session::Fleet { drivers: moved, .. }) = self.sessions.remove(&old)
+        {
+            self.effects.push(Effect::EndSession { session: old, reason: SessionEnd::Replaced });
+            for &key in &moved {
+                self.driver_mut(key).session = Some(session);
+            }
+            drivers = moved;
+        }
+        let trips = drivers.iter().filter_map(|&key| self.driver(key).trip).filter_map(|t| self.trip(t).cloned()).collect();
+        self.sessions.insert(session, Session::Fleet { fleet, drivers });
+        trips
+    }
+
+    /// A position report from a driver's own session.
+    pub fn ping(&mut self, now: Timestamp, session: SessionId, ping: Ping) -> Result<(), EngineError> {
+        let key = self.session_driver(session, None)?;
+        self.apply_fix(now, key, ping);
+        Ok(())
+    }
+
+    /// A driver goes on or off duty. Going off duty with an offer out
+    /// declines it.
+    pub fn set_availability(&mut self, now: Timestamp, session: SessionId, available: bool) -> Result<(), EngineError> {
+        let key = self.session_driver(session, None)?;
+        self.set_available(now, key, available);
+        Ok(())
+    }
+
+    /// One entry of a fleet's batch: registers the driver with the fleet if
+    /// it is new, then applies what the entry carries. A driver held by
+    /// another live session is refused and nothing changes.
+    pub fn fleet_update(
+        &mut self,
+        now: Timestamp,
+        session: SessionId,
+        update: FleetDriverUpdate,
+    ) -> Result<(), EngineError> {
+        match self.sessions.get(&session) {
+            Some(Session::Fleet { .. }) => {}
+            Some(Session::Driver(_)) => return Err(EngineError::WrongSessionKind("driver")),
+            None => return Err(EngineError::SessionNotOpen),
+        }
+        let key = match self.driver_keys.get(&update.driver).copied() {
+            Some(key) => match self.driver(key).session {
+                Some(holder) if holder != session => return Err(EngineError::DriverHeldElsewhere(update.driver)),
+                _ => key,
+            },
+            None => self.add_driver(update.driver.clone(), session),
+        };
+        self.driver_mut(key).session = Some(session);
+        if let Some(Session::Fleet { drivers, .. }) = self.sessions.get_mut(&session) {
+            drivers.insert(key);
+        }
+        let driver = self.driver_mut(key);
+        if let Some(services) = update.services.filter(|s| !s.is_empty()) {
+            driver.services = services;
+        }
+        driver.auto_accept = update.auto_accept;
+        if let Some(ping) = update.position {
+            self.apply_fix(now, key, ping);
+        }
+        if let Some(available) = update.available {
+            self.set_available(now, key, available);
+        }
+        self.supply_changed = true;
+        Ok(())
+    }
+
+    /// A session ended (app closed, network dropped, replaced). Its drivers
+    /// stop being offered rides at once; an offer out counts as declined.
+    /// A driver with a trip keeps it and may reconnect to resume; one
+    /// without is forgotten (positions are soft state and come back with
+    /// the next hello).
+    pub fn close_session(&mut self, now: Timestamp, session: SessionId) {
+        let keys: Vec<DriverKey> = match self.sessions.remove(&session) {
+            None => return,
+            Some(Session::Driver(key)) => vec![key],
+            Some(Session::Fleet { fleet, drivers }) => {
+                if self.fleet_sessions.get(&fleet) == Some(&session) {
+                    self.fleet_sessions.remove(&fleet);
+                }
+                drivers.into_iter().collect()
+            }
+        };
+        for key in keys {
+            let driver = self.driver_mut(key);
+            if driver.session != Some(session) {
+                continue;
+            }
+            driver.session = None;
+            if let Some(offer) = driver.offer {
+                self.stats.offers_declined += 1;
+                if let Some(trip) = self.close_offer(offer, WithdrawReason::Declined) {
+                    self.try_match(now, trip);
+                }
+            }
+            if self.driver(key).trip.is_none() {
+                self.forget_driver(key);
+            }
+        }
+    }
+
+    /// Drivers near a point, nearest first, for operators.
+    pub fn nearby(&self, query: &NearbyQuery) -> Vec<NearbyDriver> {
+        self.index
+            .nearest_iter(query.center, query.radius_m.unwrap_or(MAX_DISTANCE_M))
+            .map(|n| self.driver(n.key))
+            .filter(|d| d.session.is_some())
+            .filter(|d| query.service.is_none_or(|s| d.services.contains(s)))
+            .filter(|d| !query.available_only || d.is_offerable())
+            .take(query.limit)
+            .filter_map(|d| {
+                let position = d.position?;
+                Some(NearbyDriver {
+                    driver: d.id.clone(),
+                    position,
+                    distance_m: position.distance_m(query.center),
+                    available: d.is_offerable(),
+                })
+            })
+            .collect()
+    }
+
+    fn add_driver(&mut self, id: DriverId, session: SessionId) -> DriverKey {
+        let driver = Driver::new(id.clone(), session);
+        let key = match self.free_slots.pop() {
+            Some(key) => {
+                self.drivers[key.0 as usize] = Some(driver);
+                key
+            }
+            None => {
+                let key = DriverKey(u32::try_from(self.drivers.len()).unwrap_or(u32::MAX));
+                self.drivers.push(Some(driver));
+                key
+            }
+        };
+        self.driver_keys.insert(id, key);
+        key
+    }
+
+    pub(super) fn forget_driver(&mut self, key: DriverKey) {
+        self.index.remove(key);
+        if let Some(driver) = self.drivers.get_mut(key.0 as usize).and_then(Option::take) {
+            self.driver_keys.remove(&driver.id);
+            self.free_slots.push(key);
+        }
+    }
+
+    fn set_available(&mut self, now: Timestamp, key: DriverKey, available: bool) {
+        let driver = self.driver_mut(key);
+        driver.available = available;
+        if available {
+            self.supply_changed = true;
+        } else if let Some(offer) = driver.offer {
+            self.stats.offers_declined += 1;
+            if let Some(trip) = self.close_offer(offer, WithdrawReason::Declined) {
+                self.try_match(now, trip);
+            }
+        }
+    }
+
+    /// Applies a position fix unless it is older than the last one, and
+    /// keeps the rider of an assigned trip posted (at most once per
+    /// `rider_position_interval_ms`).
+    fn apply_fix(&mut self, now: Timestamp, key: DriverKey, ping: Ping) {
+        let driver = self.driver_mut(key);
+        if let (Some(at), Some(last)) = (ping.timestamp, driver.last_fix)
+            && at < last
+        {
+            return;
+        }
+        driver.last_fix = ping.timestamp.or(driver.last_fix);
+        driver.position = Some(ping.position);
+        let (idle, trip) = (driver.is_idle(), driver.trip);
+        self.index.locate_mut(key, ping.position);
+        self.stats.location_updates += 1;
+        if idle {
+            self.supply_changed = true;
+        }
+        let Some(state) = trip.and_then(|t| self.trips.get_mut(&t)) else { return };
+        state.trip.driver_position = Some(ping.position);
+        if state.trip.status.has_driver()
+            && now.since(state.last_position_push) >= self.config.rider_position_interval_ms
+        {
+            state.last_position_push = now;
+            state.trip.updated_at = now;
+            self.effects.push(Effect::Rider(state.trip.clone()));
+        }
+    }
+}

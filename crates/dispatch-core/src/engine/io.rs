@@ -1,0 +1,242 @@
+//! What goes into the engine and what comes out of it.
+
+use crate::geo::LatLng;
+use crate::ids::{DriverId, OfferId, RequestId, RiderId, SessionId};
+use crate::service::{ServiceSet, ServiceType};
+use crate::time::Timestamp;
+use crate::trip::Trip;
+
+/// The rules' numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// How long a driver has to answer an offer.
+    pub offer_timeout_ms: i64,
+    /// How long a trip searches without an accepted offer before it ends
+    /// `NoDriverFound`.
+    pub search_timeout_ms: i64,
+    /// The pickup radius when a request does not give one.
+    pub max_pickup_distance_m: f64,
+    /// The least time between two driver-position updates to a rider.
+    pub rider_position_interval_ms: i64,
+    /// How long an ended trip stays readable (and its request id remembered).
+    pub trip_retention_ms: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            offer_timeout_ms: 10_000,
+            search_timeout_ms: 60_000,
+            max_pickup_distance_m: 5_000.0,
+            rider_position_interval_ms: 1_000,
+            trip_retention_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+/// The first message of a driver's own session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriverHello {
+    /// Who.
+    pub driver: DriverId,
+    /// What the driver serves; empty means taxi.
+    pub services: ServiceSet,
+    /// A first fix, if the app has one.
+    pub position: Option<LatLng>,
+    /// Ready for offers from the start.
+    pub available: bool,
+    /// Assign rides without an offer round trip.
+    pub auto_accept: bool,
+}
+
+/// A driver's position report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ping {
+    /// Where.
+    pub position: LatLng,
+    /// The device's time of the fix, if it sent one: a fix older than the
+    /// last one applied is dropped, so reordered pings never move a driver
+    /// back.
+    pub timestamp: Option<Timestamp>,
+}
+
+/// One entry of a fleet's batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetDriverUpdate {
+    /// Which of the fleet's drivers.
+    pub driver: DriverId,
+    /// Where, if the gateway knows.
+    pub position: Option<Ping>,
+    /// What the driver serves; `None` leaves it as it was (taxi when new).
+    pub services: Option<ServiceSet>,
+    /// Ready for offers; `None` leaves it as it was (not available when new).
+    pub available: Option<bool>,
+    /// Assign rides without an offer round trip.
+    pub auto_accept: bool,
+}
+
+/// A rider's request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RideRequest {
+    /// Who.
+    pub rider: RiderId,
+    /// The rider's idempotency key.
+    pub request_id: RequestId,
+    /// Where.
+    pub pickup: LatLng,
+    /// To where, if known.
+    pub dropoff: Option<LatLng>,
+    /// What kind of ride.
+    pub service: ServiceType,
+    /// How far a driver may be; `None` takes the configured default.
+    pub max_pickup_distance_m: Option<f64>,
+}
+
+/// An operator's question: who is near here?
+#[derive(Debug, Clone, PartialEq)]
+pub struct NearbyQuery {
+    /// Around where.
+    pub center: LatLng,
+    /// At most this many.
+    pub limit: usize,
+    /// Within this many metres; `None` is anywhere.
+    pub radius_m: Option<f64>,
+    /// Only drivers serving this.
+    pub service: Option<ServiceType>,
+    /// Only drivers who could be offered a ride right now.
+    pub available_only: bool,
+}
+
+/// One answer to a [`NearbyQuery`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NearbyDriver {
+    /// Who.
+    pub driver: DriverId,
+    /// Where.
+    pub position: LatLng,
+    /// Great-circle metres from the query's centre.
+    pub distance_m: f64,
+    /// Whether the driver could be offered a ride now: connected, available,
+    /// no offer out and no trip.
+    pub available: bool,
+}
+
+/// An offer of a trip to a driver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    /// Its id.
+    pub id: OfferId,
+    /// To whom.
+    pub driver: DriverId,
+    /// The trip offered.
+    pub trip: Trip,
+    /// When it lapses.
+    pub expires_at: Timestamp,
+}
+
+/// Why an offer stopped being open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithdrawReason {
+    /// The driver said no.
+    Declined,
+    /// The driver did not answer in time.
+    Expired,
+    /// The rider cancelled the trip.
+    RiderCancelled,
+    /// The trip's search timed out.
+    SearchTimedOut,
+}
+
+impl WithdrawReason {
+    /// The words sent to the driver.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Declined => "declined",
+            Self::Expired => "expired",
+            Self::RiderCancelled => "rider cancelled",
+            Self::SearchTimedOut => "search timed out",
+        }
+    }
+}
+
+/// Something for a driver (and so for the session that speaks for it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DriverEvent {
+    /// A trip offered.
+    Offer(Offer),
+    /// An offer that is no longer open.
+    OfferWithdrawn {
+        /// Which.
+        offer: OfferId,
+        /// To whom it was.
+        driver: DriverId,
+        /// Why.
+        reason: WithdrawReason,
+    },
+    /// The driver's current trip, at every change. A driver who cancels
+    /// before the pickup sees it `Cancelled` (it is over for them) while the
+    /// rider sees it `Searching` again.
+    Trip(Trip),
+}
+
+/// Why the engine ends a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// A newer session took over the same driver or fleet.
+    Replaced,
+}
+
+/// Something the caller must carry out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send `event` down `session`.
+    Driver {
+        /// The session that speaks for the driver.
+        session: SessionId,
+        /// What to send.
+        event: DriverEvent,
+    },
+    /// Send the trip to everyone following it (the rider's streams).
+    Rider(Trip),
+    /// A trip got its first offer (or, with auto-accept, its driver): the
+    /// caller measures request-to-offer latency from here.
+    FirstOffer(crate::ids::TripId),
+    /// End `session`; the engine has already forgotten it.
+    EndSession {
+        /// Which.
+        session: SessionId,
+        /// Why.
+        reason: SessionEnd,
+    },
+}
+
+/// Live counts and running totals.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Stats {
+    /// Drivers with a live session.
+    pub drivers_connected: u64,
+    /// Connected drivers who could take an offer now.
+    pub drivers_available: u64,
+    /// Drivers with a trip.
+    pub drivers_on_trip: u64,
+    /// Trips searching now.
+    pub trips_searching: u64,
+    /// Trips with a driver now.
+    pub trips_active: u64,
+    /// Trips completed, in total.
+    pub trips_completed: u64,
+    /// Trips cancelled, in total.
+    pub trips_cancelled: u64,
+    /// Trips that found no driver, in total.
+    pub trips_no_driver: u64,
+    /// Offers sent (auto-accept assignments included), in total.
+    pub offers_sent: u64,
+    /// Offers accepted (auto-accept assignments included), in total.
+    pub offers_accepted: u64,
+    /// Offers declined (or lost with their driver's session), in total.
+    pub offers_declined: u64,
+    /// Offers that timed out, in total.
+    pub offers_expired: u64,
+    /// Position reports applied, in total.
+    pub location_updates: u64,
+}

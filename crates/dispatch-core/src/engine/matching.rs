@@ -1,0 +1,170 @@
+//! Finding the nearest offerable driver, offering, assigning, and what
+//! happens when offers lapse and searches run out.
+
+use super::state::{OpenOffer, Timer, TripState};
+use super::{DriverEvent, Effect, Engine, Offer, WithdrawReason};
+use crate::ids::{OfferId, TripId};
+use crate::index::DriverKey;
+use crate::time::Timestamp;
+use crate::trip::TripStatus;
+
+impl Engine {
+    /// The nearest driver who may be offered `trip`, ties broken by the
+    /// smaller driver id, with their great-circle distance to the pickup.
+    fn nearest_offerable(&self, state: &TripState) -> Option<(DriverKey, f64)> {
+        let trip = &state.trip;
+        let mut best: Option<(DriverKey, f64)> = None;
+        for neighbor in self.index.nearest_iter(trip.pickup, state.radius_m) {
+            if let Some((best_key, best_chord2)) = best {
+                if neighbor.chord2 > best_chord2 {
+                    break;
+                }
+                // Same distance: the smaller id wins, if it may be offered.
+                if self.driver(neighbor.key).id >= self.driver(best_key).id {
+                    continue;
+                }
+            }
+            let driver = self.driver(neighbor.key);
+            if driver.is_offerable() && driver.services.contains(trip.service) && !state.tried.contains(&driver.id) {
+                best = Some((neighbor.key, neighbor.chord2));
+            }
+        }
+        best.map(|(key, _)| {
+            let distance = self.driver(key).position.map_or(0.0, |p| p.distance_m(trip.pickup));
+            (key, distance)
+        })
+    }
+
+    /// Offers a searching trip with no offer out to its nearest offerable
+    /// driver (or assigns it, for an auto-accept driver); a trip nobody can
+    /// take now waits in `unmatched`.
+    pub(super) fn try_match(&mut self, now: Timestamp, trip_id: TripId) {
+        let Some(state) = self.trips.get(&trip_id) else { return };
+        if state.trip.status != TripStatus::Searching || state.offer.is_some() {
+            self.unmatched.remove(&trip_id);
+            return;
+        }
+        let Some((key, distance_m)) = self.nearest_offerable(state) else {
+            self.unmatched.insert(trip_id);
+            return;
+        };
+        self.unmatched.remove(&trip_id);
+        self.stats.offers_sent += 1;
+        if let Some(state) = self.trips.get_mut(&trip_id)
+            && !std::mem::replace(&mut state.offered_once, true)
+        {
+            self.effects.push(Effect::FirstOffer(trip_id));
+        }
+        if self.driver(key).auto_accept {
+            self.stats.offers_accepted += 1;
+            self.assign(now, trip_id, key, distance_m);
+            return;
+        }
+        let offer_id = OfferId(self.next_offer);
+        self.next_offer += 1;
+        let expires_at = now + self.config.offer_timeout_ms;
+        self.offers.insert(offer_id, OpenOffer { trip: trip_id, driver: key });
+        self.timers.insert((expires_at, Timer::OfferExpiry(offer_id)));
+        let driver = self.driver_mut(key);
+        driver.offer = Some(offer_id);
+        let (driver_id, session) = (driver.id.clone(), driver.session);
+        let Some(state) = self.trips.get_mut(&trip_id) else { return };
+        state.offer = Some(offer_id);
+        if let Some(session) = session {
+            let offer = Offer { id: offer_id, driver: driver_id, trip: state.trip.clone(), expires_at };
+            self.effects.push(Effect::Driver { session, event: DriverEvent::Offer(offer) });
+        }
+    }
+
+    /// Retries every unmatched trip, oldest request first.
+    pub(super) fn match_unmatched(&mut self, now: Timestamp) {
+        let waiting: Vec<TripId> = self.unmatched.iter().copied().collect();
+        for trip in waiting {
+            self.try_match(now, trip);
+        }
+    }
+
+    /// Gives `trip` to `key`: the driver is told, and so is the rider.
+    pub(super) fn assign(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey, distance_m: f64) {
+        let driver = self.driver_mut(key);
+        driver.offer = None;
+        driver.trip = Some(trip_id);
+        let (driver_id, position, session) = (driver.id.clone(), driver.position, driver.session);
+        let Some(state) = self.trips.get_mut(&trip_id) else { return };
+        state.offer = None;
+        state.last_position_push = now;
+        let trip = &mut state.trip;
+        trip.status = TripStatus::DriverAssigned;
+        trip.driver = Some(driver_id);
+        trip.driver_position = position;
+        trip.pickup_distance_m = Some(distance_m);
+        trip.updated_at = now;
+        let trip = trip.clone();
+        if let Some(session) = session {
+            self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip.clone()) });
+        }
+        self.effects.push(Effect::Rider(trip));
+    }
+
+    /// Closes an open offer: the driver is told why and is free again, and
+    /// the trip never goes back to that driver. The caller decides what the
+    /// trip does next.
+    pub(super) fn close_offer(&mut self, offer_id: OfferId, reason: WithdrawReason) -> Option<TripId> {
+        let offer = self.offers.remove(&offer_id)?;
+        let driver = self.driver_mut(offer.driver);
+        driver.offer = None;
+        let (driver_id, session) = (driver.id.clone(), driver.session);
+        if let Some(session) = session {
+            let event = DriverEvent::OfferWithdrawn { offer: offer_id, driver: driver_id.clone(), reason };
+            self.effects.push(Effect::Driver { session, event });
+        }
+        if let Some(state) = self.trips.get_mut(&offer.trip) {
+            state.offer = None;
+            state.tried.insert(driver_id);
+        }
+        self.supply_changed = true;
+        Some(offer.trip)
+    }
+
+    pub(super) fn expire_offer(&mut self, now: Timestamp, offer_id: OfferId) {
+        if let Some(trip) = self.close_offer(offer_id, WithdrawReason::Expired) {
+            self.stats.offers_expired += 1;
+            self.try_match(now, trip);
+        }
+    }
+
+    /// Ends a search that ran out of time; `deadline` tells a current timer
+    /// from one left over from an earlier search of the same trip.
+    pub(super) fn end_search(&mut self, now: Timestamp, trip_id: TripId, deadline: Timestamp) {
+        let Some(state) = self.trips.get(&trip_id) else { return };
+        if state.trip.status != TripStatus::Searching || state.search_deadline != deadline {
+            return;
+        }
+        if let Some(offer) = state.offer {
+            self.close_offer(offer, WithdrawReason::SearchTimedOut);
+        }
+        self.stats.trips_no_driver += 1;
+        self.finish(now, trip_id, TripStatus::NoDriverFound, None);
+    }
+
+    /// Moves a trip to a terminal status and tells the rider.
+    pub(super) fn finish(&mut self, now: Timestamp, trip_id: TripId, status: TripStatus, reason: Option<String>) {
+        self.unmatched.remove(&trip_id);
+        let Some(state) = self.trips.get_mut(&trip_id) else { return };
+        state.trip.status = status;
+        state.trip.updated_at = now;
+        state.trip.cancel_reason = reason;
+        self.effects.push(Effect::Rider(state.trip.clone()));
+        self.finished.push_back((now, trip_id));
+    }
+
+    /// Starts (or restarts) a trip's search: a fresh deadline, then a match.
+    pub(super) fn start_search(&mut self, now: Timestamp, trip_id: TripId) {
+        let deadline = now + self.config.search_timeout_ms;
+        if let Some(state) = self.trips.get_mut(&trip_id) {
+            state.search_deadline = deadline;
+            self.timers.insert((deadline, Timer::SearchDeadline(trip_id)));
+        }
+        self.try_match(now, trip_id);
+    }
+}

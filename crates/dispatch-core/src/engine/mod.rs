@@ -1,0 +1,179 @@
+//! The engine: one owner of the driver index and of every trip.
+//!
+//! Inputs are method calls that take the current time; outputs are the
+//! [`Effect`]s the caller drains and carries out (send an offer, tell a rider,
+//! end a session). No clock, channel or socket lives here, so every rule of
+//! dispatch is testable with virtual time and the engine is fully
+//! deterministic: the same calls give the same effects.
+
+mod drivers;
+mod io;
+mod matching;
+mod rides;
+mod state;
+
+pub use io::{
+    Config, DriverEvent, DriverHello, Effect, FleetDriverUpdate, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest,
+    SessionEnd, Stats, WithdrawReason,
+};
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::ids::{DriverId, OfferId, RequestId, RiderId, SessionId, TripId};
+use crate::index::{DriverIndex, DriverKey};
+use crate::time::Timestamp;
+use crate::trip::Trip;
+use state::{Driver, OpenOffer, Session, Timer, TripState};
+
+/// The dispatch engine. See the module docs.
+pub struct Engine {
+    config: Config,
+    index: DriverIndex,
+    /// Driver records by slot; `None` is a free slot (see `free_slots`).
+    drivers: Vec<Option<Driver>>,
+    free_slots: Vec<DriverKey>,
+    driver_keys: HashMap<DriverId, DriverKey>,
+    sessions: HashMap<SessionId, Session>,
+    fleet_sessions: HashMap<crate::ids::FleetId, SessionId>,
+    trips: HashMap<TripId, TripState>,
+    by_request: HashMap<(RiderId, RequestId), TripId>,
+    offers: HashMap<OfferId, OpenOffer>,
+    /// Searching trips with no offer out, oldest request first: when drivers
+    /// are scarce, earlier requests are served first.
+    unmatched: BTreeSet<TripId>,
+    /// Offer expiries and search deadlines; an entry whose offer or trip has
+    /// moved on is skipped when it comes due.
+    timers: BTreeSet<(Timestamp, Timer)>,
+    /// Ended trips by end time, dropped after `Config::trip_retention_ms`.
+    finished: VecDeque<(Timestamp, TripId)>,
+    /// Set when a driver may have become offerable (freed, moved, came
+    /// online); `tick` then retries the unmatched trips.
+    supply_changed: bool,
+    next_trip: u64,
+    next_offer: u64,
+    stats: Stats,
+    effects: Vec<Effect>,
+}
+
+impl Engine {
+    /// An empty engine.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            index: DriverIndex::new(),
+            drivers: Vec::new(),
+            free_slots: Vec::new(),
+            driver_keys: HashMap::new(),
+            sessions: HashMap::new(),
+            fleet_sessions: HashMap::new(),
+            trips: HashMap::new(),
+            by_request: HashMap::new(),
+            offers: HashMap::new(),
+            unmatched: BTreeSet::new(),
+            timers: BTreeSet::new(),
+            finished: VecDeque::new(),
+            supply_changed: false,
+            next_trip: 1,
+            next_offer: 1,
+            stats: Stats::default(),
+            effects: Vec::new(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Takes the effects produced since the last call, in order.
+    pub fn drain_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.effects.drain(..)
+    }
+
+    /// A trip by id, ended ones included until their retention runs out.
+    pub fn trip(&self, id: TripId) -> Option<&Trip> {
+        self.trips.get(&id).map(|t| &t.trip)
+    }
+
+    /// The earliest time `tick` has work to do, if any: the caller sleeps
+    /// until then (or until the next command).
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        let timer = self.timers.first().map(|(at, _)| *at);
+        let retention = self.finished.front().map(|(at, _)| *at + self.config.trip_retention_ms);
+        match (timer, retention) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Does what is due at `now`: expires offers (passing each trip on to its
+    /// next driver), ends searches past their deadline, retries unmatched
+    /// trips if drivers were freed or moved, and forgets ended trips past
+    /// their retention. Call it after every batch of commands and at
+    /// [`Engine::next_deadline`].
+    pub fn tick(&mut self, now: Timestamp) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::OfferExpiry(offer) => self.expire_offer(now, offer),
+                Timer::SearchDeadline(trip) => self.end_search(now, trip, at),
+            }
+        }
+        if self.supply_changed {
+            self.supply_changed = false;
+            self.match_unmatched(now);
+        }
+        while let Some(&(ended, trip)) = self.finished.front() {
+            if ended + self.config.trip_retention_ms > now {
+                break;
+            }
+            self.finished.pop_front();
+            if let Some(state) = self.trips.remove(&trip) {
+                self.by_request.remove(&(state.trip.rider, state.trip.request_id));
+            }
+        }
+    }
+
+    /// Live counts and totals. Latency percentiles are the caller's to fill
+    /// in: they are measured in real time, which the engine never reads.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.drivers_connected = 0;
+        stats.drivers_available = 0;
+        stats.drivers_on_trip = 0;
+        for driver in self.drivers.iter().flatten() {
+            stats.drivers_connected += u64::from(driver.session.is_some());
+            stats.drivers_available += u64::from(driver.session.is_some() && driver.is_idle() && driver.available);
+            stats.drivers_on_trip += u64::from(driver.trip.is_some());
+        }
+        stats.trips_searching = 0;
+        stats.trips_active = 0;
+        for state in self.trips.values() {
+            stats.trips_searching += u64::from(state.trip.status == crate::trip::TripStatus::Searching);
+            stats.trips_active += u64::from(state.trip.status.has_driver());
+        }
+        stats
+    }
+
+    fn driver(&self, key: DriverKey) -> &Driver {
+        match self.drivers.get(key.0 as usize) {
+            Some(Some(driver)) => driver,
+            // Keys come only from `driver_keys`, sessions and trips, which are
+            // kept in step with the table; a miss is a bug in this module.
+            _ => unreachable!("driver slot {key:?} is empty"),
+        }
+    }
+
+    fn driver_mut(&mut self, key: DriverKey) -> &mut Driver {
+        match self.drivers.get_mut(key.0 as usize) {
+            Some(Some(driver)) => driver,
+            _ => unreachable!("driver slot {key:?} is empty"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

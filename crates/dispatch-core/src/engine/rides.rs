@@ -1,0 +1,243 @@
+//! Riders asking and cancelling; drivers answering offers and moving their
+//! trips on.
+
+use std::collections::HashSet;
+
+use super::state::{Session, TripState};
+use super::{DriverEvent, Effect, Engine, RideRequest, WithdrawReason};
+use crate::error::EngineError;
+use crate::ids::{DriverId, OfferId, SessionId, TripId};
+use crate::index::DriverKey;
+use crate::time::Timestamp;
+use crate::trip::{Trip, TripStatus};
+
+impl Engine {
+    /// A rider asks for a ride. Returns the trip and whether it is new: the
+    /// same rider with the same request id gets the trip it already has, so
+    /// a retry never orders a second car. A new trip is offered at once to
+    /// the nearest offerable driver, if there is one.
+    pub fn request_ride(&mut self, now: Timestamp, request: RideRequest) -> (Trip, bool) {
+        let key = (request.rider.clone(), request.request_id.clone());
+        if let Some(state) = self.by_request.get(&key).and_then(|id| self.trips.get(id)) {
+            return (state.trip.clone(), false);
+        }
+        let id = TripId(self.next_trip);
+        self.next_trip += 1;
+        let trip = Trip {
+            id,
+            rider: request.rider,
+            request_id: request.request_id,
+            driver: None,
+            status: TripStatus::Searching,
+            service: request.service,
+            pickup: request.pickup,
+            dropoff: request.dropoff,
+            driver_position: None,
+            pickup_distance_m: None,
+            requested_at: now,
+            updated_at: now,
+            cancel_reason: None,
+        };
+        let radius_m = request.max_pickup_distance_m.unwrap_or(self.config.max_pickup_distance_m);
+        self.trips.insert(
+            id,
+            TripState {
+                trip: trip.clone(),
+                radius_m,
+                tried: HashSet::new(),
+                offer: None,
+                search_deadline: now,
+                last_position_push: now,
+                offered_once: false,
+            },
+        );
+        self.by_request.insert(key, id);
+        self.effects.push(Effect::Rider(trip.clone()));
+        // Earlier requests waiting for drivers that were freed since the
+        // last tick go first.
+        if self.supply_changed {
+            self.supply_changed = false;
+            self.match_unmatched(now);
+        }
+        self.start_search(now, id);
+        (trip, true)
+    }
+
+    /// The rider cancels, before the ride starts: an offer out is withdrawn,
+    /// an assigned driver is told and is free again. Cancelling a cancelled
+    /// trip again answers the trip as it is, so a retry is harmless.
+    pub fn cancel_ride(&mut self, now: Timestamp, trip_id: TripId, reason: &str) -> Result<Trip, EngineError> {
+        let state = self.trips.get(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
+        let status = state.trip.status;
+        if status == TripStatus::Cancelled {
+            return Ok(state.trip.clone());
+        }
+        if !status.rider_may_cancel() {
+            return Err(EngineError::TooLateToCancel { trip: trip_id, status });
+        }
+        let offer = state.offer;
+        let driver = state.trip.driver.as_ref().and_then(|id| self.driver_keys.get(id).copied());
+        if let Some(offer) = offer {
+            self.close_offer(offer, WithdrawReason::RiderCancelled);
+        }
+        let reason = if reason.is_empty() { "cancelled by rider".to_owned() } else { reason.to_owned() };
+        self.stats.trips_cancelled += 1;
+        self.finish(now, trip_id, TripStatus::Cancelled, Some(reason));
+        if let Some(key) = driver.filter(|_| status.has_driver()) {
+            self.release_driver(key, trip_id);
+        }
+        self.trip(trip_id).cloned().ok_or(EngineError::UnknownTrip(trip_id))
+    }
+
+    /// A driver (or its fleet) answers an offer.
+    pub fn offer_reply(
+        &mut self,
+        now: Timestamp,
+        session: SessionId,
+        fleet_driver: Option<&DriverId>,
+        offer_id: OfferId,
+        accept: bool,
+    ) -> Result<(), EngineError> {
+        let key = self.offer_addressee(session, fleet_driver, offer_id)?;
+        let trip_id = self.offers.get(&offer_id).map(|o| o.trip).ok_or(EngineError::UnknownOffer(offer_id))?;
+        if accept {
+            self.offers.remove(&offer_id);
+            self.stats.offers_accepted += 1;
+            let trip = self.trips.get(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
+            let distance_m = self.driver(key).position.map_or(0.0, |p| p.distance_m(trip.trip.pickup));
+            self.assign(now, trip_id, key, distance_m);
+        } else {
+            self.stats.offers_declined += 1;
+            self.close_offer(offer_id, WithdrawReason::Declined);
+            self.try_match(now, trip_id);
+        }
+        Ok(())
+    }
+
+    /// Which driver an offer reply speaks for, checked: the offer must be
+    /// open and addressed to the session's driver (or, in a fleet session, to
+    /// the named driver of that fleet).
+    fn offer_addressee(
+        &self,
+        session: SessionId,
+        fleet_driver: Option<&DriverId>,
+        offer_id: OfferId,
+    ) -> Result<DriverKey, EngineError> {
+        let key = self.session_driver(session, fleet_driver)?;
+        match self.offers.get(&offer_id) {
+            Some(offer) if offer.driver == key => Ok(key),
+            _ => Err(EngineError::UnknownOffer(offer_id)),
+        }
+    }
+
+    /// The driver a message in `session` speaks for: the session's own
+    /// driver, or the named driver of a fleet session.
+    pub(super) fn session_driver(
+        &self,
+        session: SessionId,
+        fleet_driver: Option<&DriverId>,
+    ) -> Result<DriverKey, EngineError> {
+        match (self.sessions.get(&session), fleet_driver) {
+            (None, _) => Err(EngineError::SessionNotOpen),
+            (Some(Session::Driver(key)), None) => Ok(*key),
+            (Some(Session::Fleet { drivers, .. }), Some(id)) => self
+                .driver_keys
+                .get(id)
+                .copied()
+                .filter(|key| drivers.contains(key))
+                .ok_or_else(|| EngineError::NotFleetDriver(id.clone())),
+            (Some(Session::Driver(_)), Some(_)) => Err(EngineError::WrongSessionKind("driver")),
+            (Some(Session::Fleet { .. }), None) => Err(EngineError::WrongSessionKind("fleet")),
+        }
+    }
+
+    /// A driver moves its current trip on: arrived, started, completed, or
+    /// cancelled (before the pickup the trip goes back to searching for
+    /// someone else; after it, the trip ends cancelled).
+    pub fn trip_progress(
+        &mut self,
+        now: Timestamp,
+        session: SessionId,
+        fleet_driver: Option<&DriverId>,
+        trip_id: TripId,
+        report: TripStatus,
+    ) -> Result<(), EngineError> {
+        if !report.is_driver_report() {
+            return Err(EngineError::NotADriverReport(report));
+        }
+        let key = self.session_driver(session, fleet_driver)?;
+        if self.driver(key).trip != Some(trip_id) {
+            return Err(EngineError::NotDriversTrip(trip_id));
+        }
+        let state = self.trips.get(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
+        let from = state.trip.status;
+        let to = from.after_driver_report(report).ok_or(EngineError::OutOfOrder { trip: trip_id, from, to: report })?;
+        match to {
+            TripStatus::Completed | TripStatus::Cancelled => {
+                if to == TripStatus::Completed {
+                    self.stats.trips_completed += 1;
+                } else {
+                    self.stats.trips_cancelled += 1;
+                }
+                let reason = (to == TripStatus::Cancelled).then(|| "cancelled by driver".to_owned());
+                self.finish(now, trip_id, to, reason);
+                self.release_driver(key, trip_id);
+            }
+            TripStatus::Searching => self.reassign(now, trip_id, key),
+            _ => {
+                let Some(state) = self.trips.get_mut(&trip_id) else { return Ok(()) };
+                state.trip.status = to;
+                state.trip.updated_at = now;
+                let trip = state.trip.clone();
+                if let Some(session) = self.driver(key).session {
+                    self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip.clone()) });
+                }
+                self.effects.push(Effect::Rider(trip));
+            }
+        }
+        Ok(())
+    }
+
+    /// The driver gave the trip up before the pickup: the driver sees it
+    /// cancelled and is free; the rider sees it searching again, with a fresh
+    /// search deadline, and it is never offered to that driver again.
+    fn reassign(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey) {
+        let driver_id = self.driver(key).id.clone();
+        let Some(state) = self.trips.get_mut(&trip_id) else { return };
+        let mut driver_view = state.trip.clone();
+        driver_view.status = TripStatus::Cancelled;
+        driver_view.cancel_reason = Some("cancelled by driver".to_owned());
+        driver_view.updated_at = now;
+        state.tried.insert(driver_id);
+        let trip = &mut state.trip;
+        trip.status = TripStatus::Searching;
+        trip.driver = None;
+        trip.driver_position = None;
+        trip.pickup_distance_m = None;
+        trip.updated_at = now;
+        let rider_view = trip.clone();
+        self.free_driver_of(key, driver_view);
+        self.effects.push(Effect::Rider(rider_view));
+        self.start_search(now, trip_id);
+    }
+
+    /// The trip ended for the driver: they get it as it ended and are free.
+    pub(super) fn release_driver(&mut self, key: DriverKey, trip_id: TripId) {
+        if let Some(trip) = self.trip(trip_id).cloned() {
+            self.free_driver_of(key, trip);
+        }
+    }
+
+    fn free_driver_of(&mut self, key: DriverKey, trip_seen: Trip) {
+        let driver = self.driver_mut(key);
+        driver.trip = None;
+        if let Some(session) = driver.session {
+            self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip_seen) });
+        } else {
+            // Nobody speaks for this driver any more and its trip is over:
+            // forget it, as if its session had just ended.
+            self.forget_driver(key);
+        }
+        self.supply_changed = true;
+    }
+}

@@ -1,0 +1,91 @@
+//! The engine's private records.
+
+use std::collections::HashSet;
+
+use crate::geo::LatLng;
+use crate::ids::{DriverId, FleetId, OfferId, SessionId, TripId};
+use crate::index::DriverKey;
+use crate::service::ServiceSet;
+use crate::time::Timestamp;
+use crate::trip::Trip;
+
+/// One driver the engine knows: connected now, or on a trip.
+#[derive(Debug)]
+pub(super) struct Driver {
+    pub id: DriverId,
+    /// The live session that speaks for the driver; `None` after it ended
+    /// while the driver still had a trip.
+    pub session: Option<SessionId>,
+    pub position: Option<LatLng>,
+    /// The device time of the last applied fix.
+    pub last_fix: Option<Timestamp>,
+    pub services: ServiceSet,
+    pub available: bool,
+    pub auto_accept: bool,
+    pub offer: Option<OfferId>,
+    pub trip: Option<TripId>,
+}
+
+impl Driver {
+    pub fn new(id: DriverId, session: SessionId) -> Self {
+        Self {
+            id,
+            session: Some(session),
+            position: None,
+            last_fix: None,
+            services: ServiceSet::taxi(),
+            available: false,
+            auto_accept: false,
+            offer: None,
+            trip: None,
+        }
+    }
+
+    /// No offer out and no trip.
+    pub fn is_idle(&self) -> bool {
+        self.offer.is_none() && self.trip.is_none()
+    }
+
+    /// Could be offered a ride of some kind right now.
+    pub fn is_offerable(&self) -> bool {
+        self.session.is_some() && self.available && self.position.is_some() && self.is_idle()
+    }
+}
+
+/// One open stream.
+#[derive(Debug)]
+pub(super) enum Session {
+    /// A driver's own app.
+    Driver(DriverKey),
+    /// A partner gateway and the drivers it registered.
+    Fleet { fleet: FleetId, drivers: HashSet<DriverKey> },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OpenOffer {
+    pub trip: TripId,
+    pub driver: DriverKey,
+}
+
+/// A trip plus what the engine needs to match it.
+#[derive(Debug)]
+pub(super) struct TripState {
+    pub trip: Trip,
+    pub radius_m: f64,
+    /// Drivers offered this trip already (declined, let it lapse, lost their
+    /// session, or cancelled it): never offered it again.
+    pub tried: HashSet<DriverId>,
+    pub offer: Option<OfferId>,
+    /// When the current search ends without a driver.
+    pub search_deadline: Timestamp,
+    /// When the rider was last sent the driver's position.
+    pub last_position_push: Timestamp,
+    /// Whether an offer (or assignment) was ever made.
+    pub offered_once: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Timer {
+    OfferExpiry(OfferId),
+    SearchDeadline(TripId),
+}

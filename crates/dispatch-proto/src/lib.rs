@@ -1,0 +1,23 @@
+//! The `dispatch.v1` gRPC contract: code generated from
+//! `proto/dispatch/v1/dispatch.proto`, and the checked conversions between
+//! its messages and the core's types.
+//!
+//! # Layout
+//!
+//! - [`pb`]: the generated messages, clients and servers.
+//! - [`convert`]: `TryFrom` from messages into core types (every client field
+//!   checked, the error an [`InvalidInput`]) and `From` core types into
+//!   messages.
+
+pub mod convert;
+
+/// The generated `dispatch.v1` package.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("dispatch.v1");
+}
+
+/// The encoded file descriptor set of the contract, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dispatch_descriptor.bin"));
+
+pub use convert::InvalidInput;

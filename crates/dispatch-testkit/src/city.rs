@@ -1,0 +1,1 @@
+//! A seeded city for the engine: drivers scattered around a centre.
