@@ -201,6 +201,9 @@ pub enum Effect {
     /// A trip got its first offer (or, with auto-accept, its driver): the
     /// caller measures request-to-offer latency from here.
     FirstOffer(crate::ids::TripId),
+    /// An ended trip passed its retention and was forgotten: `GetTrip`
+    /// answers `NOT_FOUND` from now on.
+    TripForgotten(crate::ids::TripId),
     /// End `session`; the engine has already forgotten it.
     EndSession {
         /// Which.

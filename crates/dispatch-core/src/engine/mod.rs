@@ -133,6 +133,7 @@ impl Engine {
             self.finished.pop_front();
             if let Some(state) = self.trips.remove(&trip) {
                 self.by_request.remove(&(state.trip.rider, state.trip.request_id));
+                self.effects.push(Effect::TripForgotten(trip));
             }
         }
     }

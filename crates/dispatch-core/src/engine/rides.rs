@@ -89,16 +89,15 @@ impl Engine {
         self.trip(trip_id).cloned().ok_or(EngineError::UnknownTrip(trip_id))
     }
 
-    /// A driver (or its fleet) answers an offer.
+    /// A driver (or the fleet that speaks for it) answers an offer.
     pub fn offer_reply(
         &mut self,
         now: Timestamp,
         session: SessionId,
-        fleet_driver: Option<&DriverId>,
         offer_id: OfferId,
         accept: bool,
     ) -> Result<(), EngineError> {
-        let key = self.offer_addressee(session, fleet_driver, offer_id)?;
+        let key = self.offer_addressee(session, offer_id)?;
         let trip_id = self.offers.get(&offer_id).map(|o| o.trip).ok_or(EngineError::UnknownOffer(offer_id))?;
         if accept {
             self.offers.remove(&offer_id);
@@ -116,18 +115,15 @@ impl Engine {
 
     /// Which driver an offer reply speaks for, checked: the offer must be
     /// open and addressed to the session's driver (or, in a fleet session, to
-    /// the named driver of that fleet).
-    fn offer_addressee(
-        &self,
-        session: SessionId,
-        fleet_driver: Option<&DriverId>,
-        offer_id: OfferId,
-    ) -> Result<DriverKey, EngineError> {
-        let key = self.session_driver(session, fleet_driver)?;
-        match self.offers.get(&offer_id) {
-            Some(offer) if offer.driver == key => Ok(key),
-            _ => Err(EngineError::UnknownOffer(offer_id)),
-        }
+    /// one of that fleet's drivers).
+    fn offer_addressee(&self, session: SessionId, offer_id: OfferId) -> Result<DriverKey, EngineError> {
+        let session = self.sessions.get(&session).ok_or(EngineError::SessionNotOpen)?;
+        let offer = self.offers.get(&offer_id).ok_or(EngineError::UnknownOffer(offer_id))?;
+        let speaks_for = match session {
+            Session::Driver(key) => *key == offer.driver,
+            Session::Fleet { drivers, .. } => drivers.contains(&offer.driver),
+        };
+        if speaks_for { Ok(offer.driver) } else { Err(EngineError::UnknownOffer(offer_id)) }
     }
 
     /// The driver a message in `session` speaks for: the session's own

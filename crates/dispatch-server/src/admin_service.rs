@@ -1,0 +1,33 @@
+//! `AdminService`: what operators ask.
+
+use dispatch_core::engine::NearbyQuery;
+use dispatch_proto::pb::{self, admin_service_server::AdminService};
+use tonic::{Request, Response, Status};
+
+use crate::engine_task::{Command, EngineHandle};
+use crate::status::input_status;
+
+/// The admin service.
+pub struct AdminSvc {
+    engine: EngineHandle,
+}
+
+impl AdminSvc {
+    /// A service over `engine`.
+    pub fn new(engine: EngineHandle) -> Self {
+        Self { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminSvc {
+    async fn nearby_drivers(&self, request: Request<pb::NearbyRequest>) -> Result<Response<pb::NearbyResponse>, Status> {
+        let query = NearbyQuery::try_from(request.get_ref()).map_err(|e| input_status(&e))?;
+        let drivers = self.engine.ask(|reply| Command::Nearby { query, reply }).await?;
+        Ok(Response::new(pb::NearbyResponse { drivers: drivers.iter().map(Into::into).collect() }))
+    }
+
+    async fn get_stats(&self, _request: Request<pb::GetStatsRequest>) -> Result<Response<pb::Stats>, Status> {
+        Ok(Response::new(self.engine.ask(|reply| Command::Stats { reply }).await?))
+    }
+}

@@ -1,0 +1,90 @@
+//! Reading a driver's or a fleet's stream: the first message must be hello,
+//! every later one is checked and turned into a command; a bad one gets a
+//! `Rejected` event and the session goes on.
+
+use dispatch_core::ids::SessionId;
+use dispatch_proto::pb;
+use tonic::{Status, Streaming};
+use tracing::debug;
+
+use crate::engine_task::{Command, EngineHandle};
+use crate::outbox::Outbox;
+
+/// What one message of an open session turns into.
+pub struct Parsed {
+    /// The command for the engine, if any part of the message was good.
+    pub command: Option<Command>,
+    /// `Rejected` events for the parts that were not.
+    pub rejections: Vec<pb::DriverEvent>,
+}
+
+impl Parsed {
+    /// The whole message is good.
+    pub fn command(command: Command) -> Self {
+        Self { command: Some(command), rejections: Vec::new() }
+    }
+
+    /// The whole message is refused.
+    pub fn rejected(event: pb::DriverEvent) -> Self {
+        Self { command: None, rejections: vec![event] }
+    }
+}
+
+/// Runs a session until the client hangs up or the session is ended.
+/// `hello` turns the first message into the hello command (or the status
+/// that ends the stream); `parse` turns each later message into a command.
+pub async fn serve<M>(
+    engine: EngineHandle,
+    session: SessionId,
+    mut inbound: Streaming<M>,
+    outbox: Outbox,
+    hello: impl FnOnce(M, Outbox) -> Result<Command, Status>,
+    mut parse: impl FnMut(M) -> Parsed,
+) {
+    let first = tokio::select! {
+        message = inbound.message() => message,
+        () = outbox.closed() => return,
+    };
+    let command = match first {
+        Ok(Some(message)) => hello(message, outbox.clone()),
+        Ok(None) | Err(_) => return,
+    };
+    match command {
+        Ok(command) => {
+            if engine.send(command).await.is_err() {
+                return;
+            }
+        }
+        Err(status) => {
+            debug!(%session, code = ?status.code(), message = status.message(), "hello refused");
+            outbox.end(status);
+            return;
+        }
+    }
+    loop {
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            () = outbox.closed() => break,
+        };
+        let message = match message {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(status) => {
+                debug!(%session, code = ?status.code(), "session stream broke");
+                break;
+            }
+        };
+        let parsed = parse(message);
+        for rejection in parsed.rejections {
+            // A reader too far behind to take a rejection is ended by the
+            // engine task soon enough; dropping this one is fine.
+            let _ = outbox.try_send(rejection);
+        }
+        if let Some(command) = parsed.command
+            && engine.send(command).await.is_err()
+        {
+            break;
+        }
+    }
+    let _ = engine.send(Command::SessionClosed { session }).await;
+}
