@@ -125,11 +125,7 @@ pub fn chord2_for_distance(distance_m: f64) -> f64 {
 /// A search radius in metres, checked: finite and not negative. Radii past
 /// half the globe mean "anywhere".
 pub fn checked_radius(distance_m: f64) -> Result<f64, GeoError> {
-    if distance_m.is_finite() && distance_m >= 0.0 {
-        Ok(distance_m)
-    } else {
-        Err(GeoError::BadDistance(distance_m))
-    }
+    if distance_m.is_finite() && distance_m >= 0.0 { Ok(distance_m) } else { Err(GeoError::BadDistance(distance_m)) }
 }
 
 #[cfg(test)]

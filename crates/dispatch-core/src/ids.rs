@@ -138,10 +138,7 @@ mod tests {
     fn client_ids_are_checked() {
         assert!(DriverId::new("").is_err());
         assert!(DriverId::new(&"x".repeat(128)).is_ok());
-        assert_eq!(
-            RiderId::new(&"é".repeat(65)),
-            Err(IdError::TooLong { kind: "rider_id", len: 130 })
-        );
+        assert_eq!(RiderId::new(&"é".repeat(65)), Err(IdError::TooLong { kind: "rider_id", len: 130 }));
     }
 
     #[test]

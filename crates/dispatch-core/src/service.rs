@@ -15,12 +15,8 @@ pub enum ServiceType {
 
 impl ServiceType {
     /// Every service type, in a fixed order.
-    pub const ALL: [ServiceType; 4] = [
-        ServiceType::Taxi,
-        ServiceType::Premium,
-        ServiceType::Van,
-        ServiceType::DesignatedDriver,
-    ];
+    pub const ALL: [ServiceType; 4] =
+        [ServiceType::Taxi, ServiceType::Premium, ServiceType::Van, ServiceType::DesignatedDriver];
 
     fn bit(self) -> u8 {
         1 << (self as u8)

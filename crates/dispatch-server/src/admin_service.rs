@@ -21,7 +21,10 @@ impl AdminSvc {
 
 #[tonic::async_trait]
 impl AdminService for AdminSvc {
-    async fn nearby_drivers(&self, request: Request<pb::NearbyRequest>) -> Result<Response<pb::NearbyResponse>, Status> {
+    async fn nearby_drivers(
+        &self,
+        request: Request<pb::NearbyRequest>,
+    ) -> Result<Response<pb::NearbyResponse>, Status> {
         let query = NearbyQuery::try_from(request.get_ref()).map_err(|e| input_status(&e))?;
         let drivers = self.engine.ask(|reply| Command::Nearby { query, reply }).await?;
         Ok(Response::new(pb::NearbyResponse { drivers: drivers.iter().map(Into::into).collect() }))

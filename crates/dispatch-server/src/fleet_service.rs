@@ -51,7 +51,8 @@ fn hello(session: SessionId, message: pb::FleetMessage, outbox: Outbox) -> Resul
 }
 
 fn parse(session: SessionId, max_batch: usize, message: pb::FleetMessage) -> Parsed {
-    let invalid = |e: convert::InvalidInput, driver: &str| Parsed::rejected(rejected(input_code(&e), e.to_string(), driver));
+    let invalid =
+        |e: convert::InvalidInput, driver: &str| Parsed::rejected(rejected(input_code(&e), e.to_string(), driver));
     match message.kind {
         None => Parsed::rejected(rejected(Code::InvalidArgument, "empty message", "")),
         Some(Kind::Hello(_)) => {

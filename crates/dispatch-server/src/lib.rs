@@ -78,7 +78,10 @@ pub async fn run(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(DriverServiceServer::new(driver_service::DriverSvc::new(engine.clone(), config.driver_session_queue)))
+        .add_service(DriverServiceServer::new(driver_service::DriverSvc::new(
+            engine.clone(),
+            config.driver_session_queue,
+        )))
         .add_service(FleetServiceServer::new(fleet_service::FleetSvc::new(
             engine.clone(),
             config.fleet_session_queue,

@@ -32,7 +32,10 @@ impl RiderSvc {
 impl RiderService for RiderSvc {
     type RequestRideStream = ReceiverStream<Result<pb::Trip, Status>>;
 
-    async fn request_ride(&self, request: Request<pb::RideRequest>) -> Result<Response<Self::RequestRideStream>, Status> {
+    async fn request_ride(
+        &self,
+        request: Request<pb::RideRequest>,
+    ) -> Result<Response<Self::RequestRideStream>, Status> {
         let received = Instant::now();
         let request = RideRequest::try_from(request.get_ref()).map_err(|e| input_status(&e))?;
         let (watcher, updates) = mpsc::channel(self.queue.max(2));

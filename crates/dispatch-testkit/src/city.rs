@@ -1,1 +1,65 @@
-//! A seeded city for the engine: drivers scattered around a centre.
+//! A seeded city for the engine: drivers scattered around a centre and
+//! ride requests among them, built the same way by tests and benches.
+
+use dispatch_core::engine::{DriverHello, RideRequest};
+use dispatch_core::geo::LatLng;
+use dispatch_core::ids::{DriverId, RequestId, RiderId};
+use dispatch_core::service::{ServiceSet, ServiceType};
+use rand::Rng;
+
+use crate::geo::{SEOUL, point, random_point_near};
+
+/// The shape of a simulated city.
+#[derive(Debug, Clone, Copy)]
+pub struct CityShape {
+    /// Where its centre is.
+    pub centre: LatLng,
+    /// How far drivers and riders spread from it, in metres.
+    pub radius_m: f64,
+}
+
+impl CityShape {
+    /// Seoul: a disc of 15 km around City Hall.
+    pub fn seoul() -> Self {
+        Self { centre: point(SEOUL.0, SEOUL.1), radius_m: 15_000.0 }
+    }
+
+    /// A random point in the city.
+    pub fn point(&self, rng: &mut impl Rng) -> LatLng {
+        random_point_near(rng, self.centre, self.radius_m)
+    }
+}
+
+/// The id of the `n`th simulated driver.
+pub fn driver_id(n: usize) -> DriverId {
+    match DriverId::new(&format!("driver-{n:07}")) {
+        Ok(id) => id,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A driver's hello: available, at a random point, serving taxi and, one in
+/// ten, premium as well.
+pub fn driver_hello(rng: &mut impl Rng, city: &CityShape, n: usize) -> DriverHello {
+    let mut services = ServiceSet::taxi();
+    if rng.random_ratio(1, 10) {
+        services = services.with(ServiceType::Premium);
+    }
+    DriverHello { driver: driver_id(n), services, position: Some(city.point(rng)), available: true, auto_accept: false }
+}
+
+/// The `n`th rider's request for a taxi between two random points.
+pub fn ride_request(rng: &mut impl Rng, city: &CityShape, n: usize) -> RideRequest {
+    let (rider, request_id) = match (RiderId::new(&format!("rider-{n:07}")), RequestId::new(&format!("req-{n}"))) {
+        (Ok(r), Ok(q)) => (r, q),
+        (Err(e), _) | (_, Err(e)) => panic!("{e}"),
+    };
+    RideRequest {
+        rider,
+        request_id,
+        pickup: city.point(rng),
+        dropoff: Some(city.point(rng)),
+        service: ServiceType::Taxi,
+        max_pickup_distance_m: None,
+    }
+}

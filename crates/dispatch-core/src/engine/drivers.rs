@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 
 use super::state::{Driver, Session};
-use super::{DriverHello, Effect, Engine, FleetDriverUpdate, NearbyDriver, NearbyQuery, Ping, SessionEnd, WithdrawReason};
+use super::{
+    DriverHello, Effect, Engine, FleetDriverUpdate, NearbyDriver, NearbyQuery, Ping, SessionEnd, WithdrawReason,
+};
 use crate::error::EngineError;
 use crate::geo::MAX_DISTANCE_M;
 use crate::ids::{DriverId, FleetId, SessionId};
@@ -66,7 +68,8 @@ impl Engine {
             }
             drivers = moved;
         }
-        let trips = drivers.iter().filter_map(|&key| self.driver(key).trip).filter_map(|t| self.trip(t).cloned()).collect();
+        let trips =
+            drivers.iter().filter_map(|&key| self.driver(key).trip).filter_map(|t| self.trip(t).cloned()).collect();
         self.sessions.insert(session, Session::Fleet { fleet, drivers });
         trips
     }

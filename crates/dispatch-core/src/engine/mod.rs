@@ -7,6 +7,7 @@
 //! deterministic: the same calls give the same effects.
 
 mod drivers;
+mod invariants;
 mod io;
 mod matching;
 mod rides;
@@ -178,3 +179,6 @@ impl Engine {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,591 @@
+//! The rules of dispatch, one test each, in virtual time.
+
+use super::*;
+use crate::error::EngineError;
+use crate::geo::LatLng;
+use crate::ids::{FleetId, OfferId, RequestId, RiderId, SessionId, TripId};
+use crate::service::{ServiceSet, ServiceType};
+use crate::trip::TripStatus;
+
+fn p(lat: f64, lng: f64) -> LatLng {
+    LatLng::new(lat, lng).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn did(s: &str) -> DriverId {
+    DriverId::new(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An engine, a clock, and helpers to read what it said.
+struct World {
+    engine: Engine,
+    now: Timestamp,
+    next_session: u64,
+    log: Vec<Effect>,
+}
+
+const PICKUP: (f64, f64) = (37.5665, 126.9780);
+
+impl World {
+    fn new() -> Self {
+        Self::with(Config::default())
+    }
+
+    fn with(config: Config) -> Self {
+        Self { engine: Engine::new(config), now: Timestamp(1_000_000), next_session: 1, log: Vec::new() }
+    }
+
+    fn drain(&mut self) -> Vec<Effect> {
+        let effects: Vec<Effect> = self.engine.drain_effects().collect();
+        self.log.extend(effects.iter().cloned());
+        effects
+    }
+
+    fn session(&mut self) -> SessionId {
+        self.next_session += 1;
+        SessionId(self.next_session)
+    }
+
+    /// A driver `metres_north` of the pickup, available.
+    fn driver(&mut self, id: &str, metres_north: f64) -> SessionId {
+        self.driver_with(id, metres_north, ServiceSet::taxi(), false)
+    }
+
+    fn driver_with(&mut self, id: &str, metres_north: f64, services: ServiceSet, auto_accept: bool) -> SessionId {
+        let session = self.session();
+        let hello = DriverHello {
+            driver: did(id),
+            services,
+            position: Some(north_of_pickup(metres_north)),
+            available: true,
+            auto_accept,
+        };
+        if let Err(e) = self.engine.connect_driver(self.now, session, hello) {
+            panic!("{e}");
+        }
+        self.drain();
+        session
+    }
+
+    fn request(&mut self, rider: &str) -> TripId {
+        self.request_with(rider, rider, ServiceType::Taxi, None)
+    }
+
+    fn request_with(&mut self, rider: &str, key: &str, service: ServiceType, radius: Option<f64>) -> TripId {
+        let request = RideRequest {
+            rider: RiderId::new(rider).unwrap_or_else(|e| panic!("{e}")),
+            request_id: RequestId::new(key).unwrap_or_else(|e| panic!("{e}")),
+            pickup: p(PICKUP.0, PICKUP.1),
+            dropoff: Some(p(37.5, 127.0)),
+            service,
+            max_pickup_distance_m: radius,
+        };
+        self.engine.request_ride(self.now, request).0.id
+    }
+
+    fn advance(&mut self, ms: i64) {
+        self.now = self.now + ms;
+        self.engine.tick(self.now);
+    }
+
+    fn status(&self, trip: TripId) -> TripStatus {
+        self.engine.trip(trip).map(|t| t.status).unwrap_or_else(|| panic!("no trip {trip}"))
+    }
+
+    fn driver_of(&self, trip: TripId) -> Option<String> {
+        self.engine.trip(trip).and_then(|t| t.driver.as_ref().map(|d| d.to_string()))
+    }
+}
+
+fn north_of_pickup(metres: f64) -> LatLng {
+    p(PICKUP.0 + metres / 111_195.0, PICKUP.1)
+}
+
+/// The offers in `effects`: (session, offer id, driver id).
+fn offers(effects: &[Effect]) -> Vec<(SessionId, OfferId, String)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Driver { session, event: DriverEvent::Offer(o) } => Some((*session, o.id, o.driver.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn withdrawn(effects: &[Effect]) -> Vec<(OfferId, WithdrawReason)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Driver { event: DriverEvent::OfferWithdrawn { offer, reason, .. }, .. } => Some((*offer, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rider_statuses(effects: &[Effect]) -> Vec<TripStatus> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Rider(t) => Some(t.status),
+            _ => None,
+        })
+        .collect()
+}
+
+fn only_offer(effects: &[Effect]) -> (SessionId, OfferId, String) {
+    let all = offers(effects);
+    assert_eq!(all.len(), 1, "expected one offer in {effects:#?}");
+    all[0].clone()
+}
+
+#[test]
+fn the_nearest_available_driver_gets_the_offer() {
+    let mut w = World::new();
+    w.driver("far", 900.0);
+    let near = w.driver("near", 100.0);
+    w.driver("middle", 400.0);
+    let trip = w.request("r1");
+    let effects = w.drain();
+    assert_eq!(rider_statuses(&effects), vec![TripStatus::Searching]);
+    let (session, _, driver) = only_offer(&effects);
+    assert_eq!((session, driver.as_str()), (near, "near"));
+    assert!(effects.contains(&Effect::FirstOffer(trip)));
+}
+
+#[test]
+fn ties_go_to_the_smaller_driver_id() {
+    let mut w = World::new();
+    for id in ["d-c", "d-a", "d-b"] {
+        w.driver(id, 250.0);
+    }
+    w.request("r1");
+    assert_eq!(only_offer(&w.drain()).2, "d-a");
+}
+
+#[test]
+fn a_decline_passes_the_offer_to_the_next_nearest() {
+    let mut w = World::new();
+    let a = w.driver("a", 100.0);
+    w.driver("b", 200.0);
+    let trip = w.request("r1");
+    let (_, offer, _) = only_offer(&w.drain());
+    w.engine.offer_reply(w.now, a, offer, false).unwrap_or_else(|e| panic!("{e}"));
+    let effects = w.drain();
+    assert_eq!(withdrawn(&effects), vec![(offer, WithdrawReason::Declined)]);
+    assert_eq!(only_offer(&effects).2, "b");
+    assert_eq!(w.status(trip), TripStatus::Searching);
+    assert_eq!(w.engine.stats().offers_declined, 1);
+}
+
+#[test]
+fn an_expired_offer_is_withdrawn_and_passed_on() {
+    let mut w = World::new();
+    w.driver("a", 100.0);
+    w.driver("b", 200.0);
+    w.request("r1");
+    let (_, offer, _) = only_offer(&w.drain());
+    w.advance(9_999);
+    assert!(w.drain().is_empty(), "nothing is due before the offer timeout");
+    w.advance(1);
+    let effects = w.drain();
+    assert_eq!(withdrawn(&effects), vec![(offer, WithdrawReason::Expired)]);
+    assert_eq!(only_offer(&effects).2, "b");
+    assert_eq!(w.engine.stats().offers_expired, 1);
+}
+
+#[test]
+fn accepting_assigns_and_tells_rider_and_driver() {
+    let mut w = World::new();
+    let a = w.driver("a", 300.0);
+    let trip = w.request("r1");
+    let (_, offer, _) = only_offer(&w.drain());
+    w.engine.offer_reply(w.now, a, offer, true).unwrap_or_else(|e| panic!("{e}"));
+    let effects = w.drain();
+    let assigned = effects.iter().find_map(|e| match e {
+        Effect::Rider(t) => Some(t.clone()),
+        _ => None,
+    });
+    let assigned = assigned.unwrap_or_else(|| panic!("rider not told: {effects:#?}"));
+    assert_eq!(assigned.status, TripStatus::DriverAssigned);
+    assert_eq!(assigned.driver, Some(did("a")));
+    assert!(assigned.driver_position.is_some());
+    let distance = assigned.pickup_distance_m.unwrap_or(-1.0);
+    assert!((distance - 300.0).abs() < 1.0, "{distance}");
+    assert!(effects.iter().any(|e| matches!(e, Effect::Driver { session, event: DriverEvent::Trip(t) }
+        if *session == a && t.status == TripStatus::DriverAssigned)));
+    // The accepted offer is closed: answering it again is refused.
+    assert_eq!(w.engine.offer_reply(w.now, a, offer, true), Err(EngineError::UnknownOffer(offer)));
+    assert_eq!(w.status(trip), TripStatus::DriverAssigned);
+}
+
+#[test]
+fn auto_accept_drivers_are_assigned_without_an_offer() {
+    let mut w = World::new();
+    w.driver_with("auto", 100.0, ServiceSet::taxi(), true);
+    let trip = w.request("r1");
+    let effects = w.drain();
+    assert!(offers(&effects).is_empty());
+    assert_eq!(rider_statuses(&effects), vec![TripStatus::Searching, TripStatus::DriverAssigned]);
+    assert_eq!(w.driver_of(trip).as_deref(), Some("auto"));
+}
+
+#[test]
+fn only_drivers_who_can_serve_are_offered() {
+    let mut w = World::new();
+    w.driver("taxi-only", 50.0);
+    let off = w.driver("off-duty", 10.0);
+    w.engine.set_availability(w.now, off, false).unwrap_or_else(|e| panic!("{e}"));
+    let s = w.session();
+    // No position yet: not offerable.
+    let hello = DriverHello {
+        driver: did("no-fix"),
+        services: ServiceSet::taxi().with(ServiceType::Premium),
+        position: None,
+        available: true,
+        auto_accept: false,
+    };
+    w.engine.connect_driver(w.now, s, hello).unwrap_or_else(|e| panic!("{e}"));
+    w.driver_with("premium", 900.0, ServiceSet::EMPTY.with(ServiceType::Premium), false);
+    w.drain();
+    w.request_with("r1", "k1", ServiceType::Premium, None);
+    assert_eq!(only_offer(&w.drain()).2, "premium");
+}
+
+#[test]
+fn outside_the_radius_the_trip_waits_then_a_driver_moving_in_gets_it() {
+    let mut w = World::new();
+    let s = w.driver("far", 6_000.0);
+    let trip = w.request("r1");
+    assert!(offers(&w.drain()).is_empty());
+    w.advance(1_000);
+    assert!(offers(&w.drain()).is_empty());
+    w.engine
+        .ping(w.now, s, Ping { position: north_of_pickup(4_000.0), timestamp: None })
+        .unwrap_or_else(|e| panic!("{e}"));
+    w.advance(0);
+    assert_eq!(only_offer(&w.drain()).2, "far");
+    assert_eq!(w.status(trip), TripStatus::Searching);
+}
+
+#[test]
+fn a_requests_own_radius_overrides_the_default() {
+    let mut w = World::new();
+    w.driver("d", 2_000.0);
+    w.request_with("r1", "k", ServiceType::Taxi, Some(1_000.0));
+    assert!(offers(&w.drain()).is_empty());
+    w.request_with("r2", "k", ServiceType::Taxi, Some(3_000.0));
+    assert_eq!(only_offer(&w.drain()).2, "d");
+}
+
+#[test]
+fn a_search_with_no_driver_times_out() {
+    let mut w = World::new();
+    let trip = w.request("r1");
+    w.drain();
+    w.advance(59_999);
+    assert_eq!(w.status(trip), TripStatus::Searching);
+    w.advance(1);
+    assert_eq!(rider_statuses(&w.drain()), vec![TripStatus::NoDriverFound]);
+    assert_eq!(w.engine.stats().trips_no_driver, 1);
+}
+
+#[test]
+fn when_drivers_are_scarce_earlier_requests_come_first() {
+    let mut w = World::new();
+    let first = w.request("r1");
+    let second = w.request("r2");
+    w.drain();
+    w.driver_with("d", 100.0, ServiceSet::taxi(), true);
+    w.advance(0);
+    assert_eq!(w.driver_of(first).as_deref(), Some("d"));
+    assert_eq!(w.status(second), TripStatus::Searching);
+}
+
+#[test]
+fn a_driver_freed_by_a_decline_goes_to_the_earlier_waiting_request() {
+    let mut w = World::new();
+    let a = w.driver("a", 100.0);
+    let first = w.request_with("r1", "k", ServiceType::Taxi, Some(200.0));
+    let (_, offer, _) = only_offer(&w.drain());
+    let second = w.request("r2"); // waits: a is busy with an offer
+    assert!(offers(&w.drain()).is_empty());
+    w.engine.offer_reply(w.now, a, offer, false).unwrap_or_else(|e| panic!("{e}"));
+    w.advance(0);
+    // a declined the first trip, so the second gets a; the first waits.
+    let effects = w.drain();
+    assert_eq!(only_offer(&effects).2, "a");
+    assert_eq!(w.engine.trip(second).map(|t| t.status), Some(TripStatus::Searching));
+    assert_eq!(w.status(first), TripStatus::Searching);
+}
+
+#[test]
+fn progress_must_come_in_order_and_completing_frees_the_driver() {
+    let mut w = World::new();
+    let s = w.driver_with("d", 100.0, ServiceSet::taxi(), true);
+    let trip = w.request("r1");
+    w.drain();
+    let out_of_order = w.engine.trip_progress(w.now, s, None, trip, TripStatus::InProgress);
+    assert!(matches!(out_of_order, Err(EngineError::OutOfOrder { .. })), "{out_of_order:?}");
+    let bad = w.engine.trip_progress(w.now, s, None, trip, TripStatus::Searching);
+    assert_eq!(bad, Err(EngineError::NotADriverReport(TripStatus::Searching)));
+    for status in [TripStatus::DriverArrived, TripStatus::InProgress, TripStatus::Completed] {
+        w.engine.trip_progress(w.now, s, None, trip, status).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let effects = w.drain();
+    assert_eq!(
+        rider_statuses(&effects),
+        vec![TripStatus::DriverArrived, TripStatus::InProgress, TripStatus::Completed]
+    );
+    assert_eq!(w.engine.stats().trips_completed, 1);
+    // Free again: the next ride goes to the same driver.
+    let next = w.request("r2");
+    assert_eq!(w.driver_of(next).as_deref(), Some("d"));
+    assert_eq!(
+        w.engine.trip_progress(w.now, s, None, trip, TripStatus::Completed),
+        Err(EngineError::NotDriversTrip(trip))
+    );
+}
+
+#[test]
+fn a_driver_who_cancels_before_pickup_returns_the_trip_to_search() {
+    let mut w = World::new();
+    let a = w.driver_with("a", 100.0, ServiceSet::taxi(), true);
+    let trip = w.request("r1");
+    w.drain();
+    w.driver("b", 500.0);
+    w.engine.trip_progress(w.now, a, None, trip, TripStatus::Cancelled).unwrap_or_else(|e| panic!("{e}"));
+    let effects = w.drain();
+    assert!(effects.iter().any(|e| matches!(e, Effect::Driver { session, event: DriverEvent::Trip(t) }
+        if *session == a && t.status == TripStatus::Cancelled)));
+    assert_eq!(rider_statuses(&effects), vec![TripStatus::Searching]);
+    // b gets it, and a is never offered it again even though a is nearer.
+    assert_eq!(only_offer(&effects).2, "b");
+    w.advance(10_000);
+    let effects = w.drain();
+    assert!(offers(&effects).is_empty(), "{effects:#?}");
+}
+
+#[test]
+fn a_rider_cancel_withdraws_the_offer_or_frees_the_driver() {
+    let mut w = World::new();
+    let a = w.driver("a", 100.0);
+    let trip = w.request("r1");
+    let (_, offer, _) = only_offer(&w.drain());
+    let cancelled = w.engine.cancel_ride(w.now, trip, "").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cancelled.status, TripStatus::Cancelled);
+    assert_eq!(withdrawn(&w.drain()), vec![(offer, WithdrawReason::RiderCancelled)]);
+    assert_eq!(w.engine.offer_reply(w.now, a, offer, true), Err(EngineError::UnknownOffer(offer)));
+
+    let trip = w.request("r2");
+    let (_, offer, _) = only_offer(&w.drain());
+    w.engine.offer_reply(w.now, a, offer, true).unwrap_or_else(|e| panic!("{e}"));
+    w.drain();
+    w.engine.cancel_ride(w.now, trip, "changed my mind").unwrap_or_else(|e| panic!("{e}"));
+    let effects = w.drain();
+    assert!(effects.iter().any(|e| matches!(e, Effect::Driver { event: DriverEvent::Trip(t), .. }
+        if t.status == TripStatus::Cancelled && t.cancel_reason.as_deref() == Some("changed my mind"))));
+    // Cancelling again is harmless; after the pickup it is too late.
+    assert_eq!(w.engine.cancel_ride(w.now, trip, "").map(|t| t.status), Ok(TripStatus::Cancelled));
+    let trip = w.request("r3");
+    let (_, offer, _) = only_offer(&w.drain());
+    w.engine.offer_reply(w.now, a, offer, true).unwrap_or_else(|e| panic!("{e}"));
+    for status in [TripStatus::DriverArrived, TripStatus::InProgress] {
+        w.engine.trip_progress(w.now, a, None, trip, status).unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(matches!(w.engine.cancel_ride(w.now, trip, ""), Err(EngineError::TooLateToCancel { .. })));
+    assert_eq!(w.engine.cancel_ride(w.now, TripId(999), ""), Err(EngineError::UnknownTrip(TripId(999))));
+}
+
+#[test]
+fn the_same_request_id_follows_the_same_trip() {
+    let mut w = World::new();
+    let first = w.request_with("r1", "key", ServiceType::Taxi, None);
+    let again = w.request_with("r1", "key", ServiceType::Taxi, None);
+    let other_rider = w.request_with("r2", "key", ServiceType::Taxi, None);
+    assert_eq!(first, again);
+    assert_ne!(first, other_rider);
+}
+
+#[test]
+fn a_lost_session_declines_its_offer_and_forgets_an_idle_driver() {
+    let mut w = World::new();
+    let a = w.driver("a", 100.0);
+    w.driver("b", 200.0);
+    w.request("r1");
+    let (_, offer, _) = only_offer(&w.drain());
+    w.engine.close_session(w.now, a);
+    let effects = w.drain();
+    assert_eq!(only_offer(&effects).2, "b");
+    assert_eq!(w.engine.offer_reply(w.now, a, offer, true), Err(EngineError::SessionNotOpen));
+    assert_eq!(w.engine.stats().drivers_connected, 1);
+}
+
+#[test]
+fn a_driver_on_a_trip_keeps_it_across_a_reconnect() {
+    let mut w = World::new();
+    let old = w.driver_with("a", 100.0, ServiceSet::taxi(), true);
+    let trip = w.request("r1");
+    w.drain();
+    // A second session replaces the first, and learns about the trip.
+    let new = w.session();
+    let hello = DriverHello {
+        driver: did("a"),
+        services: ServiceSet::taxi(),
+        position: None,
+        available: true,
+        auto_accept: true,
+    };
+    let current = w.engine.connect_driver(w.now, new, hello.clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(current.map(|t| t.id), Some(trip));
+    assert!(w.drain().contains(&Effect::EndSession { session: old, reason: SessionEnd::Replaced }));
+    assert_eq!(
+        w.engine.ping(w.now, old, Ping { position: p(0.0, 0.0), timestamp: None }),
+        Err(EngineError::SessionNotOpen)
+    );
+    // The session drops; the driver keeps the trip and resumes on hello.
+    w.engine.close_session(w.now, new);
+    assert_eq!(w.status(trip), TripStatus::DriverAssigned);
+    let third = w.session();
+    let current = w.engine.connect_driver(w.now, third, hello).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(current.map(|t| t.id), Some(trip));
+    w.engine.trip_progress(w.now, third, None, trip, TripStatus::DriverArrived).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn riders_see_the_driver_move_at_most_once_a_second() {
+    let mut w = World::new();
+    let s = w.driver_with("a", 1_000.0, ServiceSet::taxi(), true);
+    w.request("r1");
+    w.drain();
+    for i in 0..10 {
+        w.now = w.now + 250;
+        let at = north_of_pickup(1_000.0 - f64::from(i) * 10.0);
+        w.engine.ping(w.now, s, Ping { position: at, timestamp: None }).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let updates = rider_statuses(&w.drain());
+    assert_eq!(updates, vec![TripStatus::DriverAssigned; 2], "2.5 s of pings at 4 Hz: two updates");
+}
+
+#[test]
+fn an_older_fix_never_moves_a_driver_back() {
+    let mut w = World::new();
+    let s = w.driver("a", 9_000.0);
+    let near = north_of_pickup(100.0);
+    w.engine
+        .ping(w.now, s, Ping { position: near, timestamp: Some(Timestamp(2_000)) })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let far = north_of_pickup(9_000.0);
+    w.engine
+        .ping(w.now, s, Ping { position: far, timestamp: Some(Timestamp(1_000)) })
+        .unwrap_or_else(|e| panic!("{e}"));
+    w.request("r1");
+    assert_eq!(only_offer(&w.drain()).2, "a");
+}
+
+#[test]
+fn fleets_register_drivers_and_cannot_take_held_ones() {
+    let mut w = World::new();
+    let own = w.driver("own-app", 5_000.0);
+    let fleet = w.session();
+    w.engine.connect_fleet(fleet, FleetId::new("f1").unwrap_or_else(|e| panic!("{e}")));
+    let update = |id: &str, metres: f64| FleetDriverUpdate {
+        driver: did(id),
+        position: Some(Ping { position: north_of_pickup(metres), timestamp: None }),
+        services: None,
+        available: Some(true),
+        auto_accept: false,
+    };
+    assert_eq!(
+        w.engine.fleet_update(w.now, fleet, update("own-app", 10.0)),
+        Err(EngineError::DriverHeldElsewhere(did("own-app")))
+    );
+    w.engine.fleet_update(w.now, fleet, update("f-1", 100.0)).unwrap_or_else(|e| panic!("{e}"));
+    // A driver's own app cannot take a fleet's driver either.
+    let s = w.session();
+    let hello = DriverHello {
+        driver: did("f-1"),
+        services: ServiceSet::taxi(),
+        position: None,
+        available: true,
+        auto_accept: false,
+    };
+    assert_eq!(w.engine.connect_driver(w.now, s, hello), Err(EngineError::DriverHeldElsewhere(did("f-1"))));
+    w.drain();
+    let trip = w.request("r1");
+    let (session, offer, driver) = only_offer(&w.drain());
+    assert_eq!((session, driver.as_str()), (fleet, "f-1"));
+    // Another fleet, or the driver's own app, cannot answer for it.
+    assert_eq!(w.engine.offer_reply(w.now, own, offer, true), Err(EngineError::UnknownOffer(offer)));
+    w.engine.offer_reply(w.now, fleet, offer, true).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        w.engine.trip_progress(w.now, fleet, Some(&did("own-app")), trip, TripStatus::DriverArrived),
+        Err(EngineError::NotFleetDriver(did("own-app")))
+    );
+    w.engine
+        .trip_progress(w.now, fleet, Some(&did("f-1")), trip, TripStatus::DriverArrived)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // When the fleet session ends its idle drivers go; f-1 keeps its trip.
+    w.engine.fleet_update(w.now, fleet, update("f-2", 50.0)).unwrap_or_else(|e| panic!("{e}"));
+    w.engine.close_session(w.now, fleet);
+    assert_eq!(w.engine.stats().drivers_connected, 1);
+    w.request("r2");
+    assert!(offers(&w.drain()).is_empty());
+}
+
+#[test]
+fn a_new_fleet_session_takes_over_the_fleets_drivers() {
+    let mut w = World::new();
+    let f1 = FleetId::new("f").unwrap_or_else(|e| panic!("{e}"));
+    let old = w.session();
+    w.engine.connect_fleet(old, f1.clone());
+    let update = FleetDriverUpdate {
+        driver: did("x"),
+        position: Some(Ping { position: north_of_pickup(10.0), timestamp: None }),
+        services: None,
+        available: Some(true),
+        auto_accept: true,
+    };
+    w.engine.fleet_update(w.now, old, update).unwrap_or_else(|e| panic!("{e}"));
+    let trip = w.request("r1");
+    let new = w.session();
+    let trips = w.engine.connect_fleet(new, f1);
+    assert_eq!(trips.iter().map(|t| t.id).collect::<Vec<_>>(), vec![trip]);
+    assert!(w.drain().contains(&Effect::EndSession { session: old, reason: SessionEnd::Replaced }));
+    w.engine
+        .trip_progress(w.now, new, Some(&did("x")), trip, TripStatus::DriverArrived)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn nearby_lists_connected_drivers_nearest_first_with_filters() {
+    let mut w = World::new();
+    w.driver("d1", 100.0);
+    w.driver("d2", 300.0);
+    w.driver_with("d3", 200.0, ServiceSet::EMPTY.with(ServiceType::Van), false);
+    let query =
+        NearbyQuery { center: p(PICKUP.0, PICKUP.1), limit: 10, radius_m: None, service: None, available_only: false };
+    let names =
+        |q: &NearbyQuery, w: &World| w.engine.nearby(q).iter().map(|d| d.driver.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&query, &w), vec!["d1", "d3", "d2"]);
+    let vans = NearbyQuery { service: Some(ServiceType::Van), ..query.clone() };
+    assert_eq!(names(&vans, &w), vec!["d3"]);
+    let close = NearbyQuery { radius_m: Some(250.0), limit: 1, ..query.clone() };
+    assert_eq!(names(&close, &w), vec!["d1"]);
+    w.request("r1"); // d1 now has an offer out
+    let free = NearbyQuery { available_only: true, ..query };
+    assert_eq!(names(&free, &w), vec!["d3", "d2"]);
+}
+
+#[test]
+fn ended_trips_are_forgotten_after_their_retention() {
+    let mut w = World::with(Config { trip_retention_ms: 5_000, ..Config::default() });
+    let trip = w.request("r1");
+    w.engine.cancel_ride(w.now, trip, "").unwrap_or_else(|e| panic!("{e}"));
+    w.drain();
+    w.advance(4_999);
+    assert!(w.engine.trip(trip).is_some());
+    w.advance(1);
+    assert!(w.engine.trip(trip).is_none());
+    assert!(w.drain().contains(&Effect::TripForgotten(trip)));
+    // The request id is free again: a new trip, a new id.
+    assert_ne!(w.request("r1"), trip);
+}

@@ -1,0 +1,95 @@
+//! The engine's invariants, checked over its whole state. Tests and fuzzers
+//! call this after every step; it costs O(drivers + trips + offers).
+
+use std::collections::HashMap;
+
+use super::Engine;
+use super::state::Session;
+use crate::trip::TripStatus;
+
+impl Engine {
+    /// Checks that the engine's tables agree with each other: one trip per
+    /// driver, one driver per trip, at most one offer per driver and per
+    /// trip, never an offer and a trip at once, every indexed driver known.
+    /// Returns what is broken, if anything.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut drivers_on_trips = HashMap::new();
+        for (id, state) in &self.trips {
+            let trip = &state.trip;
+            if trip.id != *id {
+                return Err(format!("trip {id} is filed under another id {}", trip.id));
+            }
+            if trip.status.has_driver() {
+                let Some(driver) = &trip.driver else {
+                    return Err(format!("trip {id} is {:?} without a driver", trip.status));
+                };
+                if let Some(other) = drivers_on_trips.insert(driver.clone(), *id) {
+                    return Err(format!("driver {driver} has two trips: {other} and {id}"));
+                }
+                let key = self.driver_keys.get(driver).ok_or(format!("trip {id}: driver {driver} unknown"))?;
+                if self.driver(*key).trip != Some(*id) {
+                    return Err(format!("trip {id} names {driver}, whose trip is {:?}", self.driver(*key).trip));
+                }
+            }
+            if let Some(offer) = state.offer {
+                match self.offers.get(&offer) {
+                    Some(o) if o.trip == *id => {}
+                    _ => return Err(format!("trip {id} points at offer {offer}, which is not its open offer")),
+                }
+                if trip.status != TripStatus::Searching {
+                    return Err(format!("trip {id} has an offer out while {:?}", trip.status));
+                }
+            }
+            if self.unmatched.contains(id) && (trip.status != TripStatus::Searching || state.offer.is_some()) {
+                return Err(format!("trip {id} is waiting for a driver while {:?} / {:?}", trip.status, state.offer));
+            }
+        }
+        for (offer_id, offer) in &self.offers {
+            let driver = self.drivers.get(offer.driver.0 as usize).and_then(Option::as_ref);
+            let driver = driver.ok_or(format!("offer {offer_id} is to a free slot"))?;
+            if driver.offer != Some(*offer_id) {
+                return Err(format!("offer {offer_id} is to {}, whose offer is {:?}", driver.id, driver.offer));
+            }
+            if driver.trip.is_some() {
+                return Err(format!("driver {} has an offer and a trip", driver.id));
+            }
+            match self.trips.get(&offer.trip) {
+                Some(state) if state.offer == Some(*offer_id) => {}
+                _ => return Err(format!("offer {offer_id} belongs to no trip that knows it")),
+            }
+        }
+        for (slot, driver) in self.drivers.iter().enumerate() {
+            let Some(driver) = driver else { continue };
+            if self.driver_keys.get(&driver.id).map(|k| k.0 as usize) != Some(slot) {
+                return Err(format!("driver {} is not filed under its slot", driver.id));
+            }
+            if let Some(trip) = driver.trip
+                && drivers_on_trips.get(&driver.id) != Some(&trip)
+            {
+                return Err(format!("driver {} thinks it has trip {trip}, which does not name it", driver.id));
+            }
+            if let Some(offer) = driver.offer
+                && !self.offers.contains_key(&offer)
+            {
+                return Err(format!("driver {} holds a closed offer {offer}", driver.id));
+            }
+            if driver.session.is_none() && driver.trip.is_none() {
+                return Err(format!("driver {} has neither a session nor a trip", driver.id));
+            }
+            if let Some(session) = driver.session {
+                let speaks = match self.sessions.get(&session) {
+                    Some(Session::Driver(key)) => key.0 as usize == slot,
+                    Some(Session::Fleet { drivers, .. }) => drivers.iter().any(|k| k.0 as usize == slot),
+                    None => false,
+                };
+                if !speaks {
+                    return Err(format!("driver {}'s session {session} does not speak for it", driver.id));
+                }
+            }
+        }
+        if self.index.len() != self.drivers.iter().flatten().filter(|d| d.position.is_some()).count() {
+            return Err("the index and the positioned drivers differ".into());
+        }
+        Ok(())
+    }
+}

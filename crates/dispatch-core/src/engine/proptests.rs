@@ -1,0 +1,236 @@
+//! Random sequences of everything clients can do, checked after every step:
+//! the engine's tables agree (see `check_invariants`), statuses only move
+//! forward (but for a driver's cancel before the pickup), an ended trip never
+//! changes again, and no trip is lost.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::geo::LatLng;
+use crate::ids::{FleetId, OfferId, RequestId, RiderId, SessionId, TripId};
+use crate::service::{ServiceSet, ServiceType};
+use crate::trip::TripStatus;
+
+const DRIVERS: usize = 6;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Hello { driver: usize, north_m: u16, available: bool, auto_accept: bool, premium: bool },
+    FleetUpdate { driver: usize, north_m: u16, available: Option<bool> },
+    Ping { driver: usize, north_m: u16 },
+    Availability { driver: usize, available: bool },
+    Request { rider: u8, key: u8, premium: bool, radius_m: Option<u16> },
+    Reply { pick: usize, accept: bool },
+    Progress { driver: usize, status: u8 },
+    Cancel { pick: usize },
+    Close { driver: usize },
+    CloseFleet,
+    Tick { ms: u16 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let d = 0..DRIVERS;
+    prop_oneof![
+        (d.clone(), 0..6_000u16, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+            |(driver, north_m, available, auto_accept, premium)| Op::Hello {
+                driver,
+                north_m,
+                available,
+                auto_accept,
+                premium
+            }
+        ),
+        (d.clone(), 0..6_000u16, proptest::option::of(any::<bool>()))
+            .prop_map(|(driver, north_m, available)| Op::FleetUpdate { driver, north_m, available }),
+        (d.clone(), 0..6_000u16).prop_map(|(driver, north_m)| Op::Ping { driver, north_m }),
+        (d.clone(), any::<bool>()).prop_map(|(driver, available)| Op::Availability { driver, available }),
+        (0..4u8, 0..3u8, any::<bool>(), proptest::option::of(100..8_000u16))
+            .prop_map(|(rider, key, premium, radius_m)| Op::Request { rider, key, premium, radius_m }),
+        (any::<usize>(), any::<bool>()).prop_map(|(pick, accept)| Op::Reply { pick, accept }),
+        (d.clone(), 0..8u8).prop_map(|(driver, status)| Op::Progress { driver, status }),
+        any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+        d.prop_map(|driver| Op::Close { driver }),
+        Just(Op::CloseFleet),
+        (0..15_000u16).prop_map(|ms| Op::Tick { ms }),
+    ]
+}
+
+fn point(north_m: u16) -> LatLng {
+    LatLng::new(37.5 + f64::from(north_m) / 111_195.0, 127.0).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn status(n: u8) -> TripStatus {
+    [
+        TripStatus::Searching,
+        TripStatus::DriverAssigned,
+        TripStatus::DriverArrived,
+        TripStatus::InProgress,
+        TripStatus::Completed,
+        TripStatus::Cancelled,
+        TripStatus::NoDriverFound,
+        TripStatus::DriverArrived,
+    ][usize::from(n) % 8]
+}
+
+/// What the test saw of the world through effects alone.
+#[derive(Default)]
+struct Seen {
+    statuses: HashMap<TripId, TripStatus>,
+    /// Open offers and the session each went to.
+    offers: Vec<(OfferId, SessionId)>,
+    driver_sessions: HashMap<usize, SessionId>,
+}
+
+fn check_effects(seen: &mut Seen, effects: &[Effect]) -> Result<(), TestCaseError> {
+    for effect in effects {
+        match effect {
+            Effect::Rider(trip) => {
+                if let Some(&before) = seen.statuses.get(&trip.id) {
+                    prop_assert!(
+                        !before.is_terminal() || before == trip.status,
+                        "{} changed after {before:?}",
+                        trip.id
+                    );
+                    let back_to_search = trip.status == TripStatus::Searching
+                        && matches!(before, TripStatus::DriverAssigned | TripStatus::DriverArrived);
+                    prop_assert!(
+                        trip.status.rank() >= before.rank() || back_to_search,
+                        "{} went from {before:?} to {:?}",
+                        trip.id,
+                        trip.status
+                    );
+                }
+                seen.statuses.insert(trip.id, trip.status);
+            }
+            Effect::Driver { session, event: DriverEvent::Offer(offer) } => seen.offers.push((offer.id, *session)),
+            Effect::Driver { event: DriverEvent::OfferWithdrawn { offer, .. }, .. } => {
+                seen.offers.retain(|(o, _)| o != offer);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut engine = Engine::new(Config::default());
+    let mut now = Timestamp(1_700_000_000_000);
+    let mut seen = Seen::default();
+    let mut next_session = 100u64;
+    let fleet = SessionId(1);
+    engine.connect_fleet(fleet, FleetId::new("fleet").unwrap_or_else(|e| panic!("{e}")));
+    let driver_id = |n: usize| DriverId::new(&format!("d{n}")).unwrap_or_else(|e| panic!("{e}"));
+    for op in ops {
+        match op {
+            Op::Hello { driver, north_m, available, auto_accept, premium } => {
+                next_session += 1;
+                let session = SessionId(next_session);
+                let services = if premium { ServiceSet::taxi().with(ServiceType::Premium) } else { ServiceSet::taxi() };
+                let hello = DriverHello {
+                    driver: driver_id(driver),
+                    services,
+                    position: Some(point(north_m)),
+                    available,
+                    auto_accept,
+                };
+                if engine.connect_driver(now, session, hello).is_ok() {
+                    seen.driver_sessions.insert(driver, session);
+                }
+            }
+            Op::FleetUpdate { driver, north_m, available } => {
+                let update = FleetDriverUpdate {
+                    driver: driver_id(driver),
+                    position: Some(Ping { position: point(north_m), timestamp: None }),
+                    services: None,
+                    available,
+                    auto_accept: false,
+                };
+                let _ = engine.fleet_update(now, fleet, update);
+            }
+            Op::Ping { driver, north_m } => {
+                if let Some(&s) = seen.driver_sessions.get(&driver) {
+                    let _ = engine.ping(now, s, Ping { position: point(north_m), timestamp: None });
+                }
+            }
+            Op::Availability { driver, available } => {
+                if let Some(&s) = seen.driver_sessions.get(&driver) {
+                    let _ = engine.set_availability(now, s, available);
+                }
+            }
+            Op::Request { rider, key, premium, radius_m } => {
+                let request = RideRequest {
+                    rider: RiderId::new(&format!("r{rider}")).unwrap_or_else(|e| panic!("{e}")),
+                    request_id: RequestId::new(&format!("k{key}")).unwrap_or_else(|e| panic!("{e}")),
+                    pickup: point(0),
+                    dropoff: None,
+                    service: if premium { ServiceType::Premium } else { ServiceType::Taxi },
+                    max_pickup_distance_m: radius_m.map(f64::from),
+                };
+                let (trip, created) = engine.request_ride(now, request);
+                if !created {
+                    prop_assert!(seen.statuses.contains_key(&trip.id), "a retry found a trip never seen");
+                }
+            }
+            Op::Reply { pick, accept } => {
+                if !seen.offers.is_empty() {
+                    let (offer, session) = seen.offers[pick % seen.offers.len()];
+                    if engine.offer_reply(now, session, offer, accept).is_ok() {
+                        seen.offers.retain(|(o, _)| *o != offer);
+                    }
+                }
+            }
+            Op::Progress { driver, status: s } => {
+                let trips: Vec<TripId> = seen.statuses.keys().copied().collect();
+                for trip in trips {
+                    let session = seen.driver_sessions.get(&driver).copied().unwrap_or(fleet);
+                    let fleet_driver = (session == fleet).then(|| driver_id(driver));
+                    let _ = engine.trip_progress(now, session, fleet_driver.as_ref(), trip, status(s));
+                }
+            }
+            Op::Cancel { pick } => {
+                let mut trips: Vec<TripId> = seen.statuses.keys().copied().collect();
+                trips.sort();
+                if !trips.is_empty() {
+                    let _ = engine.cancel_ride(now, trips[pick % trips.len()], "");
+                }
+            }
+            Op::Close { driver } => {
+                if let Some(s) = seen.driver_sessions.remove(&driver) {
+                    engine.close_session(now, s);
+                }
+            }
+            Op::CloseFleet => {
+                engine.close_session(now, fleet);
+                engine.connect_fleet(fleet, FleetId::new("fleet").unwrap_or_else(|e| panic!("{e}")));
+            }
+            Op::Tick { ms } => {
+                now = now + i64::from(ms);
+                engine.tick(now);
+            }
+        }
+        engine.tick(now);
+        let effects: Vec<Effect> = engine.drain_effects().collect();
+        check_effects(&mut seen, &effects)?;
+        // An accepted offer disappears without a withdrawal: keep only open ones.
+        seen.offers.retain(|(o, _)| engine.offers.contains_key(o));
+        if let Err(broken) = engine.check_invariants() {
+            return Err(TestCaseError::fail(broken));
+        }
+        for (trip, status) in &seen.statuses {
+            let now_status = engine.trip(*trip).map(|t| t.status);
+            prop_assert_eq!(now_status, Some(*status), "trip {} lost or out of step", trip);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_under_any_sequence(ops in proptest::collection::vec(op(), 1..120)) {
+        run(ops)?;
+    }
+}

@@ -1,0 +1,119 @@
+//! The matcher against a brute-force oracle: in a seeded city where drivers
+//! differ in availability, service types and busy-ness, every ride request
+//! must be offered to the driver the oracle picks (nearest eligible by
+//! haversine, ties by id), or to nobody when the oracle finds nobody.
+
+use std::collections::HashMap;
+
+use dispatch_core::engine::{Config, DriverEvent, DriverHello, Effect, Engine};
+use dispatch_core::geo::LatLng;
+use dispatch_core::ids::{DriverId, SessionId};
+use dispatch_core::service::{ServiceSet, ServiceType};
+use dispatch_core::time::Timestamp;
+use dispatch_testkit::city::{CityShape, driver_id, ride_request};
+use dispatch_testkit::rng;
+use rand::Rng;
+
+struct OracleDriver {
+    id: DriverId,
+    position: LatLng,
+    available: bool,
+    services: ServiceSet,
+    busy: bool,
+}
+
+fn oracle_pick(drivers: &[OracleDriver], pickup: LatLng, service: ServiceType, radius: f64) -> Option<DriverId> {
+    drivers
+        .iter()
+        .filter(|d| d.available && !d.busy && d.services.contains(service))
+        .map(|d| (d.position.distance_m(pickup), &d.id))
+        .filter(|(dist, _)| *dist <= radius)
+        .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)))
+        .map(|(_, id)| id.clone())
+}
+
+fn run(seed: u64, city: CityShape, drivers: usize, requests: usize) {
+    let mut rng = rng(seed);
+    let mut engine = Engine::new(Config::default());
+    let now = Timestamp(1_700_000_000_000);
+    let mut oracle: Vec<OracleDriver> = Vec::new();
+    let mut sessions = HashMap::new();
+    for n in 0..drivers {
+        let mut services = ServiceSet::taxi();
+        if rng.random_ratio(1, 4) {
+            services = ServiceSet::EMPTY.with(ServiceType::Premium);
+        }
+        // A few drivers share a spot, so ties by id are exercised.
+        let position = if n % 50 == 1 { oracle[n - 1].position } else { city.point(&mut rng) };
+        let available = rng.random_ratio(4, 5);
+        let hello =
+            DriverHello { driver: driver_id(n), services, position: Some(position), available, auto_accept: false };
+        let session = SessionId(n as u64 + 1);
+        if let Err(e) = engine.connect_driver(now, session, hello) {
+            panic!("{e}");
+        }
+        sessions.insert(driver_id(n), session);
+        oracle.push(OracleDriver { id: driver_id(n), position, available, services, busy: false });
+    }
+    engine.drain_effects().for_each(drop);
+    let mut matched = 0;
+    for n in 0..requests {
+        let mut request = ride_request(&mut rng, &city, n);
+        if rng.random_ratio(1, 3) {
+            request.service = ServiceType::Premium;
+        }
+        let radius = [500.0, 2_000.0, 5_000.0][n % 3];
+        request.max_pickup_distance_m = Some(radius);
+        let want = oracle_pick(&oracle, request.pickup, request.service, radius);
+        let (trip, _) = engine.request_ride(now, request.clone());
+        let offers: Vec<_> = engine
+            .drain_effects()
+            .filter_map(|e| match e {
+                Effect::Driver { event: DriverEvent::Offer(o), .. } => Some(o),
+                _ => None,
+            })
+            .collect();
+        let got = offers.first().map(|o| o.driver.clone());
+        assert_eq!(got, want, "seed {seed}, request {n} at {}", request.pickup);
+        let Some(offer) = offers.first() else {
+            let _ = engine.cancel_ride(now, trip.id, "");
+            continue;
+        };
+        matched += 1;
+        // Half the matches are accepted and the driver stays busy; the rest
+        // are cancelled, freeing the driver.
+        if rng.random_bool(0.5) {
+            let session = sessions[&offer.driver];
+            if let Err(e) = engine.offer_reply(now, session, offer.id, true) {
+                panic!("{e}");
+            }
+            if let Some(d) = oracle.iter_mut().find(|d| d.id == offer.driver) {
+                d.busy = true;
+            }
+        } else if let Err(e) = engine.cancel_ride(now, trip.id, "") {
+            panic!("{e}");
+        }
+        engine.drain_effects().for_each(drop);
+        if let Err(broken) = engine.check_invariants() {
+            panic!("{broken}");
+        }
+    }
+    assert!(matched > requests / 4, "the city should match most requests, matched {matched}");
+}
+
+#[test]
+fn matcher_agrees_with_brute_force_in_seoul() {
+    run(11, CityShape::seoul(), 3_000, 1_500);
+}
+
+#[test]
+fn matcher_agrees_with_brute_force_across_the_antimeridian() {
+    let fiji = dispatch_testkit::geo::point(-16.5, 179.99);
+    run(12, CityShape { centre: fiji, radius_m: 8_000.0 }, 1_000, 600);
+}
+
+#[test]
+fn matcher_agrees_with_brute_force_at_the_pole() {
+    let pole = dispatch_testkit::geo::point(89.99, 0.0);
+    run(13, CityShape { centre: pole, radius_m: 8_000.0 }, 1_000, 600);
+}
