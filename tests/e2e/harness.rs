@@ -1,0 +1,365 @@
+//! A server per test and clients that speak to it.
+
+use std::time::Duration;
+
+use dispatch_proto::pb::{
+    self, admin_service_client::AdminServiceClient, driver_event::Kind as Event, driver_message::Kind as DriverMsg,
+    driver_service_client::DriverServiceClient, fleet_message::Kind as FleetMsg,
+    fleet_service_client::FleetServiceClient, rider_service_client::RiderServiceClient,
+};
+use dispatch_server::{ServerConfig, ServerError};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status, Streaming};
+
+/// How long any one step may take before the test fails.
+pub const STEP: Duration = Duration::from_secs(5);
+
+/// Seoul City Hall: every test's pickup.
+pub const PICKUP: (f64, f64) = (37.5665, 126.9780);
+
+/// A point `metres` north of the pickup.
+pub fn north(metres: f64) -> pb::LatLng {
+    pb::LatLng { lat: PICKUP.0 + metres / 111_195.0, lng: PICKUP.1 }
+}
+
+pub fn pickup() -> pb::LatLng {
+    pb::LatLng { lat: PICKUP.0, lng: PICKUP.1 }
+}
+
+/// Awaits `f`, failing the test after [`STEP`].
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+pub struct TestServer {
+    channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(ServerConfig::default()).await
+    }
+
+    /// A server whose offers lapse after `offer_ms` and searches after
+    /// `search_ms`.
+    pub async fn with_timeouts(offer_ms: i64, search_ms: i64) -> Self {
+        let mut config = ServerConfig::default();
+        config.engine.offer_timeout_ms = offer_ms;
+        config.engine.search_timeout_ms = search_ms;
+        Self::with(config).await
+    }
+
+    pub async fn with(config: ServerConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(dispatch_server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap_or_else(|e| panic!("endpoint: {e}"))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        Self { channel, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn riders(&self) -> RiderServiceClient<Channel> {
+        RiderServiceClient::new(self.channel())
+    }
+
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel())
+    }
+
+    /// Opens a driver session with `hello` and reads its `session_started`.
+    pub async fn driver(&self, hello: pb::Hello) -> DriverConn {
+        let mut conn = self.open_driver(DriverMsg::Hello(hello)).await;
+        match conn.next().await {
+            Event::SessionStarted(_) => conn,
+            other => panic!("expected session_started, got {other:?}"),
+        }
+    }
+
+    /// Opens a driver session whose first message is `first`, reading
+    /// nothing.
+    pub async fn open_driver(&self, first: DriverMsg) -> DriverConn {
+        let (tx, rx) = mpsc::channel(1_024);
+        tx.send(pb::DriverMessage { kind: Some(first) }).await.unwrap_or_else(|e| panic!("send: {e}"));
+        let events =
+            within("driver connect", DriverServiceClient::new(self.channel()).connect(ReceiverStream::new(rx)))
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"))
+                .into_inner();
+        DriverConn { tx: Some(tx), events }
+    }
+
+    /// Opens a fleet session and reads its `session_started`.
+    pub async fn fleet(&self, fleet_id: &str) -> FleetConn {
+        let (tx, rx) = mpsc::channel(1_024);
+        let hello = FleetMsg::Hello(pb::FleetHello { fleet_id: fleet_id.into() });
+        tx.send(pb::FleetMessage { kind: Some(hello) }).await.unwrap_or_else(|e| panic!("send: {e}"));
+        let events = within("fleet connect", FleetServiceClient::new(self.channel()).connect(ReceiverStream::new(rx)))
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"))
+            .into_inner();
+        let mut conn = FleetConn { tx, events };
+        match conn.next().await {
+            Event::SessionStarted(s) => assert_eq!(s.fleet_id, fleet_id),
+            other => panic!("expected session_started, got {other:?}"),
+        }
+        conn
+    }
+
+    /// Asks for a ride and reads the first message, which must be the trip
+    /// searching.
+    pub async fn request(&self, rider: &str, request_id: &str) -> RiderConn {
+        self.request_with(pb::RideRequest {
+            rider_id: rider.into(),
+            request_id: request_id.into(),
+            pickup: Some(pickup()),
+            dropoff: Some(north(3_000.0)),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn request_with(&self, request: pb::RideRequest) -> RiderConn {
+        let stream = within("request_ride", self.riders().request_ride(request))
+            .await
+            .unwrap_or_else(|e| panic!("request_ride: {e}"))
+            .into_inner();
+        let mut conn = RiderConn { stream, trip_id: String::new() };
+        let first = conn.next().await;
+        conn.trip_id = first.trip_id.clone();
+        conn
+    }
+
+    pub async fn stats(&self) -> pb::Stats {
+        self.admin().get_stats(pb::GetStatsRequest {}).await.unwrap_or_else(|e| panic!("stats: {e}")).into_inner()
+    }
+
+    pub async fn get_trip(&self, trip_id: &str) -> Result<pb::Trip, Status> {
+        self.riders().get_trip(pb::GetTripRequest { trip_id: trip_id.into() }).await.map(|r| r.into_inner())
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            match within("server shutdown", task).await {
+                Ok(Ok(())) => {}
+                other => panic!("server ended badly: {other:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A driver hello: available, `metres` north of the pickup.
+pub fn hello(driver_id: &str, metres: f64) -> pb::Hello {
+    pb::Hello { driver_id: driver_id.into(), position: Some(north(metres)), available: true, ..Default::default() }
+}
+
+/// The same, assigned without offers.
+pub fn auto_hello(driver_id: &str, metres: f64) -> pb::Hello {
+    pb::Hello { auto_accept: true, ..hello(driver_id, metres) }
+}
+
+pub struct DriverConn {
+    tx: Option<mpsc::Sender<pb::DriverMessage>>,
+    events: Streaming<pb::DriverEvent>,
+}
+
+impl DriverConn {
+    pub async fn send(&self, kind: DriverMsg) {
+        let Some(tx) = &self.tx else { panic!("the driver hung up already") };
+        tx.send(pb::DriverMessage { kind: Some(kind) }).await.unwrap_or_else(|e| panic!("send: {e}"));
+    }
+
+    pub async fn ping(&self, position: pb::LatLng) {
+        self.send(DriverMsg::Location(pb::LocationPing { position: Some(position), ..Default::default() })).await;
+    }
+
+    pub async fn reply(&self, offer: &pb::Offer, accept: bool) {
+        self.send(DriverMsg::OfferReply(pb::OfferReply { offer_id: offer.offer_id.clone(), accept })).await;
+    }
+
+    pub async fn progress(&self, trip_id: &str, status: pb::TripStatus) {
+        self.send(DriverMsg::TripProgress(pb::TripProgress { trip_id: trip_id.into(), status: status.into() })).await;
+    }
+
+    /// The next event; fails the test if the stream ends.
+    pub async fn next(&mut self) -> Event {
+        match self.next_result().await {
+            Ok(Some(event)) => event,
+            other => panic!("driver stream ended: {other:?}"),
+        }
+    }
+
+    pub async fn next_result(&mut self) -> Result<Option<Event>, Status> {
+        let message = within("a driver event", self.events.message()).await?;
+        Ok(message.map(|m| m.kind.unwrap_or_else(|| panic!("an event with no kind"))))
+    }
+
+    /// Whether an event arrives within `ms` (for "nothing happens" checks).
+    pub async fn quiet_for(&mut self, ms: u64) -> Option<Event> {
+        match tokio::time::timeout(Duration::from_millis(ms), self.events.message()).await {
+            Ok(Ok(Some(m))) => m.kind,
+            Ok(other) => panic!("driver stream ended: {other:?}"),
+            Err(_) => None,
+        }
+    }
+
+    pub async fn expect_offer(&mut self) -> pb::Offer {
+        match self.next().await {
+            Event::Offer(offer) => offer,
+            other => panic!("expected an offer, got {other:?}"),
+        }
+    }
+
+    pub async fn expect_trip(&mut self, status: pb::TripStatus) -> pb::Trip {
+        match self.next().await {
+            Event::Trip(trip) if trip.status() == status => trip,
+            other => panic!("expected the trip {status:?}, got {other:?}"),
+        }
+    }
+
+    pub async fn expect_rejected(&mut self, code: Code) -> pb::Rejected {
+        match self.next().await {
+            Event::Rejected(r) if r.code == code as i32 => r,
+            other => panic!("expected a rejection {code:?}, got {other:?}"),
+        }
+    }
+
+    /// The status the stream ended with.
+    pub async fn expect_end(&mut self) -> Status {
+        loop {
+            match self.next_result().await {
+                Err(status) => return status,
+                Ok(None) => panic!("stream ended without a status"),
+                Ok(Some(_)) => continue,
+            }
+        }
+    }
+
+    /// Hangs up: closes the sending side and drops the stream.
+    pub fn hang_up(mut self) {
+        self.tx = None;
+    }
+}
+
+pub struct FleetConn {
+    tx: mpsc::Sender<pb::FleetMessage>,
+    events: Streaming<pb::DriverEvent>,
+}
+
+impl FleetConn {
+    pub async fn send(&self, kind: FleetMsg) {
+        self.tx.send(pb::FleetMessage { kind: Some(kind) }).await.unwrap_or_else(|e| panic!("send: {e}"));
+    }
+
+    pub async fn batch(&self, updates: Vec<pb::DriverUpdate>) {
+        self.send(FleetMsg::Updates(pb::DriverUpdateBatch { updates })).await;
+    }
+
+    pub async fn next(&mut self) -> Event {
+        match within("a fleet event", self.events.message()).await {
+            Ok(Some(m)) => m.kind.unwrap_or_else(|| panic!("an event with no kind")),
+            other => panic!("fleet stream ended: {other:?}"),
+        }
+    }
+
+    /// The status the stream ended with.
+    pub async fn expect_end(&mut self) -> Status {
+        loop {
+            match within("the fleet stream to end", self.events.message()).await {
+                Err(status) => return status,
+                Ok(None) => panic!("stream ended without a status"),
+                Ok(Some(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn quiet_for(&mut self, ms: u64) -> Option<Event> {
+        match tokio::time::timeout(Duration::from_millis(ms), self.events.message()).await {
+            Ok(Ok(Some(m))) => m.kind,
+            Ok(other) => panic!("fleet stream ended: {other:?}"),
+            Err(_) => None,
+        }
+    }
+}
+
+/// A fleet's update for one driver: available, `metres` north.
+pub fn update(driver_id: &str, metres: f64) -> pb::DriverUpdate {
+    pb::DriverUpdate {
+        driver_id: driver_id.into(),
+        position: Some(north(metres)),
+        available: Some(true),
+        ..Default::default()
+    }
+}
+
+pub struct RiderConn {
+    pub stream: Streaming<pb::Trip>,
+    pub trip_id: String,
+}
+
+impl RiderConn {
+    pub async fn next(&mut self) -> pb::Trip {
+        match within("a trip update", self.stream.message()).await {
+            Ok(Some(trip)) => trip,
+            other => panic!("rider stream ended: {other:?}"),
+        }
+    }
+
+    /// Reads updates until one has `status`.
+    pub async fn until(&mut self, status: pb::TripStatus) -> pb::Trip {
+        loop {
+            let trip = self.next().await;
+            if trip.status() == status {
+                return trip;
+            }
+        }
+    }
+
+    /// The stream ends cleanly (after a terminal status).
+    pub async fn expect_end(&mut self) {
+        match within("the rider stream to end", self.stream.message()).await {
+            Ok(None) => {}
+            other => panic!("expected the stream to end, got {other:?}"),
+        }
+    }
+
+    pub async fn end_status(&mut self) -> Status {
+        loop {
+            match within("the rider stream to end", self.stream.message()).await {
+                Err(status) => return status,
+                Ok(None) => panic!("ended without a status"),
+                Ok(Some(_)) => continue,
+            }
+        }
+    }
+}

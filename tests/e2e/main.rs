@@ -1,0 +1,12 @@
+//! End-to-end tests: a real server on 127.0.0.1:0, real gRPC clients, one
+//! test per rule of the engine issue. Short timeouts (hundreds of
+//! milliseconds) stand in for the defaults where a test waits for expiry.
+
+mod bad_input;
+mod concurrency;
+mod drivers;
+mod fleets;
+mod harness;
+mod operators;
+mod rides;
+mod shutdown;

@@ -1,0 +1,141 @@
+//! Operators: nearby drivers, stats, health and reflection.
+
+use dispatch_proto::pb;
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::drivers::wait_for_available;
+use crate::harness::*;
+
+#[tokio::test]
+async fn nearby_drivers_are_exact_nearest_first_with_filters() {
+    let server = TestServer::start().await;
+    let fleet = server.fleet("f").await;
+    // A seeded scatter, checked against haversine brute force.
+    let mut rng = dispatch_testkit::rng(7);
+    let city = dispatch_testkit::city::CityShape::seoul();
+    let mut points = Vec::new();
+    let mut updates = Vec::new();
+    for n in 0..500 {
+        let p = city.point(&mut rng);
+        let id = format!("d-{n:03}");
+        let van = n % 5 == 0;
+        updates.push(pb::DriverUpdate {
+            driver_id: id.clone(),
+            position: Some(pb::LatLng { lat: p.lat(), lng: p.lng() }),
+            available: Some(n % 3 != 0),
+            service_types: if van { vec![pb::ServiceType::Van.into()] } else { vec![] },
+            ..Default::default()
+        });
+        points.push((id, p, n % 3 != 0, van));
+    }
+    fleet.batch(updates).await;
+    wait_for_available(&server, points.iter().filter(|p| p.2).count() as u64).await;
+    let centre = city.point(&mut rng);
+    let request = pb::NearbyRequest {
+        center: Some(pb::LatLng { lat: centre.lat(), lng: centre.lng() }),
+        limit: 20,
+        radius_m: 6_000.0,
+        service_type: pb::ServiceType::Van.into(),
+        available_only: true,
+    };
+    let got = server.admin().nearby_drivers(request).await.unwrap_or_else(|e| panic!("{e}")).into_inner().drivers;
+    let mut want: Vec<_> = points
+        .iter()
+        .filter(|(_, _, available, van)| *available && *van)
+        .map(|(id, p, ..)| (p.distance_m(centre), id.clone()))
+        .filter(|(d, _)| *d <= 6_000.0)
+        .collect();
+    want.sort_by(|a, b| a.0.total_cmp(&b.0));
+    want.truncate(20);
+    assert!(!want.is_empty());
+    assert_eq!(
+        got.iter().map(|d| d.driver_id.clone()).collect::<Vec<_>>(),
+        want.iter().map(|w| w.1.clone()).collect::<Vec<_>>()
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g.distance_m - w.0).abs() < 1e-6 && g.available);
+    }
+    // Defaults: limit 0 is 10, no radius, any service.
+    let all = server
+        .admin()
+        .nearby_drivers(pb::NearbyRequest { center: Some(pickup()), ..Default::default() })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    assert_eq!(all.drivers.len(), 10);
+    let too_many = pb::NearbyRequest { center: Some(pickup()), limit: 1_000_000, ..Default::default() };
+    assert_eq!(
+        server.admin().nearby_drivers(too_many).await.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::InvalidArgument)
+    );
+}
+
+#[tokio::test]
+async fn stats_count_what_happened_and_time_the_matching() {
+    let server = TestServer::start().await;
+    let mut a = server.driver(hello("a", 100.0)).await;
+    let _b = server.driver(auto_hello("b", 200.0)).await;
+    let mut rider = server.request("r1", "q1").await;
+    let offer = a.expect_offer().await;
+    a.reply(&offer, false).await;
+    rider.until(pb::TripStatus::DriverAssigned).await;
+    a.ping(north(150.0)).await;
+    let stats = within("the ping to count", async {
+        loop {
+            let stats = server.stats().await;
+            if stats.location_updates >= 3 {
+                return stats;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(stats.drivers_connected, 2);
+    assert_eq!(stats.drivers_available, 1);
+    assert_eq!(stats.drivers_on_trip, 1);
+    assert_eq!(stats.trips_active, 1);
+    assert_eq!((stats.offers_sent, stats.offers_declined, stats.offers_accepted), (2, 1, 1));
+    assert!(stats.match_latency_p50_us > 0 && stats.match_latency_p99_us >= stats.match_latency_p50_us);
+    assert!(stats.match_latency_p99_us < 1_000_000, "{}", stats.match_latency_p99_us);
+    wait_for_available(&server, 1).await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let server = TestServer::start().await;
+    let mut health = HealthClient::new(server.channel());
+    for service in [
+        "dispatch.v1.DriverService",
+        "dispatch.v1.RiderService",
+        "dispatch.v1.FleetService",
+        "dispatch.v1.AdminService",
+    ] {
+        let response = health
+            .check(HealthCheckRequest { service: service.into() })
+            .await
+            .unwrap_or_else(|e| panic!("{service}: {e}"))
+            .into_inner();
+        assert_eq!(response.status(), ServingStatus::Serving, "{service}");
+    }
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(server.channel());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let Ok(Some(response)) = responses.message().await else { panic!("no reflection answer") };
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("{response:?}") };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["dispatch.v1.DriverService", "dispatch.v1.RiderService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == service), "{service} not in {names:?}");
+    }
+}
