@@ -101,8 +101,7 @@ async fn when_the_fleet_session_ends_its_drivers_stop_being_offered() {
 
 #[tokio::test]
 async fn an_oversized_batch_is_rejected_and_the_session_goes_on() {
-    let mut config = dispatch_server::ServerConfig::default();
-    config.max_fleet_batch = 100;
+    let config = dispatch_server::ServerConfig { max_fleet_batch: 100, ..Default::default() };
     let server = TestServer::with(config).await;
     let mut fleet = server.fleet("partner").await;
     fleet.batch((0..101).map(|i| update(&format!("p-{i}"), 100.0)).collect()).await;
