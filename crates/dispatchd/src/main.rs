@@ -66,6 +66,8 @@ impl Flags {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -83,7 +85,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    info!(addr = %flags.listen, data_dir = %flags.data_dir.display(), "dispatchd starting");
+    let addr = listener.local_addr().map_or_else(|_| flags.listen.to_string(), |a| a.to_string());
+    info!(%addr, data_dir = %flags.data_dir.display(), "dispatchd listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let grace = Duration::from_millis(flags.shutdown_grace_ms);
     let shutdown = async move {
