@@ -125,7 +125,6 @@ impl Engine {
         if let Some(available) = update.available {
             self.set_available(now, key, available);
         }
-        self.supply_changed = true;
         Ok(())
     }
 
@@ -233,12 +232,14 @@ impl Engine {
             return;
         }
         driver.last_fix = ping.timestamp.or(driver.last_fix);
-        driver.position = Some(ping.position);
+        let first_fix = driver.position.replace(ping.position).is_none();
         let (idle, trip) = (driver.is_idle(), driver.trip);
         self.index.locate_mut(key, ping.position);
         self.stats.location_updates += 1;
-        if idle {
+        if first_fix {
             self.supply_changed = true;
+        } else if idle {
+            self.drivers_moved = true;
         }
         let Some(state) = trip.and_then(|t| self.trips.get_mut(&t)) else { return };
         state.trip.driver_position = Some(ping.position);

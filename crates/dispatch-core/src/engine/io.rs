@@ -20,6 +20,9 @@ pub struct Config {
     pub rider_position_interval_ms: i64,
     /// How long an ended trip stays readable (and its request id remembered).
     pub trip_retention_ms: i64,
+    /// The least time between two retries of waiting trips caused only by
+    /// drivers moving (freed drivers retry at once).
+    pub rematch_interval_ms: i64,
 }
 
 impl Default for Config {
@@ -30,6 +33,7 @@ impl Default for Config {
             max_pickup_distance_m: 5_000.0,
             rider_position_interval_ms: 1_000,
             trip_retention_ms: 24 * 3_600_000,
+            rematch_interval_ms: 200,
         }
     }
 }

@@ -78,6 +78,9 @@ impl Engine {
 
     /// Retries every unmatched trip, oldest request first.
     pub(super) fn match_unmatched(&mut self, now: Timestamp) {
+        self.supply_changed = false;
+        self.drivers_moved = false;
+        self.last_rematch = now;
         let waiting: Vec<TripId> = self.unmatched.iter().copied().collect();
         for trip in waiting {
             self.try_match(now, trip);

@@ -47,9 +47,15 @@ pub struct Engine {
     timers: BTreeSet<(Timestamp, Timer)>,
     /// Ended trips by end time, dropped after `Config::trip_retention_ms`.
     finished: VecDeque<(Timestamp, TripId)>,
-    /// Set when a driver may have become offerable (freed, moved, came
-    /// online); `tick` then retries the unmatched trips.
+    /// Set when a driver may have become offerable (freed, came on duty,
+    /// connected); the next `tick` retries the unmatched trips.
     supply_changed: bool,
+    /// Set when an idle driver moved: a move can bring a driver into some
+    /// waiting trip's radius, but pings come by the hundred thousand a
+    /// second, so these retries run at most once per
+    /// `Config::rematch_interval_ms`.
+    drivers_moved: bool,
+    last_rematch: Timestamp,
     next_trip: u64,
     next_offer: u64,
     stats: Stats,
@@ -74,6 +80,8 @@ impl Engine {
             timers: BTreeSet::new(),
             finished: VecDeque::new(),
             supply_changed: false,
+            drivers_moved: false,
+            last_rematch: Timestamp(i64::MIN),
             next_trip: 1,
             next_offer: 1,
             stats: Stats::default(),
@@ -100,6 +108,12 @@ impl Engine {
     /// until then (or until the next command).
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let timer = self.timers.first().map(|(at, _)| *at);
+        let rematch = (self.drivers_moved && !self.unmatched.is_empty())
+            .then(|| self.last_rematch + self.config.rematch_interval_ms);
+        let timer = match (timer, rematch) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let retention = self.finished.front().map(|(at, _)| *at + self.config.trip_retention_ms);
         match (timer, retention) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -123,8 +137,8 @@ impl Engine {
                 Timer::SearchDeadline(trip) => self.end_search(now, trip, at),
             }
         }
-        if self.supply_changed {
-            self.supply_changed = false;
+        let moved_due = self.drivers_moved && now.since(self.last_rematch) >= self.config.rematch_interval_ms;
+        if self.supply_changed || moved_due {
             self.match_unmatched(now);
         }
         while let Some(&(ended, trip)) = self.finished.front() {

@@ -56,7 +56,6 @@ impl Engine {
         // Earlier requests waiting for drivers that were freed since the
         // last tick go first.
         if self.supply_changed {
-            self.supply_changed = false;
             self.match_unmatched(now);
         }
         self.start_search(now, id);

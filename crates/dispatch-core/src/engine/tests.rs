@@ -267,6 +267,27 @@ fn outside_the_radius_the_trip_waits_then_a_driver_moving_in_gets_it() {
 }
 
 #[test]
+fn moves_retry_waiting_trips_at_most_once_per_rematch_interval() {
+    let mut w = World::new();
+    let s = w.driver("d", 9_000.0);
+    w.request("r1");
+    w.advance(1_000);
+    // A move just after a retry waits for the interval to pass.
+    w.engine
+        .ping(w.now, s, Ping { position: north_of_pickup(8_000.0), timestamp: None })
+        .unwrap_or_else(|e| panic!("{e}"));
+    w.advance(0);
+    w.engine
+        .ping(w.now, s, Ping { position: north_of_pickup(100.0), timestamp: None })
+        .unwrap_or_else(|e| panic!("{e}"));
+    w.advance(0);
+    assert!(offers(&w.drain()).is_empty());
+    assert_eq!(w.engine.next_deadline().map(|at| at.since(w.now)), Some(200));
+    w.advance(200);
+    assert_eq!(only_offer(&w.drain()).2, "d");
+}
+
+#[test]
 fn a_requests_own_radius_overrides_the_default() {
     let mut w = World::new();
     w.driver("d", 2_000.0);
