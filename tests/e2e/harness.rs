@@ -38,6 +38,17 @@ pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T
     }
 }
 
+/// Reads `stream` to its end and returns the status it ended with.
+pub async fn end_status<T>(stream: &mut Streaming<T>) -> Status {
+    loop {
+        match within("the stream to end", stream.message()).await {
+            Err(status) => return status,
+            Ok(None) => panic!("stream ended without a status"),
+            Ok(Some(_)) => continue,
+        }
+    }
+}
+
 pub struct TestServer {
     channel: Channel,
     stop: Option<oneshot::Sender<()>>,
@@ -256,13 +267,7 @@ impl DriverConn {
 
     /// The status the stream ended with.
     pub async fn expect_end(&mut self) -> Status {
-        loop {
-            match self.next_result().await {
-                Err(status) => return status,
-                Ok(None) => panic!("stream ended without a status"),
-                Ok(Some(_)) => continue,
-            }
-        }
+        end_status(&mut self.events).await
     }
 
     /// Hangs up: closes the sending side and drops the stream.
@@ -294,13 +299,7 @@ impl FleetConn {
 
     /// The status the stream ended with.
     pub async fn expect_end(&mut self) -> Status {
-        loop {
-            match within("the fleet stream to end", self.events.message()).await {
-                Err(status) => return status,
-                Ok(None) => panic!("stream ended without a status"),
-                Ok(Some(_)) => continue,
-            }
-        }
+        end_status(&mut self.events).await
     }
 
     pub async fn quiet_for(&mut self, ms: u64) -> Option<Event> {
@@ -354,12 +353,6 @@ impl RiderConn {
     }
 
     pub async fn end_status(&mut self) -> Status {
-        loop {
-            match within("the rider stream to end", self.stream.message()).await {
-                Err(status) => return status,
-                Ok(None) => panic!("ended without a status"),
-                Ok(Some(_)) => continue,
-            }
-        }
+        end_status(&mut self.stream).await
     }
 }

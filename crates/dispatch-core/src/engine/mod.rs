@@ -162,7 +162,7 @@ impl Engine {
         stats.drivers_on_trip = 0;
         for driver in self.drivers.iter().flatten() {
             stats.drivers_connected += u64::from(driver.session.is_some());
-            stats.drivers_available += u64::from(driver.session.is_some() && driver.is_idle() && driver.available);
+            stats.drivers_available += u64::from(driver.is_offerable());
             stats.drivers_on_trip += u64::from(driver.trip.is_some());
         }
         stats.trips_searching = 0;
