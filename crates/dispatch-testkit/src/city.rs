@@ -63,3 +63,31 @@ pub fn ride_request(rng: &mut impl Rng, city: &CityShape, n: usize) -> RideReque
         max_pickup_distance_m: None,
     }
 }
+
+/// An engine with `drivers` connected drivers scattered over `city`, each in
+/// its own session (`SessionId(n + 1)` for driver `n`), every one available,
+/// with the effects of connecting drained. Returns the engine and each
+/// driver's session and position.
+pub fn engine_with_drivers(
+    seed: u64,
+    city: &CityShape,
+    drivers: usize,
+    config: dispatch_core::engine::Config,
+) -> (dispatch_core::Engine, Vec<(dispatch_core::ids::SessionId, LatLng)>) {
+    let mut rng = crate::rng(seed);
+    let mut engine = dispatch_core::Engine::new(config);
+    let mut placed = Vec::with_capacity(drivers);
+    let now = dispatch_core::time::Timestamp(0);
+    for n in 0..drivers {
+        let hello = driver_hello(&mut rng, city, n);
+        let at = hello.position.unwrap_or(city.centre);
+        let session = dispatch_core::ids::SessionId(n as u64 + 1);
+        if let Err(e) = engine.connect_driver(now, session, hello) {
+            panic!("{e}");
+        }
+        placed.push((session, at));
+    }
+    engine.tick(now);
+    engine.drain_effects().for_each(drop);
+    (engine, placed)
+}

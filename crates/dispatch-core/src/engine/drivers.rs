@@ -48,7 +48,7 @@ impl Engine {
         if let Some(position) = hello.position {
             self.apply_fix(now, key, Ping { position, timestamp: None });
         }
-        self.supply_changed = true;
+        self.freed.push(key);
         let current = self.driver(key).trip;
         Ok(current.and_then(|trip| self.trip(trip).cloned()))
     }
@@ -115,10 +115,14 @@ impl Engine {
             drivers.insert(key);
         }
         let driver = self.driver_mut(key);
-        if let Some(services) = update.services.filter(|s| !s.is_empty()) {
+        let new_services = update.services.filter(|s| !s.is_empty() && *s != driver.services);
+        if let Some(services) = new_services {
             driver.services = services;
         }
         driver.auto_accept = update.auto_accept;
+        if new_services.is_some() {
+            self.freed.push(key);
+        }
         if let Some(ping) = update.position {
             self.apply_fix(now, key, ping);
         }
@@ -212,7 +216,7 @@ impl Engine {
         let driver = self.driver_mut(key);
         driver.available = available;
         if available {
-            self.supply_changed = true;
+            self.freed.push(key);
         } else if let Some(offer) = driver.offer {
             self.stats.offers_declined += 1;
             if let Some(trip) = self.close_offer(offer, WithdrawReason::Declined) {
@@ -237,7 +241,7 @@ impl Engine {
         self.index.locate_mut(key, ping.position);
         self.stats.location_updates += 1;
         if first_fix {
-            self.supply_changed = true;
+            self.freed.push(key);
         } else if idle {
             self.drivers_moved = true;
         }

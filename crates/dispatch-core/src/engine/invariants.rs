@@ -90,6 +90,27 @@ impl Engine {
         if self.index.len() != self.drivers.iter().flatten().filter(|d| d.position.is_some()).count() {
             return Err("the index and the positioned drivers differ".into());
         }
+        if self.freed.is_empty() && !self.drivers_moved {
+            self.check_no_missed_match()?;
+        }
+        Ok(())
+    }
+
+    /// With no retry pending, no waiting trip may have an offerable driver
+    /// in range (checked by brute force over every driver).
+    fn check_no_missed_match(&self) -> Result<(), String> {
+        for trip_id in &self.unmatched {
+            let Some(state) = self.trips.get(trip_id) else { continue };
+            let missed = self.drivers.iter().flatten().find(|d| {
+                d.is_offerable()
+                    && d.services.contains(state.trip.service)
+                    && !state.tried.contains(&d.id)
+                    && d.position.is_some_and(|p| p.distance_m(state.trip.pickup) <= state.radius_m)
+            });
+            if let Some(driver) = missed {
+                return Err(format!("trip {trip_id} waits while {} could take it", driver.id));
+            }
+        }
         Ok(())
     }
 }

@@ -1,20 +1,46 @@
 //! Finding the nearest offerable driver, offering, assigning, and what
 //! happens when offers lapse and searches run out.
 
-use super::state::{OpenOffer, Timer, TripState};
+use std::collections::HashSet;
+
+use super::state::{OpenOffer, Timer};
 use super::{DriverEvent, Effect, Engine, Offer, WithdrawReason};
-use crate::ids::{OfferId, TripId};
+use crate::geo::LatLng;
+use crate::ids::{DriverId, OfferId, TripId};
 use crate::index::DriverKey;
+use crate::service::ServiceType;
 use crate::time::Timestamp;
 use crate::trip::TripStatus;
 
 impl Engine {
+    /// The driver who would be offered a ride at `pickup` right now, and
+    /// their great-circle distance to it: the nearest offerable driver
+    /// serving `service` within `radius_m`, ties broken by the smaller id.
+    ///
+    /// Cost: O(log n) to the nearest driver, plus O(log n) for each nearer
+    /// driver who cannot take the ride (busy, off duty, other service).
+    pub fn nearest_offerable_driver(
+        &self,
+        pickup: LatLng,
+        service: ServiceType,
+        radius_m: f64,
+    ) -> Option<(DriverId, f64)> {
+        let key = self.nearest_offerable(pickup, service, radius_m, &HashSet::new())?;
+        let driver = self.driver(key.0);
+        Some((driver.id.clone(), key.1))
+    }
+
     /// The nearest driver who may be offered `trip`, ties broken by the
     /// smaller driver id, with their great-circle distance to the pickup.
-    fn nearest_offerable(&self, state: &TripState) -> Option<(DriverKey, f64)> {
-        let trip = &state.trip;
+    fn nearest_offerable(
+        &self,
+        pickup: LatLng,
+        service: ServiceType,
+        radius_m: f64,
+        tried: &HashSet<DriverId>,
+    ) -> Option<(DriverKey, f64)> {
         let mut best: Option<(DriverKey, f64)> = None;
-        for neighbor in self.index.nearest_iter(trip.pickup, state.radius_m) {
+        for neighbor in self.index.nearest_iter(pickup, radius_m) {
             if let Some((best_key, best_chord2)) = best {
                 if neighbor.chord2 > best_chord2 {
                     break;
@@ -25,12 +51,12 @@ impl Engine {
                 }
             }
             let driver = self.driver(neighbor.key);
-            if driver.is_offerable() && driver.services.contains(trip.service) && !state.tried.contains(&driver.id) {
+            if driver.is_offerable() && driver.services.contains(service) && !tried.contains(&driver.id) {
                 best = Some((neighbor.key, neighbor.chord2));
             }
         }
         best.map(|(key, _)| {
-            let distance = self.driver(key).position.map_or(0.0, |p| p.distance_m(trip.pickup));
+            let distance = self.driver(key).position.map_or(0.0, |p| p.distance_m(pickup));
             (key, distance)
         })
     }
@@ -44,10 +70,17 @@ impl Engine {
             self.unmatched.remove(&trip_id);
             return;
         }
-        let Some((key, distance_m)) = self.nearest_offerable(state) else {
+        let Some((key, distance_m)) =
+            self.nearest_offerable(state.trip.pickup, state.trip.service, state.radius_m, &state.tried)
+        else {
             self.unmatched.insert(trip_id);
             return;
         };
+        self.offer_to(now, trip_id, key, distance_m);
+    }
+
+    /// Offers `trip` to `key` (or assigns it, for an auto-accept driver).
+    fn offer_to(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey, distance_m: f64) {
         self.unmatched.remove(&trip_id);
         self.stats.offers_sent += 1;
         if let Some(state) = self.trips.get_mut(&trip_id)
@@ -76,9 +109,43 @@ impl Engine {
         }
     }
 
+    /// Offers the freed drivers to the waiting trips, oldest request first:
+    /// each trip gets the nearest freed driver who may take it. Cheaper than
+    /// a full retry by as much as a distance check is cheaper than a tree
+    /// search, and just as exact, since nobody else became offerable.
+    pub(super) fn match_freed(&mut self, now: Timestamp) {
+        let mut freed = std::mem::take(&mut self.freed);
+        freed.sort_unstable();
+        freed.dedup();
+        freed.retain(|&key| {
+            self.drivers.get(key.0 as usize).is_some_and(|d| d.as_ref().is_some_and(|d| d.is_offerable()))
+        });
+        let waiting: Vec<TripId> = self.unmatched.iter().copied().collect();
+        for trip_id in waiting {
+            if freed.is_empty() {
+                break;
+            }
+            let Some(state) = self.trips.get(&trip_id) else { continue };
+            let trip = &state.trip;
+            let best = freed
+                .iter()
+                .filter_map(|&key| {
+                    let driver = self.driver(key);
+                    let distance = driver.position?.distance_m(trip.pickup);
+                    let eligible = driver.services.contains(trip.service) && !state.tried.contains(&driver.id);
+                    (eligible && distance <= state.radius_m).then_some((key, distance))
+                })
+                .min_by(|a, b| a.1.total_cmp(&b.1).then_with(|| self.driver(a.0).id.cmp(&self.driver(b.0).id)));
+            if let Some((key, distance)) = best {
+                self.offer_to(now, trip_id, key, distance);
+                freed.retain(|&k| k != key);
+            }
+        }
+    }
+
     /// Retries every unmatched trip, oldest request first.
     pub(super) fn match_unmatched(&mut self, now: Timestamp) {
-        self.supply_changed = false;
+        self.freed.clear();
         self.drivers_moved = false;
         self.last_rematch = now;
         let waiting: Vec<TripId> = self.unmatched.iter().copied().collect();
@@ -125,7 +192,7 @@ impl Engine {
             state.offer = None;
             state.tried.insert(driver_id);
         }
-        self.supply_changed = true;
+        self.freed.push(offer.driver);
         Some(offer.trip)
     }
 

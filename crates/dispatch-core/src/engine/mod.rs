@@ -47,9 +47,12 @@ pub struct Engine {
     timers: BTreeSet<(Timestamp, Timer)>,
     /// Ended trips by end time, dropped after `Config::trip_retention_ms`.
     finished: VecDeque<(Timestamp, TripId)>,
-    /// Set when a driver may have become offerable (freed, came on duty,
-    /// connected); the next `tick` retries the unmatched trips.
-    supply_changed: bool,
+    /// Drivers who may have become offerable since the last retry (freed,
+    /// came on duty, connected, got a first fix): the next `tick` offers
+    /// them to the waiting trips, oldest first. A waiting trip had nobody in
+    /// range when it was last tried, so only these drivers can change that
+    /// (and moves, below). May hold stale or repeated keys; checked on use.
+    freed: Vec<DriverKey>,
     /// Set when an idle driver moved: a move can bring a driver into some
     /// waiting trip's radius, but pings come by the hundred thousand a
     /// second, so these retries run at most once per
@@ -79,7 +82,7 @@ impl Engine {
             unmatched: BTreeSet::new(),
             timers: BTreeSet::new(),
             finished: VecDeque::new(),
-            supply_changed: false,
+            freed: Vec::new(),
             drivers_moved: false,
             last_rematch: Timestamp(i64::MIN),
             next_trip: 1,
@@ -138,8 +141,10 @@ impl Engine {
             }
         }
         let moved_due = self.drivers_moved && now.since(self.last_rematch) >= self.config.rematch_interval_ms;
-        if self.supply_changed || moved_due {
+        if moved_due {
             self.match_unmatched(now);
+        } else if !self.freed.is_empty() {
+            self.match_freed(now);
         }
         while let Some(&(ended, trip)) = self.finished.front() {
             if ended + self.config.trip_retention_ms > now {

@@ -115,7 +115,9 @@ fn check_effects(seen: &mut Seen, effects: &[Effect]) -> Result<(), TestCaseErro
 }
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut engine = Engine::new(Config::default());
+    // Retry on every move, so that after each tick no waiting trip may have
+    // an offerable driver in range (`check_invariants` checks it).
+    let mut engine = Engine::new(Config { rematch_interval_ms: 0, ..Config::default() });
     let mut now = Timestamp(1_700_000_000_000);
     let mut seen = Seen::default();
     let mut next_session = 100u64;

@@ -55,8 +55,8 @@ impl Engine {
         self.effects.push(Effect::Rider(trip.clone()));
         // Earlier requests waiting for drivers that were freed since the
         // last tick go first.
-        if self.supply_changed {
-            self.match_unmatched(now);
+        if !self.freed.is_empty() {
+            self.match_freed(now);
         }
         self.start_search(now, id);
         (trip, true)
@@ -224,6 +224,7 @@ impl Engine {
     }
 
     fn free_driver_of(&mut self, key: DriverKey, trip_seen: Trip) {
+        self.freed.push(key);
         let driver = self.driver_mut(key);
         driver.trip = None;
         if let Some(session) = driver.session {
@@ -233,6 +234,5 @@ impl Engine {
             // forget it, as if its session had just ended.
             self.forget_driver(key);
         }
-        self.supply_changed = true;
     }
 }

@@ -1,0 +1,178 @@
+#![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
+//! The engine with no network: how fast the core is, per scenario.
+//!
+//! Seeded (the same city every run) and named by scenario, e.g.
+//! `update/250k_drivers`. Run: `cargo bench --bench engine`.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use dispatch_core::engine::{Config, FleetDriverUpdate, Ping};
+use dispatch_core::ids::{FleetId, SessionId};
+use dispatch_core::service::ServiceType;
+use dispatch_core::time::Timestamp;
+use dispatch_testkit::city::{CityShape, driver_id, engine_with_drivers, ride_request};
+use dispatch_testkit::geo::destination;
+use dispatch_testkit::rng;
+use rand::Rng;
+
+const SIZES: [(usize, &str); 2] = [(10_000, "10k_drivers"), (250_000, "250k_drivers")];
+
+/// A location update: each driver in turn moves ~10 m (a second of city
+/// driving), as pings arrive from the whole fleet.
+fn update(c: &mut Criterion) {
+    let mut group = c.benchmark_group("update");
+    group.throughput(Throughput::Elements(1));
+    for (drivers, name) in SIZES {
+        let city = CityShape::seoul();
+        let (mut engine, placed) = engine_with_drivers(1, &city, drivers, Config::default());
+        let mut rng = rng(2);
+        // Precomputed random walks so the bench times the engine, not trig.
+        let steps: Vec<_> = placed
+            .iter()
+            .map(|(s, at)| (*s, destination(*at, rng.random_range(0.0..std::f64::consts::TAU), 10.0)))
+            .collect();
+        let mut i = 0;
+        let mut now = Timestamp(0);
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                let (session, position) = steps[i % steps.len()];
+                i += 1;
+                now = now + 1;
+                black_box(engine.ping(now, session, Ping { position, timestamp: None })).ok();
+            });
+        });
+    }
+    group.finish();
+}
+
+/// The nearest eligible driver for a pickup: available, serving the type,
+/// inside the radius.
+fn nearest(c: &mut Criterion) {
+    let mut group = c.benchmark_group("nearest");
+    for (drivers, name) in SIZES {
+        let city = CityShape::seoul();
+        let (engine, _) = engine_with_drivers(3, &city, drivers, Config::default());
+        let mut rng = rng(4);
+        let pickups: Vec<_> = (0..4_096).map(|_| city.point(&mut rng)).collect();
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new(name, "available_only"), |b| {
+            b.iter(|| {
+                i += 1;
+                black_box(engine.nearest_offerable_driver(pickups[i % pickups.len()], ServiceType::Taxi, 5_000.0))
+            });
+        });
+        // Premium is one driver in ten: the search walks past the others.
+        group.bench_function(BenchmarkId::new(name, "premium"), |b| {
+            b.iter(|| {
+                i += 1;
+                black_box(engine.nearest_offerable_driver(pickups[i % pickups.len()], ServiceType::Premium, 5_000.0))
+            });
+        });
+    }
+    group.finish();
+}
+
+/// A ride request through to the offer effect (then cancelled, so the
+/// driver is free for the next iteration).
+fn request_to_offer(c: &mut Criterion) {
+    let mut group = c.benchmark_group("request_to_offer");
+    for (drivers, name) in SIZES {
+        let city = CityShape::seoul();
+        let (mut engine, _) = engine_with_drivers(5, &city, drivers, Config::default());
+        let mut rng = rng(6);
+        let mut n = 0;
+        let now = Timestamp(1);
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    ride_request(&mut rng, &city, n)
+                },
+                |request| {
+                    let (trip, _) = engine.request_ride(now, request);
+                    let offered = engine.drain_effects().count();
+                    let _ = engine.cancel_ride(now, trip.id, "");
+                    engine.drain_effects().for_each(drop);
+                    offered
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+/// A batch of 10,000 fleet updates applied (drivers already registered).
+fn fleet_batch(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fleet_batch");
+    group.throughput(Throughput::Elements(10_000));
+    let city = CityShape::seoul();
+    let (mut engine, _) = engine_with_drivers(7, &city, 240_000, Config::default());
+    let fleet = SessionId(u64::MAX);
+    engine.connect_fleet(fleet, FleetId::new("bench").unwrap_or_else(|e| panic!("{e}")));
+    let mut rng = rng(8);
+    let batch: Vec<FleetDriverUpdate> = (1_000_000..1_010_000)
+        .map(|n| FleetDriverUpdate {
+            driver: driver_id(n),
+            position: Some(Ping { position: city.point(&mut rng), timestamp: None }),
+            services: None,
+            available: Some(true),
+            auto_accept: false,
+        })
+        .collect();
+    let mut now = Timestamp(0);
+    group.bench_function("10k_updates/250k_drivers", |b| {
+        b.iter_batched(
+            || batch.clone(),
+            |batch| {
+                now = now + 1;
+                for update in batch {
+                    black_box(engine.fleet_update(now, fleet, update)).ok();
+                }
+            },
+            BatchSize::LargeInput,
+        );
+    });
+    group.finish();
+}
+
+/// Drivers are scarce: 2,000 requests wait, then 100 drivers come free one
+/// at a time and each must go to the earliest waiting request in range.
+fn scarce(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scarce");
+    let city = CityShape::seoul();
+    group.bench_function("2k_waiting/100_freed", |b| {
+        b.iter_batched(
+            || {
+                let (mut engine, placed) = engine_with_drivers(9, &city, 100, Config::default());
+                for (session, _) in &placed {
+                    let _ = engine.set_availability(Timestamp(0), *session, false);
+                }
+                let mut rng = rng(10);
+                for n in 0..2_000 {
+                    engine.request_ride(Timestamp(0), ride_request(&mut rng, &city, n));
+                }
+                engine.tick(Timestamp(0));
+                engine.drain_effects().for_each(drop);
+                (engine, placed)
+            },
+            |(mut engine, placed)| {
+                for (session, _) in &placed {
+                    let _ = engine.set_availability(Timestamp(1), *session, true);
+                    engine.tick(Timestamp(1));
+                }
+                engine.drain_effects().count()
+            },
+            BatchSize::LargeInput,
+        );
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default();
+    targets = update, nearest, request_to_offer, fleet_batch, scarce
+}
+criterion_main!(benches);
