@@ -50,6 +50,7 @@ pub async fn end_status<T>(stream: &mut Streaming<T>) -> Status {
 }
 
 pub struct TestServer {
+    pub addr: std::net::SocketAddr,
     channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
@@ -81,7 +82,7 @@ impl TestServer {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("connect: {e}"));
-        Self { channel, stop: Some(stop), task: Some(task) }
+        Self { addr, channel, stop: Some(stop), task: Some(task) }
     }
 
     pub fn channel(&self) -> Channel {

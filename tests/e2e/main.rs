@@ -7,6 +7,7 @@ mod concurrency;
 mod drivers;
 mod fleets;
 mod harness;
+mod loadgen;
 mod operators;
 mod rides;
 mod shutdown;

@@ -31,7 +31,7 @@ use dispatch_proto::pb::{
     fleet_service_server::FleetServiceServer, rider_service_server::RiderServiceServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 pub use config::ServerConfig;
@@ -75,6 +75,10 @@ pub async fn run(
     };
 
     info!(addr = ?listener.local_addr().ok(), "dispatch serving");
+    // No Nagle: offers and replies are small messages that must not wait
+    // for a delayed ACK (40 ms on Linux). Keepalive finds dead peers.
+    let incoming =
+        TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(60)));
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -89,7 +93,7 @@ pub async fn run(
         )))
         .add_service(RiderServiceServer::new(rider_service::RiderSvc::new(engine.clone(), config.rider_queue)))
         .add_service(AdminServiceServer::new(admin_service::AdminSvc::new(engine)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown)
+        .serve_with_incoming_shutdown(incoming, on_shutdown)
         .await?;
     let _ = engine_task.await;
     info!("dispatch stopped");

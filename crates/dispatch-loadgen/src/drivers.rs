@@ -1,0 +1,270 @@
+//! Simulated drivers: through fleet gateways (many cars per stream, batched)
+//! and through their own sessions (one stream each). Both share [`Cars`],
+//! which turns server events and driving into replies and progress reports.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dispatch_proto::pb::{
+    self, driver_event::Kind as Event, driver_message::Kind as DriverMsg, driver_service_client::DriverServiceClient,
+    fleet_message::Kind as FleetMsg, fleet_service_client::FleetServiceClient,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+use crate::Run;
+use crate::metrics::Metrics;
+use crate::sim::{Arrival, Car, Phase, Point};
+
+/// How long drivers stay after the deadline, so the final stats see them.
+const HANG_UP_AFTER: Duration = Duration::from_secs(1);
+
+/// Something a car says back to the server.
+#[derive(Debug, Clone, PartialEq)]
+enum Say {
+    Accept { offer_id: String },
+    Progress { driver_id: String, trip_id: String, status: pb::TripStatus },
+}
+
+/// The cars one task drives.
+struct Cars {
+    cars: Vec<Car>,
+    by_id: HashMap<String, usize>,
+    rng: ChaCha8Rng,
+}
+
+impl Cars {
+    fn new(cars: Vec<Car>, seed: u64) -> Self {
+        let by_id = cars.iter().enumerate().map(|(i, c)| (c.driver_id.clone(), i)).collect();
+        Self { cars, by_id, rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    /// Reacts to a server event; returns what to say back.
+    fn on_event(&mut self, run: &Run, event: Event) -> Vec<Say> {
+        match event {
+            Event::Offer(offer) => {
+                Metrics::add(&run.metrics.offers, 1);
+                if let Some(trip) = &offer.trip {
+                    run.metrics.trip_offered(&trip.trip_id);
+                }
+                vec![Say::Accept { offer_id: offer.offer_id }]
+            }
+            Event::Trip(trip) => {
+                let Some(&i) = self.by_id.get(&trip.driver_id) else { return Vec::new() };
+                let car = &mut self.cars[i];
+                match trip.status() {
+                    pb::TripStatus::DriverAssigned => {
+                        if run.config.auto_accept {
+                            // With no offer round trip, the assignment is
+                            // this trip's "offer".
+                            run.metrics.trip_offered(&trip.trip_id);
+                        }
+                        let pickup = trip.pickup.map(|p| Point { lat: p.lat, lng: p.lng }).unwrap_or(car.at);
+                        let dropoff = trip.dropoff.map(|p| Point { lat: p.lat, lng: p.lng }).unwrap_or(pickup);
+                        car.phase = Phase::ToPickup { trip_id: trip.trip_id, pickup, dropoff };
+                    }
+                    pb::TripStatus::Cancelled | pb::TripStatus::Completed => car.phase = Phase::Cruising,
+                    _ => {}
+                }
+                Vec::new()
+            }
+            Event::Rejected(r) => {
+                run.metrics.error(Code::from_i32(r.code));
+                Vec::new()
+            }
+            Event::SessionStarted(_) | Event::OfferWithdrawn(_) => Vec::new(),
+        }
+    }
+
+    /// Drives every car for `seconds`; returns the progress to report.
+    fn drive(&mut self, run: &Run, seconds: f64) -> Vec<Say> {
+        let mut said = Vec::new();
+        for car in &mut self.cars {
+            match car.step(&mut self.rng, seconds, run.config.speed_mps) {
+                Arrival::None => {}
+                Arrival::Pickup(trip_id) => {
+                    for status in [pb::TripStatus::DriverArrived, pb::TripStatus::InProgress] {
+                        said.push(Say::Progress { driver_id: car.driver_id.clone(), trip_id: trip_id.clone(), status });
+                    }
+                }
+                Arrival::Dropoff(trip_id) => {
+                    Metrics::add(&run.metrics.completed, 1);
+                    let status = pb::TripStatus::Completed;
+                    said.push(Say::Progress { driver_id: car.driver_id.clone(), trip_id, status });
+                }
+            }
+        }
+        said
+    }
+}
+
+fn position(car: &Car) -> pb::LatLng {
+    pb::LatLng { lat: car.at.lat, lng: car.at.lng }
+}
+
+fn unix_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(0)
+}
+
+/// Sends `message` after the configured think time (at once when it is 0).
+fn say_later<M: Send + 'static>(run: &Run, tx: &mpsc::Sender<M>, message: M) {
+    let think = run.config.think_time;
+    if think.is_zero() {
+        // A full queue means the server is behind; the offer lapses and the
+        // run shows it, which is what a load test should show.
+        let _ = tx.try_send(message);
+    } else {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(think).await;
+            let _ = tx.send(message).await;
+        });
+    }
+}
+
+/// Reads the next event, or notes why the stream ended.
+async fn next_event(run: &Run, events: &mut Streaming<pb::DriverEvent>) -> Option<Event> {
+    match events.message().await {
+        Ok(Some(event)) => event.kind,
+        Ok(None) => None,
+        Err(status) => {
+            if Instant::now() < run.deadline {
+                run.metrics.error(status.code());
+                run.protocol_error();
+            }
+            None
+        }
+    }
+}
+
+/// One fleet gateway: its cars' positions in batches every ping interval,
+/// offers accepted, trips driven.
+pub async fn fleet(run: Arc<Run>, channel: Channel, fleet_id: String, cars: Vec<Car>, seed: u64) {
+    let (tx, rx) = mpsc::channel::<pb::FleetMessage>(256);
+    let send = |kind| pb::FleetMessage { kind: Some(kind) };
+    let _ = tx.send(send(FleetMsg::Hello(pb::FleetHello { fleet_id }))).await;
+    let mut client = FleetServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut events = match client.connect(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            run.metrics.error(status.code());
+            run.protocol_error();
+            return;
+        }
+    };
+    let mut cars = Cars::new(cars, seed);
+    let mut first = true;
+    let mut ticker = tokio::time::interval(run.config.ping_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last = Instant::now();
+    let stop = tokio::time::sleep_until((run.deadline + HANG_UP_AFTER).into());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticker.tick() => {
+                let seconds = last.elapsed().as_secs_f64();
+                last = Instant::now();
+                for say in cars.drive(&run, seconds) {
+                    if let Say::Progress { driver_id, trip_id, status } = say {
+                        let progress = pb::FleetTripProgress { driver_id, trip_id, status: status.into() };
+                        let _ = tx.send(send(FleetMsg::TripProgress(progress))).await;
+                    }
+                }
+                let timestamp_ms = unix_ms();
+                for chunk in cars.cars.chunks(run.config.batch_size.max(1)) {
+                    let updates: Vec<pb::DriverUpdate> = chunk
+                        .iter()
+                        .map(|car| pb::DriverUpdate {
+                            driver_id: car.driver_id.clone(),
+                            position: Some(position(car)),
+                            service_types: Vec::new(),
+                            available: first.then_some(true),
+                            auto_accept: run.config.auto_accept,
+                            timestamp_ms,
+                        })
+                        .collect();
+                    let n = updates.len() as u64;
+                    if tx.send(send(FleetMsg::Updates(pb::DriverUpdateBatch { updates }))).await.is_err() {
+                        return;
+                    }
+                    Metrics::add(&run.metrics.updates_sent, n);
+                }
+                first = false;
+            }
+            event = next_event(&run, &mut events) => {
+                let Some(event) = event else { return };
+                for say in cars.on_event(&run, event) {
+                    if let Say::Accept { offer_id } = say {
+                        say_later(&run, &tx, send(FleetMsg::OfferReply(pb::OfferReply { offer_id, accept: true })));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One driver's own session: a ping every interval (the first at a random
+/// moment within it, so sessions do not ping in lockstep).
+pub async fn solo(run: Arc<Run>, channel: Channel, car: Car, seed: u64) {
+    let (tx, rx) = mpsc::channel::<pb::DriverMessage>(16);
+    let send = |kind| pb::DriverMessage { kind: Some(kind) };
+    let hello = pb::Hello {
+        driver_id: car.driver_id.clone(),
+        service_types: Vec::new(),
+        position: Some(position(&car)),
+        available: true,
+        auto_accept: run.config.auto_accept,
+    };
+    let _ = tx.send(send(DriverMsg::Hello(hello))).await;
+    let mut events = match DriverServiceClient::new(channel).connect(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            run.metrics.error(status.code());
+            run.protocol_error();
+            return;
+        }
+    };
+    let interval = run.config.ping_interval;
+    let offset = Duration::from_nanos(seed % u64::try_from(interval.as_nanos()).unwrap_or(1).max(1));
+    let mut ticker = tokio::time::interval_at((Instant::now() + offset).into(), interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut cars = Cars::new(vec![car], seed);
+    let mut last = Instant::now();
+    let stop = tokio::time::sleep_until((run.deadline + HANG_UP_AFTER).into());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticker.tick() => {
+                let seconds = last.elapsed().as_secs_f64();
+                last = Instant::now();
+                for say in cars.drive(&run, seconds) {
+                    if let Say::Progress { trip_id, status, .. } = say {
+                        let progress = pb::TripProgress { trip_id, status: status.into() };
+                        let _ = tx.send(send(DriverMsg::TripProgress(progress))).await;
+                    }
+                }
+                let ping = pb::LocationPing { position: Some(position(&cars.cars[0])), timestamp_ms: unix_ms(), ..Default::default() };
+                if tx.send(send(DriverMsg::Location(ping))).await.is_err() {
+                    return;
+                }
+                Metrics::add(&run.metrics.updates_sent, 1);
+            }
+            event = next_event(&run, &mut events) => {
+                let Some(event) = event else { return };
+                for say in cars.on_event(&run, event) {
+                    if let Say::Accept { offer_id } = say {
+                        say_later(&run, &tx, send(DriverMsg::OfferReply(pb::OfferReply { offer_id, accept: true })));
+                    }
+                }
+            }
+        }
+    }
+}

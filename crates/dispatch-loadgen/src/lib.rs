@@ -1,0 +1,158 @@
+//! The load harness: a simulated city played against a running `dispatchd`
+//! through its real gRPC API, measuring what a production operator cares
+//! about (updates sustained, ride latency, match rate, errors, memory).
+//!
+//! # Layout
+//!
+//! - [`config`]: presets (`smoke`, `seoul`, `korea`) and the knobs.
+//! - [`sim`]: simulated cars and how they move.
+//! - `drivers`: fleet gateways (batched) and per-driver sessions.
+//! - [`riders`]: Poisson arrivals or a replay of real trips.
+//! - [`metrics`]: counters and latency histograms shared by every task.
+//! - [`report`]: the final numbers, as a table or JSON.
+
+pub mod config;
+mod drivers;
+pub mod metrics;
+pub mod report;
+pub mod riders;
+pub mod sim;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dispatch_proto::pb::{self, admin_service_client::AdminServiceClient};
+use rand::SeedableRng;
+use tonic::transport::{Channel, Endpoint};
+
+use config::{Demand, LoadConfig};
+use metrics::Metrics;
+use report::Report;
+use sim::{Car, Point, random_point};
+
+/// Why a run could not be carried out at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The target address is not a URI.
+    #[error("bad target {0:?}: {1}")]
+    Target(String, String),
+    /// The server could not be reached.
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, tonic::transport::Error),
+    /// The server refused the stats call.
+    #[error("GetStats failed: {0}")]
+    Stats(tonic::Status),
+    /// The replay file could not be read.
+    #[error("replay: {0}")]
+    Replay(#[from] riders::ReplayError),
+}
+
+/// State shared by every task of one run.
+pub struct Run {
+    /// What to do.
+    pub config: LoadConfig,
+    /// What happened.
+    pub metrics: Metrics,
+    /// When every task stops.
+    pub deadline: Instant,
+    protocol_errors: AtomicU64,
+}
+
+impl Run {
+    /// A stream broke or a call failed that should not have.
+    pub fn protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many so far.
+    pub fn protocol_errors(&self) -> u64 {
+        self.protocol_errors.load(Ordering::Relaxed)
+    }
+}
+
+async fn connect(target: &str) -> Result<Channel, LoadError> {
+    let endpoint = Endpoint::from_shared(target.to_owned())
+        .map_err(|e| LoadError::Target(target.to_owned(), e.to_string()))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5));
+    endpoint.connect().await.map_err(|e| LoadError::Connect(target.to_owned(), e))
+}
+
+async fn stats(channel: &Channel) -> Result<pb::Stats, LoadError> {
+    let mut admin = AdminServiceClient::new(channel.clone());
+    admin.get_stats(pb::GetStatsRequest {}).await.map(|r| r.into_inner()).map_err(LoadError::Stats)
+}
+
+/// Runs the load described by `config` and reports. `on_tick` is called
+/// about once a second with the numbers so far (for a progress line).
+pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) -> Result<Report, LoadError> {
+    let replay = match &config.demand {
+        Demand::Replay { path, .. } => {
+            let centre = config.cities.first().copied().unwrap_or(config::NEW_YORK);
+            Some(riders::read_replay(path, Point { lat: centre.lat, lng: centre.lng }, centre.radius_m * 2.0)?)
+        }
+        Demand::Poisson { .. } => None,
+    };
+    let admin = connect(&config.target).await?;
+    let before = stats(&admin).await?;
+    let started = Instant::now();
+    let run = Arc::new(Run {
+        deadline: started + config.duration,
+        config,
+        metrics: Metrics::default(),
+        protocol_errors: AtomicU64::new(0),
+    });
+    let config = &run.config;
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+    let cars: Vec<Car> =
+        (0..config.drivers).map(|i| Car::new(format!("lg-{:07}", i), random_point(&mut rng, &config.cities))).collect();
+    let fleet_cars = ((config.drivers as f64) * config.fleet_share.clamp(0.0, 1.0)).round() as usize;
+    let (fleet_cars, solo_cars) = cars.split_at(fleet_cars.min(cars.len()));
+    let mut tasks = Vec::new();
+    let fleets = config.fleets.max(1);
+    for (f, share) in fleet_cars.chunks(fleet_cars.len().div_ceil(fleets).max(1)).enumerate() {
+        let channel = connect(&config.target).await?;
+        let fleet_id = format!("lg-fleet-{f}");
+        tasks.push(tokio::spawn(drivers::fleet(
+            run.clone(),
+            channel,
+            fleet_id,
+            share.to_vec(),
+            config.seed + f as u64,
+        )));
+    }
+    for (c, group) in solo_cars.chunks(config.sessions_per_connection.max(1)).enumerate() {
+        let channel = connect(&config.target).await?;
+        for (i, car) in group.iter().enumerate() {
+            let seed = config.seed.wrapping_mul(31).wrapping_add((c * 1_000_003 + i) as u64);
+            tasks.push(tokio::spawn(drivers::solo(run.clone(), channel.clone(), car.clone(), seed)));
+        }
+    }
+    // Riders start once every driver has reported at least once.
+    let mut rider_channels = Vec::new();
+    for _ in 0..4 {
+        rider_channels.push(connect(&config.target).await?);
+    }
+    let warm_up = config.ping_interval.min(Duration::from_secs(2));
+    let riders_run = run.clone();
+    tasks.push(tokio::spawn(async move {
+        tokio::time::sleep(warm_up).await;
+        riders::riders(riders_run, rider_channels, replay).await;
+    }));
+
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    while Instant::now() < run.deadline {
+        ticker.tick().await;
+        on_tick(&run, started.elapsed());
+    }
+    // Read the server before the simulated drivers hang up (they stop a
+    // moment after the deadline).
+    let elapsed = started.elapsed();
+    let after = stats(&admin).await?;
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    Ok(Report::new(&run, elapsed, &before, &after, fleet_cars.len(), solo_cars.len()))
+}

@@ -1,0 +1,153 @@
+//! The numbers a run ends with: a table for people, JSON for machines.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use dispatch_proto::pb;
+
+use crate::Run;
+use crate::metrics::{Metrics, Percentiles};
+
+/// What one run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// How long it ran, seconds.
+    pub duration_s: f64,
+    /// Drivers through fleet gateways.
+    pub fleet_drivers: usize,
+    /// Drivers with their own session.
+    pub session_drivers: usize,
+    /// Location updates the harness sent.
+    pub updates_sent: u64,
+    /// Location updates the server applied during the run (from GetStats).
+    pub updates_applied: u64,
+    /// `updates_applied` per second: the sustained rate.
+    pub updates_per_s: f64,
+    /// Ride requests sent.
+    pub requests_sent: u64,
+    /// Requests per second.
+    pub requests_per_s: f64,
+    /// Requests not made because too many were open.
+    pub requests_skipped: u64,
+    /// Offers the simulated drivers received.
+    pub offers: u64,
+    /// Rides the riders saw assigned.
+    pub assigned: u64,
+    /// `assigned / requests_sent`.
+    pub match_rate: f64,
+    /// Rides that ended without a driver.
+    pub no_driver: u64,
+    /// Rides driven to the end.
+    pub completed: u64,
+    /// Request to the offer reaching the driver, µs (client-measured).
+    pub request_to_offer_us: Percentiles,
+    /// Request to the rider seeing its driver assigned, µs (client-measured).
+    pub request_to_assigned_us: Percentiles,
+    /// Request received to first offer sent, µs (server-measured, p50/p99,
+    /// over the server's whole life).
+    pub server_match_p50_us: u64,
+    /// The same, 99th percentile.
+    pub server_match_p99_us: u64,
+    /// Driver to pickup at assignment, metres.
+    pub pickup_distance_m: Percentiles,
+    /// Failed calls, broken streams and rejections, by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    /// Calls and streams that failed when they should not have.
+    pub protocol_errors: u64,
+    /// The server's resident memory at the end, KiB, when its pid was given.
+    pub server_rss_kib: Option<u64>,
+    /// Drivers connected at the end (from GetStats).
+    pub drivers_connected: u64,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl Report {
+    /// Collects the run's numbers.
+    pub fn new(
+        run: &Run,
+        elapsed: Duration,
+        before: &pb::Stats,
+        after: &pb::Stats,
+        fleet_drivers: usize,
+        session_drivers: usize,
+    ) -> Self {
+        let m = &run.metrics;
+        let seconds = elapsed.as_secs_f64().max(1e-9);
+        let (request_to_offer_us, request_to_assigned_us, pickup_distance_m) = m.latencies();
+        let requests_sent = Metrics::get(&m.requests_sent);
+        let assigned = Metrics::get(&m.assigned);
+        let updates_applied = after.location_updates.saturating_sub(before.location_updates);
+        Report {
+            duration_s: seconds,
+            fleet_drivers,
+            session_drivers,
+            updates_sent: Metrics::get(&m.updates_sent),
+            updates_applied,
+            updates_per_s: updates_applied as f64 / seconds,
+            requests_sent,
+            requests_per_s: requests_sent as f64 / seconds,
+            requests_skipped: Metrics::get(&m.requests_skipped),
+            offers: Metrics::get(&m.offers),
+            assigned,
+            match_rate: if requests_sent == 0 { 0.0 } else { assigned as f64 / requests_sent as f64 },
+            no_driver: Metrics::get(&m.no_driver),
+            completed: Metrics::get(&m.completed),
+            request_to_offer_us,
+            request_to_assigned_us,
+            server_match_p50_us: after.match_latency_p50_us,
+            server_match_p99_us: after.match_latency_p99_us,
+            pickup_distance_m,
+            errors: m.errors(),
+            protocol_errors: run.protocol_errors(),
+            server_rss_kib: run.config.server_pid.and_then(rss_kib),
+            drivers_connected: after.drivers_connected,
+        }
+    }
+
+    /// The report as a table.
+    pub fn write_table(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let p = |x: &Percentiles, unit: &str| {
+            format!("p50 {} p90 {} p99 {} p99.9 {} max {} {unit} (n={})", x.p50, x.p90, x.p99, x.p999, x.max, x.count)
+        };
+        let rows = [
+            ("duration", format!("{:.1} s", self.duration_s)),
+            ("drivers", format!("{} via fleets, {} own sessions", self.fleet_drivers, self.session_drivers)),
+            ("drivers connected (server)", self.drivers_connected.to_string()),
+            ("location updates sent", self.updates_sent.to_string()),
+            ("location updates applied", format!("{} ({:.0}/s sustained)", self.updates_applied, self.updates_per_s)),
+            (
+                "ride requests",
+                format!("{} ({:.1}/s), {} skipped", self.requests_sent, self.requests_per_s, self.requests_skipped),
+            ),
+            ("assigned", format!("{} (match rate {:.1}%)", self.assigned, self.match_rate * 100.0)),
+            ("no driver found", self.no_driver.to_string()),
+            ("trips completed", self.completed.to_string()),
+            ("request -> offer (client)", p(&self.request_to_offer_us, "µs")),
+            ("request -> assigned (client)", p(&self.request_to_assigned_us, "µs")),
+            (
+                "request -> first offer (server)",
+                format!("p50 {} p99 {} µs", self.server_match_p50_us, self.server_match_p99_us),
+            ),
+            ("pickup distance", p(&self.pickup_distance_m, "m")),
+            ("errors", if self.errors.is_empty() { "none".into() } else { format!("{:?}", self.errors) }),
+            ("protocol errors", self.protocol_errors.to_string()),
+            (
+                "server RSS",
+                self.server_rss_kib.map_or("unknown (pass --server-pid)".into(), |kib| {
+                    let per_driver = (kib * 1024) / (self.fleet_drivers + self.session_drivers).max(1) as u64;
+                    format!("{} MiB ({per_driver} B per driver, all in)", kib / 1024)
+                }),
+            ),
+        ];
+        for (name, value) in rows {
+            writeln!(out, "{name:<32} {value}")?;
+        }
+        Ok(())
+    }
+}

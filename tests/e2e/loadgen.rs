@@ -1,0 +1,24 @@
+//! The load harness's smoke scenario against a real server, so the harness
+//! cannot rot: drivers through fleets and their own sessions, riders, trips
+//! driven to the end, and no protocol error.
+
+use dispatch_loadgen::config::Scenario;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smoke_scenario_runs_clean() {
+    let server = TestServer::start().await;
+    let config = Scenario::Smoke.config(format!("http://{}", server.addr));
+    let report = dispatch_loadgen::run(config, |_, _| {}).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.protocol_errors, 0, "{report:#?}");
+    assert!(report.errors.is_empty(), "{report:#?}");
+    assert_eq!(report.drivers_connected, 200, "{report:#?}");
+    assert!(report.updates_applied >= 1_000, "{report:#?}");
+    assert!(report.requests_sent >= 20, "{report:#?}");
+    assert!(report.match_rate > 0.9, "{report:#?}");
+    assert!(report.completed > 0, "{report:#?}");
+    assert_eq!(report.request_to_assigned_us.count, report.assigned);
+    let stats = server.stats().await;
+    assert!(stats.trips_completed > 0 && stats.offers_accepted >= report.assigned, "{stats:?}");
+}
