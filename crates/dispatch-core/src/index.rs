@@ -1,15 +1,31 @@
-//! The spatial index of drivers: an R-tree over unit-sphere points.
+//! The spatial index of drivers: an R-tree over unit-sphere points whose
+//! entries may lag a driver's true position by a bounded slack.
 //!
-//! Points are stored as 3-D unit vectors (see [`crate::geo`]), so Euclidean
-//! nearest-neighbour order is great-circle order, exact everywhere on Earth.
-//! The index knows drivers only by their [`DriverKey`] (a dense slot number the
-//! engine hands out); everything else about a driver lives in the engine's
-//! driver table, which keeps the tree's entries small (32 bytes).
+//! Points are 3-D unit vectors (see [`crate::geo`]): Euclidean distance
+//! between them (the chord) grows strictly with great-circle distance, so
+//! nearest-first by chord is nearest-first on Earth, exact everywhere with
+//! no special case at the antimeridian or the poles.
+//!
+//! Why slack: a car moves ten metres between pings, and moving an R-tree
+//! entry (a remove and an insert) costs microseconds, while noting the new
+//! position costs nanoseconds. So the tree keeps where each driver was last
+//! *indexed* and is only updated once the driver has moved more than
+//! `slack_m` from there; the exact position is kept beside it. A search
+//! walks the tree nearest-first by indexed position and measures candidates
+//! at their exact positions; by the triangle inequality no driver can be
+//! nearer than its indexed chord minus the slack chord, which tells the
+//! search exactly when to stop. Results are exact; only the work per query
+//! grows (by the drivers within twice the slack of the answer).
+//!
+//! The index knows drivers only by [`DriverKey`] (a dense slot number the
+//! engine hands out); everything else lives in the engine's driver table.
+
+use std::cmp::Ordering;
 
 use rstar::RTree;
 use rstar::primitives::GeomWithData;
 
-use crate::geo::{LatLng, chord2_for_distance};
+use crate::geo::{EARTH_RADIUS_M, LatLng, chord2_for_distance};
 
 /// A driver's slot in the engine's driver table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -17,28 +33,62 @@ pub struct DriverKey(pub u32);
 
 type Entry = GeomWithData<[f64; 3], DriverKey>;
 
-/// One driver found by a nearest search.
+/// One driver found by a search.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Neighbor {
     /// Which driver.
     pub key: DriverKey,
-    /// Squared chord between unit vectors: orders like great-circle distance.
-    pub chord2: f64,
+    /// Great-circle metres from the query point to the driver's exact
+    /// position.
+    pub distance_m: f64,
 }
 
+/// The default slack: a few pings of city driving.
+pub const DEFAULT_SLACK_M: f64 = 50.0;
+
 /// Every positioned driver, searchable nearest first.
-#[derive(Default)]
 pub struct DriverIndex {
     tree: RTree<Entry>,
-    /// Where each key is in the tree, so a move can find its old entry
-    /// without the caller remembering it. Indexed by `DriverKey.0`.
-    points: Vec<Option<[f64; 3]>>,
+    /// Where each key is in the tree. Indexed by `DriverKey.0`.
+    indexed: Vec<Option<[f64; 3]>>,
+    /// Where each key really is (within the slack of `indexed`).
+    exact: Vec<Option<[f64; 3]>>,
+    /// The slack as a chord between unit vectors, and squared.
+    slack_chord: f64,
+    slack_chord2: f64,
+}
+
+impl Default for DriverIndex {
+    fn default() -> Self {
+        Self::with_slack(DEFAULT_SLACK_M)
+    }
+}
+
+fn chord2(a: [f64; 3], b: [f64; 3]) -> f64 {
+    (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)
+}
+
+fn chord_to_m(chord: f64) -> f64 {
+    2.0 * EARTH_RADIUS_M * (chord / 2.0).clamp(0.0, 1.0).asin()
 }
 
 impl DriverIndex {
-    /// An empty index.
+    /// An empty index with the default slack.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty index whose tree entries may lag by up to `slack_m` metres
+    /// (0: every move updates the tree).
+    pub fn with_slack(slack_m: f64) -> Self {
+        let slack_chord2 = chord2_for_distance(slack_m.max(0.0));
+        Self {
+            tree: RTree::new(),
+            indexed: Vec::new(),
+            exact: Vec::new(),
+            slack_chord: slack_chord2.sqrt(),
+            slack_chord2,
+        }
     }
 
     /// How many drivers have a position.
@@ -53,8 +103,9 @@ impl DriverIndex {
 
     /// Puts `key` at `at`, moving it if it was elsewhere.
     ///
-    /// Cost: O(log n) for a new driver, a remove plus an insert, each
-    /// O(log n), for a move; a ping to the same point does nothing.
+    /// Cost: O(1) for a move that stays within the slack of where the
+    /// driver was indexed (most pings); otherwise a remove plus an insert,
+    /// each O(log n).
     ///
     /// ```
     /// use dispatch_core::{geo::LatLng, index::{DriverIndex, DriverKey}};
@@ -66,17 +117,19 @@ impl DriverIndex {
     pub fn locate_mut(&mut self, key: DriverKey, at: LatLng) {
         let point = at.to_unit();
         let slot = key.0 as usize;
-        if self.points.len() <= slot {
-            self.points.resize(slot + 1, None);
+        if self.exact.len() <= slot {
+            self.exact.resize(slot + 1, None);
+            self.indexed.resize(slot + 1, None);
         }
-        if let Some(old) = self.points[slot] {
-            if old == point {
+        self.exact[slot] = Some(point);
+        if let Some(old) = self.indexed[slot] {
+            if chord2(old, point) <= self.slack_chord2 {
                 return;
             }
             self.tree.remove(&Entry::new(old, key));
         }
         self.tree.insert(Entry::new(point, key));
-        self.points[slot] = Some(point);
+        self.indexed[slot] = Some(point);
     }
 
     /// Takes `key` out of the index; nothing happens if it was not in.
@@ -91,32 +144,69 @@ impl DriverIndex {
     /// assert!(index.is_empty());
     /// ```
     pub fn remove(&mut self, key: DriverKey) {
-        if let Some(old) = self.points.get_mut(key.0 as usize).and_then(Option::take) {
+        let slot = key.0 as usize;
+        if let Some(old) = self.indexed.get_mut(slot).and_then(Option::take) {
             self.tree.remove(&Entry::new(old, key));
+        }
+        if let Some(exact) = self.exact.get_mut(slot) {
+            *exact = None;
         }
     }
 
-    /// Drivers within `max_distance_m` of `at`, nearest first; equal
-    /// distances come in no set order (the caller breaks ties).
+    /// The `k` nearest drivers within `max_distance_m` of `at` that `accept`
+    /// lets through, nearest first by exact great-circle distance; drivers
+    /// at the same distance are ordered by `tie`. `accept` may be called for
+    /// drivers that end up farther than the answer.
     ///
-    /// Cost: O(log n) to the first, then about O(log n) per driver taken; an
-    /// iterator stopped early costs only what it took.
+    /// Cost: O(log n) to the first candidate, then about O(log n) for each
+    /// driver within the answer's distance plus twice the slack (refused
+    /// ones included); nothing beyond.
     ///
     /// ```
     /// use dispatch_core::{geo::LatLng, index::{DriverIndex, DriverKey}};
     /// let mut index = DriverIndex::new();
     /// index.locate_mut(DriverKey(0), LatLng::new(0.0, 179.99).unwrap());
     /// index.locate_mut(DriverKey(1), LatLng::new(0.0, 179.0).unwrap());
+    /// index.locate_mut(DriverKey(2), LatLng::new(0.0, -179.995).unwrap());
     /// let here = LatLng::new(0.0, -179.99).unwrap();
-    /// let keys: Vec<_> = index.nearest_iter(here, 5_000.0).map(|n| n.key).collect();
-    /// assert_eq!(keys, vec![DriverKey(0)]); // 2.2 km away across the antimeridian
+    /// let found = index.nearest_k(here, 5_000.0, 2, |_| true, |a, b| a.cmp(&b));
+    /// let keys: Vec<_> = found.iter().map(|n| n.key).collect();
+    /// assert_eq!(keys, vec![DriverKey(2), DriverKey(0)]); // across the antimeridian
     /// ```
-    pub fn nearest_iter(&self, at: LatLng, max_distance_m: f64) -> impl Iterator<Item = Neighbor> + '_ {
-        let limit = chord2_for_distance(max_distance_m);
-        self.tree
-            .nearest_neighbor_iter_with_distance_2(at.to_unit())
-            .take_while(move |(_, chord2)| *chord2 <= limit)
-            .map(|(entry, chord2)| Neighbor { key: entry.data, chord2 })
+    pub fn nearest_k(
+        &self,
+        at: LatLng,
+        max_distance_m: f64,
+        k: usize,
+        mut accept: impl FnMut(DriverKey) -> bool,
+        tie: impl Fn(DriverKey, DriverKey) -> Ordering,
+    ) -> Vec<Neighbor> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let query = at.to_unit();
+        let max_chord = chord2_for_distance(max_distance_m).sqrt();
+        // (exact chord, key), sorted, at most k.
+        let mut best: Vec<(f64, DriverKey)> = Vec::new();
+        for (entry, indexed_chord2) in self.tree.nearest_neighbor_iter_with_distance_2(query) {
+            let lower_bound = indexed_chord2.sqrt() - self.slack_chord;
+            if lower_bound > max_chord || (best.len() == k && best.last().is_some_and(|(c, _)| lower_bound > *c)) {
+                break;
+            }
+            let key = entry.data;
+            let Some(Some(exact)) = self.exact.get(key.0 as usize) else { continue };
+            let chord = chord2(*exact, query).sqrt();
+            if chord > max_chord || (best.len() == k && best.last().is_some_and(|(c, _)| chord > *c)) {
+                continue;
+            }
+            if !accept(key) {
+                continue;
+            }
+            let place = best.partition_point(|(c, other)| *c < chord || (*c == chord && tie(*other, key).is_lt()));
+            best.insert(place, (chord, key));
+            best.truncate(k);
+        }
+        best.into_iter().map(|(chord, key)| Neighbor { key, distance_m: chord_to_m(chord) }).collect()
     }
 }
 
@@ -136,6 +226,6 @@ mod tests {
         index.remove(DriverKey(9));
         index.remove(DriverKey(1_000));
         assert!(index.is_empty());
-        assert_eq!(index.nearest_iter(p, 1e9).count(), 0);
+        assert!(index.nearest_k(p, 1e9, 10, |_| true, |a, b| a.cmp(&b)).is_empty());
     }
 }

@@ -1,22 +1,25 @@
-//! The index against a brute-force oracle: random drivers, random moves,
+//! The index against a brute-force oracle: random drivers, random moves
+//! (small ones that stay within the slack and large ones that do not),
 //! random queries, in a city, across the antimeridian, at both poles and
 //! over the whole globe, with fixed seeds.
 
 use dispatch_core::geo::{LatLng, MAX_DISTANCE_M};
 use dispatch_core::index::{DriverIndex, DriverKey};
-use dispatch_testkit::geo::{random_point, random_point_near};
+use dispatch_testkit::geo::{destination, random_point, random_point_near};
 use dispatch_testkit::{Rng as ChaCha8Rng, rng};
+use rand::Rng;
 
-/// The oracle: every point, by haversine distance.
-fn brute_force(points: &[(DriverKey, LatLng)], at: LatLng, max_m: f64) -> Vec<(DriverKey, f64)> {
-    let mut all: Vec<_> = points.iter().map(|&(k, p)| (k, at.distance_m(p))).filter(|&(_, d)| d <= max_m).collect();
+/// The oracle: every point, by haversine distance, ties by key.
+fn brute_force(points: &[(DriverKey, LatLng)], at: LatLng, max_m: f64, k: usize) -> Vec<(DriverKey, f64)> {
+    let mut all: Vec<_> = points.iter().map(|&(key, p)| (key, at.distance_m(p))).filter(|&(_, d)| d <= max_m).collect();
     all.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    all.truncate(k);
     all
 }
 
-fn check_against_oracle(seed: u64, centre: Option<LatLng>, spread_m: f64) {
+fn check_against_oracle(seed: u64, centre: Option<LatLng>, spread_m: f64, slack_m: f64) {
     let mut rng = rng(seed);
-    let mut index = DriverIndex::new();
+    let mut index = DriverIndex::with_slack(slack_m);
     let mut points = Vec::new();
     let sample = |rng: &mut ChaCha8Rng| match centre {
         Some(c) => random_point_near(rng, c, spread_m),
@@ -27,21 +30,44 @@ fn check_against_oracle(seed: u64, centre: Option<LatLng>, spread_m: f64) {
         index.locate_mut(DriverKey(k), p);
         points.push((DriverKey(k), p));
     }
-    // Move a third of them, so the oracle also checks removal.
-    for k in (0..2_000u32).step_by(3) {
-        let p = sample(&mut rng);
-        index.locate_mut(DriverKey(k), p);
-        points[k as usize].1 = p;
-    }
-    for _ in 0..200 {
-        let at = sample(&mut rng);
-        let radius = spread_m * 0.3;
-        let want = brute_force(&points, at, radius);
-        let got: Vec<_> = index.nearest_iter(at, radius).collect();
-        assert_eq!(got.len(), want.len(), "seed {seed} at {at}");
-        for (g, w) in got.iter().zip(&want) {
-            let gd = at.distance_m(points[g.key.0 as usize].1);
-            assert!((gd - w.1).abs() < 1e-3, "seed {seed} at {at}: got {gd} want {}", w.1);
+    for round in 0..4 {
+        // Every driver drifts a little (mostly inside the slack); a third
+        // jump anywhere; a few leave.
+        for (k, (key, at)) in points.iter_mut().enumerate() {
+            let drift = rng.random_range(0.0..slack_m * 1.5 + 1.0);
+            let p = if k % 3 == round % 3 {
+                sample(&mut rng)
+            } else {
+                destination(*at, rng.random_range(0.0..std::f64::consts::TAU), drift)
+            };
+            index.locate_mut(*key, p);
+            *at = p;
+        }
+        for k in (round * 7..2_000).step_by(97) {
+            index.remove(DriverKey(k as u32));
+        }
+        let removed = |k: usize| k >= round * 7 && (k - round * 7).is_multiple_of(97);
+        let live: Vec<_> = points.iter().copied().filter(|(k, _)| !removed(k.0 as usize)).collect();
+        for _ in 0..100 {
+            let at = sample(&mut rng);
+            let radius = spread_m * 0.3;
+            for k in [1, 10, usize::MAX] {
+                let want = brute_force(&live, at, radius, k);
+                let got = index.nearest_k(at, radius, k, |_| true, |a, b| a.cmp(&b));
+                assert_eq!(got.len(), want.len(), "seed {seed} at {at} k {k}");
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g.distance_m - w.1).abs() < 1e-3,
+                        "seed {seed} at {at}: got {} want {}",
+                        g.distance_m,
+                        w.1
+                    );
+                }
+            }
+        }
+        // Put the removed ones back for the next round.
+        for &(key, p) in &points {
+            index.locate_mut(key, p);
         }
     }
 }
@@ -49,24 +75,31 @@ fn check_against_oracle(seed: u64, centre: Option<LatLng>, spread_m: f64) {
 #[test]
 fn matches_brute_force_in_a_city() {
     let seoul = LatLng::new(37.5665, 126.9780).unwrap_or_else(|e| panic!("{e}"));
-    check_against_oracle(1, Some(seoul), 20_000.0);
+    check_against_oracle(1, Some(seoul), 20_000.0, 50.0);
+    check_against_oracle(2, Some(seoul), 2_000.0, 200.0);
+}
+
+#[test]
+fn matches_brute_force_with_no_slack() {
+    let seoul = LatLng::new(37.5665, 126.9780).unwrap_or_else(|e| panic!("{e}"));
+    check_against_oracle(3, Some(seoul), 20_000.0, 0.0);
 }
 
 #[test]
 fn matches_brute_force_across_the_antimeridian() {
     let fiji = LatLng::new(-17.0, 180.0).unwrap_or_else(|e| panic!("{e}"));
-    check_against_oracle(2, Some(fiji), 50_000.0);
+    check_against_oracle(4, Some(fiji), 50_000.0, 50.0);
 }
 
 #[test]
 fn matches_brute_force_at_the_poles() {
-    for (seed, lat) in [(3, 90.0), (4, -90.0), (5, 89.9)] {
+    for (seed, lat) in [(5, 90.0), (6, -90.0), (7, 89.9)] {
         let pole = LatLng::new(lat, 0.0).unwrap_or_else(|e| panic!("{e}"));
-        check_against_oracle(seed, Some(pole), 30_000.0);
+        check_against_oracle(seed, Some(pole), 30_000.0, 50.0);
     }
 }
 
 #[test]
 fn matches_brute_force_over_the_whole_globe() {
-    check_against_oracle(6, None, MAX_DISTANCE_M);
+    check_against_oracle(8, None, MAX_DISTANCE_M, 500.0);
 }

@@ -168,14 +168,19 @@ impl Engine {
 
     /// Drivers near a point, nearest first, for operators.
     pub fn nearby(&self, query: &NearbyQuery) -> Vec<NearbyDriver> {
+        let wanted = |key| {
+            let d = self.driver(key);
+            d.session.is_some()
+                && query.service.is_none_or(|s| d.services.contains(s))
+                && (!query.available_only || d.is_offerable())
+        };
+        let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
+        let radius = query.radius_m.unwrap_or(MAX_DISTANCE_M);
         self.index
-            .nearest_iter(query.center, query.radius_m.unwrap_or(MAX_DISTANCE_M))
-            .map(|n| self.driver(n.key))
-            .filter(|d| d.session.is_some())
-            .filter(|d| query.service.is_none_or(|s| d.services.contains(s)))
-            .filter(|d| !query.available_only || d.is_offerable())
-            .take(query.limit)
-            .filter_map(|d| {
+            .nearest_k(query.center, radius, query.limit, wanted, by_id)
+            .into_iter()
+            .filter_map(|n| {
+                let d = self.driver(n.key);
                 let position = d.position?;
                 Some(NearbyDriver {
                     driver: d.id.clone(),

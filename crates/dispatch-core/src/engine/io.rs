@@ -23,6 +23,9 @@ pub struct Config {
     /// The least time between two retries of waiting trips caused only by
     /// drivers moving (freed drivers retry at once).
     pub rematch_interval_ms: i64,
+    /// How far a driver may move before its entry in the spatial index is
+    /// moved too (searches stay exact; see [`crate::index`]).
+    pub index_slack_m: f64,
 }
 
 impl Default for Config {
@@ -34,6 +37,7 @@ impl Default for Config {
             rider_position_interval_ms: 1_000,
             trip_retention_ms: 24 * 3_600_000,
             rematch_interval_ms: 200,
+            index_slack_m: crate::index::DEFAULT_SLACK_M,
         }
     }
 }

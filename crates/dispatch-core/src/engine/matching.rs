@@ -39,26 +39,13 @@ impl Engine {
         radius_m: f64,
         tried: &HashSet<DriverId>,
     ) -> Option<(DriverKey, f64)> {
-        let mut best: Option<(DriverKey, f64)> = None;
-        for neighbor in self.index.nearest_iter(pickup, radius_m) {
-            if let Some((best_key, best_chord2)) = best {
-                if neighbor.chord2 > best_chord2 {
-                    break;
-                }
-                // Same distance: the smaller id wins, if it may be offered.
-                if self.driver(neighbor.key).id >= self.driver(best_key).id {
-                    continue;
-                }
-            }
-            let driver = self.driver(neighbor.key);
-            if driver.is_offerable() && driver.services.contains(service) && !tried.contains(&driver.id) {
-                best = Some((neighbor.key, neighbor.chord2));
-            }
-        }
-        best.map(|(key, _)| {
-            let distance = self.driver(key).position.map_or(0.0, |p| p.distance_m(pickup));
-            (key, distance)
-        })
+        let offerable = |key| {
+            let driver = self.driver(key);
+            driver.is_offerable() && driver.services.contains(service) && !tried.contains(&driver.id)
+        };
+        let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
+        let nearest = self.index.nearest_k(pickup, radius_m, 1, offerable, by_id);
+        nearest.first().map(|n| (n.key, n.distance_m))
     }
 
     /// Offers a searching trip with no offer out to its nearest offerable

@@ -69,8 +69,7 @@ impl Engine {
     /// An empty engine.
     pub fn new(config: Config) -> Self {
         Self {
-            config,
-            index: DriverIndex::new(),
+            index: DriverIndex::with_slack(config.index_slack_m),
             drivers: Vec::new(),
             free_slots: Vec::new(),
             driver_keys: HashMap::new(),
@@ -89,6 +88,7 @@ impl Engine {
             next_offer: 1,
             stats: Stats::default(),
             effects: Vec::new(),
+            config,
         }
     }
 
