@@ -43,8 +43,10 @@ pub struct Neighbor {
     pub distance_m: f64,
 }
 
-/// The default slack: a few pings of city driving.
-pub const DEFAULT_SLACK_M: f64 = 50.0;
+/// The default slack: several pings of city driving. Larger makes updates
+/// cheaper (fewer tree moves) and searches dearer (more candidates); at a
+/// thousand updates per ride request, updates matter more.
+pub const DEFAULT_SLACK_M: f64 = 100.0;
 
 /// Every positioned driver, searchable nearest first.
 pub struct DriverIndex {

@@ -85,11 +85,18 @@ pub async fn riders(run: Arc<Run>, channels: Vec<Channel>, replay: Option<Vec<Re
     let mut rng = ChaCha8Rng::seed_from_u64(run.config.seed ^ 0x5eed);
     let start = Instant::now();
     let mut replay = replay.unwrap_or_default().into_iter();
+    let mut due = start;
     loop {
         let trip = match &run.config.demand {
             Demand::Poisson { rate } => {
+                // Arrival times on an absolute schedule: timers tick in
+                // milliseconds, so sleeping each sub-millisecond gap would
+                // cap the rate near 1,000/s.
                 let gap = -(1.0 - rng.random::<f64>()).ln() / rate.max(1e-9);
-                tokio::time::sleep(Duration::from_secs_f64(gap.min(60.0))).await;
+                due += Duration::from_secs_f64(gap.min(60.0));
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let pickup = random_point(&mut rng, &run.config.cities);
                 let angle = rng.random_range(0.0..std::f64::consts::TAU);
                 let length = rng.random_range(1_000.0..8_000.0);

@@ -316,6 +316,7 @@ impl From<&Stats> for pb::Stats {
             match_latency_p50_us: 0,
             match_latency_p99_us: 0,
             uptime_s: 0,
+            location_updates_shed: 0,
         }
     }
 }

@@ -64,10 +64,36 @@ pub enum Command {
     Shutdown,
 }
 
+impl Command {
+    /// Location updates: many, cheap to lose (the next comes in a second),
+    /// so they travel apart from everything else and may be shed.
+    fn is_bulk(&self) -> bool {
+        matches!(self, Command::Ping { .. } | Command::FleetBatch { .. })
+    }
+
+    /// How many location updates the command carries.
+    fn updates(&self) -> u64 {
+        match self {
+            Command::Ping { .. } => 1,
+            Command::FleetBatch { updates, .. } => updates.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
 /// How handlers reach the engine task. Cheap to clone.
+///
+/// Two queues: rides, offer replies, progress, hellos and operator calls go
+/// through `urgent`, which the engine task always empties first; location
+/// updates go through `bulk`, taken one command at a time between urgent
+/// ones. So a ride request never waits behind a second of queued pings, and
+/// when the engine cannot keep up it is the pings that are shed.
 #[derive(Clone)]
 pub struct EngineHandle {
-    commands: mpsc::Sender<Command>,
+    urgent: mpsc::Sender<Command>,
+    bulk: mpsc::Sender<Command>,
+    /// Location updates dropped because the bulk queue was full.
+    shed: Arc<AtomicU64>,
     next_session: Arc<AtomicU64>,
     /// The latest state of every trip the engine still keeps, for `GetTrip`:
     /// a `DashMap` so many readers never queue behind the engine's commands
@@ -77,9 +103,22 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Queues a command, waiting while the queue is full.
-    pub async fn send(&self, command: Command) -> Result<(), Status> {
-        self.commands.send(command).await.map_err(|_| Status::unavailable("the server is shutting down"))
+    /// Queues a command: location updates without waiting (they are shed,
+    /// and `Ok(false)` returned, when the engine is behind); anything else
+    /// waiting while the queue is full.
+    pub async fn send(&self, command: Command) -> Result<bool, Status> {
+        let closed = || Status::unavailable("the server is shutting down");
+        if !command.is_bulk() {
+            return self.urgent.send(command).await.map(|()| true).map_err(|_| closed());
+        }
+        match self.bulk.try_send(command) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                self.shed.fetch_add(command.updates(), Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+        }
     }
 
     /// Sends a command that carries a reply channel and waits for the reply.
@@ -103,9 +142,17 @@ impl EngineHandle {
 /// Starts the engine task; it ends after [`Command::Shutdown`] or when every
 /// handle is dropped.
 pub fn spawn(config: &ServerConfig) -> (EngineHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(config.command_queue.max(1));
+    let (urgent, urgent_rx) = mpsc::channel(config.command_queue.max(1));
+    let (bulk, bulk_rx) = mpsc::channel(config.bulk_queue.max(1));
     let trips = Arc::new(DashMap::new());
-    let handle = EngineHandle { commands: tx, next_session: Arc::new(AtomicU64::new(1)), trips: trips.clone() };
+    let shed = Arc::new(AtomicU64::new(0));
+    let handle = EngineHandle {
+        urgent,
+        bulk,
+        shed: shed.clone(),
+        next_session: Arc::new(AtomicU64::new(1)),
+        trips: trips.clone(),
+    };
     let task = EngineTask {
         engine: Engine::new(config.engine.clone()),
         clock: Clock::new(),
@@ -114,8 +161,9 @@ pub fn spawn(config: &ServerConfig) -> (EngineHandle, tokio::task::JoinHandle<()
         trips,
         awaiting_first_offer: HashMap::new(),
         match_latency: Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
+        shed,
     };
-    (handle, tokio::spawn(task.run(rx)))
+    (handle, tokio::spawn(task.run(urgent_rx, bulk_rx)))
 }
 
 /// Unix milliseconds from a monotonic clock: wall time read once at start,
@@ -154,6 +202,7 @@ struct EngineTask {
     trips: Arc<DashMap<TripId, pb::Trip>>,
     awaiting_first_offer: HashMap<TripId, Instant>,
     match_latency: Option<Histogram<u64>>,
+    shed: Arc<AtomicU64>,
 }
 
 struct SessionEntry {
@@ -162,27 +211,44 @@ struct SessionEntry {
     name: String,
 }
 
-const BATCH: usize = 512;
+/// The most urgent commands taken before the engine ticks again.
+const URGENT_BATCH: usize = 512;
 
 impl EngineTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut batch = Vec::with_capacity(BATCH);
+    async fn run(mut self, mut urgent: mpsc::Receiver<Command>, mut bulk: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(URGENT_BATCH);
         loop {
-            let deadline = self.engine.next_deadline().map(|at| self.clock.instant(at));
-            tokio::select! {
-                n = rx.recv_many(&mut batch, BATCH) => {
-                    if n == 0 {
-                        break;
-                    }
-                    for command in batch.drain(..) {
-                        if matches!(command, Command::Shutdown) {
-                            self.shutdown();
-                            return;
-                        }
-                        self.handle(command);
-                    }
+            // Everything urgent that is waiting, then one bulk command, then
+            // a tick; wait only when both queues are empty.
+            let mut took = false;
+            while batch.len() < URGENT_BATCH
+                && let Ok(command) = urgent.try_recv()
+            {
+                batch.push(command);
+            }
+            for command in batch.drain(..) {
+                took = true;
+                if matches!(command, Command::Shutdown) {
+                    self.shutdown();
+                    return;
                 }
-                () = sleep_until(deadline) => {}
+                self.handle(command);
+            }
+            if let Ok(command) = bulk.try_recv() {
+                took = true;
+                self.handle(command);
+            }
+            if !took {
+                let deadline = self.engine.next_deadline().map(|at| self.clock.instant(at));
+                tokio::select! {
+                    biased;
+                    command = urgent.recv() => match command {
+                        Some(command) => batch.push(command),
+                        None => break,
+                    },
+                    Some(command) = bulk.recv() => self.handle(command),
+                    () = sleep_until(deadline) => {}
+                }
             }
             self.engine.tick(self.clock.now());
             self.carry_out();
@@ -233,9 +299,11 @@ impl EngineTask {
             }
             Command::FleetBatch { session, updates } => {
                 for update in updates {
-                    let driver = update.driver.to_string();
+                    let driver = update.driver.clone();
                     let result = self.engine.fleet_update(now, session, update);
-                    self.reject_on_error(session, &driver, result);
+                    if result.is_err() {
+                        self.reject_on_error(session, driver.as_str(), result);
+                    }
                 }
             }
             Command::OfferReply { session, offer, accept } => {
@@ -370,6 +438,7 @@ impl EngineTask {
             stats.match_latency_p99_us = h.value_at_quantile(0.99);
         }
         stats.uptime_s = self.clock.start.elapsed().as_secs();
+        stats.location_updates_shed = self.shed.load(Ordering::Relaxed);
         stats
     }
 

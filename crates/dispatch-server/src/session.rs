@@ -9,6 +9,8 @@ use tracing::debug;
 
 use crate::engine_task::{Command, EngineHandle};
 use crate::outbox::Outbox;
+use crate::status::rejected;
+use tonic::Code;
 
 /// What one message of an open session turns into.
 pub struct Parsed {
@@ -80,10 +82,16 @@ pub async fn serve<M>(
             // engine task soon enough; dropping this one is fine.
             let _ = outbox.try_send(rejection);
         }
-        if let Some(command) = parsed.command
-            && engine.send(command).await.is_err()
-        {
-            break;
+        if let Some(command) = parsed.command {
+            match engine.send(command).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Shed: the engine is behind. Say so, once per message;
+                    // the session goes on and the next update may get in.
+                    let _ = outbox.try_send(rejected(Code::ResourceExhausted, "overloaded: location update shed", ""));
+                }
+                Err(_) => break,
+            }
         }
     }
     let _ = engine.send(Command::SessionClosed { session }).await;

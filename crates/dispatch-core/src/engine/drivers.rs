@@ -105,15 +105,15 @@ impl Engine {
         }
         let key = match self.driver_keys.get(&update.driver).copied() {
             Some(key) => match self.driver(key).session {
-                Some(holder) if holder != session => return Err(EngineError::DriverHeldElsewhere(update.driver)),
-                _ => key,
+                Some(holder) if holder == session => key,
+                Some(_) => return Err(EngineError::DriverHeldElsewhere(update.driver)),
+                None => self.register_with_fleet(key, session),
             },
-            None => self.add_driver(update.driver.clone(), session),
+            None => {
+                let key = self.add_driver(update.driver.clone(), session);
+                self.register_with_fleet(key, session)
+            }
         };
-        self.driver_mut(key).session = Some(session);
-        if let Some(Session::Fleet { drivers, .. }) = self.sessions.get_mut(&session) {
-            drivers.insert(key);
-        }
         let driver = self.driver_mut(key);
         let new_services = update.services.filter(|s| !s.is_empty() && *s != driver.services);
         if let Some(services) = new_services {
@@ -190,6 +190,15 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// Makes `session` (a fleet's) speak for `key`.
+    fn register_with_fleet(&mut self, key: DriverKey, session: SessionId) -> DriverKey {
+        self.driver_mut(key).session = Some(session);
+        if let Some(Session::Fleet { drivers, .. }) = self.sessions.get_mut(&session) {
+            drivers.insert(key);
+        }
+        key
     }
 
     fn add_driver(&mut self, id: DriverId, session: SessionId) -> DriverKey {
