@@ -16,6 +16,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `build_transport(false)`: the RPC named `Connect` would clash with the
     // generated `Client::connect(endpoint)`; clients are built with
     // `Client::new(channel)` instead.
-    tonic_prost_build::configure().build_transport(false).compile_fds(fds)?;
+    tonic_prost_build::configure().build_transport(false).codec_path("crate::codec::LeanCodec").compile_fds(fds)?;
     Ok(())
 }

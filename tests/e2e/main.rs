@@ -9,5 +9,6 @@ mod fleets;
 mod harness;
 mod loadgen;
 mod operators;
+mod overload;
 mod rides;
 mod shutdown;

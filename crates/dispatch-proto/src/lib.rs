@@ -5,10 +5,13 @@
 //! # Layout
 //!
 //! - [`pb`]: the generated messages, clients and servers.
+//! - [`codec`]: prost's codec with small starting buffers, used by all of
+//!   them.
 //! - [`convert`]: `TryFrom` from messages into core types (every client field
 //!   checked, the error an [`InvalidInput`]) and `From` core types into
 //!   messages.
 
+pub mod codec;
 pub mod convert;
 
 /// The generated `dispatch.v1` package.

@@ -8,9 +8,10 @@ pub struct ServerConfig {
     /// Commands other than location updates waiting for the engine task, at
     /// most (callers wait when it is full).
     pub command_queue: usize,
-    /// Location-update commands (a ping, or a whole fleet batch) waiting for
-    /// the engine task, at most; past that, updates are shed.
-    pub bulk_queue: usize,
+    /// Location updates (pings and fleet batch entries) waiting for the
+    /// engine task, at most; past that, updates are shed (about a second of
+    /// 250,000 drivers).
+    pub max_queued_updates: usize,
     /// Events waiting to be read by one driver's session, at most; a session
     /// that falls this far behind is ended with `RESOURCE_EXHAUSTED`.
     pub driver_session_queue: usize,
@@ -27,7 +28,7 @@ impl Default for ServerConfig {
         Self {
             engine: dispatch_core::engine::Config::default(),
             command_queue: 65_536,
-            bulk_queue: 4_096,
+            max_queued_updates: 262_144,
             driver_session_queue: 256,
             fleet_session_queue: 65_536,
             rider_queue: 256,

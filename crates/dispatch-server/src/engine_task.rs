@@ -92,8 +92,12 @@ impl Command {
 pub struct EngineHandle {
     urgent: mpsc::Sender<Command>,
     bulk: mpsc::Sender<Command>,
-    /// Location updates dropped because the bulk queue was full.
+    /// Location updates dropped because too many were queued.
     shed: Arc<AtomicU64>,
+    /// Location updates queued and not yet applied: the real bound on the
+    /// bulk queue, since one fleet batch carries up to 10,000.
+    queued_updates: Arc<AtomicU64>,
+    max_queued_updates: u64,
     next_session: Arc<AtomicU64>,
     /// The latest state of every trip the engine still keeps, for `GetTrip`:
     /// a `DashMap` so many readers never queue behind the engine's commands
@@ -111,13 +115,24 @@ impl EngineHandle {
         if !command.is_bulk() {
             return self.urgent.send(command).await.map(|()| true).map_err(|_| closed());
         }
+        let n = command.updates();
+        if self.queued_updates.fetch_add(n, Ordering::Relaxed) + n > self.max_queued_updates {
+            self.queued_updates.fetch_sub(n, Ordering::Relaxed);
+            self.shed.fetch_add(n, Ordering::Relaxed);
+            return Ok(false);
+        }
         match self.bulk.try_send(command) {
             Ok(()) => Ok(true),
-            Err(mpsc::error::TrySendError::Full(command)) => {
-                self.shed.fetch_add(command.updates(), Ordering::Relaxed);
-                Ok(false)
+            Err(e) => {
+                self.queued_updates.fetch_sub(n, Ordering::Relaxed);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        self.shed.fetch_add(n, Ordering::Relaxed);
+                        Ok(false)
+                    }
+                    mpsc::error::TrySendError::Closed(_) => Err(closed()),
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
         }
     }
 
@@ -143,13 +158,18 @@ impl EngineHandle {
 /// handle is dropped.
 pub fn spawn(config: &ServerConfig) -> (EngineHandle, tokio::task::JoinHandle<()>) {
     let (urgent, urgent_rx) = mpsc::channel(config.command_queue.max(1));
-    let (bulk, bulk_rx) = mpsc::channel(config.bulk_queue.max(1));
+    // Bounded by `max_queued_updates`, counted in updates; the channel's
+    // own bound (in commands) only backs that up.
+    let (bulk, bulk_rx) = mpsc::channel(config.max_queued_updates.max(1));
     let trips = Arc::new(DashMap::new());
     let shed = Arc::new(AtomicU64::new(0));
+    let queued_updates = Arc::new(AtomicU64::new(0));
     let handle = EngineHandle {
         urgent,
         bulk,
         shed: shed.clone(),
+        queued_updates: queued_updates.clone(),
+        max_queued_updates: config.max_queued_updates as u64,
         next_session: Arc::new(AtomicU64::new(1)),
         trips: trips.clone(),
     };
@@ -162,6 +182,7 @@ pub fn spawn(config: &ServerConfig) -> (EngineHandle, tokio::task::JoinHandle<()
         awaiting_first_offer: HashMap::new(),
         match_latency: Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
         shed,
+        queued_updates,
     };
     (handle, tokio::spawn(task.run(urgent_rx, bulk_rx)))
 }
@@ -203,6 +224,7 @@ struct EngineTask {
     awaiting_first_offer: HashMap<TripId, Instant>,
     match_latency: Option<Histogram<u64>>,
     shed: Arc<AtomicU64>,
+    queued_updates: Arc<AtomicU64>,
 }
 
 struct SessionEntry {
@@ -258,6 +280,10 @@ impl EngineTask {
 
     fn handle(&mut self, command: Command) {
         let now = self.clock.now();
+        let updates = command.updates();
+        if updates > 0 {
+            self.queued_updates.fetch_sub(updates, Ordering::Relaxed);
+        }
         match command {
             Command::DriverHello { session, hello, outbox } => {
                 let driver = hello.driver.clone();
