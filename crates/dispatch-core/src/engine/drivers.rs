@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::state::{Driver, Session};
+use super::state::{Driver, FleetSession, Session};
 use super::{
     DriverHello, Effect, Engine, FleetDriverUpdate, NearbyDriver, NearbyQuery, Ping, SessionEnd, WithdrawReason,
 };
@@ -28,7 +28,7 @@ impl Engine {
         let key = match self.driver_keys.get(&hello.driver).copied() {
             Some(key) => {
                 match self.driver(key).session.and_then(|s| self.sessions.get(&s).map(|kind| (s, kind))) {
-                    Some((_, Session::Fleet { .. })) => return Err(EngineError::DriverHeldElsewhere(hello.driver)),
+                    Some((_, Session::Fleet(_))) => return Err(EngineError::DriverHeldElsewhere(hello.driver)),
                     Some((old, Session::Driver(_))) if old != session => {
                         self.sessions.remove(&old);
                         self.effects.push(Effect::EndSession { session: old, reason: SessionEnd::Replaced });
@@ -60,17 +60,17 @@ impl Engine {
         let mut drivers = HashSet::new();
         if let Some(old) = self.fleet_sessions.insert(fleet.clone(), session)
             && old != session
-            && let Some(Session::Fleet { drivers: moved, .. }) = self.sessions.remove(&old)
+            && let Some(Session::Fleet(moved)) = self.sessions.remove(&old)
         {
             self.effects.push(Effect::EndSession { session: old, reason: SessionEnd::Replaced });
-            for &key in &moved {
+            for &key in &moved.drivers {
                 self.driver_mut(key).session = Some(session);
             }
-            drivers = moved;
+            drivers = moved.drivers;
         }
         let trips =
             drivers.iter().filter_map(|&key| self.driver(key).trip).filter_map(|t| self.trip(t).cloned()).collect();
-        self.sessions.insert(session, Session::Fleet { fleet, drivers });
+        self.sessions.insert(session, Session::Fleet(Box::new(FleetSession { fleet, drivers })));
         trips
     }
 
@@ -99,7 +99,7 @@ impl Engine {
         update: FleetDriverUpdate,
     ) -> Result<(), EngineError> {
         match self.sessions.get(&session) {
-            Some(Session::Fleet { .. }) => {}
+            Some(Session::Fleet(_)) => {}
             Some(Session::Driver(_)) => return Err(EngineError::WrongSessionKind("driver")),
             None => return Err(EngineError::SessionNotOpen),
         }
@@ -141,11 +141,11 @@ impl Engine {
         let keys: Vec<DriverKey> = match self.sessions.remove(&session) {
             None => return,
             Some(Session::Driver(key)) => vec![key],
-            Some(Session::Fleet { fleet, drivers }) => {
-                if self.fleet_sessions.get(&fleet) == Some(&session) {
-                    self.fleet_sessions.remove(&fleet);
+            Some(Session::Fleet(fleet)) => {
+                if self.fleet_sessions.get(&fleet.fleet) == Some(&session) {
+                    self.fleet_sessions.remove(&fleet.fleet);
                 }
-                drivers.into_iter().collect()
+                fleet.drivers.into_iter().collect()
             }
         };
         for key in keys {
@@ -195,8 +195,8 @@ impl Engine {
     /// Makes `session` (a fleet's) speak for `key`.
     fn register_with_fleet(&mut self, key: DriverKey, session: SessionId) -> DriverKey {
         self.driver_mut(key).session = Some(session);
-        if let Some(Session::Fleet { drivers, .. }) = self.sessions.get_mut(&session) {
-            drivers.insert(key);
+        if let Some(Session::Fleet(fleet)) = self.sessions.get_mut(&session) {
+            fleet.drivers.insert(key);
         }
         key
     }

@@ -79,7 +79,7 @@ impl Engine {
             if let Some(session) = driver.session {
                 let speaks = match self.sessions.get(&session) {
                     Some(Session::Driver(key)) => key.0 as usize == slot,
-                    Some(Session::Fleet { drivers, .. }) => drivers.iter().any(|k| k.0 as usize == slot),
+                    Some(Session::Fleet(fleet)) => fleet.drivers.iter().any(|k| k.0 as usize == slot),
                     None => false,
                 };
                 if !speaks {

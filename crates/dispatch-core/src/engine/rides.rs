@@ -120,7 +120,7 @@ impl Engine {
         let offer = self.offers.get(&offer_id).ok_or(EngineError::UnknownOffer(offer_id))?;
         let speaks_for = match session {
             Session::Driver(key) => *key == offer.driver,
-            Session::Fleet { drivers, .. } => drivers.contains(&offer.driver),
+            Session::Fleet(fleet) => fleet.drivers.contains(&offer.driver),
         };
         if speaks_for { Ok(offer.driver) } else { Err(EngineError::UnknownOffer(offer_id)) }
     }
@@ -135,14 +135,14 @@ impl Engine {
         match (self.sessions.get(&session), fleet_driver) {
             (None, _) => Err(EngineError::SessionNotOpen),
             (Some(Session::Driver(key)), None) => Ok(*key),
-            (Some(Session::Fleet { drivers, .. }), Some(id)) => self
+            (Some(Session::Fleet(fleet)), Some(id)) => self
                 .driver_keys
                 .get(id)
                 .copied()
-                .filter(|key| drivers.contains(key))
+                .filter(|key| fleet.drivers.contains(key))
                 .ok_or_else(|| EngineError::NotFleetDriver(id.clone())),
             (Some(Session::Driver(_)), Some(_)) => Err(EngineError::WrongSessionKind("driver")),
-            (Some(Session::Fleet { .. }), None) => Err(EngineError::WrongSessionKind("fleet")),
+            (Some(Session::Fleet(_)), None) => Err(EngineError::WrongSessionKind("fleet")),
         }
     }
 

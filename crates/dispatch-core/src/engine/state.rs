@@ -52,13 +52,20 @@ impl Driver {
     }
 }
 
-/// One open stream.
+/// One open stream. The fleet variant is boxed so that the far more
+/// numerous driver sessions stay 16 bytes.
 #[derive(Debug)]
 pub(super) enum Session {
     /// A driver's own app.
     Driver(DriverKey),
     /// A partner gateway and the drivers it registered.
-    Fleet { fleet: FleetId, drivers: HashSet<DriverKey> },
+    Fleet(Box<FleetSession>),
+}
+
+#[derive(Debug)]
+pub(super) struct FleetSession {
+    pub fleet: FleetId,
+    pub drivers: HashSet<DriverKey>,
 }
 
 #[derive(Debug, Clone, Copy)]
