@@ -158,14 +158,22 @@ mod tests {
         let mut car = Car::new("d".into(), start);
         car.phase = Phase::ToPickup { trip_id: "t-1".into(), pickup, dropoff };
         let mut events = Vec::new();
-        for _ in 0..400 {
+        for second in 0..400 {
             match car.step(&mut rng, 1.0, 10.0) {
                 Arrival::None => {}
-                a => events.push(a),
+                a => {
+                    let at = if matches!(a, Arrival::Pickup(_)) { pickup } else { dropoff };
+                    assert!(car.at.distance_m(at) < 1.0, "{a:?} away from the spot");
+                    events.push((second, a));
+                }
             }
         }
-        assert_eq!(events, vec![Arrival::Pickup("t-1".into()), Arrival::Dropoff("t-1".into())]);
-        assert!(car.at.distance_m(dropoff) < 600.0, "cruising near the dropoff");
+        // 1 km to the pickup, then 2 km to the dropoff, at 10 m/s.
+        let when: Vec<_> = events.iter().map(|(s, _)| *s).collect();
+        assert!((99..=101).contains(&when[0]) && (298..=302).contains(&when[1]), "{when:?}");
+        let arrivals: Vec<_> = events.into_iter().map(|(_, a)| a).collect();
+        assert_eq!(arrivals, vec![Arrival::Pickup("t-1".into()), Arrival::Dropoff("t-1".into())]);
+        assert_eq!(car.phase, Phase::Cruising);
     }
 
     #[test]
