@@ -52,7 +52,7 @@ fn nearest(c: &mut Criterion) {
     let mut group = c.benchmark_group("nearest");
     for (drivers, name) in SIZES {
         let city = CityShape::seoul();
-        let (engine, _) = engine_with_drivers(3, &city, drivers, Config::default());
+        let (engine, placed) = engine_with_drivers(3, &city, drivers, Config::default());
         let mut rng = rng(4);
         let pickups: Vec<_> = (0..4_096).map(|_| city.point(&mut rng)).collect();
         let mut i = 0;
@@ -60,6 +60,15 @@ fn nearest(c: &mut Criterion) {
             b.iter(|| {
                 i += 1;
                 black_box(engine.nearest_offerable_driver(pickups[i % pickups.len()], ServiceType::Taxi, 5_000.0))
+            });
+        });
+        // The floor to compare with, in the same run: plain rstar nearest-1
+        // over the same points, no eligibility, no slack.
+        let tree: rstar::RTree<[f64; 3]> = rstar::RTree::bulk_load(placed.iter().map(|(_, p)| p.to_unit()).collect());
+        group.bench_function(BenchmarkId::new(name, "rstar_nearest_1_baseline"), |b| {
+            b.iter(|| {
+                i += 1;
+                black_box(tree.nearest_neighbor(pickups[i % pickups.len()].to_unit()))
             });
         });
         // Premium is one driver in ten: the search walks past the others.
