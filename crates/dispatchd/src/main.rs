@@ -14,10 +14,10 @@ use tracing::{error, info, warn};
 
 // Location updates are allocated on the stream readers' threads and freed
 // on the engine's; glibc's allocator spent a fifth of the server's time on
-// that under load (perf, korea scenario). mimalloc frees across threads
-// cheaply.
+// that under load (perf, korea scenario). jemalloc frees across threads
+// cheaply and returns memory to the system in the background.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Real-time ride dispatch over gRPC.
 #[derive(Debug, Parser)]
