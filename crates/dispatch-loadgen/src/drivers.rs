@@ -103,6 +103,29 @@ impl Cars {
     }
 }
 
+/// The ping clock of a group of cars: ticks every ping interval (the first
+/// after `offset`) and says how long the cars drove since the last tick.
+struct Pace {
+    ticker: tokio::time::Interval,
+    last: Instant,
+}
+
+impl Pace {
+    fn new(run: &Run, offset: Duration) -> Self {
+        let mut ticker = tokio::time::interval_at((Instant::now() + offset).into(), run.config.ping_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        Self { ticker, last: Instant::now() }
+    }
+
+    /// Waits for the next tick; returns the seconds driven since the last.
+    async fn next(&mut self) -> f64 {
+        self.ticker.tick().await;
+        let seconds = self.last.elapsed().as_secs_f64();
+        self.last = Instant::now();
+        seconds
+    }
+}
+
 fn position(car: &Car) -> pb::LatLng {
     pb::LatLng { lat: car.at.lat, lng: car.at.lng }
 }
@@ -160,17 +183,13 @@ pub async fn fleet(run: Arc<Run>, channel: Channel, fleet_id: String, cars: Vec<
     };
     let mut cars = Cars::new(cars, seed);
     let mut first = true;
-    let mut ticker = tokio::time::interval(run.config.ping_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut last = Instant::now();
+    let mut pace = Pace::new(&run, Duration::ZERO);
     let stop = tokio::time::sleep_until((run.deadline + HANG_UP_AFTER).into());
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => return,
-            _ = ticker.tick() => {
-                let seconds = last.elapsed().as_secs_f64();
-                last = Instant::now();
+            seconds = pace.next() => {
                 for say in cars.drive(&run, seconds) {
                     if let Say::Progress { driver_id, trip_id, status } = say {
                         let progress = pb::FleetTripProgress { driver_id, trip_id, status: status.into() };
@@ -233,18 +252,14 @@ pub async fn solo(run: Arc<Run>, channel: Channel, car: Car, seed: u64) {
     };
     let interval = run.config.ping_interval;
     let offset = Duration::from_nanos(seed % u64::try_from(interval.as_nanos()).unwrap_or(1).max(1));
-    let mut ticker = tokio::time::interval_at((Instant::now() + offset).into(), interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut pace = Pace::new(&run, offset);
     let mut cars = Cars::new(vec![car], seed);
-    let mut last = Instant::now();
     let stop = tokio::time::sleep_until((run.deadline + HANG_UP_AFTER).into());
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => return,
-            _ = ticker.tick() => {
-                let seconds = last.elapsed().as_secs_f64();
-                last = Instant::now();
+            seconds = pace.next() => {
                 for say in cars.drive(&run, seconds) {
                     if let Say::Progress { trip_id, status, .. } = say {
                         let progress = pb::TripProgress { trip_id, status: status.into() };
