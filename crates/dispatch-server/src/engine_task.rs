@@ -154,9 +154,12 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine task; it ends after [`Command::Shutdown`] or when every
-/// handle is dropped.
-pub fn spawn(config: &ServerConfig) -> (EngineHandle, tokio::task::JoinHandle<()>) {
+/// Starts the engine task on a thread of its own (with its own
+/// single-threaded runtime for timers), so the engine is never queued
+/// behind stream decoding on a shared worker. It ends after
+/// [`Command::Shutdown`] or when every handle is dropped; the receiver
+/// resolves then.
+pub fn spawn(config: &ServerConfig) -> std::io::Result<(EngineHandle, oneshot::Receiver<()>)> {
     let (urgent, urgent_rx) = mpsc::channel(config.command_queue.max(1));
     // Bounded by `max_queued_updates`, counted in updates; the channel's
     // own bound (in commands) only backs that up.
@@ -184,7 +187,13 @@ pub fn spawn(config: &ServerConfig) -> (EngineHandle, tokio::task::JoinHandle<()
         shed,
         queued_updates,
     };
-    (handle, tokio::spawn(task.run(urgent_rx, bulk_rx)))
+    let (done, stopped) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    std::thread::Builder::new().name("dispatch-engine".into()).spawn(move || {
+        runtime.block_on(task.run(urgent_rx, bulk_rx));
+        let _ = done.send(());
+    })?;
+    Ok((handle, stopped))
 }
 
 /// Unix milliseconds from a monotonic clock: wall time read once at start,

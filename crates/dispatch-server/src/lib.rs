@@ -45,6 +45,9 @@ pub enum ServerError {
     /// The reflection service could not read the descriptor set.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The engine's thread could not be started.
+    #[error("cannot start the engine thread: {0}")]
+    EngineThread(std::io::Error),
 }
 
 /// Serves dispatch on `listener` until `shutdown` resolves; then every open
@@ -55,7 +58,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let (engine, engine_task) = engine_task::spawn(&config);
+    let (engine, engine_stopped) = engine_task::spawn(&config).map_err(ServerError::EngineThread)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DriverServiceServer<driver_service::DriverSvc>>().await;
     health.set_serving::<FleetServiceServer<fleet_service::FleetSvc>>().await;
@@ -95,7 +98,7 @@ pub async fn run(
         .add_service(AdminServiceServer::new(admin_service::AdminSvc::new(engine)))
         .serve_with_incoming_shutdown(incoming, on_shutdown)
         .await?;
-    let _ = engine_task.await;
+    let _ = engine_stopped.await;
     info!("dispatch stopped");
     Ok(())
 }
