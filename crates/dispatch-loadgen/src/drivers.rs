@@ -104,25 +104,31 @@ impl Cars {
 }
 
 /// The ping clock of a group of cars: ticks every ping interval (the first
-/// after `offset`) and says how long the cars drove since the last tick.
+/// after `offset`) and says how long the cars drove since the last tick,
+/// until the run is over (a moment after its deadline).
 struct Pace {
     ticker: tokio::time::Interval,
     last: Instant,
+    stop: Instant,
 }
 
 impl Pace {
     fn new(run: &Run, offset: Duration) -> Self {
         let mut ticker = tokio::time::interval_at((Instant::now() + offset).into(), run.config.ping_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        Self { ticker, last: Instant::now() }
+        Self { ticker, last: Instant::now(), stop: run.deadline + HANG_UP_AFTER }
     }
 
-    /// Waits for the next tick; returns the seconds driven since the last.
-    async fn next(&mut self) -> f64 {
-        self.ticker.tick().await;
+    /// Waits for the next tick and returns the seconds driven since the
+    /// last; `None` once the run is over.
+    async fn next(&mut self) -> Option<f64> {
+        tokio::select! {
+            _ = self.ticker.tick() => {}
+            () = tokio::time::sleep_until(self.stop.into()) => return None,
+        }
         let seconds = self.last.elapsed().as_secs_f64();
         self.last = Instant::now();
-        seconds
+        Some(seconds)
     }
 }
 
@@ -184,12 +190,10 @@ pub async fn fleet(run: Arc<Run>, channel: Channel, fleet_id: String, cars: Vec<
     let mut cars = Cars::new(cars, seed);
     let mut first = true;
     let mut pace = Pace::new(&run, Duration::ZERO);
-    let stop = tokio::time::sleep_until((run.deadline + HANG_UP_AFTER).into());
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            () = &mut stop => return,
             seconds = pace.next() => {
+                let Some(seconds) = seconds else { return };
                 for say in cars.drive(&run, seconds) {
                     if let Say::Progress { driver_id, trip_id, status } = say {
                         let progress = pb::FleetTripProgress { driver_id, trip_id, status: status.into() };
@@ -254,12 +258,10 @@ pub async fn solo(run: Arc<Run>, channel: Channel, car: Car, seed: u64) {
     let offset = Duration::from_nanos(seed % u64::try_from(interval.as_nanos()).unwrap_or(1).max(1));
     let mut pace = Pace::new(&run, offset);
     let mut cars = Cars::new(vec![car], seed);
-    let stop = tokio::time::sleep_until((run.deadline + HANG_UP_AFTER).into());
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            () = &mut stop => return,
             seconds = pace.next() => {
+                let Some(seconds) = seconds else { return };
                 for say in cars.drive(&run, seconds) {
                     if let Say::Progress { trip_id, status, .. } = say {
                         let progress = pb::TripProgress { trip_id, status: status.into() };
