@@ -19,9 +19,6 @@ pub enum EngineError {
     /// A fleet named a driver it has not registered.
     #[error("driver {0} is not one of this fleet's drivers")]
     NotFleetDriver(DriverId),
-    /// The driver has sent no hello or update yet.
-    #[error("driver {0} is not connected")]
-    UnknownDriver(DriverId),
     /// No open offer with this id is addressed to this driver. Unknown,
     /// expired and foreign offers look the same, so ids cannot be probed.
     #[error("offer {0} is not open for this driver")]

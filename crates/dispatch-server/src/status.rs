@@ -12,7 +12,6 @@ pub fn engine_code(err: &EngineError) -> Code {
         EngineError::WrongSessionKind(_) => Code::FailedPrecondition,
         EngineError::DriverHeldElsewhere(_) => Code::AlreadyExists,
         EngineError::NotFleetDriver(_) => Code::NotFound,
-        EngineError::UnknownDriver(_) => Code::NotFound,
         EngineError::UnknownOffer(_) => Code::NotFound,
         EngineError::UnknownTrip(_) => Code::NotFound,
         EngineError::NotDriversTrip(_) => Code::FailedPrecondition,
