@@ -27,6 +27,7 @@ impl Engine {
     ) -> Result<Option<Trip>, EngineError> {
         let key = match self.driver_keys.get(&hello.driver).copied() {
             Some(key) => {
+                self.driver_mut(key).grace_until = None;
                 match self.driver(key).session.and_then(|s| self.sessions.get(&s).map(|kind| (s, kind))) {
                     Some((_, Session::Fleet(_))) => return Err(EngineError::DriverHeldElsewhere(hello.driver)),
                     Some((old, Session::Driver(_))) if old != session => {
@@ -107,7 +108,10 @@ impl Engine {
             Some(key) => match self.driver(key).session {
                 Some(holder) if holder == session => key,
                 Some(_) => return Err(EngineError::DriverHeldElsewhere(update.driver)),
-                None => self.register_with_fleet(key, session),
+                None => {
+                    self.driver_mut(key).grace_until = None;
+                    self.register_with_fleet(key, session)
+                }
             },
             None => {
                 let key = self.add_driver(update.driver.clone(), session);
@@ -134,9 +138,11 @@ impl Engine {
 
     /// A session ended (app closed, network dropped, replaced). Its drivers
     /// stop being offered rides at once; an offer out counts as declined.
-    /// A driver with a trip keeps it and may reconnect to resume; one
-    /// without is forgotten (positions are soft state and come back with
-    /// the next hello).
+    /// A driver with a trip keeps it and may reconnect to resume, for
+    /// `Config::driver_grace_ms` if the ride has not started (then it goes
+    /// to someone else) and for good once it has; a driver without a trip
+    /// is forgotten (positions are soft state and come back with the next
+    /// hello).
     pub fn close_session(&mut self, now: Timestamp, session: SessionId) {
         let keys: Vec<DriverKey> = match self.sessions.remove(&session) {
             None => return,
@@ -160,8 +166,9 @@ impl Engine {
                     self.try_match(now, trip);
                 }
             }
-            if self.driver(key).trip.is_none() {
-                self.forget_driver(key);
+            match self.driver(key).trip {
+                None => self.forget_driver(key),
+                Some(trip) => self.hold_for_return(now, key, trip),
             }
         }
     }
@@ -202,7 +209,11 @@ impl Engine {
     }
 
     fn add_driver(&mut self, id: DriverId, session: SessionId) -> DriverKey {
-        let driver = Driver::new(id.clone(), session);
+        self.insert_driver(Driver::new(id, session))
+    }
+
+    pub(super) fn insert_driver(&mut self, driver: Driver) -> DriverKey {
+        let id = driver.id.clone();
         let key = match self.free_slots.pop() {
             Some(key) => {
                 self.drivers[key.0 as usize] = Some(driver);

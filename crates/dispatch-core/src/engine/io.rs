@@ -26,6 +26,9 @@ pub struct Config {
     /// How far a driver may move before its entry in the spatial index is
     /// moved too (searches stay exact; see [`crate::index`]).
     pub index_slack_m: f64,
+    /// How long a driver whose session dropped keeps a trip not yet in
+    /// progress before it goes back to searching for someone else.
+    pub driver_grace_ms: i64,
 }
 
 impl Default for Config {
@@ -38,6 +41,7 @@ impl Default for Config {
             trip_retention_ms: 24 * 3_600_000,
             rematch_interval_ms: 200,
             index_slack_m: crate::index::DEFAULT_SLACK_M,
+            driver_grace_ms: 30_000,
         }
     }
 }
@@ -194,9 +198,27 @@ pub enum SessionEnd {
     Replaced,
 }
 
+/// What the trip log keeps of a trip: enough to rebuild it on restart with
+/// [`crate::Engine::restore`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TripRecord {
+    /// The trip as riders see it.
+    pub trip: Trip,
+    /// Its pickup radius.
+    pub radius_m: f64,
+    /// Drivers it must not be offered to again (as of this record).
+    pub tried: Vec<DriverId>,
+    /// When its current search ends, if it is searching.
+    pub search_deadline: Timestamp,
+}
+
 /// Something the caller must carry out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// Append this to the trip log. Everything after it in the same drain
+    /// (the rider's update, the driver's event, the caller's reply) must
+    /// wait until it is durable.
+    Persist(TripRecord),
     /// Send `event` down `session`.
     Driver {
         /// The session that speaks for the driver.
@@ -204,7 +226,9 @@ pub enum Effect {
         /// What to send.
         event: DriverEvent,
     },
-    /// Send the trip to everyone following it (the rider's streams).
+    /// Send the trip to everyone following it (the rider's streams). A
+    /// change of status comes after its [`Effect::Persist`]; a position
+    /// refresh alone is soft state and has none.
     Rider(Trip),
     /// A trip got its first offer (or, with auto-accept, its driver): the
     /// caller measures request-to-offer latency from here.

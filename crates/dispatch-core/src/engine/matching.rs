@@ -157,10 +157,10 @@ impl Engine {
         trip.pickup_distance_m = Some(distance_m);
         trip.updated_at = now;
         let trip = trip.clone();
+        self.trip_changed(trip_id);
         if let Some(session) = session {
-            self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip.clone()) });
+            self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip) });
         }
-        self.effects.push(Effect::Rider(trip));
     }
 
     /// Closes an open offer: the driver is told why and is free again, and
@@ -211,8 +211,22 @@ impl Engine {
         state.trip.status = status;
         state.trip.updated_at = now;
         state.trip.cancel_reason = reason;
-        self.effects.push(Effect::Rider(state.trip.clone()));
         self.finished.push_back((now, trip_id));
+        self.trip_changed(trip_id);
+    }
+
+    /// A trip's state changed: log it, then tell the rider.
+    pub(super) fn trip_changed(&mut self, trip_id: TripId) {
+        let Some(state) = self.trips.get(&trip_id) else { return };
+        let mut tried: Vec<DriverId> = state.tried.iter().cloned().collect();
+        tried.sort_unstable();
+        self.effects.push(Effect::Persist(super::TripRecord {
+            trip: state.trip.clone(),
+            radius_m: state.radius_m,
+            tried,
+            search_deadline: state.search_deadline,
+        }));
+        self.effects.push(Effect::Rider(state.trip.clone()));
     }
 
     /// Starts (or restarts) a trip's search: a fresh deadline, then a match.

@@ -10,12 +10,13 @@ mod drivers;
 mod invariants;
 mod io;
 mod matching;
+mod recovery;
 mod rides;
 mod state;
 
 pub use io::{
     Config, DriverEvent, DriverHello, Effect, FleetDriverUpdate, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest,
-    SessionEnd, Stats, WithdrawReason,
+    SessionEnd, Stats, TripRecord, WithdrawReason,
 };
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -138,6 +139,7 @@ impl Engine {
             match timer {
                 Timer::OfferExpiry(offer) => self.expire_offer(now, offer),
                 Timer::SearchDeadline(trip) => self.end_search(now, trip, at),
+                Timer::DriverGrace(trip) => self.grace_over(now, trip, at),
             }
         }
         let moved_due = self.drivers_moved && now.since(self.last_rematch) >= self.config.rematch_interval_ms;

@@ -1,7 +1,9 @@
 //! Random sequences of everything clients can do, checked after every step:
 //! the engine's tables agree (see `check_invariants`), statuses only move
 //! forward (but for a driver's cancel before the pickup), an ended trip never
-//! changes again, and no trip is lost.
+//! changes again, and no trip is lost; every change a rider sees was logged
+//! first, and an engine rebuilt from that log at any moment (a restart) has
+//! every trip where the live one had it.
 
 use std::collections::HashMap;
 
@@ -11,7 +13,7 @@ use super::*;
 use crate::geo::LatLng;
 use crate::ids::{FleetId, OfferId, RequestId, RiderId, SessionId, TripId};
 use crate::service::{ServiceSet, ServiceType};
-use crate::trip::TripStatus;
+use crate::trip::{Trip, TripStatus};
 
 const DRIVERS: usize = 6;
 
@@ -28,6 +30,7 @@ enum Op {
     Close { driver: usize },
     CloseFleet,
     Tick { ms: u16 },
+    Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -54,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         d.prop_map(|driver| Op::Close { driver }),
         Just(Op::CloseFleet),
         (0..15_000u16).prop_map(|ms| Op::Tick { ms }),
+        Just(Op::Restart),
     ]
 }
 
@@ -81,12 +85,19 @@ struct Seen {
     /// Open offers and the session each went to.
     offers: Vec<(OfferId, SessionId)>,
     driver_sessions: HashMap<usize, SessionId>,
+    /// The trip log: every `Persist`, in order.
+    log: Vec<TripRecord>,
 }
 
 fn check_effects(seen: &mut Seen, effects: &[Effect]) -> Result<(), TestCaseError> {
     for effect in effects {
         match effect {
+            Effect::Persist(record) => seen.log.push(record.clone()),
             Effect::Rider(trip) => {
+                if seen.statuses.get(&trip.id) != Some(&trip.status) {
+                    let logged = seen.log.iter().rev().find(|r| r.trip.id == trip.id).map(|r| r.trip.status);
+                    prop_assert_eq!(logged, Some(trip.status), "{} told the rider before it was logged", trip.id);
+                }
                 if let Some(&before) = seen.statuses.get(&trip.id) {
                     prop_assert!(
                         !before.is_terminal() || before == trip.status,
@@ -117,7 +128,8 @@ fn check_effects(seen: &mut Seen, effects: &[Effect]) -> Result<(), TestCaseErro
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Retry on every move, so that after each tick no waiting trip may have
     // an offerable driver in range (`check_invariants` checks it).
-    let mut engine = Engine::new(Config { rematch_interval_ms: 0, ..Config::default() });
+    let config = Config { rematch_interval_ms: 0, driver_grace_ms: 5_000, ..Config::default() };
+    let mut engine = Engine::new(config.clone());
     let mut now = Timestamp(1_700_000_000_000);
     let mut seen = Seen::default();
     let mut next_session = 100u64;
@@ -210,6 +222,22 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Tick { ms } => {
                 now = now + i64::from(ms);
                 engine.tick(now);
+            }
+            Op::Restart => {
+                let first_offer = engine.next_offer + 1_000;
+                let before = std::mem::replace(
+                    &mut engine,
+                    Engine::restore(config.clone(), now, seen.log.clone(), 1, first_offer),
+                );
+                for (id, live) in &before.trips {
+                    let back = engine.trip(*id).map(|t| Trip { driver_position: None, updated_at: now, ..t.clone() });
+                    let live = Trip { driver_position: None, updated_at: now, ..live.trip.clone() };
+                    prop_assert_eq!(back, Some(live), "trip {} came back different", id);
+                }
+                prop_assert!(engine.next_trip >= before.next_trip, "trip ids would be reused");
+                seen.driver_sessions.clear();
+                seen.offers.clear();
+                engine.connect_fleet(fleet, FleetId::new("fleet").unwrap_or_else(|e| panic!("{e}")));
             }
         }
         engine.tick(now);

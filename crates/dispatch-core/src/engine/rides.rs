@@ -46,13 +46,13 @@ impl Engine {
                 radius_m,
                 tried: HashSet::new(),
                 offer: None,
-                search_deadline: now,
+                search_deadline: now + self.config.search_timeout_ms,
                 last_position_push: now,
                 offered_once: false,
             },
         );
         self.by_request.insert(key, id);
-        self.effects.push(Effect::Rider(trip.clone()));
+        self.trip_changed(id);
         // Earlier requests waiting for drivers that were freed since the
         // last tick go first.
         if !self.freed.is_empty() {
@@ -184,10 +184,10 @@ impl Engine {
                 state.trip.status = to;
                 state.trip.updated_at = now;
                 let trip = state.trip.clone();
+                self.trip_changed(trip_id);
                 if let Some(session) = self.driver(key).session {
-                    self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip.clone()) });
+                    self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip) });
                 }
-                self.effects.push(Effect::Rider(trip));
             }
         }
         Ok(())
@@ -196,7 +196,7 @@ impl Engine {
     /// The driver gave the trip up before the pickup: the driver sees it
     /// cancelled and is free; the rider sees it searching again, with a fresh
     /// search deadline, and it is never offered to that driver again.
-    fn reassign(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey) {
+    pub(super) fn reassign(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey) {
         let driver_id = self.driver(key).id.clone();
         let Some(state) = self.trips.get_mut(&trip_id) else { return };
         let mut driver_view = state.trip.clone();
@@ -210,9 +210,9 @@ impl Engine {
         trip.driver_position = None;
         trip.pickup_distance_m = None;
         trip.updated_at = now;
-        let rider_view = trip.clone();
+        state.search_deadline = now + self.config.search_timeout_ms;
+        self.trip_changed(trip_id);
         self.free_driver_of(key, driver_view);
-        self.effects.push(Effect::Rider(rider_view));
         self.start_search(now, trip_id);
     }
 

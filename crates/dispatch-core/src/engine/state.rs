@@ -24,6 +24,10 @@ pub(super) struct Driver {
     pub auto_accept: bool,
     pub offer: Option<OfferId>,
     pub trip: Option<TripId>,
+    /// Set while the session is gone and a trip is held for the driver's
+    /// return: when the hold ends. Tells the current grace timer from one
+    /// left over from an earlier drop.
+    pub grace_until: Option<Timestamp>,
 }
 
 impl Driver {
@@ -38,7 +42,14 @@ impl Driver {
             auto_accept: false,
             offer: None,
             trip: None,
+            grace_until: None,
         }
+    }
+
+    /// A driver known only from a recovered trip: no session until the app
+    /// reconnects.
+    pub fn detached(id: DriverId, trip: TripId, position: Option<LatLng>) -> Self {
+        Self { session: None, position, trip: Some(trip), ..Self::new(id, SessionId(0)) }
     }
 
     /// No offer out and no trip.
@@ -95,4 +106,6 @@ pub(super) struct TripState {
 pub(super) enum Timer {
     OfferExpiry(OfferId),
     SearchDeadline(TripId),
+    /// A disconnected driver's hold on this trip runs out.
+    DriverGrace(TripId),
 }

@@ -610,3 +610,148 @@ fn ended_trips_are_forgotten_after_their_retention() {
     // The request id is free again: a new trip, a new id.
     assert_ne!(w.request("r1"), trip);
 }
+
+fn hello_for(id: &str) -> DriverHello {
+    DriverHello { driver: did(id), services: ServiceSet::taxi(), position: None, available: true, auto_accept: true }
+}
+
+fn persisted(effects: &[Effect]) -> Vec<TripRecord> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_dropped_driver_keeps_the_trip_for_the_grace_period_then_it_goes_to_someone_else() {
+    let mut w = World::with(Config { driver_grace_ms: 30_000, ..Config::default() });
+    let a = w.driver_with("a", 100.0, ServiceSet::taxi(), true);
+    let trip = w.request("r1");
+    w.drain();
+    w.engine.close_session(w.now, a);
+    // Back within the grace period: the trip is still theirs.
+    w.advance(29_000);
+    let back = w.session();
+    let current = w.engine.connect_driver(w.now, back, hello_for("a")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(current.map(|t| t.id), Some(trip));
+    // The reconnect reset the clock: the old timer does nothing.
+    w.engine.close_session(w.now, back);
+    w.advance(2_000);
+    assert_eq!(w.status(trip), TripStatus::DriverAssigned);
+    w.driver("b", 500.0);
+    w.drain();
+    // Gone for the whole period: the rider is told it is searching, and the
+    // trip goes to b (a, nearer but gone, is never offered it again).
+    w.advance(28_000);
+    let effects = w.drain();
+    assert_eq!(rider_statuses(&effects), vec![TripStatus::Searching]);
+    assert_eq!(only_offer(&effects).2, "b");
+    let again = w.session();
+    assert_eq!(w.engine.connect_driver(w.now, again, hello_for("a")).unwrap_or_else(|e| panic!("{e}")), None);
+}
+
+#[test]
+fn a_ride_in_progress_stays_with_its_driver_however_long_the_drop() {
+    let mut w = World::with(Config { driver_grace_ms: 1_000, ..Config::default() });
+    let a = w.driver_with("a", 100.0, ServiceSet::taxi(), true);
+    let trip = w.request("r1");
+    for status in [TripStatus::DriverArrived, TripStatus::InProgress] {
+        w.engine.trip_progress(w.now, a, None, trip, status).unwrap_or_else(|e| panic!("{e}"));
+    }
+    w.engine.close_session(w.now, a);
+    w.advance(3_600_000);
+    assert_eq!(w.status(trip), TripStatus::InProgress);
+    assert_eq!(w.driver_of(trip).as_deref(), Some("a"));
+    let back = w.session();
+    let current = w.engine.connect_driver(w.now, back, hello_for("a")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(current.map(|t| t.status), Some(TripStatus::InProgress));
+}
+
+#[test]
+fn every_change_a_rider_sees_is_persisted_first() {
+    let mut w = World::new();
+    let a = w.driver("a", 100.0);
+    let trip = w.request("r1");
+    let (_, offer, _) = only_offer(&w.drain());
+    w.engine.offer_reply(w.now, a, offer, true).unwrap_or_else(|e| panic!("{e}"));
+    w.engine.trip_progress(w.now, a, None, trip, TripStatus::DriverArrived).unwrap_or_else(|e| panic!("{e}"));
+    w.drain();
+    let statuses: Vec<TripStatus> = persisted(&w.log).iter().map(|r| r.trip.status).collect();
+    assert_eq!(statuses, vec![TripStatus::Searching, TripStatus::DriverAssigned, TripStatus::DriverArrived]);
+    // A position refresh reaches the rider but is not logged.
+    let later = w.now + 5_000;
+    w.engine.ping(later, a, Ping { position: p(37.57, 126.98), timestamp: None }).unwrap_or_else(|e| panic!("{e}"));
+    let effects = w.drain();
+    assert!(persisted(&effects).is_empty());
+    assert_eq!(rider_statuses(&effects), vec![TripStatus::DriverArrived]);
+}
+
+#[test]
+fn a_restart_rebuilds_trips_from_the_log() {
+    let config = Config { search_timeout_ms: 60_000, driver_grace_ms: 30_000, ..Config::default() };
+    let mut w = World::with(config.clone());
+    let a = w.driver_with("a", 100.0, ServiceSet::taxi(), true);
+    let assigned = w.request("r1");
+    let early = w.request_with("r2", "k2", ServiceType::Taxi, None);
+    w.advance(50_000);
+    let late = w.request_with("r3", "k3", ServiceType::Taxi, None);
+    w.engine.trip_progress(w.now, a, None, assigned, TripStatus::DriverArrived).unwrap_or_else(|e| panic!("{e}"));
+    w.advance(5_000);
+    let searching = w.request_with("r4", "k4", ServiceType::Taxi, None);
+    w.drain();
+    let log = persisted(&w.log);
+
+    // Back 20 s later: `early`'s deadline passed while the engine was down.
+    let now = w.now + 20_000;
+    let mut back = Engine::restore(config, now, log, 1, 1_000);
+    assert_eq!(back.trip(early).map(|t| t.status), Some(TripStatus::NoDriverFound));
+    // The assigned trip stays with its driver, who gets it back on hello.
+    assert_eq!(back.trip(assigned).map(|t| t.status), Some(TripStatus::DriverArrived));
+    let current = back.connect_driver(now, SessionId(77), hello_for("a")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(current.map(|t| t.id), Some(assigned));
+    // Searches with time left search again, with a full timeout from now.
+    back.tick(now + 59_000);
+    for trip in [late, searching] {
+        assert_eq!(back.trip(trip).map(|t| t.status), Some(TripStatus::Searching));
+    }
+    // The same request id finds the same trip; a new one gets a new id.
+    let retry = RideRequest {
+        rider: RiderId::new("r1").unwrap_or_else(|e| panic!("{e}")),
+        request_id: RequestId::new("r1").unwrap_or_else(|e| panic!("{e}")),
+        pickup: p(PICKUP.0, PICKUP.1),
+        dropoff: None,
+        service: ServiceType::Taxi,
+        max_pickup_distance_m: None,
+    };
+    let (trip, created) = back.request_ride(now, retry.clone());
+    assert_eq!((trip.id, created), (assigned, false));
+    let fresh = RideRequest { request_id: RequestId::new("new").unwrap_or_else(|e| panic!("{e}")), ..retry };
+    let (trip, created) = back.request_ride(now, fresh);
+    assert!(created && trip.id.0 > searching.0, "{} reused an id", trip.id);
+    if let Err(broken) = back.check_invariants() {
+        panic!("{broken}");
+    }
+}
+
+#[test]
+fn a_restored_driver_who_never_returns_loses_a_trip_not_yet_started() {
+    let config = Config { driver_grace_ms: 30_000, ..Config::default() };
+    let mut w = World::with(config.clone());
+    w.driver_with("a", 100.0, ServiceSet::taxi(), true);
+    let trip = w.request("r1");
+    w.drain();
+    let mut back = Engine::restore(config, w.now, persisted(&w.log), 1, 1_000);
+    back.tick(w.now + 30_000);
+    assert_eq!(back.trip(trip).map(|t| t.status), Some(TripStatus::Searching));
+    let restored: Vec<TripStatus> = back
+        .drain_effects()
+        .filter_map(|e| match e {
+            Effect::Persist(r) => Some(r.trip.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restored, vec![TripStatus::Searching]);
+}

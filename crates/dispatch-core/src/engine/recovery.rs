@@ -1,0 +1,143 @@
+//! Coming back: drivers returning after their session dropped, and the
+//! engine rebuilt from the trip log after a restart.
+
+use std::collections::HashMap;
+
+use super::state::{Driver, Timer, TripState};
+use super::{Engine, TripRecord};
+use crate::ids::TripId;
+use crate::index::DriverKey;
+use crate::time::Timestamp;
+use crate::trip::TripStatus;
+
+impl Engine {
+    /// Holds `trip` for a driver whose session just ended, until the grace
+    /// period runs out.
+    pub(super) fn hold_for_return(&mut self, now: Timestamp, key: DriverKey, trip: TripId) {
+        let until = now + self.config.driver_grace_ms;
+        self.driver_mut(key).grace_until = Some(until);
+        self.timers.insert((until, Timer::DriverGrace(trip)));
+    }
+
+    /// A disconnected driver did not come back in time: a trip not yet in
+    /// progress goes back to searching (never to that driver again); one in
+    /// progress stays, since the rider is in the car.
+    pub(super) fn grace_over(&mut self, now: Timestamp, trip_id: TripId, until: Timestamp) {
+        let Some(state) = self.trips.get(&trip_id) else { return };
+        if !matches!(state.trip.status, TripStatus::DriverAssigned | TripStatus::DriverArrived) {
+            return;
+        }
+        let Some(key) = state.trip.driver.as_ref().and_then(|d| self.driver_keys.get(d).copied()) else { return };
+        let driver = self.driver(key);
+        if driver.session.is_some() || driver.grace_until != Some(until) || driver.trip != Some(trip_id) {
+            return;
+        }
+        self.reassign(now, trip_id, key);
+    }
+
+    /// An engine rebuilt from the trip log at `now`, after a restart.
+    ///
+    /// `records` are every record read, oldest first; the last one for each
+    /// trip wins. Then:
+    /// - an ended trip is kept until its retention runs out (so `GetTrip`
+    ///   and request-id retries still find it), counted from when it ended;
+    /// - a trip with a driver stays with that driver, who has no session
+    ///   yet: the app gets the trip back on reconnect, within
+    ///   `Config::driver_grace_ms` of `now` if the ride has not started;
+    /// - a searching trip whose deadline passed ends `NoDriverFound`; any
+    ///   other searches again with a fresh deadline (its offers are void).
+    ///
+    /// Trip ids continue from `next_trip` or past the largest id seen,
+    /// whichever is larger, so none is reused. Offer ids start at
+    /// `first_offer`: the caller makes it unique to this run, so a reply to
+    /// an offer from before the restart can never hit a new one.
+    ///
+    /// What changed on the way (searches ended, trips moved off a driver
+    /// who has another) comes out as effects, to be logged like any other.
+    pub fn restore(
+        config: super::Config,
+        now: Timestamp,
+        records: impl IntoIterator<Item = TripRecord>,
+        next_trip: u64,
+        first_offer: u64,
+    ) -> Self {
+        let mut latest: HashMap<TripId, TripRecord> = HashMap::new();
+        for record in records {
+            latest.insert(record.trip.id, record);
+        }
+        let mut records: Vec<TripRecord> = latest.into_values().collect();
+        // Ended trips in the order they ended, so retention drops the
+        // oldest first; then the rest by id, the order they were requested.
+        records.sort_by_key(|r| (!r.trip.status.is_terminal(), r.trip.updated_at, r.trip.id));
+        let mut engine = Engine::new(config);
+        engine.next_offer = first_offer.max(1);
+        engine.next_trip = next_trip.max(1);
+        let mut searching = Vec::new();
+        for record in records {
+            let TripRecord { trip, radius_m, tried, search_deadline } = record;
+            engine.next_trip = engine.next_trip.max(trip.id.0.saturating_add(1));
+            let ended_at = trip.updated_at;
+            if trip.status.is_terminal() && ended_at + engine.config.trip_retention_ms <= now {
+                continue;
+            }
+            let id = trip.id;
+            engine.by_request.insert((trip.rider.clone(), trip.request_id.clone()), id);
+            let status = trip.status;
+            let driver = trip.driver.clone().filter(|_| status.has_driver());
+            let position = trip.driver_position;
+            engine.trips.insert(
+                id,
+                TripState {
+                    trip,
+                    radius_m,
+                    tried: tried.into_iter().collect(),
+                    offer: None,
+                    search_deadline,
+                    last_position_push: now,
+                    offered_once: true,
+                },
+            );
+            if status.is_terminal() {
+                engine.finished.push_back((ended_at, id));
+            } else if let Some(driver) = driver {
+                if engine.driver_keys.contains_key(&driver) {
+                    // Two live trips for one driver cannot come from a log
+                    // this engine wrote; keep the first, search for the other.
+                    searching.push((id, true));
+                    continue;
+                }
+                let key = engine.insert_driver(Driver::detached(driver, id, position));
+                if let Some(at) = position {
+                    engine.index.locate_mut(key, at);
+                }
+                if status != TripStatus::InProgress {
+                    engine.hold_for_return(now, key, id);
+                }
+            } else {
+                searching.push((id, false));
+            }
+        }
+        for (id, lost_driver) in searching {
+            let timeout = engine.config.search_timeout_ms;
+            let Some(state) = engine.trips.get_mut(&id) else { continue };
+            if !lost_driver && state.search_deadline <= now {
+                engine.stats.trips_no_driver += 1;
+                engine.finish(now, id, TripStatus::NoDriverFound, None);
+                continue;
+            }
+            if lost_driver {
+                state.trip.status = TripStatus::Searching;
+                state.trip.driver = None;
+                state.trip.driver_position = None;
+                state.trip.pickup_distance_m = None;
+                state.trip.updated_at = now;
+            }
+            // The new deadline is logged, so a second restart counts from
+            // this one and not from the original request.
+            state.search_deadline = now + timeout;
+            engine.trip_changed(id);
+            engine.start_search(now, id);
+        }
+        engine
+    }
+}
