@@ -1,0 +1,30 @@
+//! The trip log: every change of a trip's state, appended and made durable
+//! before anyone is told of it, so a crash never loses a trip a rider or a
+//! driver saw.
+//!
+//! Two files live in the data directory:
+//!
+//! - `trips.log`: the magic `DSPTLOG1`, then frames, each one record.
+//! - `trips.snapshot`: the magic `DSPSNAP1`, a frame holding the header
+//!   (the last log sequence number it covers, the next trip id, the boot
+//!   count), then one frame per retained trip. Written whole to a temporary
+//!   file, synced and renamed, so it is either all there or not at all.
+//!
+//! A frame is `u32` little-endian payload length, `u32` little-endian
+//! CRC-32 (IEEE) of the payload, then the payload: a protobuf message (see
+//! [`format`]). The reader stops at the first frame that is short or fails
+//! its checksum, cuts the log there and says so in the log; it never refuses
+//! to start.
+//!
+//! # Layout
+//!
+//! - [`format`]: the records as protobuf messages and their conversion to
+//!   and from the engine's types.
+//! - `frame`: framing and checksums.
+//! - [`log`]: [`TripLog`]: open and recover, append, commit, compact.
+
+pub mod format;
+mod frame;
+pub mod log;
+
+pub use log::{Fsync, Recovered, StoreError, TripLog};

@@ -1,0 +1,412 @@
+//! [`TripLog`]: opening (and recovering), appending, group commit and
+//! compaction. Synchronous file I/O; the server runs it on a thread of its
+//! own.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use dispatch_core::engine::TripRecord;
+use dispatch_core::ids::TripId;
+use prost::Message;
+use tracing::{info, warn};
+
+use crate::format::{Entry, LogEntry, SnapshotHeader, StoredTrip};
+use crate::frame::{self, Next};
+
+const LOG_MAGIC: &[u8; 8] = b"DSPTLOG1";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"DSPSNAP1";
+const LOG: &str = "trips.log";
+const SNAPSHOT: &str = "trips.snapshot";
+
+/// When appends reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// `fdatasync` at every commit: a committed record survives power loss.
+    Always,
+    /// Never: records reach the OS page cache only, which survives a crash
+    /// of the process but not of the machine. For tests and benchmarks.
+    Never,
+}
+
+/// Why the log could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A read, write, sync or rename failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// To which file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// What was read back on open.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Every trip record read, oldest first (the snapshot's, then the
+    /// log's); the last one for a trip is its state.
+    pub records: Vec<TripRecord>,
+    /// Trip ids below this were minted already.
+    pub next_trip: u64,
+    /// This run's boot number, one more than any before: offer ids are
+    /// made unique to it.
+    pub boot: u64,
+    /// Trips read from the snapshot.
+    pub snapshot_trips: usize,
+    /// Records read from the log after the snapshot.
+    pub log_records: usize,
+    /// Bytes cut off the end of the log (a torn or corrupt tail), and why.
+    pub cut: Option<(u64, &'static str)>,
+    /// Frames with a good checksum whose content could not be read (kept
+    /// out, logged).
+    pub unreadable: usize,
+}
+
+/// The open trip log. See the crate docs for the format.
+pub struct TripLog {
+    dir: PathBuf,
+    log: BufWriter<File>,
+    fsync: Fsync,
+    /// The sequence number of the last record appended.
+    lsn: u64,
+    /// Bytes in `trips.log`, and in the last snapshot written.
+    log_bytes: u64,
+    snapshot_bytes: u64,
+    /// Compact once the log is past this many bytes (and past the size of
+    /// the last snapshot, so the work stays in proportion to the growth).
+    compact_after: u64,
+    /// The latest encoded record of every trip still kept: what the next
+    /// snapshot holds. Kept here, not asked of the engine, so compacting
+    /// never stalls dispatch.
+    live: HashMap<u64, Vec<u8>>,
+    next_trip: u64,
+    boot: u64,
+    /// Appended since the last commit.
+    unsynced: bool,
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { what, path, source }
+}
+
+impl TripLog {
+    /// Opens the log in `dir` (created if missing), reads back what is
+    /// there, cuts off a torn or corrupt tail, and starts a new boot.
+    pub fn open(dir: &Path, fsync: Fsync, compact_after: u64) -> Result<(TripLog, Recovered), StoreError> {
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        for leftover in [format!("{SNAPSHOT}.tmp"), format!("{LOG}.tmp")] {
+            let _ = fs::remove_file(dir.join(leftover));
+        }
+        let mut recovered = Recovered::default();
+        let mut live = HashMap::new();
+        let (snapshot_lsn, snapshot_bytes, mut boot) = read_snapshot(dir, &mut recovered, &mut live)?;
+        let (log_file, log_bytes, lsn, log_boot) = read_log(dir, snapshot_lsn, &mut recovered, &mut live)?;
+        boot = boot.max(log_boot) + 1;
+        recovered.boot = boot;
+        let next_trip = recovered.records.iter().map(|r| r.trip.id.0 + 1).max().unwrap_or(1).max(recovered.next_trip);
+        recovered.next_trip = next_trip;
+        let mut log = TripLog {
+            dir: dir.to_path_buf(),
+            log: BufWriter::with_capacity(256 * 1024, log_file),
+            fsync,
+            lsn,
+            log_bytes,
+            snapshot_bytes,
+            compact_after,
+            live,
+            next_trip,
+            boot,
+            unsynced: false,
+        };
+        log.write_entry(Entry::Boot(boot))?;
+        log.commit()?;
+        info!(
+            dir = %dir.display(),
+            boot,
+            snapshot_trips = recovered.snapshot_trips,
+            log_records = recovered.log_records,
+            "trip log opened"
+        );
+        Ok((log, recovered))
+    }
+
+    /// This run's boot number.
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
+    /// Bytes in the log file now.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
+    /// Appends a trip's new state; durable after the next [`TripLog::commit`].
+    pub fn append(&mut self, record: &TripRecord) -> Result<(), StoreError> {
+        let stored = StoredTrip::from(record);
+        self.next_trip = self.next_trip.max(stored.id + 1);
+        self.live.insert(stored.id, stored.encode_to_vec());
+        self.write_entry(Entry::Trip(stored))
+    }
+
+    /// The engine forgot a trip (its retention ran out): the next snapshot
+    /// leaves it out.
+    pub fn forget(&mut self, trip: TripId) {
+        self.live.remove(&trip.0);
+    }
+
+    /// Keeps in the next snapshot only the trips `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(TripId) -> bool) {
+        self.live.retain(|id, _| keep(TripId(*id)));
+    }
+
+    /// Makes everything appended so far durable: one write and (with
+    /// [`Fsync::Always`]) one `fdatasync`, however many records.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let path = self.dir.join(LOG);
+        self.log.flush().map_err(io_err("write", &path))?;
+        if self.fsync == Fsync::Always {
+            self.log.get_ref().sync_data().map_err(io_err("sync", &path))?;
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Whether the log has grown enough to be worth compacting.
+    pub fn compaction_due(&self) -> bool {
+        self.log_bytes > self.compact_after && self.log_bytes > self.snapshot_bytes
+    }
+
+    /// Writes a snapshot of every kept trip, then starts an empty log. A
+    /// crash at any point leaves a state that recovers to the same trips:
+    /// records the snapshot covers are skipped by sequence number.
+    pub fn compact(&mut self) -> Result<(), StoreError> {
+        self.commit()?;
+        let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
+        let path = self.dir.join(SNAPSHOT);
+        let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let header =
+            SnapshotHeader { lsn: self.lsn, next_trip: self.next_trip, boot: self.boot, trips: self.live.len() as u64 };
+        let mut bytes = SNAPSHOT_MAGIC.len() as u64;
+        let write =
+            |out: &mut BufWriter<File>, payload: &[u8]| frame::write(out, payload).map_err(io_err("write", &tmp));
+        out.write_all(SNAPSHOT_MAGIC).map_err(io_err("write", &tmp))?;
+        bytes += write(&mut out, &header.encode_to_vec())?;
+        let mut ids: Vec<&u64> = self.live.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(payload) = self.live.get(id) {
+                bytes += write(&mut out, payload)?;
+            }
+        }
+        let file = out.into_inner().map_err(|e| io_err("write", &tmp)(e.into_error()))?;
+        self.sync(&file, &tmp)?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+        self.sync_dir()?;
+        // The snapshot holds everything: start the log over.
+        let log_tmp = self.dir.join(format!("{LOG}.tmp"));
+        let log_path = self.dir.join(LOG);
+        let mut fresh = File::create(&log_tmp).map_err(io_err("create", &log_tmp))?;
+        fresh.write_all(LOG_MAGIC).map_err(io_err("write", &log_tmp))?;
+        self.sync(&fresh, &log_tmp)?;
+        fs::rename(&log_tmp, &log_path).map_err(io_err("rename", &log_tmp))?;
+        self.sync_dir()?;
+        self.log = BufWriter::with_capacity(256 * 1024, fresh);
+        self.log_bytes = LOG_MAGIC.len() as u64;
+        self.snapshot_bytes = bytes;
+        info!(trips = self.live.len(), snapshot_bytes = bytes, "trip log compacted");
+        Ok(())
+    }
+
+    fn write_entry(&mut self, entry: Entry) -> Result<(), StoreError> {
+        self.lsn += 1;
+        let payload = LogEntry { lsn: self.lsn, entry: Some(entry) }.encode_to_vec();
+        let path = self.dir.join(LOG);
+        self.log_bytes += frame::write(&mut self.log, &payload).map_err(io_err("write", &path))?;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn sync(&self, file: &File, path: &Path) -> Result<(), StoreError> {
+        if self.fsync == Fsync::Always {
+            file.sync_all().map_err(io_err("sync", path))?;
+        }
+        Ok(())
+    }
+
+    /// Makes a rename durable.
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        if self.fsync == Fsync::Always {
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err("sync", &self.dir))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `trips.snapshot` into `recovered` and `live`; returns the last
+/// sequence number it covers, its size and its boot number.
+fn read_snapshot(
+    dir: &Path,
+    recovered: &mut Recovered,
+    live: &mut HashMap<u64, Vec<u8>>,
+) -> Result<(u64, u64, u64), StoreError> {
+    let path = dir.join(SNAPSHOT);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0, 0)),
+        Err(e) => return Err(io_err("open", &path)(e)),
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    let header = match input.read_exact(&mut magic) {
+        Ok(()) if &magic == SNAPSHOT_MAGIC => match frame::read(&mut input).map_err(io_err("read", &path))? {
+            Next::Frame(payload) => SnapshotHeader::decode(payload.as_slice()).ok(),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(header) = header else {
+        // The snapshot is renamed into place whole, so this is damage, not
+        // a crash. Keep the file for a human and go on with the log alone.
+        let aside = dir.join(format!("{SNAPSHOT}.corrupt"));
+        warn!(path = %path.display(), moved_to = %aside.display(), "trip snapshot unreadable; set aside");
+        let _ = fs::rename(&path, &aside);
+        return Ok((0, 0, 0));
+    };
+    for _ in 0..header.trips {
+        match frame::read(&mut input).map_err(io_err("read", &path))? {
+            Next::Frame(payload) => {
+                if let Some(record) = decode_trip(&payload, recovered) {
+                    live.insert(record.trip.id.0, payload);
+                    recovered.records.push(record);
+                    recovered.snapshot_trips += 1;
+                }
+            }
+            Next::End | Next::Bad(_) => {
+                warn!(path = %path.display(), read = recovered.snapshot_trips, expected = header.trips,
+                    "trip snapshot ends early; keeping the trips read");
+                break;
+            }
+        }
+    }
+    recovered.next_trip = header.next_trip;
+    Ok((header.lsn, size, header.boot))
+}
+
+/// Reads `trips.log`, cutting it at the first bad frame, and leaves it open
+/// for appending. Returns the file, its length, the last sequence number and
+/// the last boot number seen.
+fn read_log(
+    dir: &Path,
+    snapshot_lsn: u64,
+    recovered: &mut Recovered,
+    live: &mut HashMap<u64, Vec<u8>>,
+) -> Result<(File, u64, u64, u64), StoreError> {
+    let path = dir.join(LOG);
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err("open", &path))
+    };
+    let mut file = open()?;
+    let mut size = file.metadata().map_err(io_err("stat", &path))?.len();
+    let mut magic = [0u8; 8];
+    let magic_ok = file.read_exact(&mut magic).is_ok() && &magic == LOG_MAGIC;
+    if !magic_ok && size > 0 {
+        // Not a log this server wrote, or its first bytes are damaged:
+        // keep it for a human and start a fresh one.
+        let aside = dir.join(format!("{LOG}.corrupt"));
+        warn!(path = %path.display(), moved_to = %aside.display(), bytes = size,
+            "trip log does not start with its magic; set aside");
+        drop(file);
+        fs::rename(&path, &aside).map_err(io_err("rename", &path))?;
+        file = open()?;
+        size = 0;
+    }
+    let mut input = BufReader::with_capacity(1 << 20, &mut file);
+    let (mut lsn, mut boot) = (snapshot_lsn, 0);
+    let mut good_end = LOG_MAGIC.len() as u64;
+    if magic_ok {
+        loop {
+            match frame::read(&mut input).map_err(io_err("read", &path))? {
+                Next::End => break,
+                Next::Bad(why) => {
+                    recovered.cut = Some((size - good_end, why));
+                    break;
+                }
+                Next::Frame(payload) => {
+                    good_end += frame::HEADER + payload.len() as u64;
+                    let Ok(entry) = LogEntry::decode(payload.as_slice()) else {
+                        recovered.unreadable += 1;
+                        continue;
+                    };
+                    lsn = lsn.max(entry.lsn);
+                    match entry.entry {
+                        Some(Entry::Boot(b)) => boot = boot.max(b),
+                        Some(Entry::Trip(stored)) if entry.lsn > snapshot_lsn => {
+                            let payload = stored.encode_to_vec();
+                            if let Some(record) = decode_trip(&payload, recovered) {
+                                live.insert(record.trip.id.0, payload);
+                                recovered.records.push(record);
+                                recovered.log_records += 1;
+                            }
+                        }
+                        Some(Entry::Trip(_)) | None => {}
+                    }
+                }
+            }
+        }
+    } else {
+        good_end = 0;
+    }
+    drop(input);
+    if let Some((bytes, why)) = recovered.cut {
+        warn!(path = %path.display(), offset = good_end, cut_bytes = bytes, why,
+            "trip log has a torn or corrupt tail; cut at the last good record");
+    }
+    if good_end < size || good_end == 0 {
+        file.set_len(good_end).map_err(io_err("truncate", &path))?;
+    }
+    if good_end == 0 {
+        file.seek(SeekFrom::Start(0)).map_err(io_err("seek", &path))?;
+        file.write_all(LOG_MAGIC).map_err(io_err("write", &path))?;
+        good_end = LOG_MAGIC.len() as u64;
+    }
+    file.sync_all().map_err(io_err("sync", &path))?;
+    file.seek(SeekFrom::Start(good_end)).map_err(io_err("seek", &path))?;
+    Ok((file, good_end, lsn, boot))
+}
+
+fn decode_trip(payload: &[u8], recovered: &mut Recovered) -> Option<TripRecord> {
+    let stored = match StoredTrip::decode(payload) {
+        Ok(stored) => stored,
+        Err(cause) => {
+            warn!(%cause, "unreadable trip record skipped");
+            recovered.unreadable += 1;
+            return None;
+        }
+    };
+    match TripRecord::try_from(stored) {
+        Ok(record) => Some(record),
+        Err(cause) => {
+            warn!(%cause, "unreadable trip record skipped");
+            recovered.unreadable += 1;
+            None
+        }
+    }
+}

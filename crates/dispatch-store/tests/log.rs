@@ -1,0 +1,225 @@
+//! The trip log's promises: what was committed comes back, a torn or
+//! corrupt tail is cut at the last good record (never a refusal to start),
+//! and compaction keeps every trip's latest state.
+
+use std::fs::{self, OpenOptions};
+use std::path::Path;
+
+use dispatch_core::engine::TripRecord;
+use dispatch_core::geo::LatLng;
+use dispatch_core::ids::{DriverId, RequestId, RiderId, TripId};
+use dispatch_core::service::ServiceType;
+use dispatch_core::time::Timestamp;
+use dispatch_core::trip::{Trip, TripStatus};
+use dispatch_store::{Fsync, Recovered, TripLog};
+use proptest::prelude::*;
+
+const STATUSES: [TripStatus; 5] = [
+    TripStatus::Searching,
+    TripStatus::DriverAssigned,
+    TripStatus::DriverArrived,
+    TripStatus::InProgress,
+    TripStatus::Completed,
+];
+
+fn record(id: u64, status: TripStatus) -> TripRecord {
+    let point = |lat, lng| LatLng::new(lat, lng).unwrap_or_else(|e| panic!("{e}"));
+    let driver = DriverId::new(&format!("d{id}")).unwrap_or_else(|e| panic!("{e}"));
+    TripRecord {
+        trip: Trip {
+            id: TripId(id),
+            rider: RiderId::new(&format!("r{id}")).unwrap_or_else(|e| panic!("{e}")),
+            request_id: RequestId::new("k").unwrap_or_else(|e| panic!("{e}")),
+            driver: status.has_driver().then(|| driver.clone()),
+            status,
+            service: ServiceType::Premium,
+            pickup: point(37.5, 127.0),
+            dropoff: Some(point(37.6, 127.1)),
+            driver_position: status.has_driver().then(|| point(37.51, 127.01)),
+            pickup_distance_m: status.has_driver().then_some(812.5),
+            requested_at: Timestamp(1_000),
+            updated_at: Timestamp(2_000 + id as i64),
+            cancel_reason: None,
+        },
+        radius_m: 3_000.0,
+        tried: vec![DriverId::new("x").unwrap_or_else(|e| panic!("{e}"))],
+        search_deadline: Timestamp(61_000),
+    }
+}
+
+fn open(dir: &Path) -> (TripLog, Recovered) {
+    TripLog::open(dir, Fsync::Never, 1 << 30).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The last record of each trip, by id.
+fn latest(records: &[TripRecord]) -> Vec<TripRecord> {
+    let mut by_id = std::collections::BTreeMap::new();
+    for r in records {
+        by_id.insert(r.trip.id, r.clone());
+    }
+    by_id.into_values().collect()
+}
+
+fn write(dir: &Path, records: &[TripRecord]) {
+    let (mut log, _) = open(dir);
+    for r in records {
+        log.append(r).unwrap_or_else(|e| panic!("{e}"));
+    }
+    log.commit().unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn committed_records_come_back_with_a_new_boot_and_the_next_trip_id() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let records: Vec<TripRecord> = (1..=3).flat_map(|id| STATUSES.map(|s| record(id, s))).collect();
+    write(dir.path(), &records);
+    let (_, back) = open(dir.path());
+    assert_eq!(back.records, records);
+    assert_eq!(back.next_trip, 4);
+    assert_eq!(back.boot, 2);
+    assert_eq!(back.cut, None);
+    let (_, again) = open(dir.path());
+    assert_eq!(again.boot, 3);
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_the_last_whole_record_at_every_byte() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let records: Vec<TripRecord> = (1..=4).map(|id| record(id, TripStatus::DriverAssigned)).collect();
+    write(dir.path(), &records[..3]);
+    let path = dir.path().join("trips.log");
+    let before_last = fs::metadata(&path).map(|m| m.len()).unwrap_or_else(|e| panic!("{e}"));
+    write(dir.path(), &records[3..]);
+    let full = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+    // Every length that tears the second write (a boot record, then the
+    // fourth trip) gives back the first three, and reports the cut unless
+    // it fell exactly between the two records.
+    let mut unreported = 0;
+    for len in before_last as usize + 1..full.len() {
+        let torn = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        fs::write(torn.path().join("trips.log"), &full[..len]).unwrap_or_else(|e| panic!("{e}"));
+        let (mut log, back) = open(torn.path());
+        let ids: Vec<u64> = back.records.iter().map(|r| r.trip.id.0).collect();
+        assert_eq!(ids, [1, 2, 3], "len {len}");
+        unreported += usize::from(back.cut.is_none());
+        // The log goes on from the cut, and reads back whole.
+        log.append(&record(9, TripStatus::Completed)).unwrap_or_else(|e| panic!("{e}"));
+        log.commit().unwrap_or_else(|e| panic!("{e}"));
+        drop(log);
+        let (_, after) = open(torn.path());
+        assert_eq!(after.cut, None);
+        assert_eq!(after.records.last().map(|r| r.trip.id.0), Some(9));
+    }
+    assert_eq!(unreported, 1, "only the one clean boundary goes unreported");
+}
+
+#[test]
+fn a_corrupt_record_ends_the_log_there() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let records: Vec<TripRecord> = (1..=5).map(|id| record(id, TripStatus::Searching)).collect();
+    write(dir.path(), &records);
+    let path = dir.path().join("trips.log");
+    let mut bytes = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+    let middle = bytes.len() * 3 / 5;
+    bytes[middle] ^= 0x40;
+    fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    let (_, back) = open(dir.path());
+    assert!(back.cut.is_some());
+    let n = back.records.len();
+    assert!((1..5).contains(&n), "{n} records");
+    assert_eq!(back.records, records[..n]);
+    assert!(fs::metadata(&path).map(|m| m.len()).unwrap_or(0) < bytes.len() as u64);
+}
+
+#[test]
+fn a_file_that_is_not_a_log_is_set_aside_and_the_server_starts() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    fs::write(dir.path().join("trips.log"), b"not a trip log at all").unwrap_or_else(|e| panic!("{e}"));
+    fs::write(dir.path().join("trips.snapshot"), b"junk").unwrap_or_else(|e| panic!("{e}"));
+    let (_, back) = open(dir.path());
+    assert!(back.records.is_empty());
+    assert!(dir.path().join("trips.log.corrupt").exists());
+    assert!(dir.path().join("trips.snapshot.corrupt").exists());
+}
+
+#[test]
+fn compaction_keeps_the_latest_state_and_drops_forgotten_trips() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut log, _) = TripLog::open(dir.path(), Fsync::Always, 0).unwrap_or_else(|e| panic!("{e}"));
+    let mut all = Vec::new();
+    for id in 1..=50 {
+        for s in STATUSES {
+            all.push(record(id, s));
+            log.append(&record(id, s)).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    log.forget(TripId(7));
+    log.commit().unwrap_or_else(|e| panic!("{e}"));
+    let before = log.log_bytes();
+    assert!(log.compaction_due());
+    // The log as it was, to put back as if the crash came between the
+    // snapshot's rename and the log's reset.
+    let stale = fs::read(dir.path().join("trips.log")).unwrap_or_else(|e| panic!("{e}"));
+    log.compact().unwrap_or_else(|e| panic!("{e}"));
+    assert!(log.log_bytes() < before / 10, "{} bytes after", log.log_bytes());
+    log.append(&record(51, TripStatus::Searching)).unwrap_or_else(|e| panic!("{e}"));
+    log.commit().unwrap_or_else(|e| panic!("{e}"));
+    drop(log);
+
+    let expected: Vec<TripRecord> = latest(&all)
+        .into_iter()
+        .filter(|r| r.trip.id != TripId(7))
+        .chain([record(51, TripStatus::Searching)])
+        .collect();
+    let (_, back) = open(dir.path());
+    assert_eq!(latest(&back.records), expected);
+    assert_eq!(back.next_trip, 52);
+
+    fs::write(dir.path().join("trips.log"), &stale).unwrap_or_else(|e| panic!("{e}"));
+    let (_, back) = open(dir.path());
+    let without_51: Vec<TripRecord> = expected.iter().filter(|r| r.trip.id.0 != 51).cloned().collect();
+    assert_eq!(latest(&back.records), without_51, "records the snapshot covers were replayed over it");
+    assert_eq!(back.next_trip, 51);
+}
+
+#[test]
+fn boot_numbers_survive_compaction() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut log, first) = open(dir.path());
+    log.compact().unwrap_or_else(|e| panic!("{e}"));
+    drop(log);
+    let (_, second) = open(dir.path());
+    assert!(second.boot > first.boot);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Cut the file anywhere: what comes back is exactly a prefix of what
+    /// was written, and never a record that was not.
+    #[test]
+    fn any_cut_gives_back_a_prefix(
+        steps in proptest::collection::vec((1..6u64, 0..5usize), 1..40),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let records: Vec<TripRecord> = steps.iter().map(|&(id, s)| record(id, STATUSES[s])).collect();
+        write(dir.path(), &records);
+        let path = dir.path().join("trips.log");
+        let mut bytes = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        let at = cut.index(bytes.len());
+        if flip {
+            bytes[at] ^= 0xff;
+        } else {
+            bytes.truncate(at);
+        }
+        let file = OpenOptions::new().write(true).truncate(true).open(&path);
+        drop(file);
+        fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let (_, back) = open(dir.path());
+        let n = back.records.len();
+        prop_assert!(n <= records.len());
+        prop_assert_eq!(&back.records[..], &records[..n]);
+    }
+}
