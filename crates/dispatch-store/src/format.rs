@@ -21,6 +21,9 @@ pub struct LogEntry {
 }
 
 /// What a [`LogEntry`] records.
+// Built and dropped one at a time while writing or reading; boxing the
+// trip would cost an allocation per record for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum Entry {
     /// A trip's state after a change.
