@@ -7,7 +7,7 @@ use dispatch_proto::pb::{
     driver_service_client::DriverServiceClient, fleet_message::Kind as FleetMsg,
     fleet_service_client::FleetServiceClient, rider_service_client::RiderServiceClient,
 };
-use dispatch_server::{ServerConfig, ServerError};
+use dispatch_server::{Fsync, ServerConfig, ServerError, TripLogConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -54,6 +54,8 @@ pub struct TestServer {
     channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
+    /// The trip log's directory, removed when the server is dropped.
+    data: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -70,7 +72,22 @@ impl TestServer {
         Self::with(config).await
     }
 
+    /// A server with `config`; unless it names a trip log, the log goes to
+    /// a fresh temporary directory (without fsync: these tests are about
+    /// behaviour, and the process crash test covers durability).
     pub async fn with(config: ServerConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        Self::in_dir(config, dir).await
+    }
+
+    /// A server whose trip log lives in `dir`: a server started again in
+    /// the same directory recovers what the last one logged.
+    pub async fn in_dir(mut config: ServerConfig, dir: tempfile::TempDir) -> Self {
+        if config.trip_log.is_none() {
+            let mut log = TripLogConfig::new(dir.path());
+            log.fsync = Fsync::Never;
+            config.trip_log = Some(log);
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
         let (stop, stopped) = oneshot::channel::<()>();
@@ -82,7 +99,7 @@ impl TestServer {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("connect: {e}"));
-        Self { addr, channel, stop: Some(stop), task: Some(task) }
+        Self { addr, channel, stop: Some(stop), task: Some(task), data: Some(dir) }
     }
 
     pub fn channel(&self) -> Channel {
@@ -169,7 +186,13 @@ impl TestServer {
     }
 
     /// Signals shutdown and waits for `run` to return.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.stop_keeping_data().await;
+    }
+
+    /// Signals shutdown, waits for `run` to return, and hands back the
+    /// data directory for a server started after it.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -178,6 +201,10 @@ impl TestServer {
                 Ok(Ok(())) => {}
                 other => panic!("server ended badly: {other:?}"),
             }
+        }
+        match self.data.take() {
+            Some(dir) => dir,
+            None => panic!("the data directory was already taken"),
         }
     }
 }

@@ -1,4 +1,28 @@
-//! The server's settings: the engine's rules plus the sizes of its queues.
+//! The server's settings: the engine's rules, the trip log, and the sizes
+//! of its queues and limits.
+
+use std::path::PathBuf;
+
+pub use dispatch_store::Fsync;
+
+/// Where and how the trip log is kept.
+#[derive(Debug, Clone)]
+pub struct TripLogConfig {
+    /// The data directory (created if missing).
+    pub dir: PathBuf,
+    /// Whether commits wait for the disk.
+    pub fsync: Fsync,
+    /// Compact once the log passes this many bytes (and the last snapshot's
+    /// size).
+    pub compact_after_bytes: u64,
+}
+
+impl TripLogConfig {
+    /// The log in `dir`, synced at every commit.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), fsync: Fsync::Always, compact_after_bytes: 64 << 20 }
+    }
+}
 
 /// Everything `run` needs besides a listener and a shutdown signal.
 #[derive(Debug, Clone)]
@@ -21,6 +45,18 @@ pub struct ServerConfig {
     pub rider_queue: usize,
     /// The most driver updates one fleet batch may carry.
     pub max_fleet_batch: usize,
+    /// The trip log; `None` keeps nothing across restarts.
+    pub trip_log: Option<TripLogConfig>,
+    /// Rounds of engine output waiting for the trip log, at most; past
+    /// that the engine waits for the disk.
+    pub outbound_queue: usize,
+    /// Open driver and fleet sessions, at most; a hello past that gets
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_sessions: usize,
+    /// The largest message a client may send, in bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent streams on one HTTP/2 connection, at most.
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +69,11 @@ impl Default for ServerConfig {
             fleet_session_queue: 65_536,
             rider_queue: 256,
             max_fleet_batch: 10_000,
+            trip_log: None,
+            outbound_queue: 4_096,
+            max_sessions: 1_000_000,
+            max_message_bytes: 4 << 20,
+            max_streams_per_connection: 10_000,
         }
     }
 }

@@ -6,9 +6,9 @@
 //! caller. One owner means no lock around the index or the trips and no two
 //! requests can ever win the same driver: they are simply taken in turn.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
 
 use dashmap::DashMap;
 use dispatch_core::engine::{
@@ -19,14 +19,16 @@ use dispatch_core::time::Timestamp;
 use dispatch_core::trip::{Trip, TripStatus};
 use dispatch_core::{Engine, EngineError};
 use dispatch_proto::pb;
-use hdrhistogram::Histogram;
-use tokio::sync::{mpsc, oneshot};
+use dispatch_store::TripLog;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tonic::{Code, Status};
+use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::ServerError;
 use crate::config::ServerConfig;
-use crate::outbox::{Outbox, SendError};
+use crate::outbound::{Batch, MatchLatency, Out, Outbound};
+use crate::outbox::Outbox;
 use crate::status::{engine_code, engine_status, rejected};
 
 /// What a handler asks of the engine.
@@ -107,13 +109,26 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Queues a command: location updates without waiting (they are shed,
-    /// and `Ok(false)` returned, when the engine is behind); anything else
-    /// waiting while the queue is full.
+    /// Queues a command without waiting: location updates are shed (and
+    /// `Ok(false)` returned) when the engine is behind; anything else gets
+    /// `RESOURCE_EXHAUSTED` when the queue is full. Only a session's close
+    /// waits for room.
     pub async fn send(&self, command: Command) -> Result<bool, Status> {
         let closed = || Status::unavailable("the server is shutting down");
-        if !command.is_bulk() {
+        if matches!(command, Command::SessionClosed { .. } | Command::Shutdown) {
+            // Must get through, or the engine would keep a dead session.
             return self.urgent.send(command).await.map(|()| true).map_err(|_| closed());
+        }
+        if !command.is_bulk() {
+            // A full queue means the engine is far behind: say so at once
+            // rather than leave the caller waiting toward a timeout.
+            return match self.urgent.try_send(command) {
+                Ok(()) => Ok(true),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(Status::resource_exhausted("the engine is overloaded; retry shortly"))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+            };
         }
         let n = command.updates();
         if self.queued_updates.fetch_add(n, Ordering::Relaxed) + n > self.max_queued_updates {
@@ -154,12 +169,27 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine task on a thread of its own (with its own
-/// single-threaded runtime for timers), so the engine is never queued
-/// behind stream decoding on a shared worker. It ends after
-/// [`Command::Shutdown`] or when every handle is dropped; the receiver
-/// resolves then.
-pub fn spawn(config: &ServerConfig) -> std::io::Result<(EngineHandle, oneshot::Receiver<()>)> {
+/// Offer ids of one boot start at `boot * OFFER_IDS_PER_BOOT`, so a reply to
+/// an offer from before a restart never matches a new one.
+const OFFER_IDS_PER_BOOT: u64 = 1_000_000_000_000;
+
+/// What `run` gets back from [`spawn`].
+pub struct Spawned {
+    /// How handlers reach the engine.
+    pub handle: EngineHandle,
+    /// Resolves once the engine and the outbound stage have stopped and the
+    /// log is closed.
+    pub stopped: oneshot::Receiver<()>,
+    /// Becomes `Some(cause)` if the trip log fails.
+    pub fatal: watch::Receiver<Option<String>>,
+}
+
+/// Opens the trip log and rebuilds the engine from it, then starts the
+/// engine task on a thread of its own (with its own single-threaded
+/// runtime for timers, so the engine is never queued behind stream decoding
+/// on a shared worker) and the outbound stage on another. They end after
+/// [`Command::Shutdown`] or when every handle is dropped.
+pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
     let (urgent, urgent_rx) = mpsc::channel(config.command_queue.max(1));
     // Bounded by `max_queued_updates`, counted in updates; the channel's
     // own bound (in commands) only backs that up.
@@ -167,6 +197,39 @@ pub fn spawn(config: &ServerConfig) -> std::io::Result<(EngineHandle, oneshot::R
     let trips = Arc::new(DashMap::new());
     let shed = Arc::new(AtomicU64::new(0));
     let queued_updates = Arc::new(AtomicU64::new(0));
+    let clock = Clock::new();
+    let (log, engine) = match &config.trip_log {
+        Some(settings) => {
+            let (mut log, recovered) = TripLog::open(&settings.dir, settings.fsync, settings.compact_after_bytes)
+                .map_err(ServerError::TripLog)?;
+            let first_offer = recovered.boot.saturating_mul(OFFER_IDS_PER_BOOT).saturating_add(1);
+            let records = recovered.records.len();
+            let engine = Engine::restore(
+                config.engine.clone(),
+                clock.now(),
+                recovered.records,
+                recovered.next_trip,
+                first_offer,
+            );
+            log.retain(|id| engine.trip(id).is_some());
+            for trip in engine.trips() {
+                trips.insert(trip.id, pb::Trip::from(trip));
+            }
+            let stats = engine.stats();
+            info!(
+                records,
+                searching = stats.trips_searching,
+                with_driver = stats.trips_active,
+                kept = trips.len(),
+                "trips recovered from the log"
+            );
+            (Some(log), engine)
+        }
+        None => {
+            warn!("no trip log: trips will not survive a restart");
+            (None, Engine::new(config.engine.clone()))
+        }
+    };
     let handle = EngineHandle {
         urgent,
         bulk,
@@ -176,24 +239,45 @@ pub fn spawn(config: &ServerConfig) -> std::io::Result<(EngineHandle, oneshot::R
         next_session: Arc::new(AtomicU64::new(1)),
         trips: trips.clone(),
     };
-    let task = EngineTask {
-        engine: Engine::new(config.engine.clone()),
-        clock: Clock::new(),
-        sessions: HashMap::new(),
-        watchers: HashMap::new(),
-        trips,
-        awaiting_first_offer: HashMap::new(),
-        match_latency: Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
+    let (cut_off, cut_off_rx) = mpsc::unbounded_channel();
+    let (fatal_tx, fatal) = watch::channel(None);
+    let match_latency = crate::outbound::match_latency();
+    let outbound = Outbound::new(log, trips, match_latency.clone(), cut_off, fatal_tx);
+    // Bounded: if the disk cannot keep up, the engine waits for it, its
+    // queues fill, and callers are refused instead of memory growing.
+    let (batches, batches_rx) = std_mpsc::sync_channel(config.outbound_queue.max(1));
+    let outbound = std::thread::Builder::new()
+        .name("dispatch-outbound".into())
+        .spawn(move || outbound.run(batches_rx))
+        .map_err(ServerError::Thread)?;
+    let mut task = EngineTask {
+        engine,
+        clock,
+        batch: Batch::default(),
+        batches,
+        cut_off: cut_off_rx,
+        match_latency,
         shed,
         queued_updates,
+        max_sessions: config.max_sessions,
     };
+    // What the restore changed (searches that ran out while the server was
+    // down) is logged like any other change.
+    task.carry_out();
+    task.flush();
     let (done, stopped) = oneshot::channel();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
-    std::thread::Builder::new().name("dispatch-engine".into()).spawn(move || {
-        runtime.block_on(task.run(urgent_rx, bulk_rx));
-        let _ = done.send(());
-    })?;
-    Ok((handle, stopped))
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(ServerError::Thread)?;
+    std::thread::Builder::new()
+        .name("dispatch-engine".into())
+        .spawn(move || {
+            runtime.block_on(task.run(urgent_rx, bulk_rx));
+            // The task is gone, and with it the sender: the outbound stage
+            // drains what is left, commits and stops.
+            let _ = outbound.join();
+            let _ = done.send(());
+        })
+        .map_err(ServerError::Thread)?;
+    Ok(Spawned { handle, stopped, fatal })
 }
 
 /// Unix milliseconds from a monotonic clock: wall time read once at start,
@@ -224,22 +308,15 @@ impl Clock {
 struct EngineTask {
     engine: Engine,
     clock: Clock,
-    /// Open driver and fleet streams. Only this task touches it, so a plain
-    /// map: no other task needs to find a session.
-    sessions: HashMap<SessionId, SessionEntry>,
-    /// Rider streams following each trip.
-    watchers: HashMap<TripId, Vec<mpsc::Sender<Result<pb::Trip, Status>>>>,
-    trips: Arc<DashMap<TripId, pb::Trip>>,
-    awaiting_first_offer: HashMap<TripId, Instant>,
-    match_latency: Option<Histogram<u64>>,
+    /// What this round produced, for the outbound stage.
+    batch: Batch,
+    batches: std_mpsc::SyncSender<Batch>,
+    /// Sessions the outbound stage ended for falling behind.
+    cut_off: mpsc::UnboundedReceiver<SessionId>,
+    match_latency: Option<MatchLatency>,
     shed: Arc<AtomicU64>,
     queued_updates: Arc<AtomicU64>,
-}
-
-struct SessionEntry {
-    outbox: Outbox,
-    /// The driver or fleet, for log lines.
-    name: String,
+    max_sessions: usize,
 }
 
 /// The most urgent commands taken before the engine ticks again.
@@ -247,17 +324,21 @@ const URGENT_BATCH: usize = 512;
 
 impl EngineTask {
     async fn run(mut self, mut urgent: mpsc::Receiver<Command>, mut bulk: mpsc::Receiver<Command>) {
-        let mut batch = Vec::with_capacity(URGENT_BATCH);
+        let mut commands = Vec::with_capacity(URGENT_BATCH);
         loop {
             // Everything urgent that is waiting, then one bulk command, then
             // a tick; wait only when both queues are empty.
             let mut took = false;
-            while batch.len() < URGENT_BATCH
+            while let Ok(session) = self.cut_off.try_recv() {
+                took = true;
+                self.engine.close_session(self.clock.now(), session);
+            }
+            while commands.len() < URGENT_BATCH
                 && let Ok(command) = urgent.try_recv()
             {
-                batch.push(command);
+                commands.push(command);
             }
-            for command in batch.drain(..) {
+            for command in commands.drain(..) {
                 took = true;
                 if matches!(command, Command::Shutdown) {
                     self.shutdown();
@@ -274,15 +355,17 @@ impl EngineTask {
                 tokio::select! {
                     biased;
                     command = urgent.recv() => match command {
-                        Some(command) => batch.push(command),
+                        Some(command) => commands.push(command),
                         None => break,
                     },
+                    Some(session) = self.cut_off.recv() => self.engine.close_session(self.clock.now(), session),
                     Some(command) = bulk.recv() => self.handle(command),
                     () = sleep_until(deadline) => {}
                 }
             }
             self.engine.tick(self.clock.now());
             self.carry_out();
+            self.flush();
         }
         self.shutdown();
     }
@@ -295,6 +378,10 @@ impl EngineTask {
         }
         match command {
             Command::DriverHello { session, hello, outbox } => {
+                if self.engine.session_count() >= self.max_sessions {
+                    outbox.end(Status::resource_exhausted("too many open sessions; retry later"));
+                    return;
+                }
                 let driver = hello.driver.clone();
                 match self.engine.connect_driver(now, session, hello) {
                     Ok(current) => {
@@ -304,13 +391,19 @@ impl EngineTask {
                             current_trip: current.as_ref().map(Into::into),
                             fleet_id: String::new(),
                         };
-                        self.open_session(session, outbox, driver.to_string(), started);
+                        // Ended sessions first: the one this hello replaced.
+                        self.carry_out();
+                        self.batch.outs.push(Out::Open { session, outbox, name: driver.to_string(), started });
                         debug!(%driver, %session, "driver session started");
                     }
                     Err(err) => outbox.end(engine_status(&err)),
                 }
             }
             Command::FleetHello { session, fleet, outbox } => {
+                if self.engine.session_count() >= self.max_sessions {
+                    outbox.end(Status::resource_exhausted("too many open sessions; retry later"));
+                    return;
+                }
                 let trips = self.engine.connect_fleet(session, fleet.clone());
                 let started = pb::SessionStarted {
                     driver_id: String::new(),
@@ -318,9 +411,11 @@ impl EngineTask {
                     current_trip: None,
                     fleet_id: fleet.to_string(),
                 };
-                self.open_session(session, outbox, format!("fleet {fleet}"), started);
+                self.carry_out();
+                self.batch.outs.push(Out::Open { session, outbox, name: format!("fleet {fleet}"), started });
                 for trip in &trips {
-                    self.send_event(session, pb::DriverEvent { kind: Some(pb::driver_event::Kind::Trip(trip.into())) });
+                    let event = pb::DriverEvent { kind: Some(pb::driver_event::Kind::Trip(trip.into())) };
+                    self.batch.outs.push(Out::Event { session, event });
                 }
                 debug!(%fleet, %session, "fleet session started");
             }
@@ -350,33 +445,30 @@ impl EngineTask {
                 self.reject_on_error(session, driver.as_ref().map_or("", |d| d.as_str()), result);
             }
             Command::SessionClosed { session } => {
-                self.sessions.remove(&session);
                 self.engine.close_session(now, session);
             }
             Command::RequestRide { request, watcher, received, reply } => {
                 let (trip, created) = self.engine.request_ride(now, request);
-                if created {
-                    self.awaiting_first_offer.insert(trip.id, received);
-                    // The engine's effects open the stream with SEARCHING.
-                    self.watchers.entry(trip.id).or_default().push(watcher);
-                } else {
-                    // A retry: the stream starts from where the trip is now.
-                    let snapshot = pb::Trip::from(&trip);
-                    if watcher.try_send(Ok(snapshot)).is_ok() && !trip.status.is_terminal() {
-                        self.watchers.entry(trip.id).or_default().push(watcher);
-                    }
-                }
+                // The stream of a new trip opens with the engine's own
+                // SEARCHING update; a retry starts from where the trip is.
+                let (resume, received) = if created { (None, Some(received)) } else { (Some(trip.clone()), None) };
+                self.batch.outs.push(Out::Watch { trip: trip.id, watcher, resume, received });
                 self.carry_out();
-                let _ = reply.send(trip);
+                self.batch.outs.push(Out::Reply(Box::new(move || {
+                    let _ = reply.send(trip);
+                })));
                 return;
             }
             Command::CancelRide { trip, reason, reply } => {
                 let result = self.engine.cancel_ride(now, trip, &reason);
                 self.carry_out();
-                let _ = reply.send(result);
+                self.batch.outs.push(Out::Reply(Box::new(move || {
+                    let _ = reply.send(result);
+                })));
                 return;
             }
             Command::Nearby { query, reply } => {
+                // Positions are soft state: nothing to wait for.
                 let _ = reply.send(self.engine.nearby(&query));
             }
             Command::Stats { reply } => {
@@ -387,88 +479,46 @@ impl EngineTask {
         self.carry_out();
     }
 
-    fn open_session(&mut self, session: SessionId, outbox: Outbox, name: String, started: pb::SessionStarted) {
-        self.sessions.insert(session, SessionEntry { outbox, name });
-        self.send_event(session, pb::DriverEvent { kind: Some(pb::driver_event::Kind::SessionStarted(started)) });
-    }
-
     fn reject_on_error(&mut self, session: SessionId, driver: &str, result: Result<(), EngineError>) {
         if let Err(err) = result {
             debug!(%session, driver, cause = %err, "message rejected");
-            self.send_event(session, rejected(engine_code(&err), err.to_string(), driver));
+            let event = rejected(engine_code(&err), err.to_string(), driver);
+            self.batch.outs.push(Out::Event { session, event });
         }
     }
 
-    /// Carries out everything the engine produced, including what ending a
-    /// slow session produces in turn.
+    /// Moves what the engine produced into this round's batch, in order.
     fn carry_out(&mut self) {
-        loop {
-            let effects: Vec<Effect> = self.engine.drain_effects().collect();
-            if effects.is_empty() {
-                return;
-            }
-            for effect in effects {
-                match effect {
-                    Effect::Driver { session, event } => self.send_event(session, (&event).into()),
-                    Effect::Rider(trip) => self.publish_trip(&trip),
-                    Effect::FirstOffer(trip) => {
-                        if let Some(received) = self.awaiting_first_offer.remove(&trip) {
-                            let micros = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
-                            if let Some(histogram) = &mut self.match_latency {
-                                histogram.saturating_record(micros.max(1));
-                            }
-                        }
-                    }
-                    Effect::EndSession { session, reason: SessionEnd::Replaced } => {
-                        if let Some(entry) = self.sessions.remove(&session) {
-                            info!(session = %session, who = %entry.name, "session replaced by a newer one");
-                            entry.outbox.end(Status::aborted("a newer session took over"));
-                        }
-                    }
-                    Effect::TripForgotten(trip) => {
-                        self.trips.remove(&trip);
-                    }
+        for effect in self.engine.drain_effects() {
+            let out = match effect {
+                Effect::Persist(record) => {
+                    self.batch.records.push(record);
+                    continue;
                 }
-            }
+                Effect::Driver { session, event } => Out::Driver { session, event },
+                Effect::Rider(trip) => Out::Rider(trip),
+                Effect::FirstOffer(trip) => Out::FirstOffer(trip),
+                Effect::TripForgotten(trip) => Out::Forget(trip),
+                Effect::EndSession { session, reason: SessionEnd::Replaced } => {
+                    Out::End { session, status: Status::aborted("a newer session took over") }
+                }
+            };
+            self.batch.outs.push(out);
         }
     }
 
-    fn send_event(&mut self, session: SessionId, event: pb::DriverEvent) {
-        let Some(entry) = self.sessions.get(&session) else { return };
-        match entry.outbox.try_send(event) {
-            Ok(()) => {}
-            Err(SendError::Closed) => {
-                // The reader task reports the close; nothing to do twice.
-            }
-            Err(SendError::Full) => {
-                warn!(%session, who = %entry.name, "session fell too far behind; ending it");
-                entry.outbox.end(Status::resource_exhausted("too many unread events; reconnect"));
-                self.sessions.remove(&session);
-                self.engine.close_session(self.clock.now(), session);
-            }
+    /// Hands this round's batch to the outbound stage.
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
         }
-    }
-
-    fn publish_trip(&mut self, trip: &Trip) {
-        let snapshot = pb::Trip::from(trip);
-        self.trips.insert(trip.id, snapshot.clone());
-        let terminal = trip.status.is_terminal();
-        if terminal {
-            self.awaiting_first_offer.remove(&trip.id);
-        }
-        let Some(watchers) = self.watchers.get_mut(&trip.id) else { return };
-        // A rider who stopped reading loses the stream (and may re-attach
-        // with the same request id); the trip goes on.
-        watchers.retain(|w| w.try_send(Ok(snapshot.clone())).is_ok());
-        if terminal || watchers.is_empty() {
-            // Dropping the senders ends the streams after the last update.
-            self.watchers.remove(&trip.id);
-        }
+        // Fails only once the stage has stopped, when nothing can be sent.
+        let _ = self.batches.send(std::mem::take(&mut self.batch));
     }
 
     fn stats(&self) -> pb::Stats {
         let mut stats = pb::Stats::from(&self.engine.stats());
-        if let Some(h) = &self.match_latency {
+        if let Some(h) = self.match_latency.as_ref().and_then(|h| h.lock().ok()) {
             stats.match_latency_p50_us = h.value_at_quantile(0.5);
             stats.match_latency_p99_us = h.value_at_quantile(0.99);
         }
@@ -478,15 +528,10 @@ impl EngineTask {
     }
 
     fn shutdown(&mut self) {
-        info!(sessions = self.sessions.len(), riders = self.watchers.len(), "ending every stream for shutdown");
-        for (_, entry) in self.sessions.drain() {
-            entry.outbox.end(Status::unavailable("the server is shutting down"));
-        }
-        for (_, watchers) in self.watchers.drain() {
-            for w in watchers {
-                let _ = w.try_send(Err(Status::new(Code::Unavailable, "the server is shutting down")));
-            }
-        }
+        info!("engine stopping: ending every stream");
+        self.carry_out();
+        self.batch.outs.push(Out::Shutdown);
+        self.flush();
     }
 }
 

@@ -5,8 +5,10 @@
 //! # Layout
 //!
 //! - [`config`]: queue sizes and the engine's rules.
-//! - `engine_task`: the one task that owns the engine; commands in, effects
-//!   carried out, replies after.
+//! - `engine_task`: the one task that owns the engine: recovery from the
+//!   trip log at start, then commands in, effects out.
+//! - `outbound`: makes trip changes durable (group commit), then delivers
+//!   events, rider updates and replies, in order.
 //! - `outbox`: the bounded outgoing side of a driver or fleet stream.
 //! - `session`: reading a driver's or fleet's stream: hello first, then
 //!   checked messages.
@@ -19,6 +21,7 @@ pub mod config;
 mod driver_service;
 mod engine_task;
 mod fleet_service;
+mod outbound;
 mod outbox;
 mod rider_service;
 mod session;
@@ -34,7 +37,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
-pub use config::ServerConfig;
+pub use config::{Fsync, ServerConfig, TripLogConfig};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +48,15 @@ pub enum ServerError {
     /// The reflection service could not read the descriptor set.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The engine's thread could not be started.
-    #[error("cannot start the engine thread: {0}")]
-    EngineThread(std::io::Error),
+    /// The engine's threads could not be started.
+    #[error("cannot start the engine's threads: {0}")]
+    Thread(std::io::Error),
+    /// The trip log could not be opened.
+    #[error("trip log: {0}")]
+    TripLog(dispatch_store::StoreError),
+    /// The trip log failed while serving; the server stopped.
+    #[error("trip log failed while serving: {0}")]
+    TripLogFailed(String),
 }
 
 /// Serves dispatch on `listener` until `shutdown` resolves; then every open
@@ -58,7 +67,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let (engine, engine_stopped) = engine_task::spawn(&config).map_err(ServerError::EngineThread)?;
+    let engine_task::Spawned { handle: engine, stopped: engine_stopped, mut fatal } = engine_task::spawn(&config)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DriverServiceServer<driver_service::DriverSvc>>().await;
     health.set_serving::<FleetServiceServer<fleet_service::FleetSvc>>().await;
@@ -70,8 +79,12 @@ pub async fn run(
         .build_v1()?;
 
     let stopper = engine.clone();
+    let mut log_failed = fatal.clone();
     let on_shutdown = async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            _ = log_failed.wait_for(Option::is_some) => {}
+        }
         info!("shutting down: no new calls, ending open streams");
         health.set_not_serving::<DriverServiceServer<driver_service::DriverSvc>>().await;
         let _ = stopper.send(engine_task::Command::Shutdown).await;
@@ -82,23 +95,34 @@ pub async fn run(
     // for a delayed ACK (40 ms on Linux). Keepalive finds dead peers.
     let incoming =
         TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(60)));
+    let limit = config.max_message_bytes;
     tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(DriverServiceServer::new(driver_service::DriverSvc::new(
-            engine.clone(),
-            config.driver_session_queue,
-        )))
-        .add_service(FleetServiceServer::new(fleet_service::FleetSvc::new(
-            engine.clone(),
-            config.fleet_session_queue,
-            config.max_fleet_batch,
-        )))
-        .add_service(RiderServiceServer::new(rider_service::RiderSvc::new(engine.clone(), config.rider_queue)))
-        .add_service(AdminServiceServer::new(admin_service::AdminSvc::new(engine)))
+        .add_service(
+            DriverServiceServer::new(driver_service::DriverSvc::new(engine.clone(), config.driver_session_queue))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            FleetServiceServer::new(fleet_service::FleetSvc::new(
+                engine.clone(),
+                config.fleet_session_queue,
+                config.max_fleet_batch,
+            ))
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            RiderServiceServer::new(rider_service::RiderSvc::new(engine.clone(), config.rider_queue))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(AdminServiceServer::new(admin_service::AdminSvc::new(engine)).max_decoding_message_size(limit))
         .serve_with_incoming_shutdown(incoming, on_shutdown)
         .await?;
     let _ = engine_stopped.await;
+    if let Some(cause) = fatal.borrow_and_update().clone() {
+        return Err(ServerError::TripLogFailed(cause));
+    }
     info!("dispatch stopped");
     Ok(())
 }

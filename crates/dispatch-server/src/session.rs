@@ -53,7 +53,8 @@ pub async fn serve<M>(
     };
     match command {
         Ok(command) => {
-            if engine.send(command).await.is_err() {
+            if let Err(status) = engine.send(command).await {
+                outbox.end(status);
                 return;
             }
         }
@@ -89,6 +90,9 @@ pub async fn serve<M>(
                     // Shed: the engine is behind. Say so, once per message;
                     // the session goes on and the next update may get in.
                     let _ = outbox.try_send(rejected(Code::ResourceExhausted, "overloaded: location update shed", ""));
+                }
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    let _ = outbox.try_send(rejected(Code::ResourceExhausted, status.message(), ""));
                 }
                 Err(_) => break,
             }

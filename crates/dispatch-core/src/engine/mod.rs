@@ -108,6 +108,16 @@ impl Engine {
         self.trips.get(&id).map(|t| &t.trip)
     }
 
+    /// Every trip kept, ended ones included.
+    pub fn trips(&self) -> impl Iterator<Item = &Trip> {
+        self.trips.values().map(|t| &t.trip)
+    }
+
+    /// Open driver and fleet sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// The earliest time `tick` has work to do, if any: the caller sleeps
     /// until then (or until the next command).
     pub fn next_deadline(&self) -> Option<Timestamp> {

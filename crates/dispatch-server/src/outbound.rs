@@ -1,0 +1,288 @@
+//! The outbound stage: makes trip changes durable, then tells people.
+//!
+//! The engine task hands over one [`Batch`] per round: the trip records it
+//! produced and everything it wants sent (events to sessions, trips to
+//! riders, replies to callers), in order. This stage, on a thread of its
+//! own, appends the records of every batch waiting, commits them with one
+//! `fdatasync`, and only then carries out the batches' deliveries, in
+//! order. So nobody hears of a change the log could lose (group commit: one
+//! sync covers every change that queued up behind the last one), and the
+//! engine goes on matching while the disk syncs.
+//!
+//! It owns the open sessions' outboxes and the riders' streams, since it is
+//! the only one that sends to them.
+
+use std::collections::HashMap;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use dispatch_core::engine::{DriverEvent, TripRecord};
+use dispatch_core::ids::{SessionId, TripId};
+use dispatch_core::trip::Trip;
+use dispatch_proto::pb;
+use dispatch_store::TripLog;
+use hdrhistogram::Histogram;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::Status;
+use tracing::{error, info, warn};
+
+use crate::outbox::{Outbox, SendError};
+
+/// A rider's stream of trip updates.
+pub type Watcher = mpsc::Sender<Result<pb::Trip, Status>>;
+
+/// One thing to deliver once the records before it are durable.
+pub enum Out {
+    /// A driver or fleet session opened: remember its outbox, send `started`.
+    Open { session: SessionId, outbox: Outbox, name: String, started: pb::SessionStarted },
+    /// An event for a session (a rejection, a fleet's current trips).
+    Event { session: SessionId, event: pb::DriverEvent },
+    /// An engine event for a session.
+    Driver { session: SessionId, event: DriverEvent },
+    /// End a session with a status.
+    End { session: SessionId, status: Status },
+    /// A trip changed (or its driver moved): update `GetTrip`, tell riders.
+    Rider(Trip),
+    /// A rider follows a trip. `resume` is the trip as it is, for a rider
+    /// re-attaching; `received` is when a new request arrived, to measure
+    /// the time to its first offer.
+    Watch { trip: TripId, watcher: Watcher, resume: Option<Trip>, received: Option<Instant> },
+    /// A trip got its first offer.
+    FirstOffer(TripId),
+    /// A trip passed its retention.
+    Forget(TripId),
+    /// Answer a caller.
+    Reply(Box<dyn FnOnce() + Send>),
+    /// End every stream with `UNAVAILABLE`.
+    Shutdown,
+}
+
+/// What one round of the engine task produced.
+#[derive(Default)]
+pub struct Batch {
+    /// Trip records to make durable first.
+    pub records: Vec<TripRecord>,
+    /// Then these, in order.
+    pub outs: Vec<Out>,
+}
+
+impl Batch {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.outs.is_empty()
+    }
+}
+
+/// Request-to-first-offer latency, in microseconds. Written here (where the
+/// offer leaves), read by the engine task for `GetStats`: a `std` mutex,
+/// held only to record or read one value, never across an await.
+pub type MatchLatency = Arc<Mutex<Histogram<u64>>>;
+
+/// A new, empty latency histogram (1 µs to 60 s, 3 digits).
+pub fn match_latency() -> Option<MatchLatency> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).ok().map(|h| Arc::new(Mutex::new(h)))
+}
+
+struct SessionEntry {
+    outbox: Outbox,
+    /// The driver or fleet, for log lines.
+    name: String,
+}
+
+/// The stage's state; lives on its thread.
+pub struct Outbound {
+    pub log: Option<TripLog>,
+    pub trips: Arc<DashMap<TripId, pb::Trip>>,
+    pub match_latency: Option<MatchLatency>,
+    /// Sessions this stage cut off for falling behind: the engine task must
+    /// close them (an offer out to one counts as declined).
+    pub cut_off: mpsc::UnboundedSender<SessionId>,
+    /// Set when the log fails: the server stops, since it can no longer
+    /// promise that what it says is durable.
+    pub fatal: watch::Sender<Option<String>>,
+    sessions: HashMap<SessionId, SessionEntry>,
+    watchers: HashMap<TripId, Vec<Watcher>>,
+    awaiting_first_offer: HashMap<TripId, Instant>,
+    failed: bool,
+}
+
+/// The most batches committed together.
+const GROUP: usize = 256;
+
+impl Outbound {
+    /// A stage over `log` (`None`: nothing is kept across restarts).
+    pub fn new(
+        log: Option<TripLog>,
+        trips: Arc<DashMap<TripId, pb::Trip>>,
+        match_latency: Option<MatchLatency>,
+        cut_off: mpsc::UnboundedSender<SessionId>,
+        fatal: watch::Sender<Option<String>>,
+    ) -> Self {
+        Self {
+            log,
+            trips,
+            match_latency,
+            cut_off,
+            fatal,
+            sessions: HashMap::new(),
+            watchers: HashMap::new(),
+            awaiting_first_offer: HashMap::new(),
+            failed: false,
+        }
+    }
+
+    /// Runs until the engine task hangs up, then makes the log durable one
+    /// last time.
+    pub fn run(mut self, batches: std_mpsc::Receiver<Batch>) {
+        let mut group = Vec::with_capacity(GROUP);
+        while let Ok(first) = batches.recv() {
+            group.push(first);
+            while group.len() < GROUP
+                && let Ok(batch) = batches.try_recv()
+            {
+                group.push(batch);
+            }
+            if self.failed {
+                // Nothing more is acknowledged: dropping the replies tells
+                // their callers the server is going away.
+                group.clear();
+                continue;
+            }
+            if let Err(cause) = self.commit(&group) {
+                self.fail(&cause);
+                group.clear();
+                continue;
+            }
+            for batch in group.drain(..) {
+                for out in batch.outs {
+                    self.deliver(out);
+                }
+            }
+            if let Some(log) = &mut self.log
+                && log.compaction_due()
+                && let Err(cause) = log.compact()
+            {
+                self.fail(&cause);
+            }
+        }
+        if let Some(log) = &mut self.log
+            && let Err(cause) = log.commit()
+        {
+            error!(%cause, "trip log: last commit at shutdown failed");
+        }
+        info!("outbound stage stopped; trip log closed");
+    }
+
+    fn commit(&mut self, group: &[Batch]) -> Result<(), dispatch_store::StoreError> {
+        let Some(log) = &mut self.log else { return Ok(()) };
+        for record in group.iter().flat_map(|b| &b.records) {
+            log.append(record)?;
+        }
+        log.commit()
+    }
+
+    fn fail(&mut self, cause: &dispatch_store::StoreError) {
+        error!(%cause, "trip log failed: stopping, since changes can no longer be made durable");
+        self.failed = true;
+        let _ = self.fatal.send(Some(cause.to_string()));
+        self.end_everything(Status::unavailable("the server cannot write its trip log"));
+    }
+
+    fn deliver(&mut self, out: Out) {
+        match out {
+            Out::Open { session, outbox, name, started } => {
+                self.sessions.insert(session, SessionEntry { outbox, name });
+                let kind = pb::driver_event::Kind::SessionStarted(started);
+                self.send(session, pb::DriverEvent { kind: Some(kind) });
+            }
+            Out::Event { session, event } => self.send(session, event),
+            Out::Driver { session, event } => self.send(session, (&event).into()),
+            Out::End { session, status } => {
+                if let Some(entry) = self.sessions.remove(&session) {
+                    info!(%session, who = %entry.name, code = ?status.code(), "session ended by the server");
+                    entry.outbox.end(status);
+                }
+            }
+            Out::Rider(trip) => self.publish(&trip),
+            Out::Watch { trip, watcher, resume, received } => {
+                if let Some(received) = received {
+                    self.awaiting_first_offer.insert(trip, received);
+                }
+                match resume {
+                    None => self.watchers.entry(trip).or_default().push(watcher),
+                    Some(now) => {
+                        let snapshot = pb::Trip::from(&now);
+                        if watcher.try_send(Ok(snapshot)).is_ok() && !now.status.is_terminal() {
+                            self.watchers.entry(trip).or_default().push(watcher);
+                        }
+                    }
+                }
+            }
+            Out::FirstOffer(trip) => {
+                if let (Some(received), Some(histogram)) =
+                    (self.awaiting_first_offer.remove(&trip), &self.match_latency)
+                {
+                    let micros = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    if let Ok(mut h) = histogram.lock() {
+                        h.saturating_record(micros.max(1));
+                    }
+                }
+            }
+            Out::Forget(trip) => {
+                self.trips.remove(&trip);
+                if let Some(log) = &mut self.log {
+                    log.forget(trip);
+                }
+            }
+            Out::Reply(reply) => reply(),
+            Out::Shutdown => self.end_everything(Status::unavailable("the server is shutting down")),
+        }
+    }
+
+    fn send(&mut self, session: SessionId, event: pb::DriverEvent) {
+        let Some(entry) = self.sessions.get(&session) else { return };
+        match entry.outbox.try_send(event) {
+            Ok(()) => {}
+            Err(SendError::Closed) => {
+                // The reader task reports the close; nothing to do twice.
+            }
+            Err(SendError::Full) => {
+                warn!(%session, who = %entry.name, "session fell too far behind; ending it");
+                entry.outbox.end(Status::resource_exhausted("too many unread events; reconnect"));
+                self.sessions.remove(&session);
+                let _ = self.cut_off.send(session);
+            }
+        }
+    }
+
+    fn publish(&mut self, trip: &Trip) {
+        let snapshot = pb::Trip::from(trip);
+        self.trips.insert(trip.id, snapshot.clone());
+        let terminal = trip.status.is_terminal();
+        if terminal {
+            self.awaiting_first_offer.remove(&trip.id);
+        }
+        let Some(watchers) = self.watchers.get_mut(&trip.id) else { return };
+        // A rider who stopped reading loses the stream (and may re-attach
+        // with the same request id); the trip goes on.
+        watchers.retain(|w| w.try_send(Ok(snapshot.clone())).is_ok());
+        if terminal || watchers.is_empty() {
+            // Dropping the senders ends the streams after the last update.
+            self.watchers.remove(&trip.id);
+        }
+    }
+
+    fn end_everything(&mut self, status: Status) {
+        info!(sessions = self.sessions.len(), riders = self.watchers.len(), "ending every stream");
+        for (_, entry) in self.sessions.drain() {
+            entry.outbox.end(status.clone());
+        }
+        for (_, watchers) in self.watchers.drain() {
+            for w in watchers {
+                let _ = w.try_send(Err(status.clone()));
+            }
+        }
+    }
+}
