@@ -238,6 +238,12 @@ impl DriverConn {
         tx.send(pb::DriverMessage { kind: Some(kind) }).await.unwrap_or_else(|e| panic!("send: {e}"));
     }
 
+    /// Sends unless the call is over; says whether it sent.
+    pub async fn try_send(&self, kind: DriverMsg) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        tx.send(pb::DriverMessage { kind: Some(kind) }).await.is_ok()
+    }
+
     pub async fn ping(&self, position: pb::LatLng) {
         self.send(DriverMsg::Location(pb::LocationPing { position: Some(position), ..Default::default() })).await;
     }

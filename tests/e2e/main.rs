@@ -5,8 +5,10 @@
 mod bad_input;
 mod concurrency;
 mod drivers;
+mod durability;
 mod fleets;
 mod harness;
+mod limits;
 mod loadgen;
 mod operators;
 mod overload;

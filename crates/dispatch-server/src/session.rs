@@ -73,7 +73,10 @@ pub async fn serve<M>(
             Ok(Some(message)) => message,
             Ok(None) => break,
             Err(status) => {
+                // Said back to the client: a message too large, a broken
+                // frame. Its session ends here either way.
                 debug!(%session, code = ?status.code(), "session stream broke");
+                outbox.end(status);
                 break;
             }
         };

@@ -1,9 +1,10 @@
 //! `dispatchd` as a user runs it: a process with flags and environment
 //! variables, serving real gRPC, stopped by SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use dispatch_proto::pb::{
     self, driver_event::Kind as Event, driver_message::Kind as DriverMsg, driver_service_client::DriverServiceClient,
@@ -13,57 +14,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Endpoint;
 
-/// Starts dispatchd on a free loopback port and returns it with the address
-/// it logged.
+/// Starts dispatchd with a fresh data directory.
 fn start(extra: &[&str], env: &[(&str, &str)]) -> (Child, String, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("dispatchd-test-{}-{}", std::process::id(), extra.len()));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dispatchd"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn dispatchd: {e}"));
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = match lines.next() {
-            Some(Ok(line)) => line,
-            other => panic!("dispatchd exited before listening: {other:?}"),
-        };
-        if line.contains("dispatchd listening")
-            && let Some(rest) = line.split("addr=").nth(1)
-        {
-            break rest.split_whitespace().next().unwrap_or_default().to_owned();
-        }
-    };
-    // Keep draining the log so the process never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (child, addr) = common::start_in(&dir, extra, env);
     (child, addr, dir)
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("dispatchd did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 async fn next(events: &mut tonic::Streaming<pb::DriverEvent>) -> Result<Option<pb::DriverEvent>, tonic::Status> {
@@ -110,8 +65,8 @@ async fn serves_a_ride_and_exits_cleanly_on_sigterm() {
     let first = rider.message().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(first.map(|t| t.status()), Some(pb::TripStatus::Searching));
 
-    sigterm(&child);
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+    common::sigterm(&child);
+    let status = tokio::task::spawn_blocking(move || common::wait_exit(&mut child, Duration::from_secs(10)))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "exit status {status}");
