@@ -3,7 +3,27 @@
 
 use std::path::PathBuf;
 
+pub use dispatch_auth::Keys;
+use dispatch_core::service::{ServiceSet, ServiceType};
 pub use dispatch_store::Fsync;
+
+pub use crate::limits::RateLimits;
+
+/// A certificate chain and its private key, PEM.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// The private key.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("TlsFiles").field("cert_bytes", &self.cert_pem.len()).finish_non_exhaustive()
+    }
+}
 
 /// Where and how the trip log is kept.
 #[derive(Debug, Clone)]
@@ -57,6 +77,16 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Concurrent streams on one HTTP/2 connection, at most.
     pub max_streams_per_connection: u32,
+    /// The keys tokens are checked with; `None` serves everyone without
+    /// checking (for loopback only: the binary refuses otherwise).
+    pub auth: Option<Keys>,
+    /// TLS for every connection; `None` is plaintext.
+    pub tls: Option<TlsFiles>,
+    /// Per-identity rate limits.
+    pub rate_limits: RateLimits,
+    /// Services whose offers do not show the driver the dropoff (the trip
+    /// shows it once accepted).
+    pub offer_hides_dropoff: ServiceSet,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +104,10 @@ impl Default for ServerConfig {
             max_sessions: 1_000_000,
             max_message_bytes: 4 << 20,
             max_streams_per_connection: 10_000,
+            auth: None,
+            tls: None,
+            rate_limits: RateLimits::default(),
+            offer_hides_dropoff: ServiceSet::EMPTY.with(ServiceType::Premium),
         }
     }
 }

@@ -6,7 +6,11 @@ use dispatch_proto::convert;
 use dispatch_proto::pb::{self, driver_message::Kind, driver_service_server::DriverService};
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use dispatch_auth::Role;
+
+use crate::auth::{Caller, Gate, peer_of};
 use crate::engine_task::{Command, EngineHandle};
+use crate::limits::RateLimits;
 use crate::outbox::{EventStream, Outbox};
 use crate::session::{self, Parsed};
 use crate::status::{input_code, rejected};
@@ -15,12 +19,14 @@ use crate::status::{input_code, rejected};
 pub struct DriverSvc {
     engine: EngineHandle,
     queue: usize,
+    gate: Gate,
+    limits: RateLimits,
 }
 
 impl DriverSvc {
     /// A service over `engine`; each session buffers at most `queue` events.
-    pub fn new(engine: EngineHandle, queue: usize) -> Self {
-        Self { engine, queue }
+    pub fn new(engine: EngineHandle, queue: usize, gate: Gate, limits: RateLimits) -> Self {
+        Self { engine, queue, gate, limits }
     }
 }
 
@@ -29,29 +35,45 @@ impl DriverService for DriverSvc {
     type ConnectStream = EventStream;
 
     async fn connect(&self, request: Request<Streaming<pb::DriverMessage>>) -> Result<Response<EventStream>, Status> {
+        let peer = peer_of(&request);
+        let caller = self.gate.identify(&request, "DriverService.Connect")?;
+        caller.require(&[Role::Driver], "DriverService.Connect", &peer)?;
         let (outbox, events) = Outbox::new(self.queue);
         let session = self.engine.new_session();
         let inbound = request.into_inner();
-        let hello = move |m, outbox| hello(session, m, outbox);
-        tokio::spawn(session::serve(self.engine.clone(), session, inbound, outbox, hello, move |m| parse(session, m)));
+        let expires_at = caller.expires_at();
+        let hello = move |m, outbox| hello(session, &caller, &peer, m, outbox);
+        let limiter = self.limits.driver_session();
+        let parse = move |m| parse(session, &limiter, m);
+        tokio::spawn(session::serve(self.engine.clone(), session, inbound, outbox, expires_at, hello, parse));
         Ok(Response::new(events))
     }
 }
 
-fn hello(session: SessionId, message: pb::DriverMessage, outbox: Outbox) -> Result<Command, Status> {
+fn hello(
+    session: SessionId,
+    caller: &Caller,
+    peer: &str,
+    message: pb::DriverMessage,
+    outbox: Outbox,
+) -> Result<Command, Status> {
     let Some(Kind::Hello(hello)) = message.kind else {
         return Err(Status::failed_precondition("the first message of a driver session must be hello"));
     };
     let hello = DriverHello::try_from(&hello).map_err(|e| crate::status::input_status(&e))?;
+    caller.require_subject(hello.driver.as_str(), "driver hello", peer)?;
     Ok(Command::DriverHello { session, hello, outbox })
 }
 
-fn parse(session: SessionId, message: pb::DriverMessage) -> Parsed {
+fn parse(session: SessionId, limiter: &governor::DefaultDirectRateLimiter, message: pb::DriverMessage) -> Parsed {
     let invalid = |e: convert::InvalidInput| Parsed::rejected(rejected(input_code(&e), e.to_string(), ""));
     match message.kind {
         None => Parsed::rejected(rejected(Code::InvalidArgument, "empty message", "")),
         Some(Kind::Hello(_)) => {
             Parsed::rejected(rejected(Code::FailedPrecondition, "hello was already received on this session", ""))
+        }
+        Some(Kind::Location(_)) if limiter.check().is_err() => {
+            Parsed::rejected(rejected(Code::ResourceExhausted, "rate limit: too many location updates", ""))
         }
         Some(Kind::Location(ping)) => match Ping::try_from(&ping) {
             Ok(ping) => Parsed::command(Command::Ping { session, ping }),

@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use dispatch_core::engine::{
     DriverHello, Effect, FleetDriverUpdate, NearbyDriver, NearbyQuery, Ping, RideRequest, SessionEnd,
 };
-use dispatch_core::ids::{DriverId, FleetId, OfferId, SessionId, TripId};
+use dispatch_core::ids::{DriverId, FleetId, OfferId, RiderId, SessionId, TripId};
 use dispatch_core::time::Timestamp;
 use dispatch_core::trip::{Trip, TripStatus};
 use dispatch_core::{Engine, EngineError};
@@ -57,7 +57,13 @@ pub enum Command {
         reply: oneshot::Sender<Trip>,
     },
     /// A rider cancels.
-    CancelRide { trip: TripId, reason: String, reply: oneshot::Sender<Result<Trip, EngineError>> },
+    /// `rider`, if set, must be the trip's rider (else: not found).
+    CancelRide {
+        trip: TripId,
+        reason: String,
+        rider: Option<RiderId>,
+        reply: oneshot::Sender<Result<Trip, EngineError>>,
+    },
     /// An operator's nearby query.
     Nearby { query: NearbyQuery, reply: oneshot::Sender<Vec<NearbyDriver>> },
     /// An operator's stats query.
@@ -242,7 +248,7 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
     let (cut_off, cut_off_rx) = mpsc::unbounded_channel();
     let (fatal_tx, fatal) = watch::channel(None);
     let match_latency = crate::outbound::match_latency();
-    let outbound = Outbound::new(log, trips, match_latency.clone(), cut_off, fatal_tx);
+    let outbound = Outbound::new(log, trips, match_latency.clone(), cut_off, fatal_tx, config.offer_hides_dropoff);
     // Bounded: if the disk cannot keep up, the engine waits for it, its
     // queues fill, and callers are refused instead of memory growing.
     let (batches, batches_rx) = std_mpsc::sync_channel(config.outbound_queue.max(1));
@@ -459,8 +465,13 @@ impl EngineTask {
                 })));
                 return;
             }
-            Command::CancelRide { trip, reason, reply } => {
-                let result = self.engine.cancel_ride(now, trip, &reason);
+            Command::CancelRide { trip, reason, rider, reply } => {
+                let foreign = rider.is_some_and(|r| self.engine.trip(trip).is_some_and(|t| t.rider != r));
+                let result = if foreign {
+                    Err(EngineError::UnknownTrip(trip))
+                } else {
+                    self.engine.cancel_ride(now, trip, &reason)
+                };
                 self.carry_out();
                 self.batch.outs.push(Out::Reply(Box::new(move || {
                     let _ = reply.send(result);

@@ -6,7 +6,11 @@ use dispatch_proto::convert;
 use dispatch_proto::pb::{self, fleet_message::Kind, fleet_service_server::FleetService};
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use dispatch_auth::Role;
+
+use crate::auth::{Caller, Gate, peer_of};
 use crate::engine_task::{Command, EngineHandle};
+use crate::limits::RateLimits;
 use crate::outbox::{EventStream, Outbox};
 use crate::session::{self, Parsed};
 use crate::status::{input_code, input_status, rejected};
@@ -16,13 +20,15 @@ pub struct FleetSvc {
     engine: EngineHandle,
     queue: usize,
     max_batch: usize,
+    gate: Gate,
+    limits: RateLimits,
 }
 
 impl FleetSvc {
     /// A service over `engine`: each session buffers at most `queue` events
     /// and a batch carries at most `max_batch` updates.
-    pub fn new(engine: EngineHandle, queue: usize, max_batch: usize) -> Self {
-        Self { engine, queue, max_batch }
+    pub fn new(engine: EngineHandle, queue: usize, max_batch: usize, gate: Gate, limits: RateLimits) -> Self {
+        Self { engine, queue, max_batch, gate, limits }
     }
 }
 
@@ -31,26 +37,43 @@ impl FleetService for FleetSvc {
     type ConnectStream = EventStream;
 
     async fn connect(&self, request: Request<Streaming<pb::FleetMessage>>) -> Result<Response<EventStream>, Status> {
+        let peer = peer_of(&request);
+        let caller = self.gate.identify(&request, "FleetService.Connect")?;
+        caller.require(&[Role::Fleet], "FleetService.Connect", &peer)?;
         let (outbox, events) = Outbox::new(self.queue);
         let session = self.engine.new_session();
         let inbound = request.into_inner();
         let max_batch = self.max_batch;
-        let hello = move |m, outbox| hello(session, m, outbox);
-        let parse = move |m| parse(session, max_batch, m);
-        tokio::spawn(session::serve(self.engine.clone(), session, inbound, outbox, hello, parse));
+        let expires_at = caller.expires_at();
+        let hello = move |m, outbox| hello(session, &caller, &peer, m, outbox);
+        let limiter = self.limits.fleet_session();
+        let parse = move |m| parse(session, max_batch, &limiter, m);
+        tokio::spawn(session::serve(self.engine.clone(), session, inbound, outbox, expires_at, hello, parse));
         Ok(Response::new(events))
     }
 }
 
-fn hello(session: SessionId, message: pb::FleetMessage, outbox: Outbox) -> Result<Command, Status> {
+fn hello(
+    session: SessionId,
+    caller: &Caller,
+    peer: &str,
+    message: pb::FleetMessage,
+    outbox: Outbox,
+) -> Result<Command, Status> {
     let Some(Kind::Hello(hello)) = message.kind else {
         return Err(Status::failed_precondition("the first message of a fleet session must be hello"));
     };
     let fleet = convert::fleet_id(&hello.fleet_id).map_err(|e| input_status(&e))?;
+    caller.require_subject(fleet.as_str(), "fleet hello", peer)?;
     Ok(Command::FleetHello { session, fleet, outbox })
 }
 
-fn parse(session: SessionId, max_batch: usize, message: pb::FleetMessage) -> Parsed {
+fn parse(
+    session: SessionId,
+    max_batch: usize,
+    limiter: &governor::DefaultDirectRateLimiter,
+    message: pb::FleetMessage,
+) -> Parsed {
     let invalid =
         |e: convert::InvalidInput, driver: &str| Parsed::rejected(rejected(input_code(&e), e.to_string(), driver));
     match message.kind {
@@ -63,6 +86,9 @@ fn parse(session: SessionId, max_batch: usize, message: pb::FleetMessage) -> Par
             format!("a batch carries at most {max_batch} updates, this one {}", batch.updates.len()),
             "",
         )),
+        Some(Kind::Updates(_)) if limiter.check().is_err() => {
+            Parsed::rejected(rejected(Code::ResourceExhausted, "rate limit: too many batches", ""))
+        }
         Some(Kind::Updates(batch)) => {
             let mut updates = Vec::with_capacity(batch.updates.len());
             let mut rejections = Vec::new();

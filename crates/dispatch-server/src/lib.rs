@@ -14,13 +14,17 @@
 //!   checked messages.
 //! - `driver_service`, `fleet_service`, `rider_service`, `admin_service`:
 //!   the thin tonic handlers.
+//! - `auth`: who is calling (bearer tokens) and what each role may do.
+//! - `limits`: per-identity rate limits.
 //! - `status`: engine and input errors as gRPC codes.
 
 mod admin_service;
+mod auth;
 pub mod config;
 mod driver_service;
 mod engine_task;
 mod fleet_service;
+mod limits;
 mod outbound;
 mod outbox;
 mod rider_service;
@@ -37,7 +41,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
-pub use config::{Fsync, ServerConfig, TripLogConfig};
+pub use config::{Fsync, Keys, RateLimits, ServerConfig, TlsFiles, TripLogConfig};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,9 @@ pub enum ServerError {
     /// The trip log could not be opened.
     #[error("trip log: {0}")]
     TripLog(dispatch_store::StoreError),
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The trip log failed while serving; the server stopped.
     #[error("trip log failed while serving: {0}")]
     TripLogFailed(String),
@@ -96,27 +103,60 @@ pub async fn run(
     let incoming =
         TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(60)));
     let limit = config.max_message_bytes;
-    tonic::transport::Server::builder()
+    let gate = auth::Gate::new(config.auth.clone());
+    let riders = config.rate_limits.riders();
+    let idle_riders = riders.clone();
+    // Riders quiet for a minute have full buckets again: drop them, so the
+    // limiter holds only recent riders. Ends with the runtime.
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            idle_riders.forget_idle();
+        }
+    });
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+    }
+    builder
         .max_concurrent_streams(config.max_streams_per_connection)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            DriverServiceServer::new(driver_service::DriverSvc::new(engine.clone(), config.driver_session_queue))
-                .max_decoding_message_size(limit),
+            DriverServiceServer::new(driver_service::DriverSvc::new(
+                engine.clone(),
+                config.driver_session_queue,
+                gate.clone(),
+                config.rate_limits,
+            ))
+            .max_decoding_message_size(limit),
         )
         .add_service(
             FleetServiceServer::new(fleet_service::FleetSvc::new(
                 engine.clone(),
                 config.fleet_session_queue,
                 config.max_fleet_batch,
+                gate.clone(),
+                config.rate_limits,
             ))
             .max_decoding_message_size(limit),
         )
         .add_service(
-            RiderServiceServer::new(rider_service::RiderSvc::new(engine.clone(), config.rider_queue))
-                .max_decoding_message_size(limit),
+            RiderServiceServer::new(rider_service::RiderSvc::new(
+                engine.clone(),
+                config.rider_queue,
+                gate.clone(),
+                riders,
+            ))
+            .max_decoding_message_size(limit),
         )
-        .add_service(AdminServiceServer::new(admin_service::AdminSvc::new(engine)).max_decoding_message_size(limit))
+        .add_service(
+            AdminServiceServer::new(admin_service::AdminSvc::new(engine, gate)).max_decoding_message_size(limit),
+        )
         .serve_with_incoming_shutdown(incoming, on_shutdown)
         .await?;
     let _ = engine_stopped.await;

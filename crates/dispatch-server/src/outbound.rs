@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use dispatch_core::engine::{DriverEvent, TripRecord};
 use dispatch_core::ids::{SessionId, TripId};
+use dispatch_core::service::{ServiceSet, ServiceType};
 use dispatch_core::trip::Trip;
 use dispatch_proto::pb;
 use dispatch_store::TripLog;
@@ -102,6 +103,8 @@ pub struct Outbound {
     /// Set when the log fails: the server stops, since it can no longer
     /// promise that what it says is durable.
     pub fatal: watch::Sender<Option<String>>,
+    /// Services whose offers leave out the dropoff.
+    hide_dropoff: ServiceSet,
     sessions: HashMap<SessionId, SessionEntry>,
     watchers: HashMap<TripId, Vec<Watcher>>,
     awaiting_first_offer: HashMap<TripId, Instant>,
@@ -119,8 +122,10 @@ impl Outbound {
         match_latency: Option<MatchLatency>,
         cut_off: mpsc::UnboundedSender<SessionId>,
         fatal: watch::Sender<Option<String>>,
+        hide_dropoff: ServiceSet,
     ) -> Self {
         Self {
+            hide_dropoff,
             log,
             trips,
             match_latency,
@@ -198,7 +203,18 @@ impl Outbound {
                 self.send(session, pb::DriverEvent { kind: Some(kind) });
             }
             Out::Event { session, event } => self.send(session, event),
-            Out::Driver { session, event } => self.send(session, (&event).into()),
+            Out::Driver { session, event } => {
+                let mut event = pb::DriverEvent::from(&event);
+                // An offer shows the pickup; the dropoff only where the
+                // service's policy allows (the trip shows it once accepted).
+                if let Some(pb::driver_event::Kind::Offer(offer)) = &mut event.kind
+                    && let Some(trip) = &mut offer.trip
+                    && self.hide_dropoff.contains(service_of(trip))
+                {
+                    trip.dropoff = None;
+                }
+                self.send(session, event);
+            }
             Out::End { session, status } => {
                 if let Some(entry) = self.sessions.remove(&session) {
                     info!(%session, who = %entry.name, code = ?status.code(), "session ended by the server");
@@ -284,5 +300,14 @@ impl Outbound {
                 let _ = w.try_send(Err(status.clone()));
             }
         }
+    }
+}
+
+fn service_of(trip: &pb::Trip) -> ServiceType {
+    match trip.service_type() {
+        pb::ServiceType::Premium => ServiceType::Premium,
+        pb::ServiceType::Van => ServiceType::Van,
+        pb::ServiceType::DesignatedDriver => ServiceType::DesignatedDriver,
+        pb::ServiceType::Unspecified | pb::ServiceType::Taxi => ServiceType::Taxi,
     }
 }

@@ -8,7 +8,13 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use dispatch_auth::Role;
+use dispatch_core::ids::RiderId;
+use futures::StreamExt;
+
+use crate::auth::{Gate, peer_of};
 use crate::engine_task::{Command, EngineHandle};
+use crate::limits::RiderLimiter;
 use crate::status::{engine_status, input_status};
 
 /// The longest cancel reason kept, in bytes.
@@ -18,44 +24,88 @@ pub const MAX_REASON_BYTES: usize = 512;
 pub struct RiderSvc {
     engine: EngineHandle,
     queue: usize,
+    gate: Gate,
+    limiter: RiderLimiter,
 }
 
 impl RiderSvc {
     /// A service over `engine`; each rider stream buffers at most `queue`
     /// trip updates.
-    pub fn new(engine: EngineHandle, queue: usize) -> Self {
-        Self { engine, queue }
+    pub fn new(engine: EngineHandle, queue: usize, gate: Gate, limiter: RiderLimiter) -> Self {
+        Self { engine, queue, gate, limiter }
     }
 }
 
+/// A rider's stream of trip updates, ended with `UNAUTHENTICATED` when the
+/// token expires.
+pub type TripStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Trip, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RiderService for RiderSvc {
-    type RequestRideStream = ReceiverStream<Result<pb::Trip, Status>>;
+    type RequestRideStream = TripStream;
 
     async fn request_ride(
         &self,
         request: Request<pb::RideRequest>,
     ) -> Result<Response<Self::RequestRideStream>, Status> {
         let received = Instant::now();
+        let (peer, call) = (peer_of(&request), "RiderService.RequestRide");
+        let caller = self.gate.identify(&request, call)?;
+        caller.require(&[Role::Rider], call, &peer)?;
         let request = RideRequest::try_from(request.get_ref()).map_err(|e| input_status(&e))?;
+        caller.require_subject(request.rider.as_str(), "ride request", &peer)?;
+        if !self.limiter.allow(request.rider.as_str()) {
+            return Err(Status::resource_exhausted("rate limit: too many ride requests; try again in a minute"));
+        }
         let (watcher, updates) = mpsc::channel(self.queue.max(2));
         self.engine.ask(|reply| Command::RequestRide { request, watcher, received, reply }).await?;
-        Ok(Response::new(ReceiverStream::new(updates)))
+        let updates = ReceiverStream::new(updates);
+        let Some(expires_at) = caller.expires_at() else { return Ok(Response::new(Box::pin(updates))) };
+        let left = expires_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        let expiry = Box::pin(tokio::time::sleep(left));
+        // Updates until the trip ends, or until the token expires.
+        let stream =
+            futures::stream::unfold((updates, expiry, false), |(mut updates, mut expiry, expired)| async move {
+                if expired {
+                    return None;
+                }
+                tokio::select! {
+                    item = updates.next() => item.map(|item| (item, (updates, expiry, false))),
+                    () = &mut expiry => Some((Err(Status::unauthenticated("token expired")), (updates, expiry, true))),
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn cancel_ride(&self, request: Request<pb::CancelRideRequest>) -> Result<Response<pb::Trip>, Status> {
+        let (peer, call) = (peer_of(&request), "RiderService.CancelRide");
+        let caller = self.gate.identify(&request, call)?;
+        caller.require(&[Role::Rider, Role::Admin], call, &peer)?;
         let request = request.into_inner();
         let trip = convert::trip_id(&request.trip_id).map_err(|e| input_status(&e))?;
         if request.reason.len() > MAX_REASON_BYTES {
             return Err(Status::invalid_argument(format!("reason: at most {MAX_REASON_BYTES} bytes")));
         }
         let reason = request.reason;
-        let result = self.engine.ask(|reply| Command::CancelRide { trip, reason, reply }).await?;
+        // A rider may cancel only its own trips; the engine task checks
+        // against the trip itself and answers NOT_FOUND otherwise.
+        let rider =
+            caller.rider_scope().map(RiderId::new).transpose().map_err(|_| Status::not_found("no such trip"))?;
+        let result = self.engine.ask(|reply| Command::CancelRide { trip, reason, rider, reply }).await?;
         result.map(|t| Response::new((&t).into())).map_err(|e| engine_status(&e))
     }
 
     async fn get_trip(&self, request: Request<pb::GetTripRequest>) -> Result<Response<pb::Trip>, Status> {
+        let (peer, call) = (peer_of(&request), "RiderService.GetTrip");
+        let caller = self.gate.identify(&request, call)?;
+        caller.require(&[Role::Rider, Role::Driver, Role::Admin], call, &peer)?;
         let id = convert::trip_id(&request.get_ref().trip_id).map_err(|e| input_status(&e))?;
-        self.engine.trip(id).map(Response::new).ok_or_else(|| Status::not_found(format!("trip {id} not found")))
+        // Someone else's trip answers exactly like a missing one, so trip
+        // ids cannot be probed.
+        self.engine
+            .trip(id)
+            .filter(|t| caller.may_see_trip(&t.rider_id, &t.driver_id))
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("trip {id} not found")))
     }
 }

@@ -35,14 +35,24 @@ impl Parsed {
 /// Runs a session until the client hangs up or the session is ended.
 /// `hello` turns the first message into the hello command (or the status
 /// that ends the stream); `parse` turns each later message into a command.
+/// A session ends with `UNAUTHENTICATED` when `expires_at` (its token's
+/// expiry) passes.
 pub async fn serve<M>(
     engine: EngineHandle,
     session: SessionId,
     mut inbound: Streaming<M>,
     outbox: Outbox,
+    expires_at: Option<std::time::SystemTime>,
     hello: impl FnOnce(M, Outbox) -> Result<Command, Status>,
     mut parse: impl FnMut(M) -> Parsed,
 ) {
+    let expiry = async move {
+        match expires_at {
+            Some(at) => tokio::time::sleep(at.duration_since(std::time::SystemTime::now()).unwrap_or_default()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     let first = tokio::select! {
         message = inbound.message() => message,
         () = outbox.closed() => return,
@@ -68,6 +78,11 @@ pub async fn serve<M>(
         let message = tokio::select! {
             message = inbound.message() => message,
             () = outbox.closed() => break,
+            () = &mut expiry => {
+                debug!(%session, "token expired; ending the session");
+                outbox.end(Status::unauthenticated("token expired"));
+                break;
+            }
         };
         let message = match message {
             Ok(Some(message)) => message,

@@ -3,7 +3,7 @@
 
 use dispatch_core::engine::TripRecord;
 use dispatch_core::geo::LatLng;
-use dispatch_core::ids::{DriverId, RequestId, RiderId, TripId};
+use dispatch_core::ids::{DriverId, FleetId, RequestId, RiderId, TripId};
 use dispatch_core::service::ServiceType;
 use dispatch_core::time::Timestamp;
 use dispatch_core::trip::{Trip, TripStatus};
@@ -106,6 +106,9 @@ pub struct StoredTrip {
     /// Unix ms when the current search ends.
     #[prost(int64, tag = "17")]
     pub search_deadline_ms: i64,
+    /// The fleet that speaks for the driver, if one does.
+    #[prost(string, optional, tag = "18")]
+    pub driver_fleet: Option<String>,
 }
 
 /// A stored record the engine's types refuse (a bug or corruption that
@@ -163,6 +166,7 @@ impl From<&TripRecord> for StoredTrip {
             radius_m: r.radius_m,
             tried: r.tried.iter().map(|d| d.to_string()).collect(),
             search_deadline_ms: r.search_deadline.0,
+            driver_fleet: r.driver_fleet.as_ref().map(|f| f.to_string()),
         }
     }
 }
@@ -217,6 +221,7 @@ impl TryFrom<StoredTrip> for TripRecord {
             radius_m: s.radius_m,
             tried: s.tried.iter().map(|d| driver(d)).collect::<Result<_, _>>()?,
             search_deadline: Timestamp(s.search_deadline_ms),
+            driver_fleet: s.driver_fleet.as_deref().map(FleetId::new).transpose().map_err(|e| bad(e.to_string()))?,
         })
     }
 }

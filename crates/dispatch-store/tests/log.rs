@@ -7,7 +7,7 @@ use std::path::Path;
 
 use dispatch_core::engine::TripRecord;
 use dispatch_core::geo::LatLng;
-use dispatch_core::ids::{DriverId, RequestId, RiderId, TripId};
+use dispatch_core::ids::{DriverId, FleetId, RequestId, RiderId, TripId};
 use dispatch_core::service::ServiceType;
 use dispatch_core::time::Timestamp;
 use dispatch_core::trip::{Trip, TripStatus};
@@ -44,6 +44,7 @@ fn record(id: u64, status: TripStatus) -> TripRecord {
         radius_m: 3_000.0,
         tried: vec![DriverId::new("x").unwrap_or_else(|e| panic!("{e}"))],
         search_deadline: Timestamp(61_000),
+        driver_fleet: status.has_driver().then(|| FleetId::new("fleet-a").unwrap_or_else(|e| panic!("{e}"))),
     }
 }
 

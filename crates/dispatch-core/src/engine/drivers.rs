@@ -43,6 +43,7 @@ impl Engine {
         };
         self.sessions.insert(session, Session::Driver(key));
         let driver = self.driver_mut(key);
+        driver.fleet = None;
         driver.services = if hello.services.is_empty() { crate::service::ServiceSet::taxi() } else { hello.services };
         driver.available = hello.available;
         driver.auto_accept = hello.auto_accept;
@@ -108,6 +109,12 @@ impl Engine {
             Some(key) => match self.driver(key).session {
                 Some(holder) if holder == session => key,
                 Some(_) => return Err(EngineError::DriverHeldElsewhere(update.driver)),
+                // A detached driver (its session dropped mid-trip) goes back
+                // only to the fleet that had it: no fleet can take over an
+                // app's driver or another fleet's.
+                None if self.driver(key).fleet.as_ref() != self.session_fleet(session) => {
+                    return Err(EngineError::DriverHeldElsewhere(update.driver));
+                }
                 None => {
                     self.driver_mut(key).grace_until = None;
                     self.register_with_fleet(key, session)
@@ -201,11 +208,22 @@ impl Engine {
 
     /// Makes `session` (a fleet's) speak for `key`.
     fn register_with_fleet(&mut self, key: DriverKey, session: SessionId) -> DriverKey {
-        self.driver_mut(key).session = Some(session);
+        let fleet_id = self.session_fleet(session).cloned();
+        let driver = self.driver_mut(key);
+        driver.session = Some(session);
+        driver.fleet = fleet_id;
         if let Some(Session::Fleet(fleet)) = self.sessions.get_mut(&session) {
             fleet.drivers.insert(key);
         }
         key
+    }
+
+    /// The fleet a session speaks for, if it is a fleet's.
+    fn session_fleet(&self, session: SessionId) -> Option<&FleetId> {
+        match self.sessions.get(&session) {
+            Some(Session::Fleet(fleet)) => Some(&fleet.fleet),
+            _ => None,
+        }
     }
 
     fn add_driver(&mut self, id: DriverId, session: SessionId) -> DriverKey {

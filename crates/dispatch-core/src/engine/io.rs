@@ -210,6 +210,9 @@ pub struct TripRecord {
     pub tried: Vec<DriverId>,
     /// When its current search ends, if it is searching.
     pub search_deadline: Timestamp,
+    /// The fleet that speaks for the trip's driver, if one does: after a
+    /// restart only that fleet may take the driver back.
+    pub driver_fleet: Option<crate::ids::FleetId>,
 }
 
 /// Something the caller must carry out.

@@ -211,6 +211,8 @@ impl Engine {
         state.trip.status = status;
         state.trip.updated_at = now;
         state.trip.cancel_reason = reason;
+        // The rider sees where the driver is only while the driver is theirs.
+        state.trip.driver_position = None;
         self.finished.push_back((now, trip_id));
         self.trip_changed(trip_id);
     }
@@ -220,11 +222,19 @@ impl Engine {
         let Some(state) = self.trips.get(&trip_id) else { return };
         let mut tried: Vec<DriverId> = state.tried.iter().cloned().collect();
         tried.sort_unstable();
+        let driver_fleet = state
+            .trip
+            .driver
+            .as_ref()
+            .filter(|_| state.trip.status.has_driver())
+            .and_then(|d| self.driver_keys.get(d))
+            .and_then(|&key| self.driver(key).fleet.clone());
         self.effects.push(Effect::Persist(super::TripRecord {
             trip: state.trip.clone(),
             radius_m: state.radius_m,
             tried,
             search_deadline: state.search_deadline,
+            driver_fleet,
         }));
         self.effects.push(Effect::Rider(state.trip.clone()));
     }

@@ -74,7 +74,7 @@ impl Engine {
         engine.next_trip = next_trip.max(1);
         let mut searching = Vec::new();
         for record in records {
-            let TripRecord { trip, radius_m, tried, search_deadline } = record;
+            let TripRecord { trip, radius_m, tried, search_deadline, driver_fleet } = record;
             engine.next_trip = engine.next_trip.max(trip.id.0.saturating_add(1));
             let ended_at = trip.updated_at;
             if trip.status.is_terminal() && ended_at + engine.config.trip_retention_ms <= now {
@@ -106,7 +106,7 @@ impl Engine {
                     searching.push((id, true));
                     continue;
                 }
-                let key = engine.insert_driver(Driver::detached(driver, id, position));
+                let key = engine.insert_driver(Driver::detached(driver, id, position, driver_fleet));
                 if let Some(at) = position {
                     engine.index.locate_mut(key, at);
                 }

@@ -28,6 +28,10 @@ pub(super) struct Driver {
     /// return: when the hold ends. Tells the current grace timer from one
     /// left over from an earlier drop.
     pub grace_until: Option<Timestamp>,
+    /// The fleet that registered the driver, if one did. Kept while the
+    /// driver is detached, so only that fleet (or the driver's own app)
+    /// may take it back.
+    pub fleet: Option<FleetId>,
 }
 
 impl Driver {
@@ -43,13 +47,14 @@ impl Driver {
             offer: None,
             trip: None,
             grace_until: None,
+            fleet: None,
         }
     }
 
     /// A driver known only from a recovered trip: no session until the app
     /// reconnects.
-    pub fn detached(id: DriverId, trip: TripId, position: Option<LatLng>) -> Self {
-        Self { session: None, position, trip: Some(trip), ..Self::new(id, SessionId(0)) }
+    pub fn detached(id: DriverId, trip: TripId, position: Option<LatLng>, fleet: Option<FleetId>) -> Self {
+        Self { session: None, position, trip: Some(trip), fleet, ..Self::new(id, SessionId(0)) }
     }
 
     /// No offer out and no trip.
