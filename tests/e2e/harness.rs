@@ -136,6 +136,42 @@ impl TestServer {
         DriverConn { tx: Some(tx), events }
     }
 
+    /// Opens a driver session as the holder of `token`, sending `first`
+    /// and reading nothing; a refused call gives its status.
+    pub async fn open_driver_as(&self, token: Option<&str>, first: DriverMsg) -> Result<DriverConn, Status> {
+        let (tx, rx) = mpsc::channel(1_024);
+        tx.send(pb::DriverMessage { kind: Some(first) }).await.unwrap_or_else(|e| panic!("send: {e}"));
+        let request = authed(ReceiverStream::new(rx), token);
+        let events = within("driver connect", DriverServiceClient::new(self.channel()).connect(request)).await?;
+        Ok(DriverConn { tx: Some(tx), events: events.into_inner() })
+    }
+
+    /// Opens a fleet session as the holder of `token`, reading nothing.
+    pub async fn open_fleet_as(&self, token: Option<&str>, fleet_id: &str) -> Result<FleetConn, Status> {
+        let (tx, rx) = mpsc::channel(1_024);
+        let hello = FleetMsg::Hello(pb::FleetHello { fleet_id: fleet_id.into() });
+        tx.send(pb::FleetMessage { kind: Some(hello) }).await.unwrap_or_else(|e| panic!("send: {e}"));
+        let request = authed(ReceiverStream::new(rx), token);
+        let events = within("fleet connect", FleetServiceClient::new(self.channel()).connect(request)).await?;
+        Ok(FleetConn { tx, events: events.into_inner() })
+    }
+
+    /// Asks for a ride as the holder of `token` and reads the first update.
+    pub async fn request_as(&self, token: Option<&str>, rider: &str, request_id: &str) -> Result<RiderConn, Status> {
+        let request = pb::RideRequest {
+            rider_id: rider.into(),
+            request_id: request_id.into(),
+            pickup: Some(pickup()),
+            dropoff: Some(north(3_000.0)),
+            ..Default::default()
+        };
+        let stream = within("request_ride", self.riders().request_ride(authed(request, token))).await?.into_inner();
+        let mut conn = RiderConn { stream, trip_id: String::new() };
+        let first = conn.next().await;
+        conn.trip_id = first.trip_id.clone();
+        Ok(conn)
+    }
+
     /// Opens a fleet session and reads its `session_started`.
     pub async fn fleet(&self, fleet_id: &str) -> FleetConn {
         let (tx, rx) = mpsc::channel(1_024);
@@ -215,6 +251,16 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// `message` with `authorization: Bearer <token>` when a token is given.
+pub fn authed<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().unwrap_or_else(|e| panic!("metadata: {e}"));
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
 }
 
 /// A driver hello: available, `metres` north of the pickup.

@@ -13,4 +13,5 @@ mod loadgen;
 mod operators;
 mod overload;
 mod rides;
+mod security;
 mod shutdown;

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use dispatch_server::{Fsync, ServerConfig, TripLogConfig};
+use dispatch_auth::Role;
+use dispatch_core::service::{ServiceSet, ServiceType};
+use dispatch_server::{Fsync, Keys, RateLimits, ServerConfig, TlsFiles, TripLogConfig};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -23,6 +25,43 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+    /// The file holding the secret tokens are signed with (at least 32
+    /// bytes). Without it the server checks no tokens, and so serves only a
+    /// loopback address unless `--insecure`.
+    #[arg(long, env = "DISPATCH_AUTH_SECRET_FILE", global = true)]
+    auth_secret_file: Option<PathBuf>,
+    /// During a key rotation: the previous secret, still accepted for
+    /// `--auth-previous-grace` after start.
+    #[arg(long, env = "DISPATCH_AUTH_PREVIOUS_SECRET_FILE")]
+    auth_previous_secret_file: Option<PathBuf>,
+    /// How long the previous secret stays accepted, e.g. `24h`.
+    #[arg(long, env = "DISPATCH_AUTH_PREVIOUS_GRACE", default_value = "24h", value_parser = duration_ms)]
+    auth_previous_grace: i64,
+    /// Serve without checking tokens even on a non-loopback address. For a
+    /// network you trust entirely; the log says so at every start.
+    #[arg(long, env = "DISPATCH_INSECURE")]
+    insecure: bool,
+    /// TLS certificate chain (PEM); with `--tls-key`, every connection is TLS.
+    #[arg(long, env = "DISPATCH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "DISPATCH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Location updates one driver may send per second (also the burst).
+    #[arg(long, env = "DISPATCH_RATE_DRIVER_UPDATES_PER_S", default_value_t = 10)]
+    rate_driver_updates_per_s: u32,
+    /// Ride requests one rider may make per minute (also the burst).
+    #[arg(long, env = "DISPATCH_RATE_RIDER_REQUESTS_PER_MIN", default_value_t = 30)]
+    rate_rider_requests_per_min: u32,
+    /// Update batches one fleet may send per second (also the burst).
+    #[arg(long, env = "DISPATCH_RATE_FLEET_BATCHES_PER_S", default_value_t = 100)]
+    rate_fleet_batches_per_s: u32,
+    /// Services whose offers do not show the dropoff, comma-separated
+    /// (`taxi,premium,van,designated-driver`), or `none`.
+    #[arg(long, env = "DISPATCH_OFFER_HIDES_DROPOFF", default_value = "premium", value_parser = service_set)]
+    offer_hides_dropoff: ServiceSet,
     /// Address to serve gRPC on.
     #[arg(long, env = "DISPATCH_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -74,6 +113,37 @@ struct Flags {
     shutdown_grace_ms: u64,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Subcommand {
+    /// Prints a signed token (needs `--auth-secret-file`).
+    Token {
+        /// What the holder may do.
+        #[arg(long)]
+        role: Role,
+        /// Who: the driver, rider or fleet id (any name for admin).
+        #[arg(long)]
+        sub: String,
+        /// How long it is valid, e.g. `24h`, `30m`.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn service_set(s: &str) -> Result<ServiceSet, String> {
+    let mut set = ServiceSet::EMPTY;
+    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty() && *n != "none") {
+        let service = match name {
+            "taxi" => ServiceType::Taxi,
+            "premium" => ServiceType::Premium,
+            "van" => ServiceType::Van,
+            "designated-driver" => ServiceType::DesignatedDriver,
+            other => return Err(format!("unknown service {other:?}")),
+        };
+        set = set.with(service);
+    }
+    Ok(set)
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum FsyncFlag {
     Always,
@@ -114,7 +184,62 @@ impl Flags {
         };
         log.compact_after_bytes = self.log_compact_after_bytes;
         config.trip_log = Some(log);
+        config.rate_limits = RateLimits {
+            driver_updates_per_s: self.rate_driver_updates_per_s,
+            rider_requests_per_min: self.rate_rider_requests_per_min,
+            fleet_batches_per_s: self.rate_fleet_batches_per_s,
+        };
+        config.offer_hides_dropoff = self.offer_hides_dropoff;
         config
+    }
+
+    /// The keys from the secret files, if any. Errors name the file, never
+    /// its contents.
+    fn keys(&self) -> Result<Option<Keys>, String> {
+        let Some(path) = &self.auth_secret_file else { return Ok(None) };
+        let read = |path: &PathBuf| -> Result<Vec<u8>, String> {
+            let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Ok(dispatch_auth::secret_from_file_contents(&bytes).to_vec())
+        };
+        let keys = Keys::new(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))?;
+        let Some(previous) = &self.auth_previous_secret_file else { return Ok(Some(keys)) };
+        let until = std::time::SystemTime::now() + Duration::from_millis(self.auth_previous_grace.unsigned_abs());
+        keys.with_previous(&read(previous)?, until).map(Some).map_err(|e| format!("{}: {e}", previous.display()))
+    }
+
+    fn tls(&self) -> Result<Option<TlsFiles>, String> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        Ok(Some(TlsFiles { cert_pem: read(cert)?, key_pem: read(key)? }))
+    }
+}
+
+/// `dispatchd token`: prints a token to stdout.
+fn print_token(flags: &Flags, role: Role, sub: &str, ttl: Duration) -> ExitCode {
+    let keys = match flags.keys() {
+        Ok(Some(keys)) => keys,
+        Ok(None) => {
+            error!("dispatchd token needs --auth-secret-file (or DISPATCH_AUTH_SECRET_FILE)");
+            return ExitCode::FAILURE;
+        }
+        Err(cause) => {
+            error!(%cause, "cannot load the secret");
+            return ExitCode::FAILURE;
+        }
+    };
+    match keys.mint(role, sub, ttl) {
+        Ok(token) => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{token}") {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+        Err(cause) => {
+            error!(%cause, "cannot mint a token");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -129,10 +254,42 @@ async fn main() -> ExitCode {
         )
         .init();
     let flags = Flags::parse();
+    if let Some(Subcommand::Token { role, sub, ttl }) = &flags.command {
+        return print_token(&flags, *role, sub, *ttl);
+    }
+    let mut config = flags.server_config();
+    match flags.keys() {
+        Ok(keys) => config.auth = keys,
+        Err(cause) => {
+            error!(%cause, "cannot load the auth secret");
+            return ExitCode::FAILURE;
+        }
+    }
+    match flags.tls() {
+        Ok(tls) => config.tls = tls,
+        Err(cause) => {
+            error!(%cause, "cannot load the TLS certificate or key");
+            return ExitCode::FAILURE;
+        }
+    }
+    if config.auth.is_none() {
+        if flags.listen.ip().is_loopback() {
+            warn!(
+                "NO AUTHENTICATION: no --auth-secret-file, so every caller may act as any driver, rider, fleet or \
+                 operator; serving on loopback only"
+            );
+        } else if flags.insecure {
+            warn!(addr = %flags.listen, "NO AUTHENTICATION on a non-loopback address (--insecure): anyone who can reach this port can act as anyone");
+        } else {
+            error!(addr = %flags.listen, "refusing to serve a non-loopback address without --auth-secret-file (or --insecure)");
+            return ExitCode::FAILURE;
+        }
+    }
     if let Err(err) = std::fs::create_dir_all(&flags.data_dir) {
         error!(dir = %flags.data_dir.display(), cause = %err, "cannot create the data directory");
         return ExitCode::FAILURE;
     }
+    let signalled = hook_signals();
     let listener = match TcpListener::bind(flags.listen).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -148,10 +305,10 @@ async fn main() -> ExitCode {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let grace = Duration::from_millis(flags.shutdown_grace_ms);
     let shutdown = async move {
-        wait_for_signal().await;
+        signalled.await;
         let _ = stop_tx.send(());
     };
-    let server = tokio::spawn(dispatch_server::run(listener, flags.server_config(), shutdown));
+    let server = tokio::spawn(dispatch_server::run(listener, config, shutdown));
     let served = async {
         match server.await {
             Ok(Ok(())) => ExitCode::SUCCESS,
@@ -178,26 +335,35 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Hooks SIGINT and SIGTERM now (before the server says it is listening,
+/// so a signal sent right after that line is never missed) and resolves
+/// when one arrives.
+fn hook_signals() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => info!("SIGINT received"),
-                    _ = term.recv() => info!("SIGTERM received"),
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => info!("SIGINT received"),
+                        _ = term.recv() => info!("SIGTERM received"),
+                    }
                 }
-            }
-            Err(err) => {
-                warn!(cause = %err, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = ctrl_c.await;
+                (Err(err), _) | (_, Err(err)) => {
+                    warn!(cause = %err, "cannot hook SIGTERM/SIGINT; only Ctrl-C stops the server");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
-        info!("SIGINT received");
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            info!("SIGINT received");
+        }
     }
 }

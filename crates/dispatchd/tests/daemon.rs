@@ -83,3 +83,53 @@ fn bad_flags_are_refused_with_a_message() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("offer-timeout-ms"));
 }
+
+#[tokio::test]
+async fn minted_tokens_open_a_secured_server_and_nothing_else_does() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-secret-of-at-least-thirty-two-bytes\n").unwrap_or_else(|e| panic!("{e}"));
+    let secret_arg = secret.to_string_lossy().into_owned();
+    let minted = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .args(["token", "--auth-secret-file", &secret_arg, "--role", "admin", "--sub", "ops", "--ttl", "1h"])
+        .output()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
+    let token = String::from_utf8_lossy(&minted.stdout).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
+
+    let data = dir.path().join("data");
+    let (mut child, addr) = common::start_in(&data, &["--auth-secret-file", &secret_arg], &[]);
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(channel);
+    let mut request = tonic::Request::new(pb::GetStatsRequest {});
+    let bearer = format!("Bearer {token}").parse().unwrap_or_else(|e| panic!("{e}"));
+    request.metadata_mut().insert("authorization", bearer);
+    assert!(admin.get_stats(request).await.is_ok());
+    let refused = admin.get_stats(pb::GetStatsRequest {}).await.map(|_| ()).map_err(|s| s.code());
+    assert_eq!(refused, Err(Code::Unauthenticated));
+    common::sigterm(&child);
+    let status = tokio::task::spawn_blocking(move || common::wait_exit(&mut child, Duration::from_secs(10)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success());
+}
+
+#[test]
+fn a_public_address_without_a_secret_is_refused_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .args(["--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("without --auth-secret-file"));
+    let (mut child, _addr) = common::start_in(dir.path(), &["--listen", "0.0.0.0:0", "--insecure"], &[]);
+    common::sigterm(&child);
+    assert!(common::wait_exit(&mut child, Duration::from_secs(10)).success());
+}

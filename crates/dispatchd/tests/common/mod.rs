@@ -7,17 +7,15 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Starts dispatchd on a free loopback port with its data in `dir` and
+/// Starts dispatchd (on a free loopback port unless `extra` says where)
+/// with its data in `dir` and
 /// returns it with the address it logged.
 pub fn start_in(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dispatchd"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    if !extra.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    command.arg("--data-dir").arg(dir).args(extra).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
     for (k, v) in env {
         command.env(k, v);
     }
