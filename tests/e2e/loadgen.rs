@@ -22,3 +22,24 @@ async fn the_smoke_scenario_runs_clean() {
     let stats = server.stats().await;
     assert!(stats.trips_completed > 0 && stats.offers_accepted >= report.assigned, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smoke_scenario_runs_against_a_secured_server_with_minted_tokens() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let secret_file = dir.path().join("secret");
+    let secret = b"loadgen-test-secret-0123456789abcdef";
+    std::fs::write(&secret_file, secret).unwrap_or_else(|e| panic!("{e}"));
+    let keys = dispatch_server::Keys::new(secret).unwrap_or_else(|e| panic!("{e}"));
+    let server = TestServer::with(dispatch_server::ServerConfig { auth: Some(keys), ..Default::default() }).await;
+    let mut config = Scenario::Smoke.config(format!("http://{}", server.addr));
+    // Without credentials the harness is refused outright.
+    assert!(dispatch_loadgen::run(config.clone(), |_, _| {}).await.is_err());
+    config.credentials = Some(
+        dispatch_loadgen::credentials::Credentials::from_secret_file(&secret_file).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let report = dispatch_loadgen::run(config, |_, _| {}).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.protocol_errors, 0, "{report:#?}");
+    assert!(report.errors.is_empty(), "{report:#?}");
+    assert_eq!(report.drivers_connected, 200, "{report:#?}");
+    assert!(report.completed > 0, "{report:#?}");
+}

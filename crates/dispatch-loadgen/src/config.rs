@@ -84,6 +84,8 @@ pub struct LoadConfig {
     pub sessions_per_connection: usize,
     /// Seed of the simulated city.
     pub seed: u64,
+    /// Tokens for a server that checks them; `None` for an open one.
+    pub credentials: Option<crate::credentials::Credentials>,
     /// Read this process's resident memory (the server's) at the end.
     pub server_pid: Option<u32>,
 }
@@ -120,6 +122,7 @@ impl Scenario {
             cities: vec![SEOUL],
             sessions_per_connection: 100,
             seed: 1,
+            credentials: None,
             server_pid: None,
         };
         match self {

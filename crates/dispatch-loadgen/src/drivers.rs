@@ -14,6 +14,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+use crate::credentials::authorize;
+use dispatch_auth::Role;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
@@ -177,9 +180,10 @@ async fn next_event(run: &Run, events: &mut Streaming<pb::DriverEvent>) -> Optio
 pub async fn fleet(run: Arc<Run>, channel: Channel, fleet_id: String, cars: Vec<Car>, seed: u64) {
     let (tx, rx) = mpsc::channel::<pb::FleetMessage>(256);
     let send = |kind| pb::FleetMessage { kind: Some(kind) };
-    let _ = tx.send(send(FleetMsg::Hello(pb::FleetHello { fleet_id }))).await;
+    let _ = tx.send(send(FleetMsg::Hello(pb::FleetHello { fleet_id: fleet_id.clone() }))).await;
     let mut client = FleetServiceClient::new(channel).max_decoding_message_size(64 << 20);
-    let mut events = match client.connect(ReceiverStream::new(rx)).await {
+    let request = authorize(run.config.credentials.as_ref(), Role::Fleet, &fleet_id, ReceiverStream::new(rx));
+    let mut events = match client.connect(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
             run.metrics.error(status.code());
@@ -246,7 +250,8 @@ pub async fn solo(run: Arc<Run>, channel: Channel, car: Car, seed: u64) {
         auto_accept: run.config.auto_accept,
     };
     let _ = tx.send(send(DriverMsg::Hello(hello))).await;
-    let mut events = match DriverServiceClient::new(channel).connect(ReceiverStream::new(rx)).await {
+    let request = authorize(run.config.credentials.as_ref(), Role::Driver, &car.driver_id, ReceiverStream::new(rx));
+    let mut events = match DriverServiceClient::new(channel).connect(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
             run.metrics.error(status.code());

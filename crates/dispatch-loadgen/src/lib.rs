@@ -12,6 +12,7 @@
 //! - [`report`]: the final numbers, as a table or JSON.
 
 pub mod config;
+pub mod credentials;
 mod drivers;
 pub mod metrics;
 pub mod report;
@@ -27,6 +28,8 @@ use rand::SeedableRng;
 use tonic::transport::{Channel, Endpoint};
 
 use config::{Demand, LoadConfig};
+use credentials::{Credentials, authorize};
+use dispatch_auth::Role;
 use metrics::Metrics;
 use report::Report;
 use sim::{Car, Point, random_point};
@@ -79,9 +82,10 @@ async fn connect(target: &str) -> Result<Channel, LoadError> {
     endpoint.connect().await.map_err(|e| LoadError::Connect(target.to_owned(), e))
 }
 
-async fn stats(channel: &Channel) -> Result<pb::Stats, LoadError> {
+async fn stats(channel: &Channel, credentials: Option<&Credentials>) -> Result<pb::Stats, LoadError> {
     let mut admin = AdminServiceClient::new(channel.clone());
-    admin.get_stats(pb::GetStatsRequest {}).await.map(|r| r.into_inner()).map_err(LoadError::Stats)
+    let request = authorize(credentials, Role::Admin, "dispatch-loadgen", pb::GetStatsRequest {});
+    admin.get_stats(request).await.map(|r| r.into_inner()).map_err(LoadError::Stats)
 }
 
 /// Runs the load described by `config` and reports. `on_tick` is called
@@ -95,7 +99,7 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
         Demand::Poisson { .. } => None,
     };
     let admin = connect(&config.target).await?;
-    let before = stats(&admin).await?;
+    let before = stats(&admin, config.credentials.as_ref()).await?;
     let started = Instant::now();
     let run = Arc::new(Run {
         deadline: started + config.duration,
@@ -150,7 +154,7 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
     // Read the server before the simulated drivers hang up (they stop a
     // moment after the deadline).
     let elapsed = started.elapsed();
-    let after = stats(&admin).await?;
+    let after = stats(&admin, run.config.credentials.as_ref()).await?;
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dispatch_loadgen::config::{Demand, NEW_YORK, Scenario};
+use dispatch_loadgen::credentials::Credentials;
 use dispatch_loadgen::metrics::Metrics;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -62,6 +63,14 @@ struct Flags {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The server's secret (its `--auth-secret-file`): every simulated
+    /// driver, fleet and rider gets a token minted for it.
+    #[arg(long, env = "DISPATCH_AUTH_SECRET_FILE", conflicts_with = "tokens_file")]
+    auth_secret_file: Option<PathBuf>,
+    /// Ready-made tokens instead, one `role subject token` per line (from
+    /// `dispatchd token`).
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +87,18 @@ fn main() -> ExitCode {
     config.auto_accept = flags.auto_accept.unwrap_or(config.auto_accept);
     config.sessions_per_connection = flags.sessions_per_connection.unwrap_or(config.sessions_per_connection);
     config.server_pid = flags.server_pid;
+    let credentials = match (&flags.auth_secret_file, &flags.tokens_file) {
+        (Some(path), _) => Some(Credentials::from_secret_file(path)),
+        (None, Some(path)) => Some(Credentials::from_tokens_file(path)),
+        (None, None) => None,
+    };
+    config.credentials = match credentials.transpose() {
+        Ok(credentials) => credentials,
+        Err(cause) => {
+            tracing::error!(%cause, "cannot load credentials");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(rate) = flags.ride_rate {
         config.demand = Demand::Poisson { rate };
     }

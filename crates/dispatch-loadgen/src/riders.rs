@@ -136,6 +136,9 @@ async fn ride(run: &Run, channel: Channel, n: u64, trip: ReplayTrip) {
     };
     let sent = Instant::now();
     Metrics::add(&run.metrics.requests_sent, 1);
+    let rider = request.rider_id.clone();
+    let request =
+        crate::credentials::authorize(run.config.credentials.as_ref(), dispatch_auth::Role::Rider, &rider, request);
     let mut stream = match RiderServiceClient::new(channel).request_ride(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
