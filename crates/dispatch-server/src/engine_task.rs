@@ -352,6 +352,13 @@ impl EngineTask {
                 }
                 self.handle(command);
             }
+            if took {
+                // Rides and replies go out now, not after the bulk command
+                // (a fleet batch can take a millisecond).
+                self.engine.tick(self.clock.now());
+                self.carry_out();
+                self.flush();
+            }
             if let Ok(command) = bulk.try_recv() {
                 took = true;
                 self.handle(command);
