@@ -43,14 +43,7 @@ async fn trips_come_back_after_a_restart_where_they_were() {
         other => panic!("{other:?}"),
     }
     // The rider re-attaches with the same request id: same trip, same place.
-    let again = server
-        .request_with(pb::RideRequest {
-            rider_id: "r1".into(),
-            request_id: "q1".into(),
-            pickup: Some(pickup()),
-            ..Default::default()
-        })
-        .await;
+    let again = server.reattach("r1", "q1").await;
     assert_eq!(again.trip_id, arrived.trip_id);
     d1.progress(&arrived.trip_id, pb::TripStatus::InProgress).await;
     d1.expect_trip(pb::TripStatus::InProgress).await;
@@ -139,14 +132,7 @@ async fn a_rider_who_drops_re_attaches_with_the_same_request_id() {
     let offer = d1.expect_offer().await;
     d1.reply(&offer, true).await;
     d1.expect_trip(pb::TripStatus::DriverAssigned).await;
-    let mut again = server
-        .request_with(pb::RideRequest {
-            rider_id: "r1".into(),
-            request_id: "q1".into(),
-            pickup: Some(pickup()),
-            ..Default::default()
-        })
-        .await;
+    let mut again = server.reattach("r1", "q1").await;
     assert_eq!(again.trip_id, trip_id);
     d1.progress(&trip_id, pb::TripStatus::DriverArrived).await;
     again.until(pb::TripStatus::DriverArrived).await;

@@ -172,6 +172,18 @@ impl TestServer {
         Ok(conn)
     }
 
+    /// Asks again with the same rider and request id (after a drop or a
+    /// restart): the stream starts from where the trip is.
+    pub async fn reattach(&self, rider: &str, request_id: &str) -> RiderConn {
+        self.request_with(pb::RideRequest {
+            rider_id: rider.into(),
+            request_id: request_id.into(),
+            pickup: Some(pickup()),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Opens a fleet session and reads its `session_started`.
     pub async fn fleet(&self, fleet_id: &str) -> FleetConn {
         let (tx, rx) = mpsc::channel(1_024);

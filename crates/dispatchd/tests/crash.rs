@@ -249,14 +249,8 @@ async fn check(channel: Channel, world: &World) -> Vec<(String, String)> {
 /// drive it on.
 async fn resume(channel: Channel, resumable: Vec<(String, String)>) {
     for (driver_id, trip_id) in resumable {
-        let (tx, rx) = mpsc::channel(8);
         let hello = pb::Hello { driver_id: driver_id.clone(), ..Default::default() };
-        tx.send(pb::DriverMessage { kind: Some(DriverMsg::Hello(hello)) }).await.unwrap_or_else(|e| panic!("{e}"));
-        let mut events = DriverServiceClient::new(channel.clone())
-            .connect(ReceiverStream::new(rx))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .into_inner();
+        let (_tx, mut events) = common::open_driver(channel.clone(), hello).await;
         let started = match events.message().await {
             Ok(Some(pb::DriverEvent { kind: Some(Event::SessionStarted(s)) })) => s,
             other => panic!("{driver_id}: expected session_started, got {other:?}"),

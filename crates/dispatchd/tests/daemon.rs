@@ -6,11 +6,7 @@ mod common;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use dispatch_proto::pb::{
-    self, driver_event::Kind as Event, driver_message::Kind as DriverMsg, driver_service_client::DriverServiceClient,
-    rider_service_client::RiderServiceClient,
-};
-use tokio_stream::wrappers::ReceiverStream;
+use dispatch_proto::pb::{self, driver_event::Kind as Event, rider_service_client::RiderServiceClient};
 use tonic::Code;
 use tonic::transport::Endpoint;
 
@@ -34,19 +30,13 @@ async fn serves_a_ride_and_exits_cleanly_on_sigterm() {
         .connect()
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
     let hello = pb::Hello {
         driver_id: "d1".into(),
         position: Some(pb::LatLng { lat: 37.5665, lng: 126.978 }),
         available: true,
         ..Default::default()
     };
-    tx.send(pb::DriverMessage { kind: Some(DriverMsg::Hello(hello)) }).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut events = DriverServiceClient::new(channel.clone())
-        .connect(ReceiverStream::new(rx))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
+    let (_tx, mut events) = common::open_driver(channel.clone(), hello).await;
     assert!(matches!(next(&mut events).await, Ok(Some(pb::DriverEvent { kind: Some(Event::SessionStarted(_)) }))));
     let request = pb::RideRequest {
         rider_id: "r1".into(),

@@ -3,9 +3,13 @@
 #![allow(dead_code)] // Each test binary uses a different part.
 
 use std::io::{BufRead, BufReader};
+
+use dispatch_proto::pb::{self, driver_message::Kind as DriverMsg, driver_service_client::DriverServiceClient};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 /// Starts dispatchd (on a free loopback port unless `extra` says where)
 /// with its data in `dir` and
@@ -55,4 +59,20 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Opens a driver session with `hello`; returns the sender (keep it, or the
+/// session ends) and the event stream, nothing read yet.
+pub async fn open_driver(
+    channel: Channel,
+    hello: pb::Hello,
+) -> (tokio::sync::mpsc::Sender<pb::DriverMessage>, tonic::Streaming<pb::DriverEvent>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(pb::DriverMessage { kind: Some(DriverMsg::Hello(hello)) }).await.unwrap_or_else(|e| panic!("{e}"));
+    let events = DriverServiceClient::new(channel)
+        .connect(ReceiverStream::new(rx))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    (tx, events)
 }
