@@ -459,6 +459,8 @@ impl EngineTask {
             }
             Command::SessionClosed { session } => {
                 self.engine.close_session(now, session);
+                self.carry_out();
+                self.batch.outs.push(Out::Closed(session));
             }
             Command::RequestRide { request, watcher, received, reply } => {
                 let (trip, created) = self.engine.request_ride(now, request);

@@ -44,6 +44,8 @@ pub enum Out {
     Driver { session: SessionId, event: DriverEvent },
     /// End a session with a status.
     End { session: SessionId, status: Status },
+    /// A session's stream is gone (the client hung up): forget its outbox.
+    Closed(SessionId),
     /// A trip changed (or its driver moved): update `GetTrip`, tell riders.
     Rider(Trip),
     /// A rider follows a trip. `resume` is the trip as it is, for a rider
@@ -221,6 +223,9 @@ impl Outbound {
                     entry.outbox.end(status);
                 }
             }
+            Out::Closed(session) => {
+                self.sessions.remove(&session);
+            }
             Out::Rider(trip) => self.publish(&trip),
             Out::Watch { trip, watcher, resume, received } => {
                 if let Some(received) = received {
@@ -309,5 +314,28 @@ fn service_of(trip: &pb::Trip) -> ServiceType {
         pb::ServiceType::Van => ServiceType::Van,
         pb::ServiceType::DesignatedDriver => ServiceType::DesignatedDriver,
         pb::ServiceType::Unspecified | pb::ServiceType::Taxi => ServiceType::Taxi,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage() -> Outbound {
+        let (cut_off, _) = mpsc::unbounded_channel();
+        let (fatal, _) = watch::channel(None);
+        Outbound::new(None, Arc::new(DashMap::new()), None, cut_off, fatal, ServiceSet::EMPTY)
+    }
+
+    #[test]
+    fn a_closed_session_is_forgotten_so_reconnects_do_not_pile_up() {
+        let mut stage = stage();
+        for n in 0..100 {
+            let (outbox, _stream) = Outbox::new(4);
+            let session = SessionId(n);
+            stage.deliver(Out::Open { session, outbox, name: format!("d{n}"), started: pb::SessionStarted::default() });
+            stage.deliver(Out::Closed(session));
+        }
+        assert!(stage.sessions.is_empty(), "{} outboxes kept after their sessions closed", stage.sessions.len());
     }
 }
