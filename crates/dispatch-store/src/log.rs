@@ -189,6 +189,7 @@ impl TripLog {
     /// crash at any point leaves a state that recovers to the same trips:
     /// records the snapshot covers are skipped by sequence number.
     pub fn compact(&mut self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         self.commit()?;
         let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
         let path = self.dir.join(SNAPSHOT);
@@ -224,7 +225,8 @@ impl TripLog {
         self.log = BufWriter::with_capacity(256 * 1024, fresh);
         self.log_bytes = LOG_MAGIC.len() as u64;
         self.snapshot_bytes = bytes;
-        info!(trips = self.live.len(), snapshot_bytes = bytes, "trip log compacted");
+        let took_ms = started.elapsed().as_millis();
+        info!(trips = self.live.len(), snapshot_bytes = bytes, took_ms, "trip log compacted");
         Ok(())
     }
 
