@@ -167,15 +167,20 @@ impl Outbound {
                     self.deliver(out);
                 }
             }
-            if let Some(log) = &mut self.log
-                && log.compaction_due()
-                && let Err(cause) = log.compact()
-            {
-                self.fail(&cause);
+            // Snapshots are written on a thread of their own: appends and
+            // deliveries go on meanwhile.
+            if let Some(log) = &mut self.log {
+                let compacted = log.poll_compaction().and_then(|running| match running {
+                    false if log.compaction_due() => log.start_compaction(),
+                    _ => Ok(()),
+                });
+                if let Err(cause) = compacted {
+                    self.fail(&cause);
+                }
             }
         }
         if let Some(log) = &mut self.log
-            && let Err(cause) = log.commit()
+            && let Err(cause) = log.commit().and_then(|()| log.finish_compaction())
         {
             error!(%cause, "trip log: last commit at shutdown failed");
         }

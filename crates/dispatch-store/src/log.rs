@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use dispatch_core::engine::TripRecord;
 use dispatch_core::ids::TripId;
@@ -18,6 +20,13 @@ use crate::frame::{self, Next};
 const LOG_MAGIC: &[u8; 8] = b"DSPTLOG1";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"DSPSNAP1";
 const LOG: &str = "trips.log";
+/// Kept trips, by id, as their encoded records (shared, so freezing them
+/// for a snapshot copies no payload).
+type Frozen = Vec<(u64, Arc<[u8]>)>;
+
+/// The log as it was when a background snapshot began; removed once the
+/// snapshot is in place.
+const PREVIOUS_LOG: &str = "trips.log.prev";
 const SNAPSHOT: &str = "trips.snapshot";
 
 /// When appends reach the disk.
@@ -83,11 +92,13 @@ pub struct TripLog {
     /// The latest encoded record of every trip still kept: what the next
     /// snapshot holds. Kept here, not asked of the engine, so compacting
     /// never stalls dispatch.
-    live: HashMap<u64, Vec<u8>>,
+    live: HashMap<u64, Arc<[u8]>>,
     next_trip: u64,
     boot: u64,
     /// Appended since the last commit.
     unsynced: bool,
+    /// A snapshot being written on a thread of its own; answers its size.
+    compacting: Option<JoinHandle<Result<u64, StoreError>>>,
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
@@ -106,8 +117,16 @@ impl TripLog {
         let mut recovered = Recovered::default();
         let mut live = HashMap::new();
         let (snapshot_lsn, snapshot_bytes, mut boot) = read_snapshot(dir, &mut recovered, &mut live)?;
-        let (log_file, log_bytes, lsn, log_boot) = read_log(dir, snapshot_lsn, &mut recovered, &mut live)?;
-        boot = boot.max(log_boot) + 1;
+        // A snapshot was being written when the server stopped: the log it
+        // started from comes first.
+        let previous = dir.join(PREVIOUS_LOG);
+        let (mut lsn, mut log_boot) = (snapshot_lsn, 0);
+        if previous.exists() {
+            (lsn, log_boot) = read_previous_log(&previous, snapshot_lsn, &mut recovered, &mut live)?;
+        }
+        let (log_file, log_bytes, log_lsn, last_boot) = read_log(dir, snapshot_lsn, &mut recovered, &mut live)?;
+        let lsn = lsn.max(log_lsn);
+        boot = boot.max(log_boot).max(last_boot) + 1;
         recovered.boot = boot;
         let next_trip = recovered.records.iter().map(|r| r.trip.id.0 + 1).max().unwrap_or(1).max(recovered.next_trip);
         recovered.next_trip = next_trip;
@@ -123,9 +142,15 @@ impl TripLog {
             next_trip,
             boot,
             unsynced: false,
+            compacting: None,
         };
         log.write_entry(Entry::Boot(boot))?;
         log.commit()?;
+        if previous.exists() {
+            // Finish what the last run started before writing anything new
+            // over it.
+            log.compact()?;
+        }
         info!(
             dir = %dir.display(),
             boot,
@@ -150,7 +175,7 @@ impl TripLog {
     pub fn append(&mut self, record: &TripRecord) -> Result<(), StoreError> {
         let stored = StoredTrip::from(record);
         self.next_trip = self.next_trip.max(stored.id + 1);
-        self.live.insert(stored.id, stored.encode_to_vec());
+        self.live.insert(stored.id, stored.encode_to_vec().into());
         self.write_entry(Entry::Trip(stored))
     }
 
@@ -180,53 +205,112 @@ impl TripLog {
         Ok(())
     }
 
-    /// Whether the log has grown enough to be worth compacting.
+    /// Whether the log has grown enough to be worth compacting (and no
+    /// compaction is under way).
     pub fn compaction_due(&self) -> bool {
-        self.log_bytes > self.compact_after && self.log_bytes > self.snapshot_bytes
+        self.compacting.is_none() && self.log_bytes > self.compact_after && self.log_bytes > self.snapshot_bytes
     }
 
-    /// Writes a snapshot of every kept trip, then starts an empty log. A
-    /// crash at any point leaves a state that recovers to the same trips:
-    /// records the snapshot covers are skipped by sequence number.
-    pub fn compact(&mut self) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
+    /// Starts a compaction that does not hold up appends: the log is set
+    /// aside as `trips.log.prev` and a fresh one begun, then a thread writes
+    /// the snapshot of every kept trip as of now and removes the old log.
+    /// A crash at any point recovers the same trips (see [`TripLog::open`]).
+    /// [`TripLog::poll_compaction`] collects the result.
+    pub fn start_compaction(&mut self) -> Result<(), StoreError> {
+        if self.compacting.is_some() {
+            return Ok(());
+        }
         self.commit()?;
-        let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
-        let path = self.dir.join(SNAPSHOT);
-        let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let header =
-            SnapshotHeader { lsn: self.lsn, next_trip: self.next_trip, boot: self.boot, trips: self.live.len() as u64 };
-        let mut bytes = SNAPSHOT_MAGIC.len() as u64;
-        let write =
-            |out: &mut BufWriter<File>, payload: &[u8]| frame::write(out, payload).map_err(io_err("write", &tmp));
-        out.write_all(SNAPSHOT_MAGIC).map_err(io_err("write", &tmp))?;
-        bytes += write(&mut out, &header.encode_to_vec())?;
-        let mut ids: Vec<&u64> = self.live.keys().collect();
-        ids.sort_unstable();
-        for id in ids {
-            if let Some(payload) = self.live.get(id) {
-                bytes += write(&mut out, payload)?;
+        let (log, previous) = (self.dir.join(LOG), self.dir.join(PREVIOUS_LOG));
+        fs::rename(&log, &previous).map_err(io_err("rename", &log))?;
+        self.start_fresh_log()?;
+        let (header, trips) = self.frozen();
+        let (dir, fsync) = (self.dir.clone(), self.fsync);
+        let spawned = std::thread::Builder::new().name("trip-snapshot".into()).spawn(move || {
+            let started = std::time::Instant::now();
+            let bytes = write_snapshot(&dir, fsync, &header, &trips)?;
+            fs::remove_file(&previous).map_err(io_err("remove", &previous))?;
+            sync_dir(&dir, fsync)?;
+            let took_ms = started.elapsed().as_millis();
+            info!(trips = trips.len(), snapshot_bytes = bytes, took_ms, "trip log compacted in the background");
+            Ok(bytes)
+        });
+        self.compacting = Some(spawned.map_err(io_err("spawn a thread for", &self.dir))?);
+        Ok(())
+    }
+
+    /// Whether a background compaction is under way; collects a finished
+    /// one (and its error, if it failed).
+    pub fn poll_compaction(&mut self) -> Result<bool, StoreError> {
+        match self.compacting.take() {
+            None => Ok(false),
+            Some(running) if !running.is_finished() => {
+                self.compacting = Some(running);
+                Ok(true)
+            }
+            Some(done) => {
+                self.snapshot_bytes = done.join().map_err(|_| {
+                    io_err("write a snapshot in", &self.dir)(io::Error::other("the snapshot thread panicked"))
+                })??;
+                Ok(false)
             }
         }
-        let file = out.into_inner().map_err(|e| io_err("write", &tmp)(e.into_error()))?;
-        self.sync(&file, &tmp)?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
-        self.sync_dir()?;
+    }
+
+    /// Waits for a background compaction to finish.
+    pub fn finish_compaction(&mut self) -> Result<(), StoreError> {
+        while self.poll_compaction()? {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Compacts and waits: writes a snapshot of every kept trip, then
+    /// starts an empty log. A crash at any point leaves a state that
+    /// recovers to the same trips: records the snapshot covers are skipped
+    /// by sequence number.
+    pub fn compact(&mut self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        self.finish_compaction()?;
+        self.commit()?;
+        let (header, trips) = self.frozen();
+        let bytes = write_snapshot(&self.dir, self.fsync, &header, &trips)?;
+        let previous = self.dir.join(PREVIOUS_LOG);
+        if previous.exists() {
+            fs::remove_file(&previous).map_err(io_err("remove", &previous))?;
+        }
         // The snapshot holds everything: start the log over.
+        self.start_fresh_log()?;
+        self.snapshot_bytes = bytes;
+        let took_ms = started.elapsed().as_millis();
+        info!(trips = trips.len(), snapshot_bytes = bytes, took_ms, "trip log compacted");
+        Ok(())
+    }
+
+    /// Every kept trip as of the last record, sorted by id, with the header
+    /// a snapshot of them carries. Cheap: the payloads are shared.
+    fn frozen(&self) -> (SnapshotHeader, Frozen) {
+        let mut trips: Frozen = self.live.iter().map(|(id, p)| (*id, p.clone())).collect();
+        trips.sort_unstable_by_key(|(id, _)| *id);
+        let header =
+            SnapshotHeader { lsn: self.lsn, next_trip: self.next_trip, boot: self.boot, trips: trips.len() as u64 };
+        (header, trips)
+    }
+
+    /// Replaces `trips.log` with an empty one (written aside, synced,
+    /// renamed) and appends to it from now on.
+    fn start_fresh_log(&mut self) -> Result<(), StoreError> {
         let log_tmp = self.dir.join(format!("{LOG}.tmp"));
         let log_path = self.dir.join(LOG);
         let mut fresh = File::create(&log_tmp).map_err(io_err("create", &log_tmp))?;
         fresh.write_all(LOG_MAGIC).map_err(io_err("write", &log_tmp))?;
-        self.sync(&fresh, &log_tmp)?;
+        if self.fsync == Fsync::Always {
+            fresh.sync_all().map_err(io_err("sync", &log_tmp))?;
+        }
         fs::rename(&log_tmp, &log_path).map_err(io_err("rename", &log_tmp))?;
-        self.sync_dir()?;
+        sync_dir(&self.dir, self.fsync)?;
         self.log = BufWriter::with_capacity(256 * 1024, fresh);
         self.log_bytes = LOG_MAGIC.len() as u64;
-        self.snapshot_bytes = bytes;
-        let took_ms = started.elapsed().as_millis();
-        info!(trips = self.live.len(), snapshot_bytes = bytes, took_ms, "trip log compacted");
         Ok(())
     }
 
@@ -238,21 +322,37 @@ impl TripLog {
         self.unsynced = true;
         Ok(())
     }
+}
 
-    fn sync(&self, file: &File, path: &Path) -> Result<(), StoreError> {
-        if self.fsync == Fsync::Always {
-            file.sync_all().map_err(io_err("sync", path))?;
-        }
-        Ok(())
+/// Writes `trips` as the snapshot: to a temporary file, synced, renamed
+/// into place, directory synced. Returns its size.
+fn write_snapshot(dir: &Path, fsync: Fsync, header: &SnapshotHeader, trips: &Frozen) -> Result<u64, StoreError> {
+    let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
+    let path = dir.join(SNAPSHOT);
+    let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut bytes = SNAPSHOT_MAGIC.len() as u64;
+    out.write_all(SNAPSHOT_MAGIC).map_err(io_err("write", &tmp))?;
+    bytes += frame::write(&mut out, &header.encode_to_vec()).map_err(io_err("write", &tmp))?;
+    for (_, payload) in trips {
+        bytes += frame::write(&mut out, payload).map_err(io_err("write", &tmp))?;
     }
+    let file = out.into_inner().map_err(|e| io_err("write", &tmp)(e.into_error()))?;
+    if fsync == Fsync::Always {
+        file.sync_all().map_err(io_err("sync", &tmp))?;
+    }
+    drop(file);
+    fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+    sync_dir(dir, fsync)?;
+    Ok(bytes)
+}
 
-    /// Makes a rename durable.
-    fn sync_dir(&self) -> Result<(), StoreError> {
-        if self.fsync == Fsync::Always {
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err("sync", &self.dir))?;
-        }
-        Ok(())
+/// Makes renames and removals in `dir` durable.
+fn sync_dir(dir: &Path, fsync: Fsync) -> Result<(), StoreError> {
+    if fsync == Fsync::Always {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("sync", dir))?;
     }
+    Ok(())
 }
 
 /// Reads `trips.snapshot` into `recovered` and `live`; returns the last
@@ -260,7 +360,7 @@ impl TripLog {
 fn read_snapshot(
     dir: &Path,
     recovered: &mut Recovered,
-    live: &mut HashMap<u64, Vec<u8>>,
+    live: &mut HashMap<u64, Arc<[u8]>>,
 ) -> Result<(u64, u64, u64), StoreError> {
     let path = dir.join(SNAPSHOT);
     let file = match File::open(&path) {
@@ -290,7 +390,7 @@ fn read_snapshot(
         match frame::read(&mut input).map_err(io_err("read", &path))? {
             Next::Frame(payload) => {
                 if let Some(record) = decode_trip(&payload, recovered) {
-                    live.insert(record.trip.id.0, payload);
+                    live.insert(record.trip.id.0, payload.into());
                     recovered.records.push(record);
                     recovered.snapshot_trips += 1;
                 }
@@ -313,7 +413,7 @@ fn read_log(
     dir: &Path,
     snapshot_lsn: u64,
     recovered: &mut Recovered,
-    live: &mut HashMap<u64, Vec<u8>>,
+    live: &mut HashMap<u64, Arc<[u8]>>,
 ) -> Result<(File, u64, u64, u64), StoreError> {
     let path = dir.join(LOG);
     let open = || {
@@ -344,35 +444,10 @@ fn read_log(
     let (mut lsn, mut boot) = (snapshot_lsn, 0);
     let mut good_end = LOG_MAGIC.len() as u64;
     if magic_ok {
-        loop {
-            match frame::read(&mut input).map_err(io_err("read", &path))? {
-                Next::End => break,
-                Next::Bad(why) => {
-                    recovered.cut = Some((size - good_end, why));
-                    break;
-                }
-                Next::Frame(payload) => {
-                    good_end += frame::HEADER + payload.len() as u64;
-                    let Ok(entry) = LogEntry::decode(payload.as_slice()) else {
-                        recovered.unreadable += 1;
-                        continue;
-                    };
-                    lsn = lsn.max(entry.lsn);
-                    match entry.entry {
-                        Some(Entry::Boot(b)) => boot = boot.max(b),
-                        Some(Entry::Trip(stored)) if entry.lsn > snapshot_lsn => {
-                            let payload = stored.encode_to_vec();
-                            if let Some(record) = decode_trip(&payload, recovered) {
-                                live.insert(record.trip.id.0, payload);
-                                recovered.records.push(record);
-                                recovered.log_records += 1;
-                            }
-                        }
-                        Some(Entry::Trip(_)) | None => {}
-                    }
-                }
-            }
-        }
+        let read = read_entries(&mut input, &path, snapshot_lsn, recovered, live)?;
+        good_end += read.good_bytes;
+        (lsn, boot) = (lsn.max(read.lsn), read.boot);
+        recovered.cut = read.bad.map(|why| (size - good_end, why));
     } else {
         good_end = 0;
     }
@@ -392,6 +467,82 @@ fn read_log(
     file.sync_all().map_err(io_err("sync", &path))?;
     file.seek(SeekFrom::Start(good_end)).map_err(io_err("seek", &path))?;
     Ok((file, good_end, lsn, boot))
+}
+
+/// What reading a log's frames found.
+struct Entries {
+    /// Bytes of whole good frames.
+    good_bytes: u64,
+    /// Why reading stopped early, if it did.
+    bad: Option<&'static str>,
+    /// The last sequence number and boot number seen.
+    lsn: u64,
+    boot: u64,
+}
+
+/// Reads log frames (after the magic) up to the end or the first bad one,
+/// adding the trip records past `snapshot_lsn` to `recovered` and `live`.
+fn read_entries(
+    input: &mut impl Read,
+    path: &Path,
+    snapshot_lsn: u64,
+    recovered: &mut Recovered,
+    live: &mut HashMap<u64, Arc<[u8]>>,
+) -> Result<Entries, StoreError> {
+    let mut read = Entries { good_bytes: 0, bad: None, lsn: 0, boot: 0 };
+    loop {
+        match frame::read(input).map_err(io_err("read", path))? {
+            Next::End => return Ok(read),
+            Next::Bad(why) => {
+                read.bad = Some(why);
+                return Ok(read);
+            }
+            Next::Frame(payload) => {
+                read.good_bytes += frame::HEADER + payload.len() as u64;
+                let Ok(entry) = LogEntry::decode(payload.as_slice()) else {
+                    recovered.unreadable += 1;
+                    continue;
+                };
+                read.lsn = read.lsn.max(entry.lsn);
+                match entry.entry {
+                    Some(Entry::Boot(b)) => read.boot = read.boot.max(b),
+                    Some(Entry::Trip(stored)) if entry.lsn > snapshot_lsn => {
+                        let payload = stored.encode_to_vec();
+                        if let Some(record) = decode_trip(&payload, recovered) {
+                            live.insert(record.trip.id.0, payload.into());
+                            recovered.records.push(record);
+                            recovered.log_records += 1;
+                        }
+                    }
+                    Some(Entry::Trip(_)) | None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reads `trips.log.prev`, left by a background compaction that had not
+/// finished. It was committed whole before it was set aside, so it is read
+/// as it is (a bad frame ends it, and is reported). Returns the last
+/// sequence and boot numbers.
+fn read_previous_log(
+    path: &Path,
+    snapshot_lsn: u64,
+    recovered: &mut Recovered,
+    live: &mut HashMap<u64, Arc<[u8]>>,
+) -> Result<(u64, u64), StoreError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    if input.read_exact(&mut magic).is_err() || &magic != LOG_MAGIC {
+        warn!(path = %path.display(), "previous trip log does not start with its magic; skipped");
+        return Ok((snapshot_lsn, 0));
+    }
+    let read = read_entries(&mut input, path, snapshot_lsn, recovered, live)?;
+    if let Some(why) = read.bad {
+        warn!(path = %path.display(), why, "previous trip log ends in a bad frame; kept what came before");
+    }
+    Ok((snapshot_lsn.max(read.lsn), read.boot))
 }
 
 fn decode_trip(payload: &[u8], recovered: &mut Recovered) -> Option<TripRecord> {

@@ -224,3 +224,49 @@ proptest! {
         prop_assert_eq!(&back.records[..], &records[..n]);
     }
 }
+
+#[test]
+fn a_background_compaction_lets_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut log, _) = TripLog::open(dir.path(), Fsync::Always, 0).unwrap_or_else(|e| panic!("{e}"));
+    let mut all = Vec::new();
+    for id in 1..=200 {
+        all.push(record(id, TripStatus::DriverAssigned));
+        log.append(all.last().unwrap_or_else(|| panic!("empty"))).unwrap_or_else(|e| panic!("{e}"));
+    }
+    log.commit().unwrap_or_else(|e| panic!("{e}"));
+    assert!(log.compaction_due());
+    log.start_compaction().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!log.compaction_due(), "a second compaction must wait for the first");
+    for id in 150..=250 {
+        all.push(record(id, TripStatus::Completed));
+        log.append(all.last().unwrap_or_else(|| panic!("empty"))).unwrap_or_else(|e| panic!("{e}"));
+        log.commit().unwrap_or_else(|e| panic!("{e}"));
+    }
+    log.finish_compaction().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!dir.path().join("trips.log.prev").exists());
+    drop(log);
+    let (_, back) = open(dir.path());
+    assert_eq!(latest(&back.records), latest(&all));
+}
+
+#[test]
+fn a_crash_during_a_background_snapshot_recovers_from_the_log_set_aside() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let records: Vec<TripRecord> = (1..=20).map(|id| record(id, TripStatus::InProgress)).collect();
+    write(dir.path(), &records);
+    // The state the crash left: the log set aside, a half-written
+    // snapshot, a fresh log holding only its magic.
+    fs::rename(dir.path().join("trips.log"), dir.path().join("trips.log.prev")).unwrap_or_else(|e| panic!("{e}"));
+    fs::write(dir.path().join("trips.snapshot.tmp"), b"DSPSNAP1 half").unwrap_or_else(|e| panic!("{e}"));
+    fs::write(dir.path().join("trips.log"), b"DSPTLOG1").unwrap_or_else(|e| panic!("{e}"));
+    let (_, back) = open(dir.path());
+    assert_eq!(latest(&back.records), records);
+    assert_eq!(back.next_trip, 21);
+    // The interrupted compaction was finished on open.
+    assert!(!dir.path().join("trips.log.prev").exists());
+    assert!(dir.path().join("trips.snapshot").exists());
+    let (_, again) = open(dir.path());
+    assert_eq!(latest(&again.records), records);
+    assert!(again.boot > back.boot);
+}
