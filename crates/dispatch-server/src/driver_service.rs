@@ -8,7 +8,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use dispatch_auth::Role;
 
-use crate::auth::{Caller, Gate, peer_of};
+use crate::auth::{Caller, Gate};
 use crate::engine_task::{Command, EngineHandle};
 use crate::limits::RateLimits;
 use crate::outbox::{EventStream, Outbox};
@@ -35,18 +35,11 @@ impl DriverService for DriverSvc {
     type ConnectStream = EventStream;
 
     async fn connect(&self, request: Request<Streaming<pb::DriverMessage>>) -> Result<Response<EventStream>, Status> {
-        let peer = peer_of(&request);
-        let caller = self.gate.identify(&request, "DriverService.Connect")?;
-        caller.require(&[Role::Driver], "DriverService.Connect", &peer)?;
-        let (outbox, events) = Outbox::new(self.queue);
-        let session = self.engine.new_session();
-        let inbound = request.into_inner();
-        let expires_at = caller.expires_at();
-        let hello = move |m, outbox| hello(session, &caller, &peer, m, outbox);
         let limiter = self.limits.driver_session();
-        let parse = move |m| parse(session, &limiter, m);
-        tokio::spawn(session::serve(self.engine.clone(), session, inbound, outbox, expires_at, hello, parse));
-        Ok(Response::new(events))
+        let parse = move |session, m| parse(session, &limiter, m);
+        let call = "DriverService.Connect";
+        session::start(&self.engine, &self.gate, request, Role::Driver, call, self.queue, hello, parse)
+            .map(Response::new)
     }
 }
 

@@ -8,7 +8,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use dispatch_auth::Role;
 
-use crate::auth::{Caller, Gate, peer_of};
+use crate::auth::{Caller, Gate};
 use crate::engine_task::{Command, EngineHandle};
 use crate::limits::RateLimits;
 use crate::outbox::{EventStream, Outbox};
@@ -37,19 +37,11 @@ impl FleetService for FleetSvc {
     type ConnectStream = EventStream;
 
     async fn connect(&self, request: Request<Streaming<pb::FleetMessage>>) -> Result<Response<EventStream>, Status> {
-        let peer = peer_of(&request);
-        let caller = self.gate.identify(&request, "FleetService.Connect")?;
-        caller.require(&[Role::Fleet], "FleetService.Connect", &peer)?;
-        let (outbox, events) = Outbox::new(self.queue);
-        let session = self.engine.new_session();
-        let inbound = request.into_inner();
-        let max_batch = self.max_batch;
-        let expires_at = caller.expires_at();
-        let hello = move |m, outbox| hello(session, &caller, &peer, m, outbox);
-        let limiter = self.limits.fleet_session();
-        let parse = move |m| parse(session, max_batch, &limiter, m);
-        tokio::spawn(session::serve(self.engine.clone(), session, inbound, outbox, expires_at, hello, parse));
-        Ok(Response::new(events))
+        let (limiter, max_batch) = (self.limits.fleet_session(), self.max_batch);
+        let parse = move |session, m| parse(session, max_batch, &limiter, m);
+        let call = "FleetService.Connect";
+        session::start(&self.engine, &self.gate, request, Role::Fleet, call, self.queue, hello, parse)
+            .map(Response::new)
     }
 }
 

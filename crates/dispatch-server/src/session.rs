@@ -7,8 +7,9 @@ use dispatch_proto::pb;
 use tonic::{Status, Streaming};
 use tracing::debug;
 
+use crate::auth::{Caller, Gate, peer_of};
 use crate::engine_task::{Command, EngineHandle};
-use crate::outbox::Outbox;
+use crate::outbox::{EventStream, Outbox};
 use crate::status::rejected;
 use tonic::Code;
 
@@ -30,6 +31,32 @@ impl Parsed {
     pub fn rejected(event: pb::DriverEvent) -> Self {
         Self { command: None, rejections: vec![event] }
     }
+}
+
+/// Admits a stream's caller (its token, in `role`), then runs the session
+/// on a task of its own. `hello` gets the caller and the peer address to
+/// check the hello's id against the token's subject.
+#[allow(clippy::too_many_arguments)] // Each is one thing a session needs.
+pub fn start<M: Send + 'static>(
+    engine: &EngineHandle,
+    gate: &Gate,
+    request: tonic::Request<Streaming<M>>,
+    role: dispatch_auth::Role,
+    call: &'static str,
+    queue: usize,
+    hello: impl FnOnce(SessionId, &Caller, &str, M, Outbox) -> Result<Command, Status> + Send + 'static,
+    mut parse: impl FnMut(SessionId, M) -> Parsed + Send + 'static,
+) -> Result<EventStream, Status> {
+    let peer = peer_of(&request);
+    let caller = gate.identify(&request, call)?;
+    caller.require(&[role], call, &peer)?;
+    let (outbox, events) = Outbox::new(queue);
+    let session = engine.new_session();
+    let expires_at = caller.expires_at();
+    let hello = move |m, outbox| hello(session, &caller, &peer, m, outbox);
+    let parse = move |m| parse(session, m);
+    tokio::spawn(serve(engine.clone(), session, request.into_inner(), outbox, expires_at, hello, parse));
+    Ok(events)
 }
 
 /// Runs a session until the client hangs up or the session is ended.
