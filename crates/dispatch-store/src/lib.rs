@@ -9,6 +9,8 @@
 //!   (the last log sequence number it covers, the next trip id, the boot
 //!   count), then one frame per retained trip. Written whole to a temporary
 //!   file, synced and renamed, so it is either all there or not at all.
+//! - `trips.log.prev`: while a snapshot is written in the background, the
+//!   log it started from; read before `trips.log` if a crash left it.
 //!
 //! A frame is `u32` little-endian payload length, `u32` little-endian
 //! CRC-32 (IEEE) of the payload, then the payload: a protobuf message (see
