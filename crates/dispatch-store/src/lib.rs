@@ -14,13 +14,13 @@
 //!
 //! A frame is `u32` little-endian payload length, `u32` little-endian
 //! CRC-32 (IEEE) of the payload, then the payload: a protobuf message (see
-//! [`format`]). The reader stops at the first frame that is short or fails
+//! [`format`](mod@format)). The reader stops at the first frame that is short or fails
 //! its checksum, cuts the log there and says so in the log; it never refuses
 //! to start.
 //!
 //! # Layout
 //!
-//! - [`format`]: the records as protobuf messages and their conversion to
+//! - [`format`](mod@format): the records as protobuf messages and their conversion to
 //!   and from the engine's types.
 //! - `frame`: framing and checksums.
 //! - [`log`]: [`TripLog`]: open and recover, append, commit, compact.
