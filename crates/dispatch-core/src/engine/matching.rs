@@ -179,6 +179,8 @@ impl Engine {
             state.offer = None;
             state.tried.insert(driver_id);
         }
+        // So a restart never offers the trip to this driver again.
+        self.persist(offer.trip);
         self.freed.push(offer.driver);
         Some(offer.trip)
     }
@@ -219,6 +221,15 @@ impl Engine {
 
     /// A trip's state changed: log it, then tell the rider.
     pub(super) fn trip_changed(&mut self, trip_id: TripId) {
+        self.persist(trip_id);
+        if let Some(state) = self.trips.get(&trip_id) {
+            self.effects.push(Effect::Rider(state.trip.clone()));
+        }
+    }
+
+    /// Logs a trip as it is now, without telling anyone: for what only the
+    /// engine sees (a driver added to those never offered it again).
+    pub(super) fn persist(&mut self, trip_id: TripId) {
         let Some(state) = self.trips.get(&trip_id) else { return };
         let mut tried: Vec<DriverId> = state.tried.iter().cloned().collect();
         tried.sort_unstable();
@@ -236,7 +247,6 @@ impl Engine {
             search_deadline: state.search_deadline,
             driver_fleet,
         }));
-        self.effects.push(Effect::Rider(state.trip.clone()));
     }
 
     /// Starts (or restarts) a trip's search: a fresh deadline, then a match.

@@ -755,3 +755,25 @@ fn a_restored_driver_who_never_returns_loses_a_trip_not_yet_started() {
         .collect();
     assert_eq!(restored, vec![TripStatus::Searching]);
 }
+
+#[test]
+fn a_driver_who_declined_is_not_offered_the_trip_again_after_a_restart() {
+    let mut w = World::new();
+    let a = w.driver("a", 100.0);
+    let trip = w.request("r1");
+    let (_, offer, _) = only_offer(&w.drain());
+    w.engine.offer_reply(w.now, a, offer, false).unwrap_or_else(|e| panic!("{e}"));
+    w.drain();
+    let mut back = Engine::restore(w.engine.config().clone(), w.now, persisted(&w.log), 1, 1_000);
+    let hello = DriverHello { auto_accept: false, position: Some(north_of_pickup(100.0)), ..hello_for("a") };
+    back.connect_driver(w.now, SessionId(90), hello.clone()).unwrap_or_else(|e| panic!("{e}"));
+    back.tick(w.now);
+    let effects: Vec<Effect> = back.drain_effects().collect();
+    assert!(offers(&effects).is_empty(), "{effects:#?}");
+    let b = DriverHello { driver: did("b"), position: Some(north_of_pickup(900.0)), ..hello };
+    back.connect_driver(w.now, SessionId(91), b).unwrap_or_else(|e| panic!("{e}"));
+    back.tick(w.now);
+    let effects: Vec<Effect> = back.drain_effects().collect();
+    assert_eq!(only_offer(&effects).2, "b");
+    assert_eq!(back.trip(trip).map(|t| t.status), Some(TripStatus::Searching));
+}
