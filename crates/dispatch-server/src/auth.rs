@@ -37,7 +37,7 @@ impl Gate {
     /// malformed, forged or expired.
     pub fn identify<T>(&self, request: &Request<T>, call: &'static str) -> Result<Caller, Status> {
         let Some(keys) = &self.keys else { return Ok(Caller::Open) };
-        let peer = peer(request);
+        let peer = peer_of(request);
         let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
         let Some(token) = header.and_then(|v| v.strip_prefix("Bearer ")) else {
             warn!(peer, call, "authentication failed: no bearer token");
@@ -48,10 +48,6 @@ impl Gate {
             Status::unauthenticated(cause.to_string())
         })
     }
-}
-
-fn peer<T>(request: &Request<T>) -> String {
-    request.remote_addr().map_or_else(|| "unknown".to_owned(), |a: SocketAddr| a.to_string())
 }
 
 impl Caller {
@@ -113,5 +109,5 @@ impl Caller {
 
 /// The peer address of a request, for log lines.
 pub fn peer_of<T>(request: &Request<T>) -> String {
-    peer(request)
+    request.remote_addr().map_or_else(|| "unknown".to_owned(), |a: SocketAddr| a.to_string())
 }

@@ -96,15 +96,15 @@ struct SessionEntry {
 
 /// The stage's state; lives on its thread.
 pub struct Outbound {
-    pub log: Option<TripLog>,
-    pub trips: Arc<DashMap<TripId, pb::Trip>>,
-    pub match_latency: Option<MatchLatency>,
+    log: Option<TripLog>,
+    trips: Arc<DashMap<TripId, pb::Trip>>,
+    match_latency: Option<MatchLatency>,
     /// Sessions this stage cut off for falling behind: the engine task must
     /// close them (an offer out to one counts as declined).
-    pub cut_off: mpsc::UnboundedSender<SessionId>,
+    cut_off: mpsc::UnboundedSender<SessionId>,
     /// Set when the log fails: the server stops, since it can no longer
     /// promise that what it says is durable.
-    pub fatal: watch::Sender<Option<String>>,
+    fatal: watch::Sender<Option<String>>,
     /// Services whose offers leave out the dropoff.
     hide_dropoff: ServiceSet,
     sessions: HashMap<SessionId, SessionEntry>,
