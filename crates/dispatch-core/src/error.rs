@@ -42,6 +42,15 @@ pub enum EngineError {
     /// A driver reported a status drivers never report.
     #[error("a driver can report DRIVER_ARRIVED, IN_PROGRESS, COMPLETED or CANCELLED, not {0:?}")]
     NotADriverReport(TripStatus),
+    /// A new driver would take the engine (or its fleet) past its limit
+    /// (`Config::max_drivers`, `Config::max_drivers_per_fleet`).
+    #[error("too many drivers: {what} is at its limit of {limit}")]
+    TooManyDrivers {
+        /// Which limit.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// The rider asked to cancel once the ride had started or ended.
     #[error("trip {trip} is {status:?} and can no longer be cancelled")]
     TooLateToCancel {

@@ -56,8 +56,8 @@ pub enum Command {
         received: Instant,
         reply: oneshot::Sender<Trip>,
     },
-    /// A rider cancels.
-    /// `rider`, if set, must be the trip's rider (else: not found).
+    /// A rider cancels (`rider` set: it must be the trip's rider, else not
+    /// found), or an operator ends a trip (`rider` is `None`).
     CancelRide {
         trip: TripId,
         reason: String,
@@ -475,11 +475,13 @@ impl EngineTask {
                 return;
             }
             Command::CancelRide { trip, reason, rider, reply } => {
-                let foreign = rider.is_some_and(|r| self.engine.trip(trip).is_some_and(|t| t.rider != r));
-                let result = if foreign {
-                    Err(EngineError::UnknownTrip(trip))
-                } else {
-                    self.engine.cancel_ride(now, trip, &reason)
+                let result = match rider {
+                    Some(r) if self.engine.trip(trip).is_some_and(|t| t.rider != r) => {
+                        Err(EngineError::UnknownTrip(trip))
+                    }
+                    Some(_) => self.engine.cancel_ride(now, trip, &reason),
+                    // An operator may end any trip that has not ended.
+                    None => self.engine.cancel_by_operator(now, trip, &reason),
                 };
                 self.carry_out();
                 self.batch.outs.push(Out::Reply(Box::new(move || {

@@ -17,7 +17,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
-use dispatch_core::engine::{DriverEvent, TripRecord};
+use dispatch_core::engine::{DriverEvent, LogRecord};
 use dispatch_core::ids::{SessionId, TripId};
 use dispatch_core::service::{ServiceSet, ServiceType};
 use dispatch_core::trip::Trip;
@@ -65,8 +65,8 @@ pub enum Out {
 /// What one round of the engine task produced.
 #[derive(Default)]
 pub struct Batch {
-    /// Trip records to make durable first.
-    pub records: Vec<TripRecord>,
+    /// Trip log records to make durable first.
+    pub records: Vec<LogRecord>,
     /// Then these, in order.
     pub outs: Vec<Out>,
 }

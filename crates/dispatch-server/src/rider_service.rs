@@ -17,8 +17,7 @@ use crate::engine_task::{Command, EngineHandle};
 use crate::limits::RiderLimiter;
 use crate::status::{engine_status, input_status};
 
-/// The longest cancel reason kept, in bytes.
-pub const MAX_REASON_BYTES: usize = 512;
+use dispatch_core::engine::MAX_REASON_BYTES;
 
 /// The rider service.
 pub struct RiderSvc {

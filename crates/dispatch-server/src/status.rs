@@ -18,6 +18,7 @@ pub fn engine_code(err: &EngineError) -> Code {
         EngineError::OutOfOrder { .. } => Code::FailedPrecondition,
         EngineError::NotADriverReport(_) => Code::InvalidArgument,
         EngineError::TooLateToCancel { .. } => Code::FailedPrecondition,
+        EngineError::TooManyDrivers { .. } => Code::ResourceExhausted,
     }
 }
 

@@ -16,7 +16,7 @@ pub struct LogEntry {
     #[prost(uint64, tag = "1")]
     pub lsn: u64,
     /// What happened.
-    #[prost(oneof = "Entry", tags = "2, 3")]
+    #[prost(oneof = "Entry", tags = "2, 3, 4")]
     pub entry: Option<Entry>,
 }
 
@@ -32,6 +32,31 @@ pub enum Entry {
     /// The server started; its offer ids are unique to this boot.
     #[prost(uint64, tag = "3")]
     Boot(u64),
+    /// A driver joined those never offered a trip again: added to the
+    /// trip's latest record on replay.
+    #[prost(message, tag = "4")]
+    Tried(TriedEntry),
+}
+
+/// A driver a trip must never be offered to again.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TriedEntry {
+    /// `t-N` as N.
+    #[prost(uint64, tag = "1")]
+    pub trip: u64,
+    /// The driver.
+    #[prost(string, tag = "2")]
+    pub driver: String,
+}
+
+/// The field number of [`StoredTrip::tried`]: a stored trip followed by more
+/// of these fields reads back as the trip with those drivers added.
+pub const TRIED_FIELD: u32 = 16;
+
+/// `driver` encoded as one more [`StoredTrip::tried`] entry, to append to a
+/// stored trip's bytes.
+pub fn encode_tried(driver: &str, out: &mut Vec<u8>) {
+    prost::encoding::string::encode(TRIED_FIELD, &driver.to_owned(), out);
 }
 
 /// The first frame of `trips.snapshot`.

@@ -29,4 +29,5 @@ pub mod format;
 mod frame;
 pub mod log;
 
+pub use frame::MAX_PAYLOAD;
 pub use log::{Fsync, Recovered, StoreError, TripLog};

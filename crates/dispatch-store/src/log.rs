@@ -9,20 +9,36 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use dispatch_core::engine::TripRecord;
-use dispatch_core::ids::TripId;
+use dispatch_core::engine::{LogRecord, TripRecord};
+use dispatch_core::ids::{DriverId, TripId};
 use prost::Message;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::format::{Entry, LogEntry, SnapshotHeader, StoredTrip};
-use crate::frame::{self, Next};
+use crate::format::{Entry, LogEntry, SnapshotHeader, StoredTrip, TriedEntry, encode_tried};
+use crate::frame::{self, Bad, Next};
 
 const LOG_MAGIC: &[u8; 8] = b"DSPTLOG1";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"DSPSNAP1";
 const LOG: &str = "trips.log";
 /// Kept trips, by id, as their encoded records (shared, so freezing them
 /// for a snapshot copies no payload).
-type Frozen = Vec<(u64, Arc<[u8]>)>;
+type Frozen = Vec<(u64, LiveTrip)>;
+
+/// A kept trip's latest record as the next snapshot writes it: the last
+/// whole record, then the drivers added to its `tried` since, as more
+/// encoded `tried` fields (protobuf reads the two as one message). So a
+/// decline costs the bytes of one id here, not a copy of the whole record.
+#[derive(Clone)]
+struct LiveTrip {
+    whole: Arc<[u8]>,
+    tried_since: Vec<u8>,
+}
+
+impl LiveTrip {
+    fn new(whole: Vec<u8>) -> Self {
+        Self { whole: whole.into(), tried_since: Vec::new() }
+    }
+}
 
 /// The log as it was when a background snapshot began; removed once the
 /// snapshot is in place.
@@ -57,8 +73,8 @@ pub enum StoreError {
 /// What was read back on open.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Every trip record read, oldest first (the snapshot's, then the
-    /// log's); the last one for a trip is its state.
+    /// The latest state of every trip read (the snapshot's, then the log's
+    /// records and `tried` additions folded in), by trip id.
     pub records: Vec<TripRecord>,
     /// Trip ids below this were minted already.
     pub next_trip: u64,
@@ -69,11 +85,16 @@ pub struct Recovered {
     pub snapshot_trips: usize,
     /// Records read from the log after the snapshot.
     pub log_records: usize,
-    /// Bytes cut off the end of the log (a torn or corrupt tail), and why.
+    /// Bytes cut off the end of the log (a torn tail: a write the crash
+    /// cut short), and why.
     pub cut: Option<(u64, &'static str)>,
     /// Frames with a good checksum whose content could not be read (kept
     /// out, logged).
     pub unreadable: usize,
+    /// Files set aside whole because they held damage other than a torn
+    /// tail (what could be read of them, before and after the damage, was
+    /// kept); a fresh snapshot and log were written from what was read.
+    pub set_aside: Vec<PathBuf>,
 }
 
 /// The open trip log. See the crate docs for the format.
@@ -92,7 +113,7 @@ pub struct TripLog {
     /// The latest encoded record of every trip still kept: what the next
     /// snapshot holds. Kept here, not asked of the engine, so compacting
     /// never stalls dispatch.
-    live: HashMap<u64, Arc<[u8]>>,
+    live: HashMap<u64, LiveTrip>,
     next_trip: u64,
     boot: u64,
     /// Appended since the last commit.
@@ -108,25 +129,32 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreErr
 
 impl TripLog {
     /// Opens the log in `dir` (created if missing), reads back what is
-    /// there, cuts off a torn or corrupt tail, and starts a new boot.
+    /// there, and starts a new boot.
+    ///
+    /// What cannot be read is never destroyed: only a torn tail (the last
+    /// write, cut short by a crash) is cut off. A file with any other damage
+    /// (a whole frame refused, a header unreadable) is set aside whole as
+    /// `NAME.corrupt.N`, the good frames before and after the damage are
+    /// kept, and a fresh snapshot and log are written from them at once.
     pub fn open(dir: &Path, fsync: Fsync, compact_after: u64) -> Result<(TripLog, Recovered), StoreError> {
         fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         for leftover in [format!("{SNAPSHOT}.tmp"), format!("{LOG}.tmp")] {
             let _ = fs::remove_file(dir.join(leftover));
         }
-        let mut recovered = Recovered::default();
-        let mut live = HashMap::new();
-        let (snapshot_lsn, snapshot_bytes, mut boot) = read_snapshot(dir, &mut recovered, &mut live)?;
+        let mut replay = Replay::default();
+        let (snapshot_lsn, snapshot_bytes, mut boot) = read_snapshot(dir, &mut replay)?;
         // A snapshot was being written when the server stopped: the log it
         // started from comes first.
         let previous = dir.join(PREVIOUS_LOG);
+        let had_previous = previous.exists();
         let (mut lsn, mut log_boot) = (snapshot_lsn, 0);
-        if previous.exists() {
-            (lsn, log_boot) = read_previous_log(&previous, snapshot_lsn, &mut recovered, &mut live)?;
+        if had_previous {
+            (lsn, log_boot) = read_previous_log(&previous, snapshot_lsn, &mut replay)?;
         }
-        let (log_file, log_bytes, log_lsn, last_boot) = read_log(dir, snapshot_lsn, &mut recovered, &mut live)?;
+        let (log_file, log_bytes, log_lsn, last_boot) = read_log(dir, snapshot_lsn, &mut replay)?;
         let lsn = lsn.max(log_lsn);
         boot = boot.max(log_boot).max(last_boot) + 1;
+        let (live, mut recovered) = replay.finish();
         recovered.boot = boot;
         let next_trip = recovered.records.iter().map(|r| r.trip.id.0 + 1).max().unwrap_or(1).max(recovered.next_trip);
         recovered.next_trip = next_trip;
@@ -146,9 +174,9 @@ impl TripLog {
         };
         log.write_entry(Entry::Boot(boot))?;
         log.commit()?;
-        if previous.exists() {
-            // Finish what the last run started before writing anything new
-            // over it.
+        if had_previous || !recovered.set_aside.is_empty() {
+            // Finish what the last run started, or put what was saved from
+            // damaged files into sound ones, before writing anything new.
             log.compact()?;
         }
         info!(
@@ -171,12 +199,23 @@ impl TripLog {
         self.log_bytes
     }
 
-    /// Appends a trip's new state; durable after the next [`TripLog::commit`].
-    pub fn append(&mut self, record: &TripRecord) -> Result<(), StoreError> {
-        let stored = StoredTrip::from(record);
-        self.next_trip = self.next_trip.max(stored.id + 1);
-        self.live.insert(stored.id, stored.encode_to_vec().into());
-        self.write_entry(Entry::Trip(stored))
+    /// Appends a record; durable after the next [`TripLog::commit`].
+    pub fn append(&mut self, record: &LogRecord) -> Result<(), StoreError> {
+        match record {
+            LogRecord::Trip(record) => {
+                let stored = StoredTrip::from(record);
+                self.next_trip = self.next_trip.max(stored.id + 1);
+                self.write_entry(Entry::Trip(stored.clone()))?;
+                self.live.insert(stored.id, LiveTrip::new(stored.encode_to_vec()));
+            }
+            LogRecord::Tried { trip, driver } => {
+                self.write_entry(Entry::Tried(TriedEntry { trip: trip.0, driver: driver.to_string() }))?;
+                if let Some(live) = self.live.get_mut(&trip.0) {
+                    encode_tried(driver.as_str(), &mut live.tried_since);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The engine forgot a trip (its retention ran out): the next snapshot
@@ -315,10 +354,12 @@ impl TripLog {
     }
 
     fn write_entry(&mut self, entry: Entry) -> Result<(), StoreError> {
-        self.lsn += 1;
-        let payload = LogEntry { lsn: self.lsn, entry: Some(entry) }.encode_to_vec();
+        let payload = LogEntry { lsn: self.lsn + 1, entry: Some(entry) }.encode_to_vec();
         let path = self.dir.join(LOG);
-        self.log_bytes += frame::write(&mut self.log, &payload).map_err(io_err("write", &path))?;
+        // A record over the frame limit is refused here, before a byte is
+        // written, so the log never holds what it cannot read back.
+        self.log_bytes += frame::write(&mut self.log, &[&payload]).map_err(io_err("write", &path))?;
+        self.lsn += 1;
         self.unsynced = true;
         Ok(())
     }
@@ -333,9 +374,9 @@ fn write_snapshot(dir: &Path, fsync: Fsync, header: &SnapshotHeader, trips: &Fro
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut bytes = SNAPSHOT_MAGIC.len() as u64;
     out.write_all(SNAPSHOT_MAGIC).map_err(io_err("write", &tmp))?;
-    bytes += frame::write(&mut out, &header.encode_to_vec()).map_err(io_err("write", &tmp))?;
-    for (_, payload) in trips {
-        bytes += frame::write(&mut out, payload).map_err(io_err("write", &tmp))?;
+    bytes += frame::write(&mut out, &[&header.encode_to_vec()]).map_err(io_err("write", &tmp))?;
+    for (_, trip) in trips {
+        bytes += frame::write(&mut out, &[&trip.whole, &trip.tried_since]).map_err(io_err("write", &tmp))?;
     }
     let file = out.into_inner().map_err(|e| io_err("write", &tmp)(e.into_error()))?;
     if fsync == Fsync::Always {
@@ -355,13 +396,156 @@ fn sync_dir(dir: &Path, fsync: Fsync) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Reads `trips.snapshot` into `recovered` and `live`; returns the last
-/// sequence number it covers, its size and its boot number.
-fn read_snapshot(
-    dir: &Path,
-    recovered: &mut Recovered,
-    live: &mut HashMap<u64, Arc<[u8]>>,
-) -> Result<(u64, u64, u64), StoreError> {
+/// What reading back the files builds up.
+#[derive(Default)]
+struct Replay {
+    latest: HashMap<u64, TripRecord>,
+    live: HashMap<u64, LiveTrip>,
+    recovered: Recovered,
+}
+
+impl Replay {
+    /// A stored trip's whole state: replaces what came before.
+    fn trip(&mut self, payload: Vec<u8>) -> bool {
+        let Some(record) = decode_trip(&payload, &mut self.recovered) else { return false };
+        let id = record.trip.id.0;
+        self.latest.insert(id, record);
+        self.live.insert(id, LiveTrip::new(payload));
+        true
+    }
+
+    /// A driver added to a trip's `tried`.
+    fn tried(&mut self, entry: TriedEntry) {
+        let (Some(record), Some(live)) = (self.latest.get_mut(&entry.trip), self.live.get_mut(&entry.trip)) else {
+            // The trip was forgotten before this was logged: nothing to add.
+            return;
+        };
+        match DriverId::new(&entry.driver) {
+            Ok(driver) => {
+                encode_tried(driver.as_str(), &mut live.tried_since);
+                record.tried.push(driver);
+            }
+            Err(cause) => {
+                warn!(%cause, trip = entry.trip, "unreadable tried entry skipped");
+                self.recovered.unreadable += 1;
+            }
+        }
+    }
+
+    fn finish(mut self) -> (HashMap<u64, LiveTrip>, Recovered) {
+        let mut records: Vec<TripRecord> = self.latest.into_values().collect();
+        records.sort_by_key(|r| r.trip.id);
+        self.recovered.records = records;
+        (self.live, self.recovered)
+    }
+}
+
+/// What reading a file's frames found.
+struct Frames {
+    /// The offset just past the last whole good frame read before any
+    /// damage: where a torn tail is cut.
+    good_end: u64,
+    /// Damage found, if any.
+    damage: Option<Damage>,
+}
+
+/// Where a file stopped being whole good frames.
+struct Damage {
+    /// Its offset.
+    at: u64,
+    /// What was wrong.
+    bad: Bad,
+    /// Whether reading went on after it (a good frame was found further on).
+    resumed: bool,
+}
+
+impl Damage {
+    /// Only a torn tail may be cut: a write the crash cut short, with no
+    /// good frame after it. Anything else sets the file aside.
+    fn is_torn_tail(&self) -> bool {
+        matches!(self.bad, Bad::Torn(_)) && !self.resumed
+    }
+}
+
+/// Reads the frames of `path` from `start`, handing each good payload to
+/// `each` in order. At a bad frame it looks further on for the next good
+/// frame whose payload decodes as `M` and goes on from there, so damage in
+/// the middle never hides the records after it.
+fn read_frames<M: Message + Default>(
+    path: &Path,
+    start: u64,
+    mut each: impl FnMut(Vec<u8>),
+) -> Result<Frames, StoreError> {
+    let mut file = File::open(path).map_err(io_err("open", path))?;
+    file.seek(SeekFrom::Start(start)).map_err(io_err("seek", path))?;
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut offset = start;
+    loop {
+        match frame::read(&mut input).map_err(io_err("read", path))? {
+            Next::End => return Ok(Frames { good_end: offset, damage: None }),
+            Next::Frame(payload) => {
+                offset += frame::HEADER + payload.len() as u64;
+                each(payload);
+            }
+            Next::Bad(bad) => {
+                let good_end = offset;
+                // Damage is rare: read the rest into memory and look for
+                // where whole frames begin again.
+                drop(input);
+                let mut rest = Vec::new();
+                let mut file = File::open(path).map_err(io_err("open", path))?;
+                file.seek(SeekFrom::Start(good_end + 1)).map_err(io_err("seek", path))?;
+                file.read_to_end(&mut rest).map_err(io_err("read", path))?;
+                let resumed = resume_after_damage::<M>(&rest, &mut each);
+                let damage = Damage { at: good_end, bad, resumed };
+                return Ok(Frames { good_end, damage: Some(damage) });
+            }
+        }
+    }
+}
+
+/// Reads on through `bytes` (what follows a bad frame), skipping to the next
+/// good frame after each bad stretch. Returns whether any was found.
+fn resume_after_damage<M: Message + Default>(mut bytes: &[u8], each: &mut impl FnMut(Vec<u8>)) -> bool {
+    let plausible = |payload: &[u8]| M::decode(payload).is_ok();
+    let mut resumed = false;
+    while let Some(at) = frame::resync(bytes, plausible) {
+        resumed = true;
+        let mut input = &bytes[at..];
+        loop {
+            match frame::read(&mut input) {
+                Ok(Next::Frame(payload)) => each(payload),
+                Ok(Next::End) => return true,
+                Ok(Next::Bad(_)) | Err(_) => break,
+            }
+        }
+        // `input` stopped at a bad frame: look again one byte past it.
+        let consumed = bytes.len() - input.len();
+        bytes = bytes.get(consumed.max(at + 1)..).unwrap_or(&[]);
+    }
+    resumed
+}
+
+/// Moves a damaged file out of the way under a name nothing else uses
+/// (`NAME.corrupt.N`), so a later build can still read what this one
+/// could not.
+fn set_aside(path: &Path, recovered: &mut Recovered) -> Result<(), StoreError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let aside = (1u32..)
+        .map(|n| path.with_file_name(format!("{name}.corrupt.{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| path.with_file_name(format!("{name}.corrupt")));
+    fs::rename(path, &aside).map_err(io_err("set aside", path))?;
+    error!(path = %path.display(), moved_to = %aside.display(),
+        "trip log file damaged: set aside whole and kept; every record that could be read was recovered");
+    recovered.set_aside.push(aside);
+    Ok(())
+}
+
+/// Reads `trips.snapshot`; returns the last sequence number it covers, its
+/// size and its boot number. A damaged snapshot is read as far as it can be
+/// (past the damage too) and set aside.
+fn read_snapshot(dir: &Path, replay: &mut Replay) -> Result<(u64, u64, u64), StoreError> {
     let path = dir.join(SNAPSHOT);
     let file = match File::open(&path) {
         Ok(file) => file,
@@ -369,52 +553,49 @@ fn read_snapshot(
         Err(e) => return Err(io_err("open", &path)(e)),
     };
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut input = BufReader::new(file);
     let mut magic = [0u8; 8];
     let header = match input.read_exact(&mut magic) {
         Ok(()) if &magic == SNAPSHOT_MAGIC => match frame::read(&mut input).map_err(io_err("read", &path))? {
-            Next::Frame(payload) => SnapshotHeader::decode(payload.as_slice()).ok(),
+            Next::Frame(payload) => SnapshotHeader::decode(payload.as_slice()).ok().map(|h| (h, payload.len())),
             _ => None,
         },
         _ => None,
     };
-    let Some(header) = header else {
-        // The snapshot is renamed into place whole, so this is damage, not
-        // a crash. Keep the file for a human and go on with the log alone.
-        let aside = dir.join(format!("{SNAPSHOT}.corrupt"));
-        warn!(path = %path.display(), moved_to = %aside.display(), "trip snapshot unreadable; set aside");
-        let _ = fs::rename(&path, &aside);
+    drop(input);
+    let Some((header, header_len)) = header else {
+        // Renamed into place whole, so this is damage, not a crash. Whatever
+        // trip frames can be found are kept; the log's records, which come
+        // later, win over them.
+        warn!(path = %path.display(), "trip snapshot header unreadable; reading what trips can be found");
+        let mut found = 0;
+        resume_after_damage::<StoredTrip>(&fs::read(&path).map_err(io_err("read", &path))?, &mut |payload| {
+            found += usize::from(replay.trip(payload));
+        });
+        replay.recovered.snapshot_trips = found;
+        set_aside(&path, &mut replay.recovered)?;
         return Ok((0, 0, 0));
     };
-    for _ in 0..header.trips {
-        match frame::read(&mut input).map_err(io_err("read", &path))? {
-            Next::Frame(payload) => {
-                if let Some(record) = decode_trip(&payload, recovered) {
-                    live.insert(record.trip.id.0, payload.into());
-                    recovered.records.push(record);
-                    recovered.snapshot_trips += 1;
-                }
-            }
-            Next::End | Next::Bad(_) => {
-                warn!(path = %path.display(), read = recovered.snapshot_trips, expected = header.trips,
-                    "trip snapshot ends early; keeping the trips read");
-                break;
-            }
-        }
+    let start = SNAPSHOT_MAGIC.len() as u64 + frame::HEADER + header_len as u64;
+    let mut found = 0;
+    let frames = read_frames::<StoredTrip>(&path, start, |payload| found += usize::from(replay.trip(payload)))?;
+    replay.recovered.snapshot_trips = found;
+    replay.recovered.next_trip = header.next_trip;
+    if let Some(damage) = frames.damage {
+        error!(path = %path.display(), offset = damage.at, why = damage.bad.why(), read = found,
+            expected = header.trips, resumed = damage.resumed, "trip snapshot damaged");
+        set_aside(&path, &mut replay.recovered)?;
+    } else if (found as u64) < header.trips {
+        warn!(path = %path.display(), read = found, expected = header.trips, "trip snapshot ends early");
     }
-    recovered.next_trip = header.next_trip;
     Ok((header.lsn, size, header.boot))
 }
 
-/// Reads `trips.log`, cutting it at the first bad frame, and leaves it open
-/// for appending. Returns the file, its length, the last sequence number and
-/// the last boot number seen.
-fn read_log(
-    dir: &Path,
-    snapshot_lsn: u64,
-    recovered: &mut Recovered,
-    live: &mut HashMap<u64, Arc<[u8]>>,
-) -> Result<(File, u64, u64, u64), StoreError> {
+/// Reads `trips.log` and leaves it open for appending: a torn tail is cut,
+/// any other damage sets the file aside (see [`TripLog::open`]) and a new
+/// one is started. Returns the file, its length, the last sequence number
+/// and the last boot number seen.
+fn read_log(dir: &Path, snapshot_lsn: u64, replay: &mut Replay) -> Result<(File, u64, u64, u64), StoreError> {
     let path = dir.join(LOG);
     let open = || {
         OpenOptions::new()
@@ -426,35 +607,43 @@ fn read_log(
             .map_err(io_err("open", &path))
     };
     let mut file = open()?;
-    let mut size = file.metadata().map_err(io_err("stat", &path))?.len();
-    let mut magic = [0u8; 8];
-    let magic_ok = file.read_exact(&mut magic).is_ok() && &magic == LOG_MAGIC;
-    if !magic_ok && size > 0 {
-        // Not a log this server wrote, or its first bytes are damaged:
-        // keep it for a human and start a fresh one.
-        let aside = dir.join(format!("{LOG}.corrupt"));
-        warn!(path = %path.display(), moved_to = %aside.display(), bytes = size,
-            "trip log does not start with its magic; set aside");
-        drop(file);
-        fs::rename(&path, &aside).map_err(io_err("rename", &path))?;
-        file = open()?;
-        size = 0;
-    }
-    let mut input = BufReader::with_capacity(1 << 20, &mut file);
+    let size = file.metadata().map_err(io_err("stat", &path))?.len();
+    let mut magic = Vec::with_capacity(LOG_MAGIC.len());
+    (&mut file).take(LOG_MAGIC.len() as u64).read_to_end(&mut magic).map_err(io_err("read", &path))?;
+    let magic_ok = magic == LOG_MAGIC;
+    // The magic itself torn by a crash right after the file was made.
+    let torn_magic = !magic_ok && size < LOG_MAGIC.len() as u64 && LOG_MAGIC.starts_with(&magic);
     let (mut lsn, mut boot) = (snapshot_lsn, 0);
-    let mut good_end = LOG_MAGIC.len() as u64;
+    let mut good_end = 0;
     if magic_ok {
-        let read = read_entries(&mut input, &path, snapshot_lsn, recovered, live)?;
-        good_end += read.good_bytes;
+        let read = read_entries(&path, LOG_MAGIC.len() as u64, snapshot_lsn, replay)?;
+        (lsn, boot, good_end) = (lsn.max(read.lsn), read.boot, read.frames.good_end);
+        match read.frames.damage {
+            None => {}
+            Some(damage) if damage.is_torn_tail() => {
+                let cut = size - damage.at;
+                warn!(path = %path.display(), offset = damage.at, cut_bytes = cut, why = damage.bad.why(),
+                    "trip log ends in a torn write; cut at the last whole record");
+                replay.recovered.cut = Some((cut, damage.bad.why()));
+            }
+            Some(damage) => {
+                error!(path = %path.display(), offset = damage.at, why = damage.bad.why(), resumed = damage.resumed,
+                    "trip log damaged before its end; reading on past the damage");
+                drop(file);
+                set_aside(&path, &mut replay.recovered)?;
+                file = open()?;
+                good_end = 0;
+            }
+        }
+    } else if size > 0 && !torn_magic {
+        // Not a log this server wrote, or its first bytes are damaged: look
+        // for records in it anyway, and keep it.
+        warn!(path = %path.display(), bytes = size, "trip log does not start with its magic");
+        drop(file);
+        let read = read_entries(&path, 0, snapshot_lsn, replay)?;
         (lsn, boot) = (lsn.max(read.lsn), read.boot);
-        recovered.cut = read.bad.map(|why| (size - good_end, why));
-    } else {
-        good_end = 0;
-    }
-    drop(input);
-    if let Some((bytes, why)) = recovered.cut {
-        warn!(path = %path.display(), offset = good_end, cut_bytes = bytes, why,
-            "trip log has a torn or corrupt tail; cut at the last good record");
+        set_aside(&path, &mut replay.recovered)?;
+        file = open()?;
     }
     if good_end < size || good_end == 0 {
         file.set_len(good_end).map_err(io_err("truncate", &path))?;
@@ -469,78 +658,56 @@ fn read_log(
     Ok((file, good_end, lsn, boot))
 }
 
-/// What reading a log's frames found.
+/// What reading a log's entries found.
 struct Entries {
-    /// Bytes of whole good frames.
-    good_bytes: u64,
-    /// Why reading stopped early, if it did.
-    bad: Option<&'static str>,
+    frames: Frames,
     /// The last sequence number and boot number seen.
     lsn: u64,
     boot: u64,
 }
 
-/// Reads log frames (after the magic) up to the end or the first bad one,
-/// adding the trip records past `snapshot_lsn` to `recovered` and `live`.
-fn read_entries(
-    input: &mut impl Read,
-    path: &Path,
-    snapshot_lsn: u64,
-    recovered: &mut Recovered,
-    live: &mut HashMap<u64, Arc<[u8]>>,
-) -> Result<Entries, StoreError> {
-    let mut read = Entries { good_bytes: 0, bad: None, lsn: 0, boot: 0 };
-    loop {
-        match frame::read(input).map_err(io_err("read", path))? {
-            Next::End => return Ok(read),
-            Next::Bad(why) => {
-                read.bad = Some(why);
-                return Ok(read);
-            }
-            Next::Frame(payload) => {
-                read.good_bytes += frame::HEADER + payload.len() as u64;
-                let Ok(entry) = LogEntry::decode(payload.as_slice()) else {
-                    recovered.unreadable += 1;
-                    continue;
-                };
-                read.lsn = read.lsn.max(entry.lsn);
-                match entry.entry {
-                    Some(Entry::Boot(b)) => read.boot = read.boot.max(b),
-                    Some(Entry::Trip(stored)) if entry.lsn > snapshot_lsn => {
-                        let payload = stored.encode_to_vec();
-                        if let Some(record) = decode_trip(&payload, recovered) {
-                            live.insert(record.trip.id.0, payload.into());
-                            recovered.records.push(record);
-                            recovered.log_records += 1;
-                        }
-                    }
-                    Some(Entry::Trip(_)) | None => {}
+/// Reads log entries from `start`, adding what comes after `snapshot_lsn`
+/// to `replay`.
+fn read_entries(path: &Path, start: u64, snapshot_lsn: u64, replay: &mut Replay) -> Result<Entries, StoreError> {
+    let (mut lsn, mut boot) = (0, 0);
+    let frames = read_frames::<LogEntry>(path, start, |payload| {
+        let Ok(entry) = LogEntry::decode(payload.as_slice()) else {
+            replay.recovered.unreadable += 1;
+            return;
+        };
+        lsn = lsn.max(entry.lsn);
+        match entry.entry {
+            Some(Entry::Boot(b)) => boot = boot.max(b),
+            Some(Entry::Trip(stored)) if entry.lsn > snapshot_lsn => {
+                if replay.trip(stored.encode_to_vec()) {
+                    replay.recovered.log_records += 1;
                 }
             }
+            Some(Entry::Tried(tried)) if entry.lsn > snapshot_lsn => {
+                replay.tried(tried);
+                replay.recovered.log_records += 1;
+            }
+            Some(Entry::Trip(_) | Entry::Tried(_)) | None => {}
         }
-    }
+    })?;
+    Ok(Entries { frames, lsn, boot })
 }
 
 /// Reads `trips.log.prev`, left by a background compaction that had not
-/// finished. It was committed whole before it was set aside, so it is read
-/// as it is (a bad frame ends it, and is reported). Returns the last
-/// sequence and boot numbers.
-fn read_previous_log(
-    path: &Path,
-    snapshot_lsn: u64,
-    recovered: &mut Recovered,
-    live: &mut HashMap<u64, Arc<[u8]>>,
-) -> Result<(u64, u64), StoreError> {
-    let file = File::open(path).map_err(io_err("open", path))?;
-    let mut input = BufReader::with_capacity(1 << 20, file);
+/// finished. It was committed whole before it was set aside, so any damage
+/// in it is reported and the file set aside. Returns the last sequence and
+/// boot numbers.
+fn read_previous_log(path: &Path, snapshot_lsn: u64, replay: &mut Replay) -> Result<(u64, u64), StoreError> {
     let mut magic = [0u8; 8];
-    if input.read_exact(&mut magic).is_err() || &magic != LOG_MAGIC {
-        warn!(path = %path.display(), "previous trip log does not start with its magic; skipped");
-        return Ok((snapshot_lsn, 0));
+    let magic_ok = File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == LOG_MAGIC;
+    let start = if magic_ok { LOG_MAGIC.len() as u64 } else { 0 };
+    let read = read_entries(path, start, snapshot_lsn, replay)?;
+    if let Some(damage) = &read.frames.damage {
+        error!(path = %path.display(), offset = damage.at, why = damage.bad.why(), resumed = damage.resumed,
+            "previous trip log damaged; kept every record that could be read");
     }
-    let read = read_entries(&mut input, path, snapshot_lsn, recovered, live)?;
-    if let Some(why) = read.bad {
-        warn!(path = %path.display(), why, "previous trip log ends in a bad frame; kept what came before");
+    if !magic_ok || read.frames.damage.is_some() {
+        set_aside(path, &mut replay.recovered)?;
     }
     Ok((snapshot_lsn.max(read.lsn), read.boot))
 }

@@ -86,6 +86,19 @@ struct Flags {
     /// in milliseconds, before it goes to another driver.
     #[arg(long, env = "DISPATCH_DRIVER_GRACE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(i64).range(0..))]
     driver_grace_ms: i64,
+    /// How many drivers a ride is offered to (declined, lapsed or given
+    /// back) before it ends NO_DRIVER_FOUND; at most 5,000, so every trip
+    /// record fits the trip log's frame limit.
+    #[arg(long, env = "DISPATCH_MAX_OFFERS_PER_TRIP", default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..=dispatch_core::engine::MAX_OFFERS_PER_TRIP as u64))]
+    max_offers_per_trip: u64,
+    /// The most drivers the engine knows at once (connected, or holding a
+    /// trip); a new driver past it is refused RESOURCE_EXHAUSTED.
+    #[arg(long, env = "DISPATCH_MAX_DRIVERS", default_value_t = 2_000_000)]
+    max_drivers: usize,
+    /// The most drivers one fleet may speak for at once.
+    #[arg(long, env = "DISPATCH_MAX_DRIVERS_PER_FLEET", default_value_t = 100_000)]
+    max_drivers_per_fleet: usize,
     /// When the trip log reaches the disk: `always` (every commit waits for
     /// fdatasync) or `never` (the OS decides: survives a process crash, not
     /// a power cut; for tests and benchmarks only).
@@ -173,6 +186,10 @@ impl Flags {
         config.engine.max_pickup_distance_m = self.max_pickup_distance_m;
         config.engine.trip_retention_ms = self.trip_retention;
         config.engine.driver_grace_ms = self.driver_grace_ms;
+        // Fits: the parser caps it at MAX_OFFERS_PER_TRIP.
+        config.engine.max_offers_per_trip = self.max_offers_per_trip as usize;
+        config.engine.max_drivers = self.max_drivers;
+        config.engine.max_drivers_per_fleet = self.max_drivers_per_fleet;
         config.max_fleet_batch = self.max_fleet_batch;
         config.max_sessions = self.max_sessions;
         config.max_message_bytes = self.max_message_bytes;

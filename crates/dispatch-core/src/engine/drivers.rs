@@ -39,7 +39,10 @@ impl Engine {
                 self.driver_mut(key).session = Some(session);
                 key
             }
-            None => self.add_driver(hello.driver.clone(), session),
+            None => {
+                self.check_room_for_driver()?;
+                self.add_driver(hello.driver.clone(), session)
+            }
         };
         self.sessions.insert(session, Session::Driver(key));
         let driver = self.driver_mut(key);
@@ -116,11 +119,14 @@ impl Engine {
                     return Err(EngineError::DriverHeldElsewhere(update.driver));
                 }
                 None => {
+                    self.check_room_in_fleet(session)?;
                     self.driver_mut(key).grace_until = None;
                     self.register_with_fleet(key, session)
                 }
             },
             None => {
+                self.check_room_for_driver()?;
+                self.check_room_in_fleet(session)?;
                 let key = self.add_driver(update.driver.clone(), session);
                 self.register_with_fleet(key, session)
             }
@@ -223,6 +229,26 @@ impl Engine {
         match self.sessions.get(&session) {
             Some(Session::Fleet(fleet)) => Some(&fleet.fleet),
             _ => None,
+        }
+    }
+
+    /// Whether one more driver fits under `Config::max_drivers`.
+    fn check_room_for_driver(&self) -> Result<(), EngineError> {
+        let limit = self.config.max_drivers;
+        if self.driver_keys.len() >= limit {
+            return Err(EngineError::TooManyDrivers { what: "the server", limit });
+        }
+        Ok(())
+    }
+
+    /// Whether a fleet session may take one more driver.
+    fn check_room_in_fleet(&self, session: SessionId) -> Result<(), EngineError> {
+        let limit = self.config.max_drivers_per_fleet;
+        match self.sessions.get(&session) {
+            Some(Session::Fleet(fleet)) if fleet.drivers.len() >= limit => {
+                Err(EngineError::TooManyDrivers { what: "this fleet", limit })
+            }
+            _ => Ok(()),
         }
     }
 

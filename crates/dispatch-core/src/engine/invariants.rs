@@ -10,7 +10,8 @@ use crate::trip::TripStatus;
 impl Engine {
     /// Checks that the engine's tables agree with each other: one trip per
     /// driver, one driver per trip, at most one offer per driver and per
-    /// trip, never an offer and a trip at once, every indexed driver known.
+    /// trip, never an offer and a trip at once, every indexed driver known,
+    /// no trip offered to more drivers than allowed.
     /// Returns what is broken, if anything.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut drivers_on_trips = HashMap::new();
@@ -18,6 +19,11 @@ impl Engine {
             let trip = &state.trip;
             if trip.id != *id {
                 return Err(format!("trip {id} is filed under another id {}", trip.id));
+            }
+            // What bounds the size of its record in the trip log.
+            let most = self.config.max_offers_per_trip.min(super::MAX_OFFERS_PER_TRIP);
+            if state.tried.len() > most {
+                return Err(format!("trip {id} was offered to {} drivers, more than {most}", state.tried.len()));
             }
             if trip.status.has_driver() {
                 let Some(driver) = &trip.driver else {

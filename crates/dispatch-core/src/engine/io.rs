@@ -1,7 +1,7 @@
 //! What goes into the engine and what comes out of it.
 
 use crate::geo::LatLng;
-use crate::ids::{DriverId, OfferId, RequestId, RiderId, SessionId};
+use crate::ids::{DriverId, OfferId, RequestId, RiderId, SessionId, TripId};
 use crate::service::{ServiceSet, ServiceType};
 use crate::time::Timestamp;
 use crate::trip::Trip;
@@ -29,7 +29,27 @@ pub struct Config {
     /// How long a driver whose session dropped keeps a trip not yet in
     /// progress before it goes back to searching for someone else.
     pub driver_grace_ms: i64,
+    /// How many drivers a trip is offered to (declined, lapsed, or given
+    /// back) before it ends `NoDriverFound`. At most [`MAX_OFFERS_PER_TRIP`],
+    /// so every trip record fits the trip log's frame limit.
+    pub max_offers_per_trip: usize,
+    /// Drivers the engine knows at once (connected, or holding a trip); a
+    /// new driver past this is refused.
+    pub max_drivers: usize,
+    /// Drivers one fleet may speak for at once.
+    pub max_drivers_per_fleet: usize,
 }
+
+/// The most drivers a trip may be offered to, whatever the configuration:
+/// a trip record carries every one of their ids, and at this many ids of
+/// [`crate::ids::MAX_ID_BYTES`] the record is still well under the trip
+/// log's 1 MiB frame limit (a property test in `dispatch-store` holds the
+/// two together).
+pub const MAX_OFFERS_PER_TRIP: usize = 5_000;
+
+/// The longest cancel reason a trip keeps, in bytes; a longer one is cut at
+/// a character boundary (the gRPC edge refuses longer ones outright).
+pub const MAX_REASON_BYTES: usize = 512;
 
 impl Default for Config {
     fn default() -> Self {
@@ -42,6 +62,9 @@ impl Default for Config {
             rematch_interval_ms: 200,
             index_slack_m: crate::index::DEFAULT_SLACK_M,
             driver_grace_ms: 30_000,
+            max_offers_per_trip: 300,
+            max_drivers: 2_000_000,
+            max_drivers_per_fleet: 100_000,
         }
     }
 }
@@ -215,13 +238,55 @@ pub struct TripRecord {
     pub driver_fleet: Option<crate::ids::FleetId>,
 }
 
+/// One record of the trip log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogRecord {
+    /// A trip's whole state after a change of status (or a restart).
+    Trip(TripRecord),
+    /// A driver joined those never offered `trip` again (declined, let the
+    /// offer lapse, lost the session). Logged alone, not as the whole trip
+    /// again, so a trip offered to n drivers costs O(n) bytes, not O(n²).
+    Tried {
+        /// The trip.
+        trip: TripId,
+        /// The driver.
+        driver: DriverId,
+    },
+}
+
+impl LogRecord {
+    /// Folds records, oldest first, into the latest state of every trip:
+    /// what a replay of the log gives [`crate::Engine::restore`]. A
+    /// [`LogRecord::Tried`] for a trip with no whole record before it is
+    /// dropped (nothing to add it to).
+    pub fn fold(records: impl IntoIterator<Item = LogRecord>) -> Vec<TripRecord> {
+        let mut latest: std::collections::HashMap<TripId, TripRecord> = std::collections::HashMap::new();
+        for record in records {
+            match record {
+                LogRecord::Trip(trip) => {
+                    latest.insert(trip.trip.id, trip);
+                }
+                LogRecord::Tried { trip, driver } => {
+                    // A driver is offered a trip once, so never twice here.
+                    if let Some(record) = latest.get_mut(&trip) {
+                        record.tried.push(driver);
+                    }
+                }
+            }
+        }
+        let mut records: Vec<TripRecord> = latest.into_values().collect();
+        records.sort_by_key(|r| r.trip.id);
+        records
+    }
+}
+
 /// Something the caller must carry out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Append this to the trip log. Everything after it in the same drain
     /// (the rider's update, the driver's event, the caller's reply) must
     /// wait until it is durable.
-    Persist(TripRecord),
+    Persist(LogRecord),
     /// Send `event` down `session`.
     Driver {
         /// The session that speaks for the driver.

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::state::{OpenOffer, Timer};
-use super::{DriverEvent, Effect, Engine, Offer, WithdrawReason};
+use super::{DriverEvent, Effect, Engine, LogRecord, MAX_OFFERS_PER_TRIP, Offer, WithdrawReason};
 use crate::geo::LatLng;
 use crate::ids::{DriverId, OfferId, TripId};
 use crate::index::DriverKey;
@@ -50,11 +50,20 @@ impl Engine {
 
     /// Offers a searching trip with no offer out to its nearest offerable
     /// driver (or assigns it, for an auto-accept driver); a trip nobody can
-    /// take now waits in `unmatched`.
+    /// take now waits in `unmatched`. A trip already offered to
+    /// `Config::max_offers_per_trip` drivers ends `NoDriverFound`: that
+    /// bounds what it keeps (and logs) of the drivers who passed on it.
     pub(super) fn try_match(&mut self, now: Timestamp, trip_id: TripId) {
         let Some(state) = self.trips.get(&trip_id) else { return };
         if state.trip.status != TripStatus::Searching || state.offer.is_some() {
             self.unmatched.remove(&trip_id);
+            return;
+        }
+        let most = self.config.max_offers_per_trip.min(MAX_OFFERS_PER_TRIP);
+        if state.tried.len() >= most {
+            self.stats.trips_no_driver += 1;
+            let reason = format!("offered to {most} drivers; none took it");
+            self.finish(now, trip_id, TripStatus::NoDriverFound, Some(reason));
             return;
         }
         let Some((key, distance_m)) =
@@ -177,10 +186,10 @@ impl Engine {
         }
         if let Some(state) = self.trips.get_mut(&offer.trip) {
             state.offer = None;
-            state.tried.insert(driver_id);
+            state.tried.insert(driver_id.clone());
+            // So a restart never offers the trip to this driver again.
+            self.effects.push(Effect::Persist(LogRecord::Tried { trip: offer.trip, driver: driver_id }));
         }
-        // So a restart never offers the trip to this driver again.
-        self.persist(offer.trip);
         self.freed.push(offer.driver);
         Some(offer.trip)
     }
@@ -227,9 +236,8 @@ impl Engine {
         }
     }
 
-    /// Logs a trip as it is now, without telling anyone: for what only the
-    /// engine sees (a driver added to those never offered it again).
-    pub(super) fn persist(&mut self, trip_id: TripId) {
+    /// Logs a trip's whole state as it is now.
+    fn persist(&mut self, trip_id: TripId) {
         let Some(state) = self.trips.get(&trip_id) else { return };
         let mut tried: Vec<DriverId> = state.tried.iter().cloned().collect();
         tried.sort_unstable();
@@ -240,13 +248,13 @@ impl Engine {
             .filter(|_| state.trip.status.has_driver())
             .and_then(|d| self.driver_keys.get(d))
             .and_then(|&key| self.driver(key).fleet.clone());
-        self.effects.push(Effect::Persist(super::TripRecord {
+        self.effects.push(Effect::Persist(LogRecord::Trip(super::TripRecord {
             trip: state.trip.clone(),
             radius_m: state.radius_m,
             tried,
             search_deadline: state.search_deadline,
             driver_fleet,
-        }));
+        })));
     }
 
     /// Starts (or restarts) a trip's search: a fresh deadline, then a match.

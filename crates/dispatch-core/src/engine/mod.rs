@@ -15,8 +15,8 @@ mod rides;
 mod state;
 
 pub use io::{
-    Config, DriverEvent, DriverHello, Effect, FleetDriverUpdate, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest,
-    SessionEnd, Stats, TripRecord, WithdrawReason,
+    Config, DriverEvent, DriverHello, Effect, FleetDriverUpdate, LogRecord, MAX_OFFERS_PER_TRIP, MAX_REASON_BYTES,
+    NearbyDriver, NearbyQuery, Offer, Ping, RideRequest, SessionEnd, Stats, TripRecord, WithdrawReason,
 };
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

@@ -86,7 +86,7 @@ struct Seen {
     offers: Vec<(OfferId, SessionId)>,
     driver_sessions: HashMap<usize, SessionId>,
     /// The trip log: every `Persist`, in order.
-    log: Vec<TripRecord>,
+    log: Vec<LogRecord>,
 }
 
 fn check_effects(seen: &mut Seen, effects: &[Effect]) -> Result<(), TestCaseError> {
@@ -95,7 +95,10 @@ fn check_effects(seen: &mut Seen, effects: &[Effect]) -> Result<(), TestCaseErro
             Effect::Persist(record) => seen.log.push(record.clone()),
             Effect::Rider(trip) => {
                 if seen.statuses.get(&trip.id) != Some(&trip.status) {
-                    let logged = seen.log.iter().rev().find(|r| r.trip.id == trip.id).map(|r| r.trip.status);
+                    let logged = seen.log.iter().rev().find_map(|r| match r {
+                        LogRecord::Trip(r) if r.trip.id == trip.id => Some(r.trip.status),
+                        _ => None,
+                    });
                     prop_assert_eq!(logged, Some(trip.status), "{} told the rider before it was logged", trip.id);
                 }
                 if let Some(&before) = seen.statuses.get(&trip.id) {
@@ -128,7 +131,7 @@ fn check_effects(seen: &mut Seen, effects: &[Effect]) -> Result<(), TestCaseErro
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Retry on every move, so that after each tick no waiting trip may have
     // an offerable driver in range (`check_invariants` checks it).
-    let config = Config { rematch_interval_ms: 0, driver_grace_ms: 5_000, ..Config::default() };
+    let config = Config { rematch_interval_ms: 0, driver_grace_ms: 5_000, max_offers_per_trip: 2, ..Config::default() };
     let mut engine = Engine::new(config.clone());
     let mut now = Timestamp(1_700_000_000_000);
     let mut seen = Seen::default();
@@ -227,7 +230,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let first_offer = engine.next_offer + 1_000;
                 let before = std::mem::replace(
                     &mut engine,
-                    Engine::restore(config.clone(), now, seen.log.clone(), 1, first_offer),
+                    Engine::restore(config.clone(), now, LogRecord::fold(seen.log.clone()), 1, first_offer),
                 );
                 for (id, live) in &before.trips {
                     let back = engine.trip(*id).map(|t| Trip { driver_position: None, updated_at: now, ..t.clone() });

@@ -66,12 +66,31 @@ impl Engine {
     /// an assigned driver is told and is free again. Cancelling a cancelled
     /// trip again answers the trip as it is, so a retry is harmless.
     pub fn cancel_ride(&mut self, now: Timestamp, trip_id: TripId, reason: &str) -> Result<Trip, EngineError> {
+        self.cancel(now, trip_id, reason, "cancelled by rider", |status| status.rider_may_cancel())
+    }
+
+    /// An operator ends a trip that has not ended, whatever its status: a
+    /// ride in progress whose driver never came back would otherwise be
+    /// held for good. The trip ends `Cancelled`; its driver, if connected,
+    /// sees it so and is free, and one no session speaks for is forgotten.
+    pub fn cancel_by_operator(&mut self, now: Timestamp, trip_id: TripId, reason: &str) -> Result<Trip, EngineError> {
+        self.cancel(now, trip_id, reason, "cancelled by an operator", |status| !status.is_terminal())
+    }
+
+    fn cancel(
+        &mut self,
+        now: Timestamp,
+        trip_id: TripId,
+        reason: &str,
+        default_reason: &str,
+        may_cancel: impl Fn(TripStatus) -> bool,
+    ) -> Result<Trip, EngineError> {
         let state = self.trips.get(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
         let status = state.trip.status;
         if status == TripStatus::Cancelled {
             return Ok(state.trip.clone());
         }
-        if !status.rider_may_cancel() {
+        if !may_cancel(status) {
             return Err(EngineError::TooLateToCancel { trip: trip_id, status });
         }
         let offer = state.offer;
@@ -79,7 +98,7 @@ impl Engine {
         if let Some(offer) = offer {
             self.close_offer(offer, WithdrawReason::RiderCancelled);
         }
-        let reason = if reason.is_empty() { "cancelled by rider".to_owned() } else { reason.to_owned() };
+        let reason = if reason.is_empty() { default_reason.to_owned() } else { bounded_reason(reason) };
         self.stats.trips_cancelled += 1;
         self.finish(now, trip_id, TripStatus::Cancelled, Some(reason));
         if let Some(key) = driver.filter(|_| status.has_driver()) {
@@ -235,4 +254,14 @@ impl Engine {
             self.forget_driver(key);
         }
     }
+}
+
+/// `reason`, cut to at most [`super::MAX_REASON_BYTES`] at a character
+/// boundary: a trip record stays bounded whatever a caller sends.
+fn bounded_reason(reason: &str) -> String {
+    let mut end = reason.len().min(super::MAX_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
 }

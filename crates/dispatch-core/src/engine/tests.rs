@@ -615,14 +615,12 @@ fn hello_for(id: &str) -> DriverHello {
     DriverHello { driver: did(id), services: ServiceSet::taxi(), position: None, available: true, auto_accept: true }
 }
 
+/// What a replay of the log the effects wrote gives back.
 fn persisted(effects: &[Effect]) -> Vec<TripRecord> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Persist(r) => Some(r.clone()),
-            _ => None,
-        })
-        .collect()
+    LogRecord::fold(effects.iter().filter_map(|e| match e {
+        Effect::Persist(r) => Some(r.clone()),
+        _ => None,
+    }))
 }
 
 #[test]
@@ -679,7 +677,14 @@ fn every_change_a_rider_sees_is_persisted_first() {
     w.engine.offer_reply(w.now, a, offer, true).unwrap_or_else(|e| panic!("{e}"));
     w.engine.trip_progress(w.now, a, None, trip, TripStatus::DriverArrived).unwrap_or_else(|e| panic!("{e}"));
     w.drain();
-    let statuses: Vec<TripStatus> = persisted(&w.log).iter().map(|r| r.trip.status).collect();
+    let statuses: Vec<TripStatus> = w
+        .log
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist(LogRecord::Trip(r)) => Some(r.trip.status),
+            _ => None,
+        })
+        .collect();
     assert_eq!(statuses, vec![TripStatus::Searching, TripStatus::DriverAssigned, TripStatus::DriverArrived]);
     // A position refresh reaches the rider but is not logged.
     let later = w.now + 5_000;
@@ -749,7 +754,7 @@ fn a_restored_driver_who_never_returns_loses_a_trip_not_yet_started() {
     let restored: Vec<TripStatus> = back
         .drain_effects()
         .filter_map(|e| match e {
-            Effect::Persist(r) => Some(r.trip.status),
+            Effect::Persist(LogRecord::Trip(r)) => Some(r.trip.status),
             _ => None,
         })
         .collect();
@@ -776,4 +781,92 @@ fn a_driver_who_declined_is_not_offered_the_trip_again_after_a_restart() {
     let effects: Vec<Effect> = back.drain_effects().collect();
     assert_eq!(only_offer(&effects).2, "b");
     assert_eq!(back.trip(trip).map(|t| t.status), Some(TripStatus::Searching));
+}
+
+#[test]
+fn a_trip_offered_to_the_most_drivers_allowed_ends_no_driver_found_and_logs_each_decline_alone() {
+    let mut w = World::with(Config { max_offers_per_trip: 3, ..Config::default() });
+    let sessions: Vec<SessionId> = (0..5).map(|n| w.driver(&format!("d{n}"), 100.0 * f64::from(n + 1))).collect();
+    let trip = w.request("r1");
+    for round in 0..3 {
+        let effects = w.drain();
+        let offered = offers(&effects);
+        assert_eq!(offered.len(), 1, "round {round}");
+        let (session, offer, _) = offered[0].clone();
+        w.engine.offer_reply(w.now, session, offer, false).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let effects = w.drain();
+    assert!(offers(&effects).is_empty(), "a fourth driver was offered the trip");
+    assert_eq!(w.status(trip), TripStatus::NoDriverFound);
+    assert!(w.engine.trip(trip).and_then(|t| t.cancel_reason.clone()).is_some_and(|r| r.contains('3')));
+    // Each decline was logged as the one driver added, never the whole set.
+    let tried: Vec<&LogRecord> = w
+        .log
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist(r @ LogRecord::Tried { .. }) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tried.len(), 3);
+    let whole_with_tried = w.log.iter().any(|e| {
+        matches!(e, Effect::Persist(LogRecord::Trip(r)) if r.trip.status == TripStatus::Searching && !r.tried.is_empty())
+    });
+    assert!(!whole_with_tried, "a decline rewrote the whole trip");
+    // A replay gives back the three drivers who passed.
+    let replayed = persisted(&w.log);
+    assert_eq!(replayed.iter().find(|r| r.trip.id == trip).map(|r| r.tried.len()), Some(3));
+    let _ = sessions;
+}
+
+#[test]
+fn drivers_past_the_limits_are_refused_and_nobody_else_is_touched() {
+    let mut w = World::with(Config { max_drivers: 4, max_drivers_per_fleet: 2, ..Config::default() });
+    w.driver("a", 100.0);
+    let fleet = w.session();
+    w.engine.connect_fleet(fleet, FleetId::new("f").unwrap_or_else(|e| panic!("{e}")));
+    let update = |id: &str| FleetDriverUpdate {
+        driver: did(id),
+        position: Some(Ping { position: north_of_pickup(50.0), timestamp: None }),
+        services: None,
+        available: Some(true),
+        auto_accept: false,
+    };
+    assert!(w.engine.fleet_update(w.now, fleet, update("f/1")).is_ok());
+    assert!(w.engine.fleet_update(w.now, fleet, update("f/2")).is_ok());
+    let third = w.engine.fleet_update(w.now, fleet, update("f/3"));
+    assert!(matches!(third, Err(EngineError::TooManyDrivers { what: "this fleet", limit: 2 })), "{third:?}");
+    w.driver("b", 200.0);
+    let session = w.session();
+    let over = w.engine.connect_driver(w.now, session, hello_for("c"));
+    assert!(matches!(over, Err(EngineError::TooManyDrivers { what: "the server", limit: 4 })), "{over:?}");
+    // Those already in are served as before.
+    assert!(w.engine.fleet_update(w.now, fleet, update("f/1")).is_ok());
+    assert_eq!(w.engine.stats().drivers_connected, 4);
+}
+
+#[test]
+fn an_operator_can_end_a_ride_in_progress_whose_driver_never_came_back() {
+    let mut w = World::new();
+    let a = w.driver_with("a", 100.0, ServiceSet::taxi(), true);
+    let trip = w.request("r1");
+    for status in [TripStatus::DriverArrived, TripStatus::InProgress] {
+        w.engine.trip_progress(w.now, a, None, trip, status).unwrap_or_else(|e| panic!("{e}"));
+    }
+    w.engine.close_session(w.now, a);
+    w.advance(10 * 3_600_000);
+    assert_eq!(w.status(trip), TripStatus::InProgress, "held for the driver's return");
+    // The rider may not, an operator may.
+    assert!(w.engine.cancel_ride(w.now, trip, "").is_err());
+    let ended = w.engine.cancel_by_operator(w.now, trip, "driver unreachable").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ended.status, TripStatus::Cancelled);
+    assert_eq!(ended.cancel_reason.as_deref(), Some("driver unreachable"));
+    // The detached driver is forgotten: the engine holds nothing for it.
+    assert_eq!(w.engine.stats().drivers_on_trip, 0);
+    assert!(w.engine.check_invariants().is_ok());
+    // A long reason is cut to the bound a record keeps.
+    let other = w.request("r2");
+    let long = "x".repeat(MAX_REASON_BYTES * 4);
+    let ended = w.engine.cancel_ride(w.now, other, &long).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ended.cancel_reason.map(|r| r.len()), Some(MAX_REASON_BYTES));
 }
