@@ -223,6 +223,31 @@ async fn a_rider_sees_and_cancels_only_their_own_trips() {
 }
 
 #[tokio::test]
+async fn an_operator_ends_a_ride_in_progress_whose_driver_never_came_back() {
+    let server = secured().await;
+    let mut d = driver(&server, "gone", 100.0, true).await;
+    let mut rider = ride(&server, "r1", "q1").await;
+    let trip = rider.until(pb::TripStatus::DriverAssigned).await;
+    d.expect_trip(pb::TripStatus::DriverAssigned).await;
+    for status in [pb::TripStatus::DriverArrived, pb::TripStatus::InProgress] {
+        d.progress(&trip.trip_id, status).await;
+        d.expect_trip(status).await;
+    }
+    rider.until(pb::TripStatus::InProgress).await;
+    d.hang_up();
+    // The rider may not end a ride in progress; an operator may.
+    let own = token(Role::Rider, "r1");
+    assert_eq!(code(cancel(&server, Some(&own), &trip.trip_id).await), Code::FailedPrecondition);
+    let admin = token(Role::Admin, "ops");
+    let ended = cancel(&server, Some(&admin), &trip.trip_id).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ended.status(), pb::TripStatus::Cancelled);
+    rider.until(pb::TripStatus::Cancelled).await;
+    // Nothing is held for the driver any more: it can start over.
+    let mut back = driver(&server, "gone", 100.0, false).await;
+    assert!(back.quiet_for(100).await.is_none());
+}
+
+#[tokio::test]
 async fn an_expired_token_ends_open_streams() {
     let server = secured().await;
     let short = |role, sub| keys().mint(role, sub, Duration::from_secs(1)).unwrap_or_else(|e| panic!("{e}"));
@@ -238,7 +263,12 @@ async fn an_expired_token_ends_open_streams() {
 
 #[tokio::test]
 async fn rate_limits_refuse_the_excess_of_one_identity_only() {
-    let limits = RateLimits { driver_updates_per_s: 5, rider_requests_per_min: 3, fleet_batches_per_s: 2 };
+    let limits = RateLimits {
+        driver_updates_per_s: 5,
+        rider_requests_per_min: 3,
+        fleet_batches_per_s: 2,
+        ..RateLimits::default()
+    };
     let server =
         TestServer::with(ServerConfig { auth: Some(keys()), rate_limits: limits, ..ServerConfig::default() }).await;
     let mut noisy = driver(&server, "noisy", 100.0, false).await;
@@ -270,6 +300,50 @@ async fn rate_limits_refuse_the_excess_of_one_identity_only() {
 }
 
 #[tokio::test]
+async fn reconnecting_does_not_refill_a_bucket_and_fleet_replies_are_limited_too() {
+    let limits = RateLimits { driver_updates_per_s: 1, fleet_messages_per_s: 2, ..RateLimits::default() };
+    let server =
+        TestServer::with(ServerConfig { auth: Some(keys()), rate_limits: limits, ..ServerConfig::default() }).await;
+    // One token a second: spend it, reconnect at once, and the next ping is
+    // still refused. A second can pass on a stalled machine before the
+    // reconnect, which refills the bucket honestly: then try again.
+    let mut refused_after_reconnect = false;
+    for _ in 0..5 {
+        let mut first = driver(&server, "hopper", 100.0, false).await;
+        first.ping(north(100.0)).await;
+        first.ping(north(101.0)).await;
+        let spent = std::time::Instant::now();
+        first.expect_rejected(Code::ResourceExhausted).await;
+        let mut second = driver(&server, "hopper", 100.0, false).await;
+        second.ping(north(102.0)).await;
+        let event = second.quiet_for(300).await;
+        if matches!(&event, Some(Event::Rejected(r)) if r.code == Code::ResourceExhausted as i32) {
+            refused_after_reconnect = true;
+            break;
+        }
+        assert!(spent.elapsed() >= Duration::from_secs(1), "a reconnect refilled the bucket: {event:?}");
+    }
+    assert!(refused_after_reconnect);
+
+    // Offer replies from a fleet draw on a budget of their own.
+    let mut fleet = server.open_fleet_as(Some(&token(Role::Fleet, "f")), "f").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(fleet.next().await, Event::SessionStarted(_)));
+    for n in 0..3 {
+        let reply = pb::OfferReply { offer_id: format!("o-{n}"), accept: true };
+        fleet.send(pb::fleet_message::Kind::OfferReply(reply)).await;
+    }
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        match fleet.next().await {
+            Event::Rejected(r) => codes.push(r.code),
+            other => panic!("{other:?}"),
+        }
+    }
+    codes.sort_unstable();
+    assert_eq!(codes, [Code::NotFound as i32, Code::NotFound as i32, Code::ResourceExhausted as i32]);
+}
+
+#[tokio::test]
 async fn each_party_sees_the_least_it_needs() {
     let server = secured().await;
     let mut taxi_driver = driver(&server, "taxi-d", 100.0, false).await;
@@ -283,6 +357,11 @@ async fn each_party_sees_the_least_it_needs() {
     let _taxi = ride(&server, "r1", "q1").await;
     let offer = taxi_driver.expect_offer().await;
     assert!(offer.trip.as_ref().is_some_and(|t| t.dropoff.is_some()), "{offer:?}");
+    // No offer, and no trip a driver sees, says who the rider is.
+    assert!(offer.trip.as_ref().is_some_and(|t| t.rider_id.is_empty()), "{offer:?}");
+    taxi_driver.reply(&offer, true).await;
+    let assigned = taxi_driver.expect_trip(pb::TripStatus::DriverAssigned).await;
+    assert!(assigned.rider_id.is_empty(), "{assigned:?}");
     // A premium offer does not, until the driver has accepted.
     let request = pb::RideRequest {
         rider_id: "r2".into(),

@@ -91,6 +91,13 @@ impl Caller {
     }
 
     /// The rider whose trips this caller is limited to (`None`: any).
+    /// Whether the caller holds an admin token. Not in open mode: there a
+    /// cancel follows the rider's rules.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Token(c) if c.role == Role::Admin)
+    }
+
+    /// The rider a rider's token limits the caller to, if it does.
     pub fn rider_scope(&self) -> Option<&str> {
         match self {
             Caller::Token(c) if c.role != Role::Admin => Some(&c.sub),

@@ -87,6 +87,9 @@ pub struct ServerConfig {
     /// Services whose offers do not show the driver the dropoff (the trip
     /// shows it once accepted).
     pub offer_hides_dropoff: ServiceSet,
+    /// Whether drivers and fleets see the rider's id in offers and trips.
+    /// Off: a driver learns nothing of who the rider is.
+    pub drivers_see_rider_id: bool,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             tls: None,
             rate_limits: RateLimits::default(),
             offer_hides_dropoff: ServiceSet::EMPTY.with(ServiceType::Premium),
+            drivers_see_rider_id: false,
         }
     }
 }

@@ -10,7 +10,7 @@ use dispatch_auth::Role;
 
 use crate::auth::{Caller, Gate};
 use crate::engine_task::{Command, EngineHandle};
-use crate::limits::RateLimits;
+use crate::limits::{Budget, Limiters};
 use crate::outbox::{EventStream, Outbox};
 use crate::session::{self, Parsed};
 use crate::status::{input_code, rejected};
@@ -20,12 +20,12 @@ pub struct DriverSvc {
     engine: EngineHandle,
     queue: usize,
     gate: Gate,
-    limits: RateLimits,
+    limits: Limiters,
 }
 
 impl DriverSvc {
     /// A service over `engine`; each session buffers at most `queue` events.
-    pub fn new(engine: EngineHandle, queue: usize, gate: Gate, limits: RateLimits) -> Self {
+    pub fn new(engine: EngineHandle, queue: usize, gate: Gate, limits: Limiters) -> Self {
         Self { engine, queue, gate, limits }
     }
 }
@@ -35,8 +35,8 @@ impl DriverService for DriverSvc {
     type ConnectStream = EventStream;
 
     async fn connect(&self, request: Request<Streaming<pb::DriverMessage>>) -> Result<Response<EventStream>, Status> {
-        let limiter = self.limits.driver_session();
-        let parse = move |session, m| parse(session, &limiter, m);
+        let limits = self.limits.clone();
+        let parse = move |session, who: &str, m| parse(session, &limits, who, m);
         let call = "DriverService.Connect";
         session::start(&self.engine, &self.gate, request, Role::Driver, call, self.queue, hello, parse)
             .map(Response::new)
@@ -58,15 +58,20 @@ fn hello(
     Ok(Command::DriverHello { session, hello, outbox })
 }
 
-fn parse(session: SessionId, limiter: &governor::DefaultDirectRateLimiter, message: pb::DriverMessage) -> Parsed {
+fn parse(session: SessionId, limits: &Limiters, driver: &str, message: pb::DriverMessage) -> Parsed {
     let invalid = |e: convert::InvalidInput| Parsed::rejected(rejected(input_code(&e), e.to_string(), ""));
     match message.kind {
         None => Parsed::rejected(rejected(Code::InvalidArgument, "empty message", "")),
         Some(Kind::Hello(_)) => {
             Parsed::rejected(rejected(Code::FailedPrecondition, "hello was already received on this session", ""))
         }
-        Some(Kind::Location(_)) if limiter.check().is_err() => {
+        Some(Kind::Location(_)) if !limits.allow(Budget::DriverUpdate, driver) => {
             Parsed::rejected(rejected(Code::ResourceExhausted, "rate limit: too many location updates", ""))
+        }
+        Some(Kind::Availability(_) | Kind::OfferReply(_) | Kind::TripProgress(_))
+            if !limits.allow(Budget::DriverMessage, driver) =>
+        {
+            Parsed::rejected(rejected(Code::ResourceExhausted, "rate limit: too many messages", ""))
         }
         Some(Kind::Location(ping)) => match Ping::try_from(&ping) {
             Ok(ping) => Parsed::command(Command::Ping { session, ping }),

@@ -56,12 +56,13 @@ pub enum Command {
         received: Instant,
         reply: oneshot::Sender<Trip>,
     },
-    /// A rider cancels (`rider` set: it must be the trip's rider, else not
-    /// found), or an operator ends a trip (`rider` is `None`).
+    /// A rider cancels (`rider`, if set, must be the trip's rider, else not
+    /// found), or an operator ends a trip whatever its status.
     CancelRide {
         trip: TripId,
         reason: String,
         rider: Option<RiderId>,
+        operator: bool,
         reply: oneshot::Sender<Result<Trip, EngineError>>,
     },
     /// An operator's nearby query.
@@ -73,6 +74,15 @@ pub enum Command {
 }
 
 impl Command {
+    /// The driver or fleet a hello speaks for.
+    pub fn identity(&self) -> Option<String> {
+        match self {
+            Command::DriverHello { hello, .. } => Some(hello.driver.to_string()),
+            Command::FleetHello { fleet, .. } => Some(fleet.to_string()),
+            _ => None,
+        }
+    }
+
     /// Location updates: many, cheap to lose (the next comes in a second),
     /// so they travel apart from everything else and may be shed.
     fn is_bulk(&self) -> bool {
@@ -248,7 +258,15 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
     let (cut_off, cut_off_rx) = mpsc::unbounded_channel();
     let (fatal_tx, fatal) = watch::channel(None);
     let match_latency = crate::outbound::match_latency();
-    let outbound = Outbound::new(log, trips, match_latency.clone(), cut_off, fatal_tx, config.offer_hides_dropoff);
+    let outbound = Outbound::new(
+        log,
+        trips,
+        match_latency.clone(),
+        cut_off,
+        fatal_tx,
+        config.offer_hides_dropoff,
+        config.drivers_see_rider_id,
+    );
     // Bounded: if the disk cannot keep up, the engine waits for it, its
     // queues fill, and callers are refused instead of memory growing.
     let (batches, batches_rx) = std_mpsc::sync_channel(config.outbound_queue.max(1));
@@ -474,14 +492,15 @@ impl EngineTask {
                 })));
                 return;
             }
-            Command::CancelRide { trip, reason, rider, reply } => {
-                let result = match rider {
-                    Some(r) if self.engine.trip(trip).is_some_and(|t| t.rider != r) => {
-                        Err(EngineError::UnknownTrip(trip))
-                    }
-                    Some(_) => self.engine.cancel_ride(now, trip, &reason),
+            Command::CancelRide { trip, reason, rider, operator, reply } => {
+                let foreign = rider.is_some_and(|r| self.engine.trip(trip).is_some_and(|t| t.rider != r));
+                let result = if foreign {
+                    Err(EngineError::UnknownTrip(trip))
+                } else if operator {
                     // An operator may end any trip that has not ended.
-                    None => self.engine.cancel_by_operator(now, trip, &reason),
+                    self.engine.cancel_by_operator(now, trip, &reason)
+                } else {
+                    self.engine.cancel_ride(now, trip, &reason)
                 };
                 self.carry_out();
                 self.batch.outs.push(Out::Reply(Box::new(move || {

@@ -10,7 +10,7 @@ use dispatch_auth::Role;
 
 use crate::auth::{Caller, Gate};
 use crate::engine_task::{Command, EngineHandle};
-use crate::limits::RateLimits;
+use crate::limits::{Budget, Limiters};
 use crate::outbox::{EventStream, Outbox};
 use crate::session::{self, Parsed};
 use crate::status::{input_code, input_status, rejected};
@@ -21,13 +21,13 @@ pub struct FleetSvc {
     queue: usize,
     max_batch: usize,
     gate: Gate,
-    limits: RateLimits,
+    limits: Limiters,
 }
 
 impl FleetSvc {
     /// A service over `engine`: each session buffers at most `queue` events
     /// and a batch carries at most `max_batch` updates.
-    pub fn new(engine: EngineHandle, queue: usize, max_batch: usize, gate: Gate, limits: RateLimits) -> Self {
+    pub fn new(engine: EngineHandle, queue: usize, max_batch: usize, gate: Gate, limits: Limiters) -> Self {
         Self { engine, queue, max_batch, gate, limits }
     }
 }
@@ -37,8 +37,8 @@ impl FleetService for FleetSvc {
     type ConnectStream = EventStream;
 
     async fn connect(&self, request: Request<Streaming<pb::FleetMessage>>) -> Result<Response<EventStream>, Status> {
-        let (limiter, max_batch) = (self.limits.fleet_session(), self.max_batch);
-        let parse = move |session, m| parse(session, max_batch, &limiter, m);
+        let (limits, max_batch) = (self.limits.clone(), self.max_batch);
+        let parse = move |session, who: &str, m| parse(session, max_batch, &limits, who, m);
         let call = "FleetService.Connect";
         session::start(&self.engine, &self.gate, request, Role::Fleet, call, self.queue, hello, parse)
             .map(Response::new)
@@ -60,12 +60,7 @@ fn hello(
     Ok(Command::FleetHello { session, fleet, outbox })
 }
 
-fn parse(
-    session: SessionId,
-    max_batch: usize,
-    limiter: &governor::DefaultDirectRateLimiter,
-    message: pb::FleetMessage,
-) -> Parsed {
+fn parse(session: SessionId, max_batch: usize, limits: &Limiters, fleet: &str, message: pb::FleetMessage) -> Parsed {
     let invalid =
         |e: convert::InvalidInput, driver: &str| Parsed::rejected(rejected(input_code(&e), e.to_string(), driver));
     match message.kind {
@@ -78,8 +73,11 @@ fn parse(
             format!("a batch carries at most {max_batch} updates, this one {}", batch.updates.len()),
             "",
         )),
-        Some(Kind::Updates(_)) if limiter.check().is_err() => {
+        Some(Kind::Updates(_)) if !limits.allow(Budget::FleetBatch, fleet) => {
             Parsed::rejected(rejected(Code::ResourceExhausted, "rate limit: too many batches", ""))
+        }
+        Some(Kind::OfferReply(_) | Kind::TripProgress(_)) if !limits.allow(Budget::FleetMessage, fleet) => {
+            Parsed::rejected(rejected(Code::ResourceExhausted, "rate limit: too many messages", ""))
         }
         Some(Kind::Updates(batch)) => {
             let mut updates = Vec::with_capacity(batch.updates.len());

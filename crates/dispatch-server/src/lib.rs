@@ -104,15 +104,15 @@ pub async fn run(
         TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(60)));
     let limit = config.max_message_bytes;
     let gate = auth::Gate::new(config.auth.clone());
-    let riders = config.rate_limits.riders();
-    let idle_riders = riders.clone();
-    // Riders quiet for a minute have full buckets again: drop them, so the
-    // limiter holds only recent riders. Ends with the runtime.
+    let limits = limits::Limiters::new(&config.rate_limits);
+    let idle = limits.clone();
+    // Callers quiet long enough have full buckets again: drop them, so the
+    // limiters hold only recent callers. Ends with the runtime.
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {
             every.tick().await;
-            idle_riders.forget_idle();
+            idle.forget_idle();
         }
     });
     let mut builder = tonic::transport::Server::builder();
@@ -131,7 +131,7 @@ pub async fn run(
                 engine.clone(),
                 config.driver_session_queue,
                 gate.clone(),
-                config.rate_limits,
+                limits.clone(),
             ))
             .max_decoding_message_size(limit),
         )
@@ -141,7 +141,7 @@ pub async fn run(
                 config.fleet_session_queue,
                 config.max_fleet_batch,
                 gate.clone(),
-                config.rate_limits,
+                limits.clone(),
             ))
             .max_decoding_message_size(limit),
         )
@@ -150,7 +150,7 @@ pub async fn run(
                 engine.clone(),
                 config.rider_queue,
                 gate.clone(),
-                riders,
+                limits,
             ))
             .max_decoding_message_size(limit),
         )

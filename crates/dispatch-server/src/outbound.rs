@@ -107,6 +107,8 @@ pub struct Outbound {
     fatal: watch::Sender<Option<String>>,
     /// Services whose offers leave out the dropoff.
     hide_dropoff: ServiceSet,
+    /// Whether drivers and fleets see who the rider is (off by default).
+    drivers_see_rider_id: bool,
     sessions: HashMap<SessionId, SessionEntry>,
     watchers: HashMap<TripId, Vec<Watcher>>,
     awaiting_first_offer: HashMap<TripId, Instant>,
@@ -125,9 +127,11 @@ impl Outbound {
         cut_off: mpsc::UnboundedSender<SessionId>,
         fatal: watch::Sender<Option<String>>,
         hide_dropoff: ServiceSet,
+        drivers_see_rider_id: bool,
     ) -> Self {
         Self {
             hide_dropoff,
+            drivers_see_rider_id,
             log,
             trips,
             match_latency,
@@ -267,8 +271,14 @@ impl Outbound {
         }
     }
 
-    fn send(&mut self, session: SessionId, event: pb::DriverEvent) {
+    /// Sends to a driver's or a fleet's session. Every event for drivers
+    /// passes here, so this is where the rider's id is left out of every
+    /// trip they see (offers, trips, a resumed trip), unless configured.
+    fn send(&mut self, session: SessionId, mut event: pb::DriverEvent) {
         let Some(entry) = self.sessions.get(&session) else { return };
+        if !self.drivers_see_rider_id {
+            hide_rider(&mut event);
+        }
         match entry.outbox.try_send(event) {
             Ok(()) => {}
             Err(SendError::Closed) => {
@@ -313,6 +323,20 @@ impl Outbound {
     }
 }
 
+/// Clears the rider's id from every trip in `event`.
+fn hide_rider(event: &mut pb::DriverEvent) {
+    use pb::driver_event::Kind;
+    let trip = match &mut event.kind {
+        Some(Kind::Offer(offer)) => offer.trip.as_mut(),
+        Some(Kind::Trip(trip)) => Some(trip),
+        Some(Kind::SessionStarted(started)) => started.current_trip.as_mut(),
+        Some(Kind::OfferWithdrawn(_) | Kind::Rejected(_)) | None => None,
+    };
+    if let Some(trip) = trip {
+        trip.rider_id.clear();
+    }
+}
+
 fn service_of(trip: &pb::Trip) -> ServiceType {
     match trip.service_type() {
         pb::ServiceType::Premium => ServiceType::Premium,
@@ -329,7 +353,7 @@ mod tests {
     fn stage() -> Outbound {
         let (cut_off, _) = mpsc::unbounded_channel();
         let (fatal, _) = watch::channel(None);
-        Outbound::new(None, Arc::new(DashMap::new()), None, cut_off, fatal, ServiceSet::EMPTY)
+        Outbound::new(None, Arc::new(DashMap::new()), None, cut_off, fatal, ServiceSet::EMPTY, false)
     }
 
     #[test]

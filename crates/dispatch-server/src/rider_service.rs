@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use crate::auth::{Gate, peer_of};
 use crate::engine_task::{Command, EngineHandle};
-use crate::limits::RiderLimiter;
+use crate::limits::{Budget, Limiters};
 use crate::status::{engine_status, input_status};
 
 use dispatch_core::engine::MAX_REASON_BYTES;
@@ -24,13 +24,13 @@ pub struct RiderSvc {
     engine: EngineHandle,
     queue: usize,
     gate: Gate,
-    limiter: RiderLimiter,
+    limiter: Limiters,
 }
 
 impl RiderSvc {
     /// A service over `engine`; each rider stream buffers at most `queue`
     /// trip updates.
-    pub fn new(engine: EngineHandle, queue: usize, gate: Gate, limiter: RiderLimiter) -> Self {
+    pub fn new(engine: EngineHandle, queue: usize, gate: Gate, limiter: Limiters) -> Self {
         Self { engine, queue, gate, limiter }
     }
 }
@@ -53,7 +53,7 @@ impl RiderService for RiderSvc {
         caller.require(&[Role::Rider], call, &peer)?;
         let request = RideRequest::try_from(request.get_ref()).map_err(|e| input_status(&e))?;
         caller.require_subject(request.rider.as_str(), "ride request", &peer)?;
-        if !self.limiter.allow(request.rider.as_str()) {
+        if !self.limiter.allow(Budget::RiderRequest, request.rider.as_str()) {
             return Err(Status::resource_exhausted("rate limit: too many ride requests; try again in a minute"));
         }
         let (watcher, updates) = mpsc::channel(self.queue.max(2));
@@ -90,7 +90,8 @@ impl RiderService for RiderSvc {
         // against the trip itself and answers NOT_FOUND otherwise.
         let rider =
             caller.rider_scope().map(RiderId::new).transpose().map_err(|_| Status::not_found("no such trip"))?;
-        let result = self.engine.ask(|reply| Command::CancelRide { trip, reason, rider, reply }).await?;
+        let operator = caller.is_admin();
+        let result = self.engine.ask(|reply| Command::CancelRide { trip, reason, rider, operator, reply }).await?;
         result.map(|t| Response::new((&t).into())).map_err(|e| engine_status(&e))
     }
 

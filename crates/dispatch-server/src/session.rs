@@ -35,7 +35,9 @@ impl Parsed {
 
 /// Admits a stream's caller (its token, in `role`), then runs the session
 /// on a task of its own. `hello` gets the caller and the peer address to
-/// check the hello's id against the token's subject.
+/// check the hello's id against the token's subject. `parse` gets the
+/// identity the hello named (the driver or fleet id), which the rate limits
+/// are kept by.
 #[allow(clippy::too_many_arguments)] // Each is one thing a session needs.
 pub fn start<M: Send + 'static>(
     engine: &EngineHandle,
@@ -45,7 +47,7 @@ pub fn start<M: Send + 'static>(
     call: &'static str,
     queue: usize,
     hello: impl FnOnce(SessionId, &Caller, &str, M, Outbox) -> Result<Command, Status> + Send + 'static,
-    mut parse: impl FnMut(SessionId, M) -> Parsed + Send + 'static,
+    mut parse: impl FnMut(SessionId, &str, M) -> Parsed + Send + 'static,
 ) -> Result<EventStream, Status> {
     let peer = peer_of(&request);
     let caller = gate.identify(&request, call)?;
@@ -54,14 +56,15 @@ pub fn start<M: Send + 'static>(
     let session = engine.new_session();
     let expires_at = caller.expires_at();
     let hello = move |m, outbox| hello(session, &caller, &peer, m, outbox);
-    let parse = move |m| parse(session, m);
+    let parse = move |who: &str, m| parse(session, who, m);
     tokio::spawn(serve(engine.clone(), session, request.into_inner(), outbox, expires_at, hello, parse));
     Ok(events)
 }
 
 /// Runs a session until the client hangs up or the session is ended.
 /// `hello` turns the first message into the hello command (or the status
-/// that ends the stream); `parse` turns each later message into a command.
+/// that ends the stream); `parse` turns each later message, with the
+/// identity the hello named, into a command.
 /// A session ends with `UNAUTHENTICATED` when `expires_at` (its token's
 /// expiry) passes.
 pub async fn serve<M>(
@@ -71,7 +74,7 @@ pub async fn serve<M>(
     outbox: Outbox,
     expires_at: Option<std::time::SystemTime>,
     hello: impl FnOnce(M, Outbox) -> Result<Command, Status>,
-    mut parse: impl FnMut(M) -> Parsed,
+    mut parse: impl FnMut(&str, M) -> Parsed,
 ) {
     let expiry = async move {
         match expires_at {
@@ -88,19 +91,21 @@ pub async fn serve<M>(
         Ok(Some(message)) => hello(message, outbox.clone()),
         Ok(None) | Err(_) => return,
     };
-    match command {
+    let who = match command {
         Ok(command) => {
+            let who = command.identity().unwrap_or_default();
             if let Err(status) = engine.send(command).await {
                 outbox.end(status);
                 return;
             }
+            who
         }
         Err(status) => {
             debug!(%session, code = ?status.code(), message = status.message(), "hello refused");
             outbox.end(status);
             return;
         }
-    }
+    };
     loop {
         let message = tokio::select! {
             message = inbound.message() => message,
@@ -122,7 +127,7 @@ pub async fn serve<M>(
                 break;
             }
         };
-        let parsed = parse(message);
+        let parsed = parse(&who, message);
         for rejection in parsed.rejections {
             // A reader too far behind to take a rejection is ended by the
             // engine task soon enough; dropping this one is fine.

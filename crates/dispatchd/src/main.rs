@@ -58,10 +58,22 @@ struct Flags {
     /// Update batches one fleet may send per second (also the burst).
     #[arg(long, env = "DISPATCH_RATE_FLEET_BATCHES_PER_S", default_value_t = 100)]
     rate_fleet_batches_per_s: u32,
+    /// Offer replies and trip progress reports one fleet may send per
+    /// second (also the burst).
+    #[arg(long, env = "DISPATCH_RATE_FLEET_MESSAGES_PER_S", default_value_t = 2_000)]
+    rate_fleet_messages_per_s: u32,
+    /// Offer replies, availability changes and trip progress reports one
+    /// driver may send per second (also the burst).
+    #[arg(long, env = "DISPATCH_RATE_DRIVER_MESSAGES_PER_S", default_value_t = 10)]
+    rate_driver_messages_per_s: u32,
     /// Services whose offers do not show the dropoff, comma-separated
     /// (`taxi,premium,van,designated-driver`), or `none`.
     #[arg(long, env = "DISPATCH_OFFER_HIDES_DROPOFF", default_value = "premium", value_parser = service_set)]
     offer_hides_dropoff: ServiceSet,
+    /// Show drivers and fleets the rider's id in offers and trips (by
+    /// default they never see it).
+    #[arg(long, env = "DISPATCH_DRIVERS_SEE_RIDER_ID")]
+    drivers_see_rider_id: bool,
     /// Address to serve gRPC on.
     #[arg(long, env = "DISPATCH_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -205,8 +217,11 @@ impl Flags {
             driver_updates_per_s: self.rate_driver_updates_per_s,
             rider_requests_per_min: self.rate_rider_requests_per_min,
             fleet_batches_per_s: self.rate_fleet_batches_per_s,
+            fleet_messages_per_s: self.rate_fleet_messages_per_s,
+            driver_messages_per_s: self.rate_driver_messages_per_s,
         };
         config.offer_hides_dropoff = self.offer_hides_dropoff;
+        config.drivers_see_rider_id = self.drivers_see_rider_id;
         config
     }
 
