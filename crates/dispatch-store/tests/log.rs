@@ -149,7 +149,7 @@ fn a_corrupt_record_in_the_middle_is_reported_kept_aside_and_the_records_after_i
     assert_eq!(ids, [1, 2, 4, 5], "the records after the damage were dropped");
     // The damaged file is kept as it was, for a fixed build to read.
     let aside = dir.path().join("trips.log.corrupt.1");
-    assert_eq!(back.set_aside, [aside.clone()]);
+    assert_eq!(back.set_aside, std::slice::from_ref(&aside));
     assert_eq!(fs::read(&aside).unwrap_or_else(|e| panic!("{e}")), bytes);
     // What was saved went into sound files: the next start finds no damage.
     let (_, again) = open(dir.path());
@@ -216,7 +216,7 @@ fn drivers_tried_are_logged_one_at_a_time_and_come_back_through_compaction() {
     assert!(per_decline < 160, "{per_decline} bytes per decline");
     drop(log);
     let (mut log, back) = open(dir.path());
-    assert_eq!(back.records, [trip.clone()]);
+    assert_eq!(back.records, std::slice::from_ref(&trip));
     log.compact().unwrap_or_else(|e| panic!("{e}"));
     drop(log);
     let (_, back) = open(dir.path());

@@ -239,6 +239,9 @@ pub struct TripRecord {
 }
 
 /// One record of the trip log.
+// Most records are whole trips; boxing them would cost an allocation per
+// change for the sake of the rarer, smaller variant.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogRecord {
     /// A trip's whole state after a change of status (or a restart).
