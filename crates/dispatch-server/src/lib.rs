@@ -74,7 +74,15 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let engine_task::Spawned { handle: engine, stopped: engine_stopped, mut fatal } = engine_task::spawn(&config)?;
+    // Reading the trip log back is blocking file I/O that can take seconds:
+    // it runs on a blocking thread, never on an async worker.
+    let spawned = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || engine_task::spawn(&config))
+            .await
+            .map_err(|e| ServerError::Thread(std::io::Error::other(e.to_string())))??
+    };
+    let engine_task::Spawned { handle: engine, stopped: engine_stopped, mut fatal } = spawned;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DriverServiceServer<driver_service::DriverSvc>>().await;
     health.set_serving::<FleetServiceServer<fleet_service::FleetSvc>>().await;
