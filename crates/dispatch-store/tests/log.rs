@@ -119,31 +119,32 @@ fn a_torn_tail_is_cut_at_the_last_whole_record_at_every_byte() {
     assert_eq!(unreported, 1, "only the one clean boundary goes unreported");
 }
 
-/// Offsets of the frames in a log file, after its magic.
-fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+/// Writes trips 1 to 5 (searching), damages the log with `damage` (given
+/// the bytes and the offsets of its frames: boot, then the five trips),
+/// reopens it; returns the damaged bytes and what came back.
+fn damage_log(dir: &Path, damage: impl FnOnce(&mut Vec<u8>, &[usize])) -> (Vec<u8>, Recovered) {
+    let records: Vec<TripRecord> = (1..=5).map(|id| record(id, TripStatus::Searching)).collect();
+    write(dir, &records);
+    let path = dir.join("trips.log");
+    let mut bytes = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
     let mut offsets = Vec::new();
     let mut at = 8;
     while at + 8 <= bytes.len() {
         offsets.push(at);
-        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-        at += 8 + len;
+        at += 8 + u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
     }
-    offsets
+    assert_eq!(offsets.len(), 6);
+    damage(&mut bytes, &offsets);
+    fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    let (_, back) = open(dir);
+    (bytes, back)
 }
 
 #[test]
 fn a_corrupt_record_in_the_middle_is_reported_kept_aside_and_the_records_after_it_come_back() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let records: Vec<TripRecord> = (1..=5).map(|id| record(id, TripStatus::Searching)).collect();
-    write(dir.path(), &records);
-    let path = dir.path().join("trips.log");
-    let mut bytes = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
-    // Frames: boot, then trips 1..=5. Damage trip 3's payload.
-    let offsets = frame_offsets(&bytes);
-    assert_eq!(offsets.len(), 6);
-    bytes[offsets[3] + 20] ^= 0x40;
-    fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
-    let (_, back) = open(dir.path());
+    // Damage trip 3's payload.
+    let (bytes, back) = damage_log(dir.path(), |bytes, frames| bytes[frames[3] + 20] ^= 0x40);
     assert_eq!(back.cut, None, "damage before the end is not a torn tail");
     let ids: Vec<u64> = back.records.iter().map(|r| r.trip.id.0).collect();
     assert_eq!(ids, [1, 2, 4, 5], "the records after the damage were dropped");
@@ -160,16 +161,9 @@ fn a_corrupt_record_in_the_middle_is_reported_kept_aside_and_the_records_after_i
 #[test]
 fn a_length_out_of_range_in_the_middle_does_not_hide_the_records_after_it() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let records: Vec<TripRecord> = (1..=5).map(|id| record(id, TripStatus::Searching)).collect();
-    write(dir.path(), &records);
-    let path = dir.path().join("trips.log");
-    let mut bytes = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
-    let offsets = frame_offsets(&bytes);
     // Trip 2's length claims 2 GiB: what the landed build's reader called
     // the end of the log, dropping every record after it.
-    bytes[offsets[2] + 3] = 0x80;
-    fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
-    let (_, back) = open(dir.path());
+    let (_, back) = damage_log(dir.path(), |bytes, frames| bytes[frames[2] + 3] = 0x80);
     let ids: Vec<u64> = back.records.iter().map(|r| r.trip.id.0).collect();
     assert_eq!(ids, [1, 3, 4, 5]);
     assert_eq!(back.set_aside.len(), 1);
