@@ -133,7 +133,10 @@ mod tests {
         // Still empty for d1: forgetting keeps buckets that are not full.
         limiters.forget_idle();
         assert!(!limiters.allow(Budget::DriverUpdate, "d1"));
-        std::thread::sleep(Duration::from_millis(1_100));
+        // Full again once its theoretical arrival time is a period behind
+        // the clock: (burst + 1) periods after the spend, 1.33 s here.
+        // Waiting longer only makes that more true.
+        std::thread::sleep(Duration::from_millis(2_000));
         limiters.forget_idle();
         assert_eq!(held(&limiters), 0, "refilled buckets were kept");
     }
