@@ -54,12 +54,12 @@ async fn a_message_past_the_size_limit_is_refused() {
     let config = ServerConfig { max_message_bytes: 1_024, ..ServerConfig::default() };
     let server = TestServer::with(config).await;
     let mut fleet = server.fleet("f").await;
-    let updates = (0..100).map(|i| update(&format!("f-{i}"), 10.0)).collect();
+    let updates = (0..100).map(|i| update(&format!("f/{i}"), 10.0)).collect();
     fleet.batch(updates).await;
     assert_eq!(fleet.expect_end().await.code(), Code::OutOfRange);
     // Small ones still go through on a new session.
     let mut fleet = server.fleet("f").await;
-    fleet.batch(vec![update("f-1", 10.0)]).await;
+    fleet.batch(vec![update("f/1", 10.0)]).await;
     assert!(fleet.quiet_for(200).await.is_none());
     assert_eq!(server.stats().await.drivers_connected, 1);
 }

@@ -18,7 +18,7 @@ async fn nearby_drivers_are_exact_nearest_first_with_filters() {
     let mut updates = Vec::new();
     for n in 0..500 {
         let p = city.point(&mut rng);
-        let id = format!("d-{n:03}");
+        let id = format!("f/d-{n:03}");
         let van = n % 5 == 0;
         updates.push(pb::DriverUpdate {
             driver_id: id.clone(),

@@ -16,7 +16,7 @@ async fn updates_are_shed_before_rides_and_replies() {
     let r = d.expect_rejected(Code::ResourceExhausted).await;
     assert!(r.message.contains("shed"), "{}", r.message);
     let mut fleet = server.fleet("f").await;
-    fleet.batch(vec![update("f-1", 10.0), update("f-2", 20.0)]).await;
+    fleet.batch(vec![update("f/1", 10.0), update("f/2", 20.0)]).await;
     match fleet.next().await {
         pb::driver_event::Kind::Rejected(r) => assert_eq!(r.code, Code::ResourceExhausted as i32),
         other => panic!("{other:?}"),

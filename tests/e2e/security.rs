@@ -154,7 +154,7 @@ async fn a_driver_cannot_answer_another_drivers_offer_or_move_their_trip() {
 }
 
 #[tokio::test]
-async fn a_fleet_reaches_only_drivers_it_registered() {
+async fn a_fleet_reaches_only_drivers_in_its_own_namespace() {
     let server = secured().await;
     let mut a =
         server.open_fleet_as(Some(&token(Role::Fleet, "fleet-a")), "fleet-a").await.unwrap_or_else(|e| panic!("{e}"));
@@ -163,29 +163,31 @@ async fn a_fleet_reaches_only_drivers_it_registered() {
     for conn in [&mut a, &mut b] {
         assert!(matches!(conn.next().await, Event::SessionStarted(_)));
     }
-    // Off duty, so the ride below goes to the app's driver.
-    a.batch(vec![pb::DriverUpdate { available: Some(false), ..update("a-1", 100.0) }]).await;
-    let app = driver(&server, "app-1", 200.0, true).await;
-    // Fleet B tries fleet A's driver and the app's driver.
-    b.batch(vec![update("a-1", 50.0), update("app-1", 50.0)]).await;
-    for _ in 0..2 {
+    // Squatting: fleet B claims an app driver's id before the app connects,
+    // and ids in fleet A's namespace, held (a-1) or not (a-2).
+    a.batch(vec![pb::DriverUpdate { available: Some(false), ..update("fleet-a/a-1", 100.0) }]).await;
+    b.batch(vec![update("app-1", 50.0), update("fleet-a/a-1", 50.0), update("fleet-a/a-2", 50.0)]).await;
+    for wanted in ["app-1", "fleet-a/a-1", "fleet-a/a-2"] {
         match b.next().await {
-            Event::Rejected(r) => assert_eq!(r.code, Code::AlreadyExists as i32, "{r:?}"),
+            Event::Rejected(r) => assert_eq!((r.code, r.driver_id.as_str()), (Code::PermissionDenied as i32, wanted)),
             other => panic!("{other:?}"),
         }
     }
-    // The app's driver drops mid-trip: still out of fleet B's reach.
+    // The real driver is not locked out, and an app cannot take a fleet's
+    // name either.
+    let app = driver(&server, "app-1", 200.0, true).await;
+    let squatter = DriverMsg::Hello(hello("fleet-b/x", 100.0));
+    let mut squatter = server
+        .open_driver_as(Some(&token(Role::Driver, "fleet-b/x")), squatter)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(squatter.expect_end().await.code(), Code::PermissionDenied);
+    // The ride goes to the app's driver, whom fleet B still cannot touch.
     let mut rider = ride(&server, "r1", "q1").await;
     let trip = rider.until(pb::TripStatus::DriverAssigned).await;
     let held = trip.driver_id.clone();
     assert_eq!(held, "app-1");
-    app.hang_up();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    b.batch(vec![update("app-1", 50.0)]).await;
-    match b.next().await {
-        Event::Rejected(r) => assert_eq!(r.code, Code::AlreadyExists as i32, "{r:?}"),
-        other => panic!("{other:?}"),
-    }
+    drop(app);
     // Replies and progress for someone else's trip are refused too.
     let progress = pb::FleetTripProgress {
         driver_id: held.clone(),
@@ -291,7 +293,7 @@ async fn rate_limits_refuse_the_excess_of_one_identity_only() {
     let mut fleet = server.open_fleet_as(Some(&token(Role::Fleet, "f")), "f").await.unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(fleet.next().await, Event::SessionStarted(_)));
     for i in 0..6 {
-        fleet.batch(vec![pb::DriverUpdate { available: Some(false), ..update(&format!("f-{i}"), 10.0) }]).await;
+        fleet.batch(vec![pb::DriverUpdate { available: Some(false), ..update(&format!("f/{i}"), 10.0) }]).await;
     }
     match fleet.next().await {
         Event::Rejected(r) => assert_eq!(r.code, Code::ResourceExhausted as i32),

@@ -16,6 +16,16 @@ pub enum EngineError {
     /// by this one (a fleet's driver, or a driver's own app against a fleet).
     #[error("driver {0} is held by another session")]
     DriverHeldElsewhere(DriverId),
+    /// A driver id outside the namespace of whoever used it: an app driver's
+    /// id holds the fleet separator, or a fleet named a driver outside
+    /// `FLEET_ID/` (see [`crate::ids`]).
+    #[error("driver {driver}: {why}")]
+    ForeignDriverName {
+        /// The id.
+        driver: DriverId,
+        /// The rule it broke.
+        why: String,
+    },
     /// A fleet named a driver it has not registered.
     #[error("driver {0} is not one of this fleet's drivers")]
     NotFleetDriver(DriverId),

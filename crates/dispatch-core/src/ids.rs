@@ -4,12 +4,20 @@
 //! Client-chosen ids are checked once, at the edge, to be 1 to 128 bytes; an
 //! `Arc<str>` inside makes the many copies the engine keeps (index, trip,
 //! offer, session tables) cheap.
+//!
+//! Driver ids have two namespaces, so that no fleet can take a name a
+//! driver's own app will need: a fleet's drivers are named
+//! `FLEET_ID/LOCAL_ID` (fleet ids may not contain [`FLEET_SEPARATOR`]), and
+//! an app driver's id may not contain the separator at all.
 
 use std::fmt;
 use std::sync::Arc;
 
 /// Longest client-chosen id, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
+
+/// Separates a fleet's id from its own name for a driver: `partner/p-1`.
+pub const FLEET_SEPARATOR: char = '/';
 
 /// Why an id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,24 +36,35 @@ pub enum IdError {
         /// Its length in bytes.
         len: usize,
     },
+    /// The id contains a character reserved for another meaning.
+    #[error("{kind} must not contain {reserved:?}")]
+    Reserved {
+        /// Which id.
+        kind: &'static str,
+        /// The reserved character.
+        reserved: char,
+    },
 }
 
 macro_rules! client_id {
-    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, reserved: [$($reserved:expr),*]) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(Arc<str>);
 
         impl $name {
-            /// A checked id: 1 to 128 bytes.
+            /// A checked id: 1 to 128 bytes, without reserved characters.
             pub fn new(id: &str) -> Result<Self, IdError> {
                 if id.is_empty() {
-                    Err(IdError::Empty { kind: $kind })
-                } else if id.len() > MAX_ID_BYTES {
-                    Err(IdError::TooLong { kind: $kind, len: id.len() })
-                } else {
-                    Ok(Self(Arc::from(id)))
+                    return Err(IdError::Empty { kind: $kind });
                 }
+                if id.len() > MAX_ID_BYTES {
+                    return Err(IdError::TooLong { kind: $kind, len: id.len() });
+                }
+                $(if id.contains($reserved) {
+                    return Err(IdError::Reserved { kind: $kind, reserved: $reserved });
+                })*
+                Ok(Self(Arc::from(id)))
             }
 
             /// The id as text.
@@ -71,23 +90,43 @@ macro_rules! client_id {
 client_id!(
     /// A driver, as the driver app or its fleet names it.
     DriverId,
-    "driver_id"
+    "driver_id",
+    reserved: []
 );
 client_id!(
     /// A rider, as the rider app names it.
     RiderId,
-    "rider_id"
+    "rider_id",
+    reserved: []
 );
 client_id!(
     /// A partner fleet.
     FleetId,
-    "fleet_id"
+    "fleet_id",
+    reserved: [FLEET_SEPARATOR]
 );
 client_id!(
     /// A rider's idempotency key for one ride request.
     RequestId,
-    "request_id"
+    "request_id",
+    reserved: []
 );
+
+impl DriverId {
+    /// Whether this is a fleet's name for a driver (it holds the separator).
+    pub fn is_fleet_name(&self) -> bool {
+        self.0.contains(FLEET_SEPARATOR)
+    }
+
+    /// Whether this id lies in `fleet`'s namespace: `FLEET_ID/` and at
+    /// least one more byte.
+    pub fn belongs_to(&self, fleet: &FleetId) -> bool {
+        self.0
+            .strip_prefix(fleet.as_str())
+            .and_then(|rest| rest.strip_prefix(FLEET_SEPARATOR))
+            .is_some_and(|local| !local.is_empty())
+    }
+}
 
 /// A trip, minted by the engine from a sequence number: `t-` and the number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,6 +178,21 @@ mod tests {
         assert!(DriverId::new("").is_err());
         assert!(DriverId::new(&"x".repeat(128)).is_ok());
         assert_eq!(RiderId::new(&"é".repeat(65)), Err(IdError::TooLong { kind: "rider_id", len: 130 }));
+    }
+
+    #[test]
+    fn fleet_namespaces_do_not_overlap() {
+        let id = |s| DriverId::new(s).unwrap_or_else(|e| panic!("{e}"));
+        let fleet = |s| FleetId::new(s).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(FleetId::new("a/b"), Err(IdError::Reserved { kind: "fleet_id", reserved: '/' }));
+        assert!(id("partner/p-1").belongs_to(&fleet("partner")));
+        assert!(id("partner/x/y").belongs_to(&fleet("partner")));
+        for (driver, owner) in
+            [("partner/", "partner"), ("partner", "partner"), ("partnerx/1", "partner"), ("p/1", "partner")]
+        {
+            assert!(!id(driver).belongs_to(&fleet(owner)), "{driver} in {owner}");
+        }
+        assert!(id("a/1").is_fleet_name() && !id("a-1").is_fleet_name());
     }
 
     #[test]

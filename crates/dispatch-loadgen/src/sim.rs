@@ -108,6 +108,11 @@ impl Car {
         Self { driver_id, at, wander: at, phase: Phase::Cruising }
     }
 
+    /// The same car as one of `fleet`'s drivers, named `FLEET_ID/ID`.
+    pub fn in_fleet(&self, fleet: &str) -> Self {
+        Self { driver_id: format!("{fleet}/{}", self.driver_id), ..self.clone() }
+    }
+
     /// Drives for `seconds` at `speed_mps`.
     pub fn step(&mut self, rng: &mut impl Rng, seconds: f64, speed_mps: f64) -> Arrival {
         let budget = seconds * speed_mps;

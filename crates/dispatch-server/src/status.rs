@@ -12,6 +12,7 @@ pub fn engine_code(err: &EngineError) -> Code {
         EngineError::WrongSessionKind(_) => Code::FailedPrecondition,
         EngineError::DriverHeldElsewhere(_) => Code::AlreadyExists,
         EngineError::NotFleetDriver(_) => Code::NotFound,
+        EngineError::ForeignDriverName { .. } => Code::PermissionDenied,
         EngineError::UnknownOffer(_) => Code::NotFound,
         EngineError::UnknownTrip(_) => Code::NotFound,
         EngineError::NotDriversTrip(_) => Code::FailedPrecondition,

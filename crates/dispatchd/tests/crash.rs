@@ -190,7 +190,7 @@ async fn fleet(channel: Channel, seed: u64) {
     loop {
         let updates = (0..FLEET_DRIVERS)
             .map(|i| pb::DriverUpdate {
-                driver_id: format!("load-{i}"),
+                driver_id: format!("load/{i}"),
                 position: Some(near(&mut rng)),
                 // Never on duty: load for the engine, no rides taken.
                 ..Default::default()

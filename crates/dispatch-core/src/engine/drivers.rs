@@ -9,7 +9,7 @@ use super::{
 };
 use crate::error::EngineError;
 use crate::geo::MAX_DISTANCE_M;
-use crate::ids::{DriverId, FleetId, SessionId};
+use crate::ids::{DriverId, FLEET_SEPARATOR, FleetId, SessionId};
 use crate::index::DriverKey;
 use crate::time::Timestamp;
 use crate::trip::Trip;
@@ -17,14 +17,21 @@ use crate::trip::Trip;
 impl Engine {
     /// A driver's app says hello on a new session. A session already open
     /// for the same driver is replaced (it gets [`SessionEnd::Replaced`]); a
-    /// driver a fleet speaks for cannot be taken. Returns the driver's
-    /// current trip, if it has one (it reconnected mid-trip).
+    /// driver a fleet speaks for cannot be taken, and an app's id may not be
+    /// a fleet's name. Returns the driver's current trip, if it has one (it
+    /// reconnected mid-trip).
     pub fn connect_driver(
         &mut self,
         now: Timestamp,
         session: SessionId,
         hello: DriverHello,
     ) -> Result<Option<Trip>, EngineError> {
+        if hello.driver.is_fleet_name() {
+            return Err(EngineError::ForeignDriverName {
+                why: format!("a driver app's id may not contain {FLEET_SEPARATOR:?}; such names belong to fleets"),
+                driver: hello.driver,
+            });
+        }
         let key = match self.driver_keys.get(&hello.driver).copied() {
             Some(key) => {
                 self.driver_mut(key).grace_until = None;
@@ -95,8 +102,10 @@ impl Engine {
     }
 
     /// One entry of a fleet's batch: registers the driver with the fleet if
-    /// it is new, then applies what the entry carries. A driver held by
-    /// another live session is refused and nothing changes.
+    /// it is new, then applies what the entry carries. A fleet names its
+    /// drivers `FLEET_ID/...`, so it can never take a name an app or another
+    /// fleet needs; a driver held by another live session is refused too,
+    /// and nothing changes.
     pub fn fleet_update(
         &mut self,
         now: Timestamp,
@@ -104,6 +113,12 @@ impl Engine {
         update: FleetDriverUpdate,
     ) -> Result<(), EngineError> {
         match self.sessions.get(&session) {
+            Some(Session::Fleet(fleet)) if !update.driver.belongs_to(&fleet.fleet) => {
+                return Err(EngineError::ForeignDriverName {
+                    why: format!("fleet {0} names its drivers {0}{FLEET_SEPARATOR}...", fleet.fleet),
+                    driver: update.driver,
+                });
+            }
             Some(Session::Fleet(_)) => {}
             Some(Session::Driver(_)) => return Err(EngineError::WrongSessionKind("driver")),
             None => return Err(EngineError::SessionNotOpen),
@@ -112,12 +127,8 @@ impl Engine {
             Some(key) => match self.driver(key).session {
                 Some(holder) if holder == session => key,
                 Some(_) => return Err(EngineError::DriverHeldElsewhere(update.driver)),
-                // A detached driver (its session dropped mid-trip) goes back
-                // only to the fleet that had it: no fleet can take over an
-                // app's driver or another fleet's.
-                None if self.driver(key).fleet.as_ref() != self.session_fleet(session) => {
-                    return Err(EngineError::DriverHeldElsewhere(update.driver));
-                }
+                // A detached driver (its session dropped mid-trip): the
+                // namespace check above means it was this fleet's.
                 None => {
                     self.check_room_in_fleet(session)?;
                     self.driver_mut(key).grace_until = None;

@@ -139,6 +139,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let fleet = SessionId(1);
     engine.connect_fleet(fleet, FleetId::new("fleet").unwrap_or_else(|e| panic!("{e}")));
     let driver_id = |n: usize| DriverId::new(&format!("d{n}")).unwrap_or_else(|e| panic!("{e}"));
+    let fleet_driver_id = |n: usize| DriverId::new(&format!("fleet/d{n}")).unwrap_or_else(|e| panic!("{e}"));
     for op in ops {
         match op {
             Op::Hello { driver, north_m, available, auto_accept, premium } => {
@@ -158,7 +159,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::FleetUpdate { driver, north_m, available } => {
                 let update = FleetDriverUpdate {
-                    driver: driver_id(driver),
+                    driver: fleet_driver_id(driver),
                     position: Some(Ping { position: point(north_m), timestamp: None }),
                     services: None,
                     available,
@@ -202,7 +203,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let trips: Vec<TripId> = seen.statuses.keys().copied().collect();
                 for trip in trips {
                     let session = seen.driver_sessions.get(&driver).copied().unwrap_or(fleet);
-                    let fleet_driver = (session == fleet).then(|| driver_id(driver));
+                    let fleet_driver = (session == fleet).then(|| fleet_driver_id(driver));
                     let _ = engine.trip_progress(now, session, fleet_driver.as_ref(), trip, status(s));
                 }
             }

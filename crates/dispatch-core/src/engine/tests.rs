@@ -517,23 +517,28 @@ fn fleets_register_drivers_and_cannot_take_held_ones() {
     };
     assert_eq!(
         w.engine.fleet_update(w.now, fleet, update("own-app", 10.0)),
-        Err(EngineError::DriverHeldElsewhere(did("own-app")))
+        Err(EngineError::ForeignDriverName { driver: did("own-app"), why: "fleet f1 names its drivers f1/...".into() })
     );
-    w.engine.fleet_update(w.now, fleet, update("f-1", 100.0)).unwrap_or_else(|e| panic!("{e}"));
+    w.engine.fleet_update(w.now, fleet, update("f1/1", 100.0)).unwrap_or_else(|e| panic!("{e}"));
+    // Nor another fleet's, even one not connected now (no squatting).
+    assert!(matches!(
+        w.engine.fleet_update(w.now, fleet, update("f2/1", 10.0)),
+        Err(EngineError::ForeignDriverName { .. })
+    ));
     // A driver's own app cannot take a fleet's driver either.
     let s = w.session();
     let hello = DriverHello {
-        driver: did("f-1"),
+        driver: did("f1/1"),
         services: ServiceSet::taxi(),
         position: None,
         available: true,
         auto_accept: false,
     };
-    assert_eq!(w.engine.connect_driver(w.now, s, hello), Err(EngineError::DriverHeldElsewhere(did("f-1"))));
+    assert!(matches!(w.engine.connect_driver(w.now, s, hello), Err(EngineError::ForeignDriverName { .. })));
     w.drain();
     let trip = w.request("r1");
     let (session, offer, driver) = only_offer(&w.drain());
-    assert_eq!((session, driver.as_str()), (fleet, "f-1"));
+    assert_eq!((session, driver.as_str()), (fleet, "f1/1"));
     // Another fleet, or the driver's own app, cannot answer for it.
     assert_eq!(w.engine.offer_reply(w.now, own, offer, true), Err(EngineError::UnknownOffer(offer)));
     w.engine.offer_reply(w.now, fleet, offer, true).unwrap_or_else(|e| panic!("{e}"));
@@ -542,10 +547,10 @@ fn fleets_register_drivers_and_cannot_take_held_ones() {
         Err(EngineError::NotFleetDriver(did("own-app")))
     );
     w.engine
-        .trip_progress(w.now, fleet, Some(&did("f-1")), trip, TripStatus::DriverArrived)
+        .trip_progress(w.now, fleet, Some(&did("f1/1")), trip, TripStatus::DriverArrived)
         .unwrap_or_else(|e| panic!("{e}"));
-    // When the fleet session ends its idle drivers go; f-1 keeps its trip.
-    w.engine.fleet_update(w.now, fleet, update("f-2", 50.0)).unwrap_or_else(|e| panic!("{e}"));
+    // When the fleet session ends its idle drivers go; f1/1 keeps its trip.
+    w.engine.fleet_update(w.now, fleet, update("f1/2", 50.0)).unwrap_or_else(|e| panic!("{e}"));
     w.engine.close_session(w.now, fleet);
     assert_eq!(w.engine.stats().drivers_connected, 1);
     w.request("r2");
@@ -559,7 +564,7 @@ fn a_new_fleet_session_takes_over_the_fleets_drivers() {
     let old = w.session();
     w.engine.connect_fleet(old, f1.clone());
     let update = FleetDriverUpdate {
-        driver: did("x"),
+        driver: did("f/x"),
         position: Some(Ping { position: north_of_pickup(10.0), timestamp: None }),
         services: None,
         available: Some(true),
@@ -572,7 +577,7 @@ fn a_new_fleet_session_takes_over_the_fleets_drivers() {
     assert_eq!(trips.iter().map(|t| t.id).collect::<Vec<_>>(), vec![trip]);
     assert!(w.drain().contains(&Effect::EndSession { session: old, reason: SessionEnd::Replaced }));
     w.engine
-        .trip_progress(w.now, new, Some(&did("x")), trip, TripStatus::DriverArrived)
+        .trip_progress(w.now, new, Some(&did("f/x")), trip, TripStatus::DriverArrived)
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
