@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dispatch_core::engine::{Config, FleetDriverUpdate, Ping};
-use dispatch_core::ids::{FleetId, SessionId};
+use dispatch_core::ids::{DriverId, FleetId, SessionId};
 use dispatch_core::service::ServiceType;
 use dispatch_core::time::Timestamp;
 use dispatch_testkit::city::{CityShape, driver_id, engine_with_drivers, ride_request};
@@ -121,9 +121,10 @@ fn fleet_batch(c: &mut Criterion) {
     let fleet = SessionId(u64::MAX);
     engine.connect_fleet(fleet, FleetId::new("bench").unwrap_or_else(|e| panic!("{e}")));
     let mut rng = rng(8);
+    // A fleet names its drivers in its own namespace, `bench/...`.
     let batch: Vec<FleetDriverUpdate> = (1_000_000..1_010_000)
         .map(|n| FleetDriverUpdate {
-            driver: driver_id(n),
+            driver: DriverId::new(&format!("bench/{}", driver_id(n))).unwrap_or_else(|e| panic!("{e}")),
             position: Some(Ping { position: city.point(&mut rng), timestamp: None }),
             services: None,
             available: Some(true),
@@ -131,6 +132,13 @@ fn fleet_batch(c: &mut Criterion) {
         })
         .collect();
     let mut now = Timestamp(0);
+    // Registers them, and makes sure the bench times applied updates, not
+    // refusals.
+    for update in batch.clone() {
+        if let Err(e) = engine.fleet_update(now, fleet, update) {
+            panic!("{e}");
+        }
+    }
     group.bench_function("10k_updates/250k_drivers", |b| {
         b.iter_batched(
             || batch.clone(),
@@ -143,6 +151,23 @@ fn fleet_batch(c: &mut Criterion) {
             BatchSize::LargeInput,
         );
     });
+    group.finish();
+}
+
+/// Live counts for `GetStats`, with 20,000 trips kept: the tables keep
+/// their counts as rows change, so this does not grow with the drivers.
+fn stats(c: &mut Criterion) {
+    let mut group = c.benchmark_group("stats");
+    for (drivers, name) in SIZES {
+        let city = CityShape::seoul();
+        let (mut engine, _) = engine_with_drivers(11, &city, drivers, Config::default());
+        let mut rng = rng(12);
+        for n in 0..20_000 {
+            engine.request_ride(Timestamp(1), ride_request(&mut rng, &city, n));
+        }
+        engine.drain_effects().for_each(drop);
+        group.bench_function(BenchmarkId::from_parameter(name), |b| b.iter(|| black_box(engine.stats())));
+    }
     group.finish();
 }
 
@@ -182,6 +207,6 @@ fn scarce(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = update, nearest, request_to_offer, fleet_batch, scarce
+    targets = update, nearest, request_to_offer, fleet_batch, stats, scarce
 }
 criterion_main!(benches);

@@ -39,7 +39,9 @@ async fn nearby_drivers_are_exact_nearest_first_with_filters() {
         service_type: pb::ServiceType::Van.into(),
         available_only: true,
     };
-    let got = server.admin().nearby_drivers(request).await.unwrap_or_else(|e| panic!("{e}")).into_inner().drivers;
+    let got = server.admin().nearby_drivers(request).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
+    assert_eq!(got.exact_within_m, 6_000.0, "500 drivers are far under the search's bound");
+    let got = got.drivers;
     let mut want: Vec<_> = points
         .iter()
         .filter(|(_, _, available, van)| *available && *van)
@@ -64,6 +66,7 @@ async fn nearby_drivers_are_exact_nearest_first_with_filters() {
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner();
     assert_eq!(all.drivers.len(), 10);
+    assert_eq!(all.exact_within_m, dispatch_core::geo::MAX_DISTANCE_M);
     let too_many = pb::NearbyRequest { center: Some(pickup()), limit: 1_000_000, ..Default::default() };
     assert_eq!(
         server.admin().nearby_drivers(too_many).await.map(|_| ()).map_err(|s| s.code()),

@@ -180,19 +180,45 @@ impl DriverIndex {
         at: LatLng,
         max_distance_m: f64,
         k: usize,
-        mut accept: impl FnMut(DriverKey) -> bool,
+        accept: impl FnMut(DriverKey) -> bool,
         tie: impl Fn(DriverKey, DriverKey) -> Ordering,
     ) -> Vec<Neighbor> {
+        self.nearest_k_bounded(at, max_distance_m, k, usize::MAX, accept, tie).neighbors
+    }
+
+    /// [`DriverIndex::nearest_k`] that examines at most `max_examined`
+    /// entries, so that no query can walk the whole tree (say, nearest
+    /// available driver anywhere while almost none is). When the bound cuts
+    /// the walk short, the answer is what is exact: the nearest accepted
+    /// drivers within [`Nearest::exact_within_m`], which is then less than
+    /// `max_distance_m`.
+    pub fn nearest_k_bounded(
+        &self,
+        at: LatLng,
+        max_distance_m: f64,
+        k: usize,
+        max_examined: usize,
+        mut accept: impl FnMut(DriverKey) -> bool,
+        tie: impl Fn(DriverKey, DriverKey) -> Ordering,
+    ) -> Nearest {
+        let mut nearest = Nearest { neighbors: Vec::new(), exact_within_m: max_distance_m };
         if k == 0 {
-            return Vec::new();
+            return nearest;
         }
         let query = at.to_unit();
-        let max_chord = chord2_for_distance(max_distance_m).sqrt();
+        let mut max_chord = chord2_for_distance(max_distance_m).sqrt();
         // (exact chord, key), sorted, at most k.
         let mut best: Vec<(f64, DriverKey)> = Vec::new();
-        for (entry, indexed_chord2) in self.tree.nearest_neighbor_iter_with_distance_2(query) {
+        for (examined, (entry, indexed_chord2)) in self.tree.nearest_neighbor_iter_with_distance_2(query).enumerate() {
             let lower_bound = indexed_chord2.sqrt() - self.slack_chord;
             if lower_bound > max_chord || (best.len() == k && best.last().is_some_and(|(c, _)| lower_bound > *c)) {
+                break;
+            }
+            if examined == max_examined {
+                // Nothing left unexamined is nearer than this entry's bound.
+                max_chord = lower_bound.max(0.0);
+                nearest.exact_within_m = chord_to_m(max_chord);
+                best.retain(|(c, _)| *c <= max_chord);
                 break;
             }
             let key = entry.data;
@@ -208,8 +234,20 @@ impl DriverIndex {
             best.insert(place, (chord, key));
             best.truncate(k);
         }
-        best.into_iter().map(|(chord, key)| Neighbor { key, distance_m: chord_to_m(chord) }).collect()
+        nearest.neighbors =
+            best.into_iter().map(|(chord, key)| Neighbor { key, distance_m: chord_to_m(chord) }).collect();
+        nearest
     }
+}
+
+/// The answer of [`DriverIndex::nearest_k_bounded`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nearest {
+    /// The nearest accepted drivers, nearest first.
+    pub neighbors: Vec<Neighbor>,
+    /// The answer is exact within this many metres: the distance asked
+    /// for, or less when the walk reached its bound.
+    pub exact_within_m: f64,
 }
 
 #[cfg(test)]

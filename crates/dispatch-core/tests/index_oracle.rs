@@ -64,6 +64,26 @@ fn check_against_oracle(seed: u64, centre: Option<LatLng>, spread_m: f64, slack_
                     );
                 }
             }
+            // Bounded: few drivers accepted, so the walk would go far; it
+            // stops after 50 entries and answers exactly within what it saw.
+            let rare: Vec<_> = live.iter().copied().filter(|(k, _)| k.0.is_multiple_of(13)).collect();
+            let mut asked = 0;
+            let accept = |k: DriverKey| {
+                asked += 1;
+                k.0.is_multiple_of(13)
+            };
+            let got = index.nearest_k_bounded(at, radius, 10, 50, accept, |a, b| a.cmp(&b));
+            assert!(asked <= 50, "seed {seed}: {asked} drivers examined");
+            assert!(got.exact_within_m <= radius);
+            let want = brute_force(&rare, at, got.exact_within_m, 10);
+            let got_keys: Vec<_> = got.neighbors.iter().map(|n| n.key).collect();
+            let want_keys: Vec<_> = want.iter().map(|w| w.0).collect();
+            // Distances equal to within float error may sit either side of
+            // the bound; compare what is clearly inside it.
+            let inside = |d: f64| d < got.exact_within_m - 1e-3;
+            let got_inside: Vec<_> = got.neighbors.iter().filter(|n| inside(n.distance_m)).map(|n| n.key).collect();
+            let want_inside: Vec<_> = want.iter().filter(|w| inside(w.1)).map(|w| w.0).collect();
+            assert_eq!(got_inside, want_inside, "seed {seed} at {at}: {got_keys:?} vs {want_keys:?}");
         }
         // Put the removed ones back for the next round.
         for &(key, p) in &points {

@@ -6,7 +6,7 @@
 //! field; nothing a client sends can panic. Outbound conversions cannot fail.
 
 use dispatch_core::engine::{
-    DriverEvent, DriverHello, FleetDriverUpdate, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest, Stats,
+    DriverEvent, DriverHello, FleetDriverUpdate, Nearby, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest, Stats,
 };
 use dispatch_core::geo::{LatLng, checked_radius};
 use dispatch_core::ids::{DriverId, FleetId, OfferId, RequestId, RiderId, TripId};
@@ -292,6 +292,12 @@ impl From<&NearbyDriver> for pb::NearbyDriver {
             distance_m: d.distance_m,
             available: d.available,
         }
+    }
+}
+
+impl From<&Nearby> for pb::NearbyResponse {
+    fn from(n: &Nearby) -> Self {
+        pb::NearbyResponse { drivers: n.drivers.iter().map(Into::into).collect(), exact_within_m: n.exact_within_m }
     }
 }
 

@@ -35,8 +35,8 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::NearbyResponse>, Status> {
         self.admit(&request, "AdminService.NearbyDrivers")?;
         let query = NearbyQuery::try_from(request.get_ref()).map_err(|e| input_status(&e))?;
-        let drivers = self.engine.ask(|reply| Command::Nearby { query, reply }).await?;
-        Ok(Response::new(pb::NearbyResponse { drivers: drivers.iter().map(Into::into).collect() }))
+        let nearby = self.engine.ask(|reply| Command::Nearby { query, reply }).await?;
+        Ok(Response::new((&nearby).into()))
     }
 
     async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Result<Response<pb::Stats>, Status> {

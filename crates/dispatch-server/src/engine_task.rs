@@ -12,7 +12,7 @@ use std::sync::mpsc as std_mpsc;
 
 use dashmap::DashMap;
 use dispatch_core::engine::{
-    DriverHello, Effect, FleetDriverUpdate, NearbyDriver, NearbyQuery, Ping, RideRequest, SessionEnd,
+    DriverHello, Effect, FleetDriverUpdate, Nearby, NearbyQuery, Ping, RideRequest, SessionEnd,
 };
 use dispatch_core::ids::{DriverId, FleetId, OfferId, RiderId, SessionId, TripId};
 use dispatch_core::time::Timestamp;
@@ -66,7 +66,7 @@ pub enum Command {
         reply: oneshot::Sender<Result<Trip, EngineError>>,
     },
     /// An operator's nearby query.
-    Nearby { query: NearbyQuery, reply: oneshot::Sender<Vec<NearbyDriver>> },
+    Nearby { query: NearbyQuery, reply: oneshot::Sender<Nearby> },
     /// An operator's stats query.
     Stats { reply: oneshot::Sender<pb::Stats> },
     /// End every stream with `UNAVAILABLE` and stop.

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use super::state::{Driver, FleetSession, Session};
 use super::{
-    DriverHello, Effect, Engine, FleetDriverUpdate, NearbyDriver, NearbyQuery, Ping, SessionEnd, WithdrawReason,
+    DriverHello, Effect, Engine, FleetDriverUpdate, NEARBY_MAX_EXAMINED, Nearby, NearbyDriver, NearbyQuery, Ping,
+    SessionEnd, WithdrawReason,
 };
 use crate::error::EngineError;
 use crate::geo::MAX_DISTANCE_M;
@@ -34,7 +35,7 @@ impl Engine {
         }
         let key = match self.driver_keys.get(&hello.driver).copied() {
             Some(key) => {
-                self.driver_mut(key).grace_until = None;
+                self.drivers.row(key).grace_until = None;
                 match self.driver(key).session.and_then(|s| self.sessions.get(&s).map(|kind| (s, kind))) {
                     Some((_, Session::Fleet(_))) => return Err(EngineError::DriverHeldElsewhere(hello.driver)),
                     Some((old, Session::Driver(_))) if old != session => {
@@ -43,7 +44,7 @@ impl Engine {
                     }
                     _ => {}
                 }
-                self.driver_mut(key).session = Some(session);
+                self.drivers.row(key).session = Some(session);
                 key
             }
             None => {
@@ -52,11 +53,14 @@ impl Engine {
             }
         };
         self.sessions.insert(session, Session::Driver(key));
-        let driver = self.driver_mut(key);
-        driver.fleet = None;
-        driver.services = if hello.services.is_empty() { crate::service::ServiceSet::taxi() } else { hello.services };
-        driver.available = hello.available;
-        driver.auto_accept = hello.auto_accept;
+        {
+            let mut driver = self.drivers.row(key);
+            driver.fleet = None;
+            driver.services =
+                if hello.services.is_empty() { crate::service::ServiceSet::taxi() } else { hello.services };
+            driver.available = hello.available;
+            driver.auto_accept = hello.auto_accept;
+        }
         if let Some(position) = hello.position {
             self.apply_fix(now, key, Ping { position, timestamp: None });
         }
@@ -76,7 +80,7 @@ impl Engine {
         {
             self.effects.push(Effect::EndSession { session: old, reason: SessionEnd::Replaced });
             for &key in &moved.drivers {
-                self.driver_mut(key).session = Some(session);
+                self.drivers.row(key).session = Some(session);
             }
             drivers = moved.drivers;
         }
@@ -131,7 +135,7 @@ impl Engine {
                 // namespace check above means it was this fleet's.
                 None => {
                     self.check_room_in_fleet(session)?;
-                    self.driver_mut(key).grace_until = None;
+                    self.drivers.row(key).grace_until = None;
                     self.register_with_fleet(key, session)
                 }
             },
@@ -142,12 +146,13 @@ impl Engine {
                 self.register_with_fleet(key, session)
             }
         };
-        let driver = self.driver_mut(key);
+        let mut driver = self.drivers.row(key);
         let new_services = update.services.filter(|s| !s.is_empty() && *s != driver.services);
         if let Some(services) = new_services {
             driver.services = services;
         }
         driver.auto_accept = update.auto_accept;
+        drop(driver);
         if new_services.is_some() {
             self.freed.push(key);
         }
@@ -179,12 +184,14 @@ impl Engine {
             }
         };
         for key in keys {
-            let driver = self.driver_mut(key);
+            let mut driver = self.drivers.row(key);
             if driver.session != Some(session) {
                 continue;
             }
             driver.session = None;
-            if let Some(offer) = driver.offer {
+            let offer = driver.offer;
+            drop(driver);
+            if let Some(offer) = offer {
                 self.stats.offers_declined += 1;
                 if let Some(trip) = self.close_offer(offer, WithdrawReason::Declined) {
                     self.try_match(now, trip);
@@ -197,8 +204,9 @@ impl Engine {
         }
     }
 
-    /// Drivers near a point, nearest first, for operators.
-    pub fn nearby(&self, query: &NearbyQuery) -> Vec<NearbyDriver> {
+    /// Drivers near a point, nearest first, for operators; bounded work
+    /// (see [`NEARBY_MAX_EXAMINED`]).
+    pub fn nearby(&self, query: &NearbyQuery) -> Nearby {
         let wanted = |key| {
             let d = self.driver(key);
             d.session.is_some()
@@ -207,8 +215,9 @@ impl Engine {
         };
         let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
         let radius = query.radius_m.unwrap_or(MAX_DISTANCE_M);
-        self.index
-            .nearest_k(query.center, radius, query.limit, wanted, by_id)
+        let found = self.index.nearest_k_bounded(query.center, radius, query.limit, NEARBY_MAX_EXAMINED, wanted, by_id);
+        let drivers = found
+            .neighbors
             .into_iter()
             .filter_map(|n| {
                 let d = self.driver(n.key);
@@ -220,13 +229,14 @@ impl Engine {
                     available: d.is_offerable(),
                 })
             })
-            .collect()
+            .collect();
+        Nearby { drivers, exact_within_m: found.exact_within_m }
     }
 
     /// Makes `session` (a fleet's) speak for `key`.
     fn register_with_fleet(&mut self, key: DriverKey, session: SessionId) -> DriverKey {
         let fleet_id = self.session_fleet(session).cloned();
-        let driver = self.driver_mut(key);
+        let mut driver = self.drivers.row(key);
         driver.session = Some(session);
         driver.fleet = fleet_id;
         if let Some(Session::Fleet(fleet)) = self.sessions.get_mut(&session) {
@@ -269,35 +279,26 @@ impl Engine {
 
     pub(super) fn insert_driver(&mut self, driver: Driver) -> DriverKey {
         let id = driver.id.clone();
-        let key = match self.free_slots.pop() {
-            Some(key) => {
-                self.drivers[key.0 as usize] = Some(driver);
-                key
-            }
-            None => {
-                let key = DriverKey(u32::try_from(self.drivers.len()).unwrap_or(u32::MAX));
-                self.drivers.push(Some(driver));
-                key
-            }
-        };
+        let key = self.drivers.insert(driver);
         self.driver_keys.insert(id, key);
         key
     }
 
     pub(super) fn forget_driver(&mut self, key: DriverKey) {
         self.index.remove(key);
-        if let Some(driver) = self.drivers.get_mut(key.0 as usize).and_then(Option::take) {
+        if let Some(driver) = self.drivers.remove(key) {
             self.driver_keys.remove(&driver.id);
-            self.free_slots.push(key);
         }
     }
 
     fn set_available(&mut self, now: Timestamp, key: DriverKey, available: bool) {
-        let driver = self.driver_mut(key);
+        let mut driver = self.drivers.row(key);
         driver.available = available;
+        let offer = driver.offer;
+        drop(driver);
         if available {
             self.freed.push(key);
-        } else if let Some(offer) = driver.offer {
+        } else if let Some(offer) = offer {
             self.stats.offers_declined += 1;
             if let Some(trip) = self.close_offer(offer, WithdrawReason::Declined) {
                 self.try_match(now, trip);
@@ -309,7 +310,7 @@ impl Engine {
     /// keeps the rider of an assigned trip posted (at most once per
     /// `rider_position_interval_ms`).
     fn apply_fix(&mut self, now: Timestamp, key: DriverKey, ping: Ping) {
-        let driver = self.driver_mut(key);
+        let mut driver = self.drivers.row(key);
         if let (Some(at), Some(last)) = (ping.timestamp, driver.last_fix)
             && at < last
         {
@@ -318,6 +319,7 @@ impl Engine {
         driver.last_fix = ping.timestamp.or(driver.last_fix);
         let first_fix = driver.position.replace(ping.position).is_none();
         let (idle, trip) = (driver.is_idle(), driver.trip);
+        drop(driver);
         self.index.locate_mut(key, ping.position);
         self.stats.location_updates += 1;
         if first_fix {
@@ -325,7 +327,7 @@ impl Engine {
         } else if idle {
             self.drivers_moved = true;
         }
-        let Some(state) = trip.and_then(|t| self.trips.get_mut(&t)) else { return };
+        let Some(mut state) = trip.and_then(|t| self.trips.get_mut(&t)) else { return };
         state.trip.driver_position = Some(ping.position);
         if state.trip.status.has_driver()
             && now.since(state.last_position_push) >= self.config.rider_position_interval_ms

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::Engine;
 use super::state::Session;
+use super::tables::{Counted, Counts};
 use crate::trip::TripStatus;
 
 impl Engine {
@@ -15,7 +16,7 @@ impl Engine {
     /// Returns what is broken, if anything.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut drivers_on_trips = HashMap::new();
-        for (id, state) in &self.trips {
+        for (id, state) in self.trips.iter() {
             let trip = &state.trip;
             if trip.id != *id {
                 return Err(format!("trip {id} is filed under another id {}", trip.id));
@@ -51,7 +52,7 @@ impl Engine {
             }
         }
         for (offer_id, offer) in &self.offers {
-            let driver = self.drivers.get(offer.driver.0 as usize).and_then(Option::as_ref);
+            let driver = self.drivers.get(offer.driver);
             let driver = driver.ok_or(format!("offer {offer_id} is to a free slot"))?;
             if driver.offer != Some(*offer_id) {
                 return Err(format!("offer {offer_id} is to {}, whose offer is {:?}", driver.id, driver.offer));
@@ -64,9 +65,8 @@ impl Engine {
                 _ => return Err(format!("offer {offer_id} belongs to no trip that knows it")),
             }
         }
-        for (slot, driver) in self.drivers.iter().enumerate() {
-            let Some(driver) = driver else { continue };
-            if self.driver_keys.get(&driver.id).map(|k| k.0 as usize) != Some(slot) {
+        for (key, driver) in self.drivers.iter() {
+            if self.driver_keys.get(&driver.id) != Some(&key) {
                 return Err(format!("driver {} is not filed under its slot", driver.id));
             }
             if let Some(trip) = driver.trip
@@ -84,8 +84,8 @@ impl Engine {
             }
             if let Some(session) = driver.session {
                 let speaks = match self.sessions.get(&session) {
-                    Some(Session::Driver(key)) => key.0 as usize == slot,
-                    Some(Session::Fleet(fleet)) => fleet.drivers.iter().any(|k| k.0 as usize == slot),
+                    Some(Session::Driver(k)) => *k == key,
+                    Some(Session::Fleet(fleet)) => fleet.drivers.contains(&key),
                     None => false,
                 };
                 if !speaks {
@@ -93,11 +93,31 @@ impl Engine {
                 }
             }
         }
-        if self.index.len() != self.drivers.iter().flatten().filter(|d| d.position.is_some()).count() {
+        if self.index.len() != self.drivers.iter().filter(|(_, d)| d.position.is_some()).count() {
             return Err("the index and the positioned drivers differ".into());
         }
+        self.check_counts()?;
         if self.freed.is_empty() && !self.drivers_moved {
             self.check_no_missed_match()?;
+        }
+        Ok(())
+    }
+
+    /// The counts the tables keep match a recount.
+    fn check_counts(&self) -> Result<(), String> {
+        let mut recount = Counts::default();
+        for (_, driver) in self.drivers.iter() {
+            recount.add(driver.counts());
+        }
+        if recount != self.drivers.counts() {
+            return Err(format!("driver counts {:?} differ from a recount {recount:?}", self.drivers.counts()));
+        }
+        let mut recount = Counts::default();
+        for state in self.trips.values() {
+            recount.add(state.counts());
+        }
+        if recount != self.trips.counts() {
+            return Err(format!("trip counts {:?} differ from a recount {recount:?}", self.trips.counts()));
         }
         Ok(())
     }
@@ -107,7 +127,7 @@ impl Engine {
     fn check_no_missed_match(&self) -> Result<(), String> {
         for trip_id in &self.unmatched {
             let Some(state) = self.trips.get(trip_id) else { continue };
-            let missed = self.drivers.iter().flatten().find(|d| {
+            let missed = self.drivers.iter().map(|(_, d)| d).find(|d| {
                 d.is_offerable()
                     && d.services.contains(state.trip.service)
                     && !state.tried.contains(&d.id)

@@ -142,7 +142,23 @@ pub struct NearbyQuery {
     pub available_only: bool,
 }
 
-/// One answer to a [`NearbyQuery`].
+/// The most index entries one [`NearbyQuery`] examines, so that no query
+/// walks the whole tree while the engine waits (e.g. available drivers
+/// anywhere while almost none is).
+pub const NEARBY_MAX_EXAMINED: usize = 10_000;
+
+/// The answer to a [`NearbyQuery`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nearby {
+    /// The drivers, nearest first.
+    pub drivers: Vec<NearbyDriver>,
+    /// The answer is exact within this many metres of the centre: the
+    /// radius asked for (or the whole Earth), or less when the search
+    /// examined [`NEARBY_MAX_EXAMINED`] drivers first.
+    pub exact_within_m: f64,
+}
+
+/// One driver in a [`Nearby`] answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NearbyDriver {
     /// Who.

@@ -79,7 +79,7 @@ impl Engine {
     fn offer_to(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey, distance_m: f64) {
         self.unmatched.remove(&trip_id);
         self.stats.offers_sent += 1;
-        if let Some(state) = self.trips.get_mut(&trip_id)
+        if let Some(mut state) = self.trips.get_mut(&trip_id)
             && !std::mem::replace(&mut state.offered_once, true)
         {
             self.effects.push(Effect::FirstOffer(trip_id));
@@ -94,10 +94,10 @@ impl Engine {
         let expires_at = now + self.config.offer_timeout_ms;
         self.offers.insert(offer_id, OpenOffer { trip: trip_id, driver: key });
         self.timers.insert((expires_at, Timer::OfferExpiry(offer_id)));
-        let driver = self.driver_mut(key);
+        let mut driver = self.drivers.row(key);
         driver.offer = Some(offer_id);
         let (driver_id, session) = (driver.id.clone(), driver.session);
-        let Some(state) = self.trips.get_mut(&trip_id) else { return };
+        let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
         state.offer = Some(offer_id);
         if let Some(session) = session {
             let offer = Offer { id: offer_id, driver: driver_id, trip: state.trip.clone(), expires_at };
@@ -113,9 +113,7 @@ impl Engine {
         let mut freed = std::mem::take(&mut self.freed);
         freed.sort_unstable();
         freed.dedup();
-        freed.retain(|&key| {
-            self.drivers.get(key.0 as usize).is_some_and(|d| d.as_ref().is_some_and(|d| d.is_offerable()))
-        });
+        freed.retain(|&key| self.drivers.get(key).is_some_and(|d| d.is_offerable()));
         let waiting: Vec<TripId> = self.unmatched.iter().copied().collect();
         for trip_id in waiting {
             if freed.is_empty() {
@@ -152,11 +150,12 @@ impl Engine {
 
     /// Gives `trip` to `key`: the driver is told, and so is the rider.
     pub(super) fn assign(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey, distance_m: f64) {
-        let driver = self.driver_mut(key);
+        let mut driver = self.drivers.row(key);
         driver.offer = None;
         driver.trip = Some(trip_id);
         let (driver_id, position, session) = (driver.id.clone(), driver.position, driver.session);
-        let Some(state) = self.trips.get_mut(&trip_id) else { return };
+        drop(driver);
+        let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
         state.offer = None;
         state.last_position_push = now;
         let trip = &mut state.trip;
@@ -166,6 +165,7 @@ impl Engine {
         trip.pickup_distance_m = Some(distance_m);
         trip.updated_at = now;
         let trip = trip.clone();
+        drop(state);
         self.trip_changed(trip_id);
         if let Some(session) = session {
             self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip) });
@@ -177,14 +177,14 @@ impl Engine {
     /// trip does next.
     pub(super) fn close_offer(&mut self, offer_id: OfferId, reason: WithdrawReason) -> Option<TripId> {
         let offer = self.offers.remove(&offer_id)?;
-        let driver = self.driver_mut(offer.driver);
+        let mut driver = self.drivers.row(offer.driver);
         driver.offer = None;
         let (driver_id, session) = (driver.id.clone(), driver.session);
         if let Some(session) = session {
             let event = DriverEvent::OfferWithdrawn { offer: offer_id, driver: driver_id.clone(), reason };
             self.effects.push(Effect::Driver { session, event });
         }
-        if let Some(state) = self.trips.get_mut(&offer.trip) {
+        if let Some(mut state) = self.trips.get_mut(&offer.trip) {
             state.offer = None;
             state.tried.insert(driver_id.clone());
             // So a restart never offers the trip to this driver again.
@@ -218,12 +218,13 @@ impl Engine {
     /// Moves a trip to a terminal status and tells the rider.
     pub(super) fn finish(&mut self, now: Timestamp, trip_id: TripId, status: TripStatus, reason: Option<String>) {
         self.unmatched.remove(&trip_id);
-        let Some(state) = self.trips.get_mut(&trip_id) else { return };
+        let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
         state.trip.status = status;
         state.trip.updated_at = now;
         state.trip.cancel_reason = reason;
         // The rider sees where the driver is only while the driver is theirs.
         state.trip.driver_position = None;
+        drop(state);
         self.finished.push_back((now, trip_id));
         self.trip_changed(trip_id);
     }
@@ -260,7 +261,7 @@ impl Engine {
     /// Starts (or restarts) a trip's search: a fresh deadline, then a match.
     pub(super) fn start_search(&mut self, now: Timestamp, trip_id: TripId) {
         let deadline = now + self.config.search_timeout_ms;
-        if let Some(state) = self.trips.get_mut(&trip_id) {
+        if let Some(mut state) = self.trips.get_mut(&trip_id) {
             state.search_deadline = deadline;
             self.timers.insert((deadline, Timer::SearchDeadline(trip_id)));
         }

@@ -13,10 +13,12 @@ mod matching;
 mod recovery;
 mod rides;
 mod state;
+mod tables;
 
 pub use io::{
     Config, DriverEvent, DriverHello, Effect, FleetDriverUpdate, LogRecord, MAX_OFFERS_PER_TRIP, MAX_REASON_BYTES,
-    NearbyDriver, NearbyQuery, Offer, Ping, RideRequest, SessionEnd, Stats, TripRecord, WithdrawReason,
+    NEARBY_MAX_EXAMINED, Nearby, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest, SessionEnd, Stats, TripRecord,
+    WithdrawReason,
 };
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -25,19 +27,19 @@ use crate::ids::{DriverId, OfferId, RequestId, RiderId, SessionId, TripId};
 use crate::index::{DriverIndex, DriverKey};
 use crate::time::Timestamp;
 use crate::trip::Trip;
-use state::{Driver, OpenOffer, Session, Timer, TripState};
+use state::{Driver, OpenOffer, Session, Timer};
+use tables::{DriverTable, TripTable};
 
 /// The dispatch engine. See the module docs.
 pub struct Engine {
     config: Config,
     index: DriverIndex,
-    /// Driver records by slot; `None` is a free slot (see `free_slots`).
-    drivers: Vec<Option<Driver>>,
-    free_slots: Vec<DriverKey>,
+    /// Driver records by slot, counted by state as they change.
+    drivers: DriverTable,
     driver_keys: HashMap<DriverId, DriverKey>,
     sessions: HashMap<SessionId, Session>,
     fleet_sessions: HashMap<crate::ids::FleetId, SessionId>,
-    trips: HashMap<TripId, TripState>,
+    trips: TripTable,
     by_request: HashMap<(RiderId, RequestId), TripId>,
     offers: HashMap<OfferId, OpenOffer>,
     /// Searching trips with no offer out, oldest request first: when drivers
@@ -71,12 +73,11 @@ impl Engine {
     pub fn new(config: Config) -> Self {
         Self {
             index: DriverIndex::with_slack(config.index_slack_m),
-            drivers: Vec::new(),
-            free_slots: Vec::new(),
+            drivers: DriverTable::default(),
             driver_keys: HashMap::new(),
             sessions: HashMap::new(),
             fleet_sessions: HashMap::new(),
-            trips: HashMap::new(),
+            trips: TripTable::default(),
             by_request: HashMap::new(),
             offers: HashMap::new(),
             unmatched: BTreeSet::new(),
@@ -170,40 +171,28 @@ impl Engine {
         }
     }
 
-    /// Live counts and totals. Latency percentiles are the caller's to fill
-    /// in: they are measured in real time, which the engine never reads.
+    /// Live counts and totals, in O(1): the tables keep their counts as
+    /// rows change. Latency percentiles are the caller's to fill in: they
+    /// are measured in real time, which the engine never reads.
     pub fn stats(&self) -> Stats {
-        let mut stats = self.stats.clone();
-        stats.drivers_connected = 0;
-        stats.drivers_available = 0;
-        stats.drivers_on_trip = 0;
-        for driver in self.drivers.iter().flatten() {
-            stats.drivers_connected += u64::from(driver.session.is_some());
-            stats.drivers_available += u64::from(driver.is_offerable());
-            stats.drivers_on_trip += u64::from(driver.trip.is_some());
+        let drivers = self.drivers.counts();
+        let trips = self.trips.counts();
+        Stats {
+            drivers_connected: drivers.drivers_connected,
+            drivers_available: drivers.drivers_available,
+            drivers_on_trip: drivers.drivers_on_trip,
+            trips_searching: trips.trips_searching,
+            trips_active: trips.trips_active,
+            ..self.stats.clone()
         }
-        stats.trips_searching = 0;
-        stats.trips_active = 0;
-        for state in self.trips.values() {
-            stats.trips_searching += u64::from(state.trip.status == crate::trip::TripStatus::Searching);
-            stats.trips_active += u64::from(state.trip.status.has_driver());
-        }
-        stats
     }
 
     fn driver(&self, key: DriverKey) -> &Driver {
-        match self.drivers.get(key.0 as usize) {
-            Some(Some(driver)) => driver,
+        match self.drivers.get(key) {
+            Some(driver) => driver,
             // Keys come only from `driver_keys`, sessions and trips, which are
             // kept in step with the table; a miss is a bug in this module.
-            _ => unreachable!("driver slot {key:?} is empty"),
-        }
-    }
-
-    fn driver_mut(&mut self, key: DriverKey) -> &mut Driver {
-        match self.drivers.get_mut(key.0 as usize) {
-            Some(Some(driver)) => driver,
-            _ => unreachable!("driver slot {key:?} is empty"),
+            None => unreachable!("driver slot {key:?} is empty"),
         }
     }
 }

@@ -233,7 +233,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     &mut engine,
                     Engine::restore(config.clone(), now, LogRecord::fold(seen.log.clone()), 1, first_offer),
                 );
-                for (id, live) in &before.trips {
+                for (id, live) in before.trips.iter() {
                     let back = engine.trip(*id).map(|t| Trip { driver_position: None, updated_at: now, ..t.clone() });
                     let live = Trip { driver_position: None, updated_at: now, ..live.trip.clone() };
                     prop_assert_eq!(back, Some(live), "trip {} came back different", id);

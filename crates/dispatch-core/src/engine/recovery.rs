@@ -15,7 +15,7 @@ impl Engine {
     /// period runs out.
     pub(super) fn hold_for_return(&mut self, now: Timestamp, key: DriverKey, trip: TripId) {
         let until = now + self.config.driver_grace_ms;
-        self.driver_mut(key).grace_until = Some(until);
+        self.drivers.row(key).grace_until = Some(until);
         self.timers.insert((until, Timer::DriverGrace(trip)));
     }
 
@@ -119,8 +119,9 @@ impl Engine {
         }
         for (id, lost_driver) in searching {
             let timeout = engine.config.search_timeout_ms;
-            let Some(state) = engine.trips.get_mut(&id) else { continue };
+            let Some(mut state) = engine.trips.get_mut(&id) else { continue };
             if !lost_driver && state.search_deadline <= now {
+                drop(state);
                 engine.stats.trips_no_driver += 1;
                 engine.finish(now, id, TripStatus::NoDriverFound, None);
                 continue;
@@ -135,6 +136,7 @@ impl Engine {
             // The new deadline is logged, so a second restart counts from
             // this one and not from the original request.
             state.search_deadline = now + timeout;
+            drop(state);
             engine.trip_changed(id);
             engine.start_search(now, id);
         }

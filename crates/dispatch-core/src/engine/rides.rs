@@ -199,10 +199,11 @@ impl Engine {
             }
             TripStatus::Searching => self.reassign(now, trip_id, key),
             _ => {
-                let Some(state) = self.trips.get_mut(&trip_id) else { return Ok(()) };
+                let Some(mut state) = self.trips.get_mut(&trip_id) else { return Ok(()) };
                 state.trip.status = to;
                 state.trip.updated_at = now;
                 let trip = state.trip.clone();
+                drop(state);
                 self.trip_changed(trip_id);
                 if let Some(session) = self.driver(key).session {
                     self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip) });
@@ -217,7 +218,7 @@ impl Engine {
     /// search deadline, and it is never offered to that driver again.
     pub(super) fn reassign(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey) {
         let driver_id = self.driver(key).id.clone();
-        let Some(state) = self.trips.get_mut(&trip_id) else { return };
+        let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
         let mut driver_view = state.trip.clone();
         driver_view.status = TripStatus::Cancelled;
         driver_view.cancel_reason = Some("cancelled by driver".to_owned());
@@ -230,6 +231,7 @@ impl Engine {
         trip.pickup_distance_m = None;
         trip.updated_at = now;
         state.search_deadline = now + self.config.search_timeout_ms;
+        drop(state);
         self.trip_changed(trip_id);
         self.free_driver_of(key, driver_view);
         self.start_search(now, trip_id);
@@ -244,9 +246,11 @@ impl Engine {
 
     fn free_driver_of(&mut self, key: DriverKey, trip_seen: Trip) {
         self.freed.push(key);
-        let driver = self.driver_mut(key);
+        let mut driver = self.drivers.row(key);
         driver.trip = None;
-        if let Some(session) = driver.session {
+        let session = driver.session;
+        drop(driver);
+        if let Some(session) = session {
             self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip_seen) });
         } else {
             // Nobody speaks for this driver any more and its trip is over:

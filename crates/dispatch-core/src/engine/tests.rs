@@ -589,8 +589,9 @@ fn nearby_lists_connected_drivers_nearest_first_with_filters() {
     w.driver_with("d3", 200.0, ServiceSet::EMPTY.with(ServiceType::Van), false);
     let query =
         NearbyQuery { center: p(PICKUP.0, PICKUP.1), limit: 10, radius_m: None, service: None, available_only: false };
-    let names =
-        |q: &NearbyQuery, w: &World| w.engine.nearby(q).iter().map(|d| d.driver.to_string()).collect::<Vec<_>>();
+    let names = |q: &NearbyQuery, w: &World| {
+        w.engine.nearby(q).drivers.iter().map(|d| d.driver.to_string()).collect::<Vec<_>>()
+    };
     assert_eq!(names(&query, &w), vec!["d1", "d3", "d2"]);
     let vans = NearbyQuery { service: Some(ServiceType::Van), ..query.clone() };
     assert_eq!(names(&vans, &w), vec!["d3"]);
@@ -599,6 +600,26 @@ fn nearby_lists_connected_drivers_nearest_first_with_filters() {
     w.request("r1"); // d1 now has an offer out
     let free = NearbyQuery { available_only: true, ..query };
     assert_eq!(names(&free, &w), vec!["d3", "d2"]);
+}
+
+#[test]
+fn nearby_examines_a_bounded_number_of_drivers() {
+    let mut w = World::new();
+    // Many busy (off-duty) drivers nearer than the only available one.
+    for n in 0..NEARBY_MAX_EXAMINED + 500 {
+        let session = w.driver(&format!("busy-{n}"), n as f64 * 0.1);
+        w.engine.set_availability(w.now, session, false).unwrap_or_else(|e| panic!("{e}"));
+    }
+    w.driver("free", 5_000.0);
+    let anywhere =
+        NearbyQuery { center: p(PICKUP.0, PICKUP.1), limit: 10, radius_m: None, service: None, available_only: true };
+    let cut = w.engine.nearby(&anywhere);
+    assert!(cut.drivers.is_empty(), "{:?}", cut.drivers);
+    assert!(cut.exact_within_m < 1_100.0, "exact within {} m", cut.exact_within_m);
+    // Without the filter the nearest are found at once, exact everywhere.
+    let all = w.engine.nearby(&NearbyQuery { available_only: false, ..anywhere });
+    assert_eq!(all.drivers.len(), 10);
+    assert_eq!(all.exact_within_m, crate::geo::MAX_DISTANCE_M);
 }
 
 #[test]
