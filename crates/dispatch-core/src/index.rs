@@ -240,6 +240,59 @@ impl DriverIndex {
     }
 }
 
+/// A few drivers at their exact positions, built for one matching round:
+/// searchable nearest first, and shrinking as drivers are taken. Finding
+/// the nearest of `f` drivers for each of `w` waiting trips costs
+/// O((f + w) log f), not O(f * w).
+pub struct DriverSet {
+    tree: RTree<Entry>,
+}
+
+impl DriverSet {
+    /// The set of these drivers (bulk-loaded).
+    pub fn new(drivers: impl IntoIterator<Item = (DriverKey, LatLng)>) -> Self {
+        Self { tree: RTree::bulk_load(drivers.into_iter().map(|(key, at)| Entry::new(at.to_unit(), key)).collect()) }
+    }
+
+    /// Whether every driver was taken.
+    pub fn is_empty(&self) -> bool {
+        self.tree.size() == 0
+    }
+
+    /// The nearest driver within `max_distance_m` of `at` that `accept`
+    /// lets through; drivers at the same distance are ordered by `tie`.
+    pub fn nearest(
+        &self,
+        at: LatLng,
+        max_distance_m: f64,
+        mut accept: impl FnMut(DriverKey) -> bool,
+        tie: impl Fn(DriverKey, DriverKey) -> Ordering,
+    ) -> Option<Neighbor> {
+        let query = at.to_unit();
+        let max_chord2 = chord2_for_distance(max_distance_m);
+        let mut best: Option<(f64, DriverKey)> = None;
+        for (entry, d2) in self.tree.nearest_neighbor_iter_with_distance_2(query) {
+            if d2 > max_chord2 || best.is_some_and(|(b, _)| d2 > b) {
+                break;
+            }
+            let key = entry.data;
+            if !accept(key) {
+                continue;
+            }
+            best = match best {
+                Some((b, other)) if b == d2 && tie(other, key).is_le() => Some((b, other)),
+                _ => Some((d2, key)),
+            };
+        }
+        best.map(|(d2, key)| Neighbor { key, distance_m: chord_to_m(d2.sqrt()) })
+    }
+
+    /// Takes `key`, which is at `at`, out of the set.
+    pub fn remove(&mut self, key: DriverKey, at: LatLng) {
+        self.tree.remove(&Entry::new(at.to_unit(), key));
+    }
+}
+
 /// The answer of [`DriverIndex::nearest_k_bounded`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nearest {

@@ -123,3 +123,28 @@ fn matches_brute_force_at_the_poles() {
 fn matches_brute_force_over_the_whole_globe() {
     check_against_oracle(8, None, MAX_DISTANCE_M, 500.0);
 }
+
+#[test]
+fn a_driver_set_gives_the_nearest_left_and_shrinks() {
+    let mut rng = rng(9);
+    let seoul = LatLng::new(37.5665, 126.9780).unwrap_or_else(|e| panic!("{e}"));
+    let mut points: Vec<_> =
+        (0..3_000u32).map(|k| (DriverKey(k), random_point_near(&mut rng, seoul, 10_000.0))).collect();
+    let mut set = dispatch_core::index::DriverSet::new(points.clone());
+    // Each query takes its nearest accepted driver out, as a matching round does.
+    for n in 0..2_000 {
+        let at = random_point_near(&mut rng, seoul, 10_000.0);
+        let accept = |k: DriverKey| k.0 % 3 != n % 3;
+        let rest: Vec<_> = points.iter().copied().filter(|(k, _)| accept(*k)).collect();
+        let want = brute_force(&rest, at, 3_000.0, 1);
+        let got = set.nearest(at, 3_000.0, accept, |a, b| a.cmp(&b));
+        assert_eq!(got.map(|g| g.key), want.first().map(|w| w.0), "query {n} at {at}");
+        if let (Some(g), Some(w)) = (got, want.first()) {
+            assert!((g.distance_m - w.1).abs() < 1e-3);
+            let at = points.iter().find(|(k, _)| *k == g.key).map(|p| p.1).unwrap_or_else(|| panic!("lost"));
+            set.remove(g.key, at);
+            points.retain(|(k, _)| *k != g.key);
+        }
+    }
+    assert!(points.len() < 3_000 && !set.is_empty());
+}
