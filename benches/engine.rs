@@ -11,7 +11,7 @@ use dispatch_core::engine::{Config, FleetDriverUpdate, Ping};
 use dispatch_core::ids::{DriverId, FleetId, SessionId};
 use dispatch_core::service::ServiceType;
 use dispatch_core::time::Timestamp;
-use dispatch_testkit::city::{CityShape, driver_id, engine_with_drivers, ride_request};
+use dispatch_testkit::city::{CityShape, driver_hello, driver_id, engine_with_drivers, ride_request};
 use dispatch_testkit::geo::destination;
 use dispatch_testkit::rng;
 use rand::Rng;
@@ -204,9 +204,48 @@ fn scarce(c: &mut Criterion) {
     group.finish();
 }
 
+/// A mass reconnect after an outage: 20,000 rides wait with no driver
+/// connected, then 250,000 drivers say hello, 10,000 per engine round, each
+/// round followed by the tick that offers the freed drivers to the waiting
+/// rides. Times all 25 rounds.
+fn mass_reconnect(c: &mut Criterion) {
+    let mut group = c.benchmark_group("mass_reconnect");
+    group.sample_size(10);
+    let city = CityShape::seoul();
+    group.bench_function("20k_waiting/250k_drivers_in_rounds_of_10k", |b| {
+        b.iter_batched(
+            || {
+                let mut engine = dispatch_core::Engine::new(Config::default());
+                let mut rng = rng(13);
+                for n in 0..20_000 {
+                    engine.request_ride(Timestamp(0), ride_request(&mut rng, &city, n));
+                }
+                engine.tick(Timestamp(0));
+                engine.drain_effects().for_each(drop);
+                let hellos: Vec<_> = (0..250_000).map(|n| driver_hello(&mut rng, &city, n)).collect();
+                (engine, hellos)
+            },
+            |(mut engine, hellos)| {
+                let mut offers = 0;
+                for (round, chunk) in hellos.chunks(10_000).enumerate() {
+                    let now = Timestamp(1 + round as i64);
+                    for (n, hello) in chunk.iter().enumerate() {
+                        let _ = engine.connect_driver(now, SessionId((round * 10_000 + n) as u64), hello.clone());
+                    }
+                    engine.tick(now);
+                    offers += engine.drain_effects().count();
+                }
+                (engine, offers)
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = update, nearest, request_to_offer, fleet_batch, stats, scarce
+    targets = update, nearest, request_to_offer, fleet_batch, stats, scarce, mass_reconnect
 }
 criterion_main!(benches);

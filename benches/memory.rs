@@ -1,13 +1,20 @@
-//! Bytes the engine holds per driver: a counting allocator around the
-//! system one, an engine filled with a seeded city, and the difference.
-//! Run: `cargo bench --bench memory`.
+//! Bytes held per driver, and per ended trip kept for its retention, in
+//! each place that keeps one: a counting allocator around the system one,
+//! a seeded city, and the differences. Run: `cargo bench --bench memory`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dispatch_core::engine::Config;
-use dispatch_testkit::city::{CityShape, engine_with_drivers};
+use std::collections::HashMap;
+
+use dispatch_core::Engine;
+use dispatch_core::engine::{Config, DriverHello, LogRecord, RideRequest, TripRecord};
+use dispatch_core::ids::SessionId;
+use dispatch_core::time::Timestamp;
+use dispatch_core::trip::TripStatus;
+use dispatch_store::{Fsync, TripLog};
+use dispatch_testkit::city::{CityShape, driver_hello, engine_with_drivers, ride_request};
 
 struct Counting;
 
@@ -51,4 +58,68 @@ fn main() {
         let _ = writeln!(out, "engine/{drivers}_drivers: {} bytes per driver ({} MiB)", held / drivers, held >> 20);
         drop((engine, placed));
     }
+    ended_trips(&mut out, 100_000);
+}
+
+/// Runs `n` rides through to the end (a driver connects, is assigned,
+/// drives, completes, leaves), then counts what the engine keeps of them,
+/// what the server's table of replies (`pb::Trip`) would, and what the trip
+/// log keeps in memory for its next snapshot.
+fn ended_trips(out: &mut impl Write, n: usize) {
+    let city = CityShape::seoul();
+    let mut rng = dispatch_testkit::rng(3);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let before = LIVE.load(Ordering::Relaxed);
+    let (mut log, _) = TripLog::open(dir.path(), Fsync::Never, u64::MAX).unwrap_or_else(|e| panic!("{e}"));
+    let empty_log = LIVE.load(Ordering::Relaxed) - before;
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut engine = Engine::new(Config::default());
+    let mut ended = Vec::with_capacity(n);
+    for i in 0..n {
+        let now = Timestamp(i as i64);
+        let session = SessionId(i as u64 + 1);
+        let hello = DriverHello { auto_accept: true, ..driver_hello(&mut rng, &city, i) };
+        let request = RideRequest { pickup: hello.position.unwrap_or(city.centre), ..ride_request(&mut rng, &city, i) };
+        engine.connect_driver(now, session, hello).unwrap_or_else(|e| panic!("{e}"));
+        let (trip, _) = engine.request_ride(now, request);
+        for status in [TripStatus::DriverArrived, TripStatus::InProgress, TripStatus::Completed] {
+            engine.trip_progress(now, session, None, trip.id, status).unwrap_or_else(|e| panic!("{e}"));
+        }
+        engine.close_session(now, session);
+        engine.drain_effects().for_each(drop);
+        ended.push(trip.id);
+    }
+    // Timers still pending (search deadlines) run out within minutes, not
+    // the day the trips are kept.
+    engine.tick(Timestamp(n as i64 + 3_600_000));
+    engine.drain_effects().for_each(drop);
+    let in_engine = LIVE.load(Ordering::Relaxed) - before;
+    let before = LIVE.load(Ordering::Relaxed);
+    let replies: HashMap<_, _> =
+        ended.iter().filter_map(|&id| engine.trip(id)).map(|t| (t.id, dispatch_proto::pb::Trip::from(t))).collect();
+    let in_replies = LIVE.load(Ordering::Relaxed) - before;
+    let before = LIVE.load(Ordering::Relaxed);
+    // The log keeps the latest record of each trip.
+    for trip in ended.iter().filter_map(|&id| engine.trip(id)) {
+        let record = TripRecord {
+            trip: trip.clone(),
+            radius_m: Config::default().max_pickup_distance_m,
+            tried: Vec::new(),
+            search_deadline: trip.requested_at,
+            driver_fleet: None,
+        };
+        log.append(&LogRecord::Trip(record)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    log.commit().unwrap_or_else(|e| panic!("{e}"));
+    let in_log = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    let per = |bytes: usize| bytes / n;
+    let _ = writeln!(
+        out,
+        "ended_trips/{n}: engine {} B, replies (pb::Trip) {} B, log's live copy {} B per trip (empty log {} KiB)",
+        per(in_engine),
+        per(in_replies),
+        per(in_log),
+        empty_log >> 10
+    );
+    drop((engine, replies, log));
 }
