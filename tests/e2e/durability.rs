@@ -65,8 +65,10 @@ async fn a_search_whose_deadline_passed_while_down_ends_no_driver_found() {
     config.engine.search_timeout_ms = 300;
     let server = TestServer::with(config.clone()).await;
     let rider = server.request("r1", "q1").await;
+    let requested_at = rider.requested_at_ms;
     let dir = server.stop_keeping_data().await;
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // The deadline passes while the server is down.
+    wait_until_past(requested_at + 300).await;
     let server = TestServer::in_dir(config, dir).await;
     assert_eq!(server.get_trip(&rider.trip_id).await.map(|t| t.status()).ok(), Some(pb::TripStatus::NoDriverFound));
 }
@@ -109,7 +111,10 @@ async fn a_ride_in_progress_waits_for_its_driver() {
         rider.until(status).await;
     }
     d1.hang_up();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The engine has seen the driver go, and has ticked past the grace
+    // period counted from then.
+    server.stats_until("d1's session to close", |s| s.drivers_connected == 0).await;
+    server.engine_past(unix_ms() + 200).await;
     assert_eq!(server.get_trip(&rider.trip_id).await.map(|t| t.status()).ok(), Some(pb::TripStatus::InProgress));
     let mut d1 = server.open_driver(DriverMsg::Hello(hello("d1", 100.0))).await;
     match d1.next().await {

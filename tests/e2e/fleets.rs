@@ -133,5 +133,5 @@ async fn an_oversized_batch_is_rejected_and_the_session_goes_on() {
     }
     fleet.batch((0..100).map(|i| update(&format!("partner/p-{i}"), 100.0)).collect()).await;
     wait_for_available(&server, 100).await;
-    assert_eq!(fleet.quiet_for(50).await, None);
+    assert_eq!(fleet.next_before_barrier().await, None);
 }

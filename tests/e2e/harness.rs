@@ -31,6 +31,21 @@ pub fn pickup() -> pb::LatLng {
 }
 
 /// Awaits `f`, failing the test after [`STEP`].
+/// Now, in unix milliseconds (the server's clock reads the same).
+pub fn unix_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Waits until the wall clock reads past `at_ms` (unix milliseconds): for
+/// tests about a deadline, the condition is that time itself has passed.
+pub async fn wait_until_past(at_ms: i64) {
+    while unix_ms() <= at_ms {
+        let left = u64::try_from(at_ms + 1 - unix_ms()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(left.max(1))).await;
+    }
+}
+
 pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(STEP, f).await {
         Ok(v) => v,
@@ -166,9 +181,10 @@ impl TestServer {
             ..Default::default()
         };
         let stream = within("request_ride", self.riders().request_ride(authed(request, token))).await?.into_inner();
-        let mut conn = RiderConn { stream, trip_id: String::new() };
+        let mut conn = RiderConn { stream, trip_id: String::new(), requested_at_ms: 0 };
         let first = conn.next().await;
         conn.trip_id = first.trip_id.clone();
+        conn.requested_at_ms = first.requested_at_ms;
         Ok(conn)
     }
 
@@ -219,14 +235,40 @@ impl TestServer {
             .await
             .unwrap_or_else(|e| panic!("request_ride: {e}"))
             .into_inner();
-        let mut conn = RiderConn { stream, trip_id: String::new() };
+        let mut conn = RiderConn { stream, trip_id: String::new(), requested_at_ms: 0 };
         let first = conn.next().await;
         conn.trip_id = first.trip_id.clone();
+        conn.requested_at_ms = first.requested_at_ms;
         conn
     }
 
     pub async fn stats(&self) -> pb::Stats {
         self.admin().get_stats(pb::GetStatsRequest {}).await.unwrap_or_else(|e| panic!("stats: {e}")).into_inner()
+    }
+
+    /// Waits until the engine has ticked at a time past `at_ms`: the clock
+    /// passes it, then two calls go through the engine (it ticks after
+    /// every round, so the second is answered after a tick that came after
+    /// the first, which was itself sent past `at_ms`).
+    pub async fn engine_past(&self, at_ms: i64) {
+        wait_until_past(at_ms).await;
+        for _ in 0..2 {
+            self.stats().await;
+        }
+    }
+
+    /// Waits until the stats satisfy `ok` (polled through the engine).
+    pub async fn stats_until(&self, what: &str, ok: impl Fn(&pb::Stats) -> bool) -> pb::Stats {
+        within(what, async {
+            loop {
+                let stats = self.stats().await;
+                if ok(&stats) {
+                    return stats;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
     }
 
     pub async fn get_trip(&self, trip_id: &str) -> Result<pb::Trip, Status> {
@@ -328,12 +370,13 @@ impl DriverConn {
     }
 
     /// Whether an event arrives within `ms` (for "nothing happens" checks).
-    pub async fn quiet_for(&mut self, ms: u64) -> Option<Event> {
-        match tokio::time::timeout(Duration::from_millis(ms), self.events.message()).await {
-            Ok(Ok(Some(m))) => m.kind,
-            Ok(other) => panic!("driver stream ended: {other:?}"),
-            Err(_) => None,
-        }
+    /// What the server sent this session before a barrier: a reply to an
+    /// offer id never minted (`o-0`), which the engine refuses in order
+    /// after everything it did for earlier messages. `None` means nothing
+    /// came before it, checked without waiting on a timer.
+    pub async fn next_before_barrier(&mut self) -> Option<Event> {
+        self.send(DriverMsg::OfferReply(pb::OfferReply { offer_id: BARRIER_OFFER.into(), accept: false })).await;
+        barrier_or(self.next().await)
     }
 
     pub async fn expect_offer(&mut self) -> pb::Offer {
@@ -394,12 +437,23 @@ impl FleetConn {
         end_status(&mut self.events).await
     }
 
-    pub async fn quiet_for(&mut self, ms: u64) -> Option<Event> {
-        match tokio::time::timeout(Duration::from_millis(ms), self.events.message()).await {
-            Ok(Ok(Some(m))) => m.kind,
-            Ok(other) => panic!("fleet stream ended: {other:?}"),
-            Err(_) => None,
-        }
+    /// What the server sent this session before a barrier; see
+    /// [`DriverConn::next_before_barrier`].
+    pub async fn next_before_barrier(&mut self) -> Option<Event> {
+        self.send(FleetMsg::OfferReply(pb::OfferReply { offer_id: BARRIER_OFFER.into(), accept: false })).await;
+        barrier_or(self.next().await)
+    }
+}
+
+/// An offer id the server never mints: replying to it is refused
+/// `NOT_FOUND`, in order with everything else on the session.
+const BARRIER_OFFER: &str = "o-0";
+
+/// `None` if `event` is the barrier's refusal; the event otherwise.
+fn barrier_or(event: Event) -> Option<Event> {
+    match &event {
+        Event::Rejected(r) if r.code == Code::NotFound as i32 && r.message.contains(BARRIER_OFFER) => None,
+        _ => Some(event),
     }
 }
 
@@ -416,6 +470,8 @@ pub fn update(driver_id: &str, metres: f64) -> pb::DriverUpdate {
 pub struct RiderConn {
     pub stream: Streaming<pb::Trip>,
     pub trip_id: String,
+    /// When the server took the request (unix ms), from the first update.
+    pub requested_at_ms: i64,
 }
 
 impl RiderConn {

@@ -60,6 +60,6 @@ async fn a_message_past_the_size_limit_is_refused() {
     // Small ones still go through on a new session.
     let mut fleet = server.fleet("f").await;
     fleet.batch(vec![update("f/1", 10.0)]).await;
-    assert!(fleet.quiet_for(200).await.is_none());
+    assert!(fleet.next_before_barrier().await.is_none());
     assert_eq!(server.stats().await.drivers_connected, 1);
 }

@@ -21,7 +21,7 @@ async fn the_first_message_is_the_trip_searching_and_the_nearest_driver_gets_the
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut rider = RiderConn { stream: stream.into_inner(), trip_id: String::new() };
+    let mut rider = RiderConn { stream: stream.into_inner(), trip_id: String::new(), requested_at_ms: 0 };
     let first = rider.next().await;
     assert_eq!(first.status(), pb::TripStatus::Searching);
     assert!(first.trip_id.starts_with("t-"), "{}", first.trip_id);
@@ -31,7 +31,7 @@ async fn the_first_message_is_the_trip_searching_and_the_nearest_driver_gets_the
     let trip = offer.trip.unwrap_or_else(|| panic!("offer without trip"));
     assert_eq!(trip.trip_id, first.trip_id);
     assert!(offer.expires_at_ms > trip.requested_at_ms);
-    assert_eq!(far.quiet_for(200).await, None, "only one driver at a time");
+    assert_eq!(far.next_before_barrier().await, None, "only one driver at a time");
 }
 
 #[tokio::test]
@@ -162,7 +162,7 @@ async fn a_driver_cancel_before_pickup_sends_the_trip_to_someone_else() {
     assert_eq!((again.status(), again.driver_id.as_str()), (pb::TripStatus::Searching, ""));
     let offer = b.expect_offer().await;
     assert_eq!(offer.trip.map(|t| t.trip_id), Some(rider.trip_id.clone()));
-    assert_eq!(a.quiet_for(200).await, None, "a is not offered the trip it gave up");
+    assert_eq!(a.next_before_barrier().await, None, "a is not offered the trip it gave up");
 }
 
 #[tokio::test]
@@ -211,7 +211,7 @@ async fn the_same_request_id_follows_the_same_trip() {
     let offer = d.expect_offer().await;
     let second = server.request("r1", "same").await;
     assert_eq!(second.trip_id, first.trip_id);
-    assert_eq!(d.quiet_for(200).await, None, "no second offer, no second car");
+    assert_eq!(d.next_before_barrier().await, None, "no second offer, no second car");
     d.reply(&offer, true).await;
     first.until(pb::TripStatus::DriverAssigned).await;
     let mut second = second;
@@ -242,7 +242,7 @@ async fn with_nobody_in_range_the_trip_searches_then_ends_no_driver_found() {
     let server = TestServer::with_timeouts(10_000, 600).await;
     let mut d = server.driver(hello("far", 8_000.0)).await;
     let mut rider = server.request("r1", "q1").await;
-    assert_eq!(d.quiet_for(100).await, None);
+    assert_eq!(d.next_before_barrier().await, None);
     let end = rider.until(pb::TripStatus::NoDriverFound).await;
     assert_eq!(end.driver_id, "");
     rider.expect_end().await;
@@ -262,7 +262,7 @@ async fn a_driver_moving_into_range_gets_the_waiting_trip() {
             ..Default::default()
         })
         .await;
-    assert_eq!(d.quiet_for(100).await, None);
+    assert_eq!(d.next_before_barrier().await, None);
     d.ping(north(1_500.0)).await;
     let offer = d.expect_offer().await;
     d.reply(&offer, true).await;
@@ -302,5 +302,5 @@ async fn only_drivers_of_the_requested_service_type_are_offered() {
         })
         .await;
     assert_eq!(van.expect_offer().await.driver_id, "van");
-    assert_eq!(taxi.quiet_for(100).await, None);
+    assert_eq!(taxi.next_before_barrier().await, None);
 }

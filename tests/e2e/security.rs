@@ -72,8 +72,10 @@ async fn missing_malformed_forged_and_expired_tokens_are_unauthenticated() {
     let server = secured().await;
     let forged = Keys::new(b"not-the-server-secret-0123456789").unwrap_or_else(|e| panic!("{e}"));
     let forged = forged.mint(Role::Admin, "mallory", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let minted_at = unix_ms();
     let expired = keys().mint(Role::Admin, "ops", Duration::ZERO).unwrap_or_else(|e| panic!("{e}"));
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // Expiry is in whole seconds: a second after minting, it has passed.
+    wait_until_past(minted_at + 1_000).await;
     for bad in [None, Some("garbage"), Some("a.b.c"), Some(forged.as_str()), Some(expired.as_str())] {
         let hello = DriverMsg::Hello(hello("d1", 100.0));
         assert_eq!(code(server.open_driver_as(bad, hello).await), Code::Unauthenticated, "driver {bad:?}");
@@ -246,7 +248,7 @@ async fn an_operator_ends_a_ride_in_progress_whose_driver_never_came_back() {
     rider.until(pb::TripStatus::Cancelled).await;
     // Nothing is held for the driver any more: it can start over.
     let mut back = driver(&server, "gone", 100.0, false).await;
-    assert!(back.quiet_for(100).await.is_none());
+    assert!(back.next_before_barrier().await.is_none());
 }
 
 #[tokio::test]
@@ -281,7 +283,7 @@ async fn rate_limits_refuse_the_excess_of_one_identity_only() {
     let r = noisy.expect_rejected(Code::ResourceExhausted).await;
     assert!(r.message.contains("rate limit"), "{}", r.message);
     calm.ping(north(150.0)).await;
-    assert!(calm.quiet_for(200).await.is_none(), "the calm driver was limited too");
+    assert!(calm.next_before_barrier().await.is_none(), "the calm driver was limited too");
 
     let t = token(Role::Rider, "r1");
     for n in 0..3 {
@@ -318,7 +320,7 @@ async fn reconnecting_does_not_refill_a_bucket_and_fleet_replies_are_limited_too
         first.expect_rejected(Code::ResourceExhausted).await;
         let mut second = driver(&server, "hopper", 100.0, false).await;
         second.ping(north(102.0)).await;
-        let event = second.quiet_for(300).await;
+        let event = second.next_before_barrier().await;
         if matches!(&event, Some(Event::Rejected(r)) if r.code == Code::ResourceExhausted as i32) {
             refused_after_reconnect = true;
             break;
@@ -379,7 +381,7 @@ async fn each_party_sees_the_least_it_needs() {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner();
-    let mut rider = RiderConn { stream, trip_id: String::new() };
+    let mut rider = RiderConn { stream, trip_id: String::new(), requested_at_ms: 0 };
     rider.trip_id = rider.next().await.trip_id;
     let offer = premium_driver.expect_offer().await;
     let offered = offer.trip.clone().unwrap_or_else(|| panic!("no trip in the offer"));
