@@ -50,7 +50,8 @@ pub struct ServerConfig {
     /// The dispatch rules.
     pub engine: dispatch_core::engine::Config,
     /// Commands other than location updates waiting for the engine task, at
-    /// most (callers wait when it is full).
+    /// most; past that a call gets `RESOURCE_EXHAUSTED` at once (only a
+    /// session's close waits for room).
     pub command_queue: usize,
     /// Location updates (pings and fleet batch entries) waiting for the
     /// engine task, at most; past that, updates are shed (about a second of

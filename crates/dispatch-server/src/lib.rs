@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! - [`config`]: queue sizes and the engine's rules.
-//! - `engine_task`: the one task that owns the engine: recovery from the
+//! - `engine_task`: the one task that owns the engine (one file per idea: commands, queues, start-up and recovery, clock, loop): recovery from the
 //!   trip log at start, then commands in, effects out.
 //! - `outbound`: makes trip changes durable (group commit), then delivers
 //!   events, rider updates and replies, in order.

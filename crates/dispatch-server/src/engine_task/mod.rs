@@ -1,0 +1,295 @@
+//! The one task that owns the [`Engine`].
+//!
+//! Handlers send [`Command`]s through two bounded queues ([`EngineHandle`]:
+//! urgent commands, and location updates that may be shed). The task, on a
+//! thread of its own, empties the urgent queue first and takes location
+//! updates one command at a time between; it runs each command against the
+//! engine with the current time ([`clock`]), ticks the engine, and hands the
+//! round's effects in order to the outbound stage, which logs what must be
+//! durable and only then tells anyone. One owner means no lock around the
+//! index or the trips and no two requests can ever win the same driver: they
+//! are simply taken in turn.
+//!
+//! Files: `command` (what handlers ask), `handle` (the queues and
+//! shedding), `spawn` (recovery from the trip log and start-up), `clock`,
+//! and here the loop.
+
+mod clock;
+mod command;
+mod handle;
+mod spawn;
+
+pub use command::Command;
+pub use handle::EngineHandle;
+pub use spawn::{Spawned, spawn};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+
+use dispatch_core::engine::{Effect, SessionEnd};
+use dispatch_core::ids::SessionId;
+use dispatch_core::{Engine, EngineError};
+use dispatch_proto::pb;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::Status;
+use tracing::{debug, info};
+
+use crate::outbound::{Batch, MatchLatency, Out};
+use crate::status::{engine_code, engine_status, rejected};
+use clock::Clock;
+
+struct EngineTask {
+    engine: Engine,
+    clock: Clock,
+    /// What this round produced, for the outbound stage.
+    batch: Batch,
+    batches: std_mpsc::SyncSender<Batch>,
+    /// Sessions the outbound stage ended for falling behind.
+    cut_off: mpsc::UnboundedReceiver<SessionId>,
+    match_latency: Option<MatchLatency>,
+    shed: Arc<AtomicU64>,
+    queued_updates: Arc<AtomicU64>,
+    max_sessions: usize,
+}
+
+/// The most urgent commands taken before the engine ticks again.
+const URGENT_BATCH: usize = 512;
+
+impl EngineTask {
+    async fn run(mut self, mut urgent: mpsc::Receiver<Command>, mut bulk: mpsc::Receiver<Command>) {
+        let mut commands = Vec::with_capacity(URGENT_BATCH);
+        loop {
+            // Everything urgent that is waiting, then one bulk command, then
+            // a tick; wait only when both queues are empty.
+            let mut took = false;
+            while let Ok(session) = self.cut_off.try_recv() {
+                took = true;
+                self.engine.close_session(self.clock.now(), session);
+            }
+            while commands.len() < URGENT_BATCH
+                && let Ok(command) = urgent.try_recv()
+            {
+                commands.push(command);
+            }
+            for command in commands.drain(..) {
+                took = true;
+                if matches!(command, Command::Shutdown) {
+                    self.shutdown();
+                    return;
+                }
+                self.handle(command);
+            }
+            if took {
+                // Rides and replies go out now, not after the bulk command
+                // (a fleet batch can take a millisecond).
+                self.engine.tick(self.clock.now());
+                self.carry_out();
+                self.flush();
+            }
+            if let Ok(command) = bulk.try_recv() {
+                took = true;
+                self.handle(command);
+            }
+            if !took {
+                let deadline = self.engine.next_deadline().map(|at| self.clock.instant(at));
+                tokio::select! {
+                    biased;
+                    command = urgent.recv() => match command {
+                        Some(command) => commands.push(command),
+                        None => break,
+                    },
+                    Some(session) = self.cut_off.recv() => self.engine.close_session(self.clock.now(), session),
+                    Some(command) = bulk.recv() => self.handle(command),
+                    () = sleep_until(deadline) => {}
+                }
+            }
+            self.engine.tick(self.clock.now());
+            self.carry_out();
+            self.flush();
+        }
+        self.shutdown();
+    }
+
+    fn handle(&mut self, command: Command) {
+        let now = self.clock.now();
+        let updates = command.updates();
+        if updates > 0 {
+            self.queued_updates.fetch_sub(updates, Ordering::Relaxed);
+        }
+        match command {
+            Command::DriverHello { session, hello, outbox } => {
+                if self.engine.session_count() >= self.max_sessions {
+                    outbox.end(Status::resource_exhausted("too many open sessions; retry later"));
+                    return;
+                }
+                let driver = hello.driver.clone();
+                match self.engine.connect_driver(now, session, hello) {
+                    Ok(current) => {
+                        let started = pb::SessionStarted {
+                            driver_id: driver.to_string(),
+                            server_time_ms: now.0,
+                            current_trip: current.as_ref().map(Into::into),
+                            fleet_id: String::new(),
+                        };
+                        // Ended sessions first: the one this hello replaced.
+                        self.carry_out();
+                        self.batch.outs.push(Out::Open { session, outbox, name: driver.to_string(), started });
+                        debug!(%driver, %session, "driver session started");
+                    }
+                    Err(err) => outbox.end(engine_status(&err)),
+                }
+            }
+            Command::FleetHello { session, fleet, outbox } => {
+                if self.engine.session_count() >= self.max_sessions {
+                    outbox.end(Status::resource_exhausted("too many open sessions; retry later"));
+                    return;
+                }
+                let trips = self.engine.connect_fleet(session, fleet.clone());
+                let started = pb::SessionStarted {
+                    driver_id: String::new(),
+                    server_time_ms: now.0,
+                    current_trip: None,
+                    fleet_id: fleet.to_string(),
+                };
+                self.carry_out();
+                self.batch.outs.push(Out::Open { session, outbox, name: format!("fleet {fleet}"), started });
+                for trip in &trips {
+                    let event = pb::DriverEvent { kind: Some(pb::driver_event::Kind::Trip(trip.into())) };
+                    self.batch.outs.push(Out::Event { session, event });
+                }
+                debug!(%fleet, %session, "fleet session started");
+            }
+            Command::Ping { session, ping } => {
+                let result = self.engine.ping(now, session, ping);
+                self.reject_on_error(session, "", result);
+            }
+            Command::Availability { session, available } => {
+                let result = self.engine.set_availability(now, session, available);
+                self.reject_on_error(session, "", result);
+            }
+            Command::FleetBatch { session, updates } => {
+                for update in updates {
+                    let driver = update.driver.clone();
+                    let result = self.engine.fleet_update(now, session, update);
+                    if result.is_err() {
+                        self.reject_on_error(session, driver.as_str(), result);
+                    }
+                }
+            }
+            Command::OfferReply { session, offer, accept } => {
+                let result = self.engine.offer_reply(now, session, offer, accept);
+                self.reject_on_error(session, "", result);
+            }
+            Command::Progress { session, driver, trip, status } => {
+                let result = self.engine.trip_progress(now, session, driver.as_ref(), trip, status);
+                self.reject_on_error(session, driver.as_ref().map_or("", |d| d.as_str()), result);
+            }
+            Command::SessionClosed { session } => {
+                self.engine.close_session(now, session);
+                self.carry_out();
+                self.batch.outs.push(Out::Closed(session));
+            }
+            Command::RequestRide { request, watcher, received, reply } => {
+                let (trip, created) = self.engine.request_ride(now, request);
+                // The stream of a new trip opens with the engine's own
+                // SEARCHING update; a retry starts from where the trip is.
+                let (resume, received) = if created { (None, Some(received)) } else { (Some(trip.clone()), None) };
+                self.batch.outs.push(Out::Watch { trip: trip.id, watcher, resume, received });
+                self.carry_out();
+                self.batch.outs.push(Out::Reply(Box::new(move || {
+                    let _ = reply.send(trip);
+                })));
+                return;
+            }
+            Command::CancelRide { trip, reason, rider, operator, reply } => {
+                let foreign = rider.is_some_and(|r| self.engine.trip(trip).is_some_and(|t| t.rider != r));
+                let result = if foreign {
+                    Err(EngineError::UnknownTrip(trip))
+                } else if operator {
+                    // An operator may end any trip that has not ended.
+                    self.engine.cancel_by_operator(now, trip, &reason)
+                } else {
+                    self.engine.cancel_ride(now, trip, &reason)
+                };
+                self.carry_out();
+                self.batch.outs.push(Out::Reply(Box::new(move || {
+                    let _ = reply.send(result);
+                })));
+                return;
+            }
+            Command::Nearby { query, reply } => {
+                // Positions are soft state: nothing to wait for.
+                let _ = reply.send(self.engine.nearby(&query));
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Command::Shutdown => {}
+        }
+        self.carry_out();
+    }
+
+    fn reject_on_error(&mut self, session: SessionId, driver: &str, result: Result<(), EngineError>) {
+        if let Err(err) = result {
+            debug!(%session, driver, cause = %err, "message rejected");
+            let event = rejected(engine_code(&err), err.to_string(), driver);
+            self.batch.outs.push(Out::Event { session, event });
+        }
+    }
+
+    /// Moves what the engine produced into this round's batch, in order.
+    fn carry_out(&mut self) {
+        for effect in self.engine.drain_effects() {
+            let out = match effect {
+                Effect::Persist(record) => {
+                    self.batch.records.push(record);
+                    continue;
+                }
+                Effect::Driver { session, event } => Out::Driver { session, event },
+                Effect::Rider(trip) => Out::Rider(trip),
+                Effect::FirstOffer(trip) => Out::FirstOffer(trip),
+                Effect::TripForgotten(trip) => Out::Forget(trip),
+                Effect::EndSession { session, reason: SessionEnd::Replaced } => {
+                    Out::End { session, status: Status::aborted("a newer session took over") }
+                }
+            };
+            self.batch.outs.push(out);
+        }
+    }
+
+    /// Hands this round's batch to the outbound stage.
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        // Fails only once the stage has stopped, when nothing can be sent.
+        let _ = self.batches.send(std::mem::take(&mut self.batch));
+    }
+
+    fn stats(&self) -> pb::Stats {
+        let mut stats = pb::Stats::from(&self.engine.stats());
+        if let Some(h) = self.match_latency.as_ref().and_then(|h| h.lock().ok()) {
+            stats.match_latency_p50_us = h.value_at_quantile(0.5);
+            stats.match_latency_p99_us = h.value_at_quantile(0.99);
+        }
+        stats.uptime_s = self.clock.uptime().as_secs();
+        stats.location_updates_shed = self.shed.load(Ordering::Relaxed);
+        stats
+    }
+
+    fn shutdown(&mut self) {
+        info!("engine stopping: ending every stream");
+        self.carry_out();
+        self.batch.outs.push(Out::Shutdown);
+        self.flush();
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,140 @@
+//! Starting the engine: opening the trip log, rebuilding the engine from
+//! it on a blocking thread, and starting the engine task and the outbound
+//! stage.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc as std_mpsc;
+
+use dashmap::DashMap;
+use dispatch_core::Engine;
+use dispatch_proto::pb;
+use dispatch_store::TripLog;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use crate::ServerError;
+use crate::config::ServerConfig;
+use crate::outbound::{Batch, Outbound};
+
+use super::clock::Clock;
+use super::{EngineHandle, EngineTask};
+
+/// Offer ids of one boot start at `boot * OFFER_IDS_PER_BOOT`, so a reply to
+/// an offer from before a restart never matches a new one.
+const OFFER_IDS_PER_BOOT: u64 = 1_000_000_000_000;
+
+/// What `run` gets back from [`spawn`].
+pub struct Spawned {
+    /// How handlers reach the engine.
+    pub handle: EngineHandle,
+    /// Resolves once the engine and the outbound stage have stopped and the
+    /// log is closed.
+    pub stopped: oneshot::Receiver<()>,
+    /// Becomes `Some(cause)` if the trip log fails.
+    pub fatal: watch::Receiver<Option<String>>,
+}
+
+/// Opens the trip log and rebuilds the engine from it, then starts the
+/// engine task on a thread of its own (with its own single-threaded
+/// runtime for timers, so the engine is never queued behind stream decoding
+/// on a shared worker) and the outbound stage on another. They end after
+/// [`Command::Shutdown`] or when every handle is dropped.
+pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
+    let (urgent, urgent_rx) = mpsc::channel(config.command_queue.max(1));
+    // Bounded by `max_queued_updates`, counted in updates; the channel's
+    // own bound (in commands) only backs that up.
+    let (bulk, bulk_rx) = mpsc::channel(config.max_queued_updates.max(1));
+    let trips = Arc::new(DashMap::new());
+    let shed = Arc::new(AtomicU64::new(0));
+    let queued_updates = Arc::new(AtomicU64::new(0));
+    let clock = Clock::new();
+    let (log, engine) = match &config.trip_log {
+        Some(settings) => {
+            let (mut log, recovered) = TripLog::open(&settings.dir, settings.fsync, settings.compact_after_bytes)
+                .map_err(ServerError::TripLog)?;
+            let first_offer = recovered.boot.saturating_mul(OFFER_IDS_PER_BOOT).saturating_add(1);
+            let records = recovered.records.len();
+            let engine = Engine::restore(
+                config.engine.clone(),
+                clock.now(),
+                recovered.records,
+                recovered.next_trip,
+                first_offer,
+            );
+            log.retain(|id| engine.trip(id).is_some());
+            for trip in engine.trips() {
+                trips.insert(trip.id, pb::Trip::from(trip));
+            }
+            let stats = engine.stats();
+            info!(
+                records,
+                searching = stats.trips_searching,
+                with_driver = stats.trips_active,
+                kept = trips.len(),
+                "trips recovered from the log"
+            );
+            (Some(log), engine)
+        }
+        None => {
+            warn!("no trip log: trips will not survive a restart");
+            (None, Engine::new(config.engine.clone()))
+        }
+    };
+    let handle = EngineHandle {
+        urgent,
+        bulk,
+        shed: shed.clone(),
+        queued_updates: queued_updates.clone(),
+        max_queued_updates: config.max_queued_updates as u64,
+        next_session: Arc::new(AtomicU64::new(1)),
+        trips: trips.clone(),
+    };
+    let (cut_off, cut_off_rx) = mpsc::unbounded_channel();
+    let (fatal_tx, fatal) = watch::channel(None);
+    let match_latency = crate::outbound::match_latency();
+    let outbound = Outbound::new(
+        log,
+        trips,
+        match_latency.clone(),
+        cut_off,
+        fatal_tx,
+        config.offer_hides_dropoff,
+        config.drivers_see_rider_id,
+    );
+    // Bounded: if the disk cannot keep up, the engine waits for it, its
+    // queues fill, and callers are refused instead of memory growing.
+    let (batches, batches_rx) = std_mpsc::sync_channel(config.outbound_queue.max(1));
+    let outbound = std::thread::Builder::new()
+        .name("dispatch-outbound".into())
+        .spawn(move || outbound.run(batches_rx))
+        .map_err(ServerError::Thread)?;
+    let mut task = EngineTask {
+        engine,
+        clock,
+        batch: Batch::default(),
+        batches,
+        cut_off: cut_off_rx,
+        match_latency,
+        shed,
+        queued_updates,
+        max_sessions: config.max_sessions,
+    };
+    // What the restore changed (searches that ran out while the server was
+    // down) is logged like any other change.
+    task.carry_out();
+    task.flush();
+    let (done, stopped) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(ServerError::Thread)?;
+    std::thread::Builder::new()
+        .name("dispatch-engine".into())
+        .spawn(move || {
+            runtime.block_on(task.run(urgent_rx, bulk_rx));
+            // The task is gone, and with it the sender: the outbound stage
+            // drains what is left, commits and stops.
+            let _ = outbound.join();
+            let _ = done.send(());
+        })
+        .map_err(ServerError::Thread)?;
+    Ok(Spawned { handle, stopped, fatal })
+}
