@@ -5,8 +5,9 @@
 //! # Layout
 //!
 //! - [`config`]: queue sizes and the engine's rules.
-//! - `engine_task`: the one task that owns the engine (one file per idea: commands, queues, start-up and recovery, clock, loop): recovery from the
-//!   trip log at start, then commands in, effects out.
+//! - `engine_task`: the one task that owns the engine: recovery from the
+//!   trip log at start, then commands in, effects out (one file per idea:
+//!   commands, queues, start-up and recovery, clock, the loop).
 //! - `outbound`: makes trip changes durable (group commit), then delivers
 //!   events, rider updates and replies, in order.
 //! - `outbox`: the bounded outgoing side of a driver or fleet stream.
