@@ -103,10 +103,5 @@ async fn going_off_duty_stops_offers() {
 
 /// Waits until the engine counts `n` drivers available.
 pub async fn wait_for_available(server: &TestServer, n: u64) {
-    within("drivers to become available", async {
-        while server.stats().await.drivers_available != n {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    server.stats_until("drivers to become available", |s| s.drivers_available == n).await;
 }

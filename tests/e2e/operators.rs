@@ -84,16 +84,7 @@ async fn stats_count_what_happened_and_time_the_matching() {
     a.reply(&offer, false).await;
     rider.until(pb::TripStatus::DriverAssigned).await;
     a.ping(north(150.0)).await;
-    let stats = within("the ping to count", async {
-        loop {
-            let stats = server.stats().await;
-            if stats.location_updates >= 3 {
-                return stats;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let stats = server.stats_until("the ping to count", |s| s.location_updates >= 3).await;
     assert_eq!(stats.drivers_connected, 2);
     assert_eq!(stats.drivers_available, 1);
     assert_eq!(stats.drivers_on_trip, 1);
