@@ -19,6 +19,11 @@ async fn the_smoke_scenario_runs_clean() {
     assert!(report.match_rate > 0.9, "{report:#?}");
     assert!(report.completed > 0, "{report:#?}");
     assert_eq!(report.request_to_assigned_us.count, report.assigned);
+    // The server's breakdown reaches the report: every ride's first offer
+    // through each stage, and the trip log's commits.
+    let stages: Vec<&str> = report.server_stages.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(stages, ["queue", "engine", "commit_wait", "commit", "deliver", "log_commit"], "{report:#?}");
+    assert!(report.server_stages.iter().all(|s| s.count >= report.assigned && s.p99_us >= s.p50_us), "{report:#?}");
     let stats = server.stats().await;
     assert!(stats.trips_completed > 0 && stats.offers_accepted >= report.assigned, "{stats:?}");
 }

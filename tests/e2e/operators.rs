@@ -92,6 +92,15 @@ async fn stats_count_what_happened_and_time_the_matching() {
     assert_eq!((stats.offers_sent, stats.offers_declined, stats.offers_accepted), (2, 1, 1));
     assert!(stats.match_latency_p50_us > 0 && stats.match_latency_p99_us >= stats.match_latency_p50_us);
     assert!(stats.match_latency_p99_us < 1_000_000, "{}", stats.match_latency_p99_us);
+    // The breakdown: one first offer through each stage, none longer than
+    // the whole; and the trip log's group commits (at least the request's).
+    let (offer_stages, commits) = stats.match_stages.split_at(stats.match_stages.len().saturating_sub(1));
+    let stages: Vec<(&str, u64)> = offer_stages.iter().map(|s| (s.stage.as_str(), s.count)).collect();
+    assert_eq!(stages, [("queue", 1), ("engine", 1), ("commit_wait", 1), ("commit", 1), ("deliver", 1)]);
+    assert!(commits.iter().all(|c| c.stage == "log_commit" && c.count >= 1), "{commits:?}");
+    for stage in offer_stages {
+        assert!(stage.max_us <= stats.match_latency_p99_us + stats.match_latency_p99_us / 100 + 1, "{stage:?}");
+    }
     wait_for_available(&server, 1).await;
 }
 

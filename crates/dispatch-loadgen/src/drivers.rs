@@ -84,10 +84,11 @@ impl Cars {
         }
     }
 
-    /// Drives every car for `seconds`; returns the progress to report.
-    fn drive(&mut self, run: &Run, seconds: f64) -> Vec<Say> {
+    /// Drives the cars in `range` for `seconds`; returns the progress to
+    /// report.
+    fn drive(&mut self, run: &Run, range: std::ops::Range<usize>, seconds: f64) -> Vec<Say> {
         let mut said = Vec::new();
-        for car in &mut self.cars {
+        for car in &mut self.cars[range] {
             match car.step(&mut self.rng, seconds, run.config.speed_mps) {
                 Arrival::None => {}
                 Arrival::Pickup(trip_id) => {
@@ -106,32 +107,42 @@ impl Cars {
     }
 }
 
-/// The ping clock of a group of cars: ticks every ping interval (the first
-/// after `offset`) and says how long the cars drove since the last tick,
-/// until the run is over (a moment after its deadline).
+/// The ping clock of a group of cars split into `parts` (a fleet's
+/// batches): ticks `parts` times every ping interval, evenly (the first
+/// after `offset`), each tick for the next part in turn, and says which part
+/// and how long its cars drove since their last tick, until the run is over
+/// (a moment after its deadline). So a fleet gateway sends its batches
+/// spread over the interval, as a real one forwards its cars' pings as they
+/// come, not all at once.
 struct Pace {
     ticker: tokio::time::Interval,
-    last: Instant,
+    last: Vec<Instant>,
+    next: usize,
     stop: Instant,
 }
 
 impl Pace {
-    fn new(run: &Run, offset: Duration) -> Self {
-        let mut ticker = tokio::time::interval_at((Instant::now() + offset).into(), run.config.ping_interval);
+    fn new(run: &Run, offset: Duration, parts: usize) -> Self {
+        let parts = parts.max(1);
+        let every = run.config.ping_interval / u32::try_from(parts).unwrap_or(u32::MAX);
+        let mut ticker =
+            tokio::time::interval_at((Instant::now() + offset).into(), every.max(Duration::from_micros(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        Self { ticker, last: Instant::now(), stop: run.deadline + HANG_UP_AFTER }
+        Self { ticker, last: vec![Instant::now(); parts], next: 0, stop: run.deadline + HANG_UP_AFTER }
     }
 
-    /// Waits for the next tick and returns the seconds driven since the
-    /// last; `None` once the run is over.
-    async fn next(&mut self) -> Option<f64> {
+    /// Waits for the next tick and returns the part whose turn it is and
+    /// the seconds driven since its last; `None` once the run is over.
+    async fn next(&mut self) -> Option<(usize, f64)> {
         tokio::select! {
             _ = self.ticker.tick() => {}
             () = tokio::time::sleep_until(self.stop.into()) => return None,
         }
-        let seconds = self.last.elapsed().as_secs_f64();
-        self.last = Instant::now();
-        Some(seconds)
+        let part = self.next;
+        self.next = (self.next + 1) % self.last.len();
+        let seconds = self.last[part].elapsed().as_secs_f64();
+        self.last[part] = Instant::now();
+        Some((part, seconds))
     }
 }
 
@@ -175,9 +186,11 @@ async fn next_event(run: &Run, events: &mut Streaming<pb::DriverEvent>) -> Optio
     }
 }
 
-/// One fleet gateway: its cars' positions in batches every ping interval,
+/// One fleet gateway: its cars' positions in batches, each batch every ping
+/// interval and the batches spread over it (fleet `index` of `fleets`
+/// starting its turn a share of a batch's slot later than the one before),
 /// offers accepted, trips driven.
-pub async fn fleet(run: Arc<Run>, channel: Channel, fleet_id: String, cars: Vec<Car>, seed: u64) {
+pub async fn fleet(run: Arc<Run>, channel: Channel, fleet_id: String, cars: Vec<Car>, seed: u64, slot: (usize, usize)) {
     let (tx, rx) = mpsc::channel::<pb::FleetMessage>(256);
     let send = |kind| pb::FleetMessage { kind: Some(kind) };
     let _ = tx.send(send(FleetMsg::Hello(pb::FleetHello { fleet_id: fleet_id.clone() }))).await;
@@ -191,39 +204,43 @@ pub async fn fleet(run: Arc<Run>, channel: Channel, fleet_id: String, cars: Vec<
             return;
         }
     };
+    let batch = run.config.batch_size.max(1);
+    let parts = cars.len().div_ceil(batch).max(1);
     let mut cars = Cars::new(cars, seed);
-    let mut first = true;
-    let mut pace = Pace::new(&run, Duration::ZERO);
+    let mut registered = vec![false; parts];
+    let (index, fleets) = slot;
+    let offset = run.config.ping_interval / u32::try_from(parts * fleets.max(1)).unwrap_or(u32::MAX)
+        * u32::try_from(index).unwrap_or(0);
+    let mut pace = Pace::new(&run, offset, parts);
     loop {
         tokio::select! {
-            seconds = pace.next() => {
-                let Some(seconds) = seconds else { return };
-                for say in cars.drive(&run, seconds) {
+            tick = pace.next() => {
+                let Some((part, seconds)) = tick else { return };
+                let range = part * batch..((part + 1) * batch).min(cars.cars.len());
+                for say in cars.drive(&run, range.clone(), seconds) {
                     if let Say::Progress { driver_id, trip_id, status } = say {
                         let progress = pb::FleetTripProgress { driver_id, trip_id, status: status.into() };
                         let _ = tx.send(send(FleetMsg::TripProgress(progress))).await;
                     }
                 }
                 let timestamp_ms = unix_ms();
-                for chunk in cars.cars.chunks(run.config.batch_size.max(1)) {
-                    let updates: Vec<pb::DriverUpdate> = chunk
-                        .iter()
-                        .map(|car| pb::DriverUpdate {
-                            driver_id: car.driver_id.clone(),
-                            position: Some(position(car)),
-                            service_types: Vec::new(),
-                            available: first.then_some(true),
-                            auto_accept: run.config.auto_accept,
-                            timestamp_ms,
-                        })
-                        .collect();
-                    let n = updates.len() as u64;
-                    if tx.send(send(FleetMsg::Updates(pb::DriverUpdateBatch { updates }))).await.is_err() {
-                        return;
-                    }
-                    Metrics::add(&run.metrics.updates_sent, n);
+                let first = !std::mem::replace(&mut registered[part], true);
+                let updates: Vec<pb::DriverUpdate> = cars.cars[range]
+                    .iter()
+                    .map(|car| pb::DriverUpdate {
+                        driver_id: car.driver_id.clone(),
+                        position: Some(position(car)),
+                        service_types: Vec::new(),
+                        available: first.then_some(true),
+                        auto_accept: run.config.auto_accept,
+                        timestamp_ms,
+                    })
+                    .collect();
+                let n = updates.len() as u64;
+                if tx.send(send(FleetMsg::Updates(pb::DriverUpdateBatch { updates }))).await.is_err() {
+                    return;
                 }
-                first = false;
+                Metrics::add(&run.metrics.updates_sent, n);
             }
             event = next_event(&run, &mut events) => {
                 let Some(event) = event else { return };
@@ -261,13 +278,13 @@ pub async fn solo(run: Arc<Run>, channel: Channel, car: Car, seed: u64) {
     };
     let interval = run.config.ping_interval;
     let offset = Duration::from_nanos(seed % u64::try_from(interval.as_nanos()).unwrap_or(1).max(1));
-    let mut pace = Pace::new(&run, offset);
+    let mut pace = Pace::new(&run, offset, 1);
     let mut cars = Cars::new(vec![car], seed);
     loop {
         tokio::select! {
-            seconds = pace.next() => {
-                let Some(seconds) = seconds else { return };
-                for say in cars.drive(&run, seconds) {
+            tick = pace.next() => {
+                let Some((_, seconds)) = tick else { return };
+                for say in cars.drive(&run, 0..1, seconds) {
                     if let Say::Progress { trip_id, status, .. } = say {
                         let progress = pb::TripProgress { trip_id, status: status.into() };
                         let _ = tx.send(send(DriverMsg::TripProgress(progress))).await;

@@ -121,7 +121,14 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
         let fleet_id = format!("lg-fleet-{f}");
         // A fleet names its drivers in its own namespace, `FLEET_ID/...`.
         let share = share.iter().map(|car| car.in_fleet(&fleet_id)).collect();
-        tasks.push(tokio::spawn(drivers::fleet(run.clone(), channel, fleet_id, share, config.seed + f as u64)));
+        tasks.push(tokio::spawn(drivers::fleet(
+            run.clone(),
+            channel,
+            fleet_id,
+            share,
+            config.seed + f as u64,
+            (f, fleets),
+        )));
     }
     for (c, group) in solo_cars.chunks(config.sessions_per_connection.max(1)).enumerate() {
         let channel = connect(&config.target).await?;

@@ -49,6 +49,11 @@ pub struct Report {
     pub server_match_p50_us: u64,
     /// The same, 99th percentile.
     pub server_match_p99_us: u64,
+    /// Where the server's request-to-first-offer time goes, stage by stage,
+    /// and its trip log's group commits (over the server's whole life).
+    pub server_stages: Vec<Stage>,
+    /// Location updates the server shed during the run (engine behind).
+    pub updates_shed: u64,
     /// Driver to pickup at assignment, metres.
     pub pickup_distance_m: Percentiles,
     /// Failed calls, broken streams and rejections, by gRPC code.
@@ -59,6 +64,22 @@ pub struct Report {
     pub server_rss_kib: Option<u64>,
     /// Drivers connected at the end (from GetStats).
     pub drivers_connected: u64,
+}
+
+/// One stage of the server's request-to-first-offer time.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stage {
+    /// Its name (`queue`, `engine`, `commit_wait`, `commit`, `deliver`,
+    /// and `log_commit` for every group commit).
+    pub stage: String,
+    /// Samples.
+    pub count: u64,
+    /// Median, µs.
+    pub p50_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// Largest, µs.
+    pub max_us: u64,
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -102,6 +123,18 @@ impl Report {
             request_to_assigned_us,
             server_match_p50_us: after.match_latency_p50_us,
             server_match_p99_us: after.match_latency_p99_us,
+            server_stages: after
+                .match_stages
+                .iter()
+                .map(|s| Stage {
+                    stage: s.stage.clone(),
+                    count: s.count,
+                    p50_us: s.p50_us,
+                    p99_us: s.p99_us,
+                    max_us: s.max_us,
+                })
+                .collect(),
+            updates_shed: after.location_updates_shed.saturating_sub(before.location_updates_shed),
             pickup_distance_m,
             errors: m.errors(),
             protocol_errors: run.protocol_errors(),
@@ -115,12 +148,13 @@ impl Report {
         let p = |x: &Percentiles, unit: &str| {
             format!("p50 {} p90 {} p99 {} p99.9 {} max {} {unit} (n={})", x.p50, x.p90, x.p99, x.p999, x.max, x.count)
         };
-        let rows = [
+        let mut rows = vec![
             ("duration", format!("{:.1} s", self.duration_s)),
             ("drivers", format!("{} via fleets, {} own sessions", self.fleet_drivers, self.session_drivers)),
             ("drivers connected (server)", self.drivers_connected.to_string()),
             ("location updates sent", self.updates_sent.to_string()),
             ("location updates applied", format!("{} ({:.0}/s sustained)", self.updates_applied, self.updates_per_s)),
+            ("location updates shed", self.updates_shed.to_string()),
             (
                 "ride requests",
                 format!("{} ({:.1}/s), {} skipped", self.requests_sent, self.requests_per_s, self.requests_skipped),
@@ -134,6 +168,16 @@ impl Report {
                 "request -> first offer (server)",
                 format!("p50 {} p99 {} µs", self.server_match_p50_us, self.server_match_p99_us),
             ),
+        ];
+        for s in &self.server_stages {
+            let value = format!("p50 {} p99 {} max {} µs (n={})", s.p50_us, s.p99_us, s.max_us, s.count);
+            rows.push((if s.stage == "log_commit" { "  every log commit" } else { "  stage" }, value));
+            if s.stage != "log_commit" {
+                let last = rows.len() - 1;
+                rows[last].1 = format!("{:<12}{}", s.stage, rows[last].1);
+            }
+        }
+        rows.extend([
             ("pickup distance", p(&self.pickup_distance_m, "m")),
             ("errors", if self.errors.is_empty() { "none".into() } else { format!("{:?}", self.errors) }),
             ("protocol errors", self.protocol_errors.to_string()),
@@ -144,7 +188,7 @@ impl Report {
                     format!("{} MiB ({per_driver} B per driver, all in)", kib / 1024)
                 }),
             ),
-        ];
+        ]);
         for (name, value) in rows {
             writeln!(out, "{name:<32} {value}")?;
         }

@@ -323,6 +323,7 @@ impl From<&Stats> for pb::Stats {
             match_latency_p99_us: 0,
             uptime_s: 0,
             location_updates_shed: 0,
+            match_stages: Vec::new(),
         }
     }
 }

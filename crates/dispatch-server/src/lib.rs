@@ -25,6 +25,7 @@ pub mod config;
 mod driver_service;
 mod engine_task;
 mod fleet_service;
+mod latency;
 mod limits;
 mod outbound;
 mod outbox;

@@ -13,22 +13,24 @@
 //! the only one that sends to them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use dispatch_core::engine::{DriverEvent, LogRecord};
+use dispatch_core::geo::LatLng;
 use dispatch_core::ids::{SessionId, TripId};
 use dispatch_core::service::{ServiceSet, ServiceType};
+use dispatch_core::time::Timestamp;
 use dispatch_core::trip::Trip;
 use dispatch_proto::pb;
 use dispatch_store::TripLog;
-use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{error, info, warn};
 
+use crate::latency::{GroupMarks, Latency, Marks};
 use crate::outbox::{Outbox, SendError};
 
 /// A rider's stream of trip updates.
@@ -46,12 +48,14 @@ pub enum Out {
     End { session: SessionId, status: Status },
     /// A session's stream is gone (the client hung up): forget its outbox.
     Closed(SessionId),
-    /// A trip changed (or its driver moved): update `GetTrip`, tell riders.
+    /// A trip changed: update `GetTrip`, tell riders.
     Rider(Trip),
+    /// A trip's driver moved: update `GetTrip`, tell riders.
+    Moved { trip: TripId, position: LatLng, at: Timestamp },
     /// A rider follows a trip. `resume` is the trip as it is, for a rider
-    /// re-attaching; `received` is when a new request arrived, to measure
-    /// the time to its first offer.
-    Watch { trip: TripId, watcher: Watcher, resume: Option<Trip>, received: Option<Instant> },
+    /// re-attaching; `marks` are when a new request arrived and was taken,
+    /// to measure the time to its first offer.
+    Watch { trip: TripId, watcher: Watcher, resume: Option<Trip>, marks: Option<Marks> },
     /// A trip got its first offer.
     FirstOffer(TripId),
     /// A trip passed its retention.
@@ -69,6 +73,8 @@ pub struct Batch {
     pub records: Vec<LogRecord>,
     /// Then these, in order.
     pub outs: Vec<Out>,
+    /// When the engine task handed it over.
+    pub flushed: Option<Instant>,
 }
 
 impl Batch {
@@ -76,16 +82,6 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty() && self.outs.is_empty()
     }
-}
-
-/// Request-to-first-offer latency, in microseconds. Written here (where the
-/// offer leaves), read by the engine task for `GetStats`: a `std` mutex,
-/// held only to record or read one value, never across an await.
-pub type MatchLatency = Arc<Mutex<Histogram<u64>>>;
-
-/// A new, empty latency histogram (1 µs to 60 s, 3 digits).
-pub fn match_latency() -> Option<MatchLatency> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).ok().map(|h| Arc::new(Mutex::new(h)))
 }
 
 struct SessionEntry {
@@ -98,7 +94,7 @@ struct SessionEntry {
 pub struct Outbound {
     log: Option<TripLog>,
     trips: Arc<DashMap<TripId, pb::Trip>>,
-    match_latency: Option<MatchLatency>,
+    latency: Option<Latency>,
     /// Sessions this stage cut off for falling behind: the engine task must
     /// close them (an offer out to one counts as declined).
     cut_off: mpsc::UnboundedSender<SessionId>,
@@ -111,7 +107,9 @@ pub struct Outbound {
     drivers_see_rider_id: bool,
     sessions: HashMap<SessionId, SessionEntry>,
     watchers: HashMap<TripId, Vec<Watcher>>,
-    awaiting_first_offer: HashMap<TripId, Instant>,
+    awaiting_first_offer: HashMap<TripId, Marks>,
+    /// When the group being delivered was flushed and committed.
+    group: Option<GroupMarks>,
     failed: bool,
 }
 
@@ -123,7 +121,7 @@ impl Outbound {
     pub fn new(
         log: Option<TripLog>,
         trips: Arc<DashMap<TripId, pb::Trip>>,
-        match_latency: Option<MatchLatency>,
+        latency: Option<Latency>,
         cut_off: mpsc::UnboundedSender<SessionId>,
         fatal: watch::Sender<Option<String>>,
         hide_dropoff: ServiceSet,
@@ -134,12 +132,13 @@ impl Outbound {
             drivers_see_rider_id,
             log,
             trips,
-            match_latency,
+            latency,
             cut_off,
             fatal,
             sessions: HashMap::new(),
             watchers: HashMap::new(),
             awaiting_first_offer: HashMap::new(),
+            group: None,
             failed: false,
         }
     }
@@ -161,12 +160,18 @@ impl Outbound {
                 group.clear();
                 continue;
             }
+            let commit_start = Instant::now();
             if let Err(cause) = self.commit(&group) {
                 self.fail(&cause);
                 group.clear();
                 continue;
             }
+            let commit_end = Instant::now();
+            if let (Some(latency), Some(_)) = (&self.latency, &self.log) {
+                latency.commit(commit_end - commit_start);
+            }
             for batch in group.drain(..) {
+                self.group = batch.flushed.map(|flushed| GroupMarks { flushed, commit_start, commit_end });
                 for out in batch.outs {
                     self.deliver(out);
                 }
@@ -236,9 +241,10 @@ impl Outbound {
                 self.sessions.remove(&session);
             }
             Out::Rider(trip) => self.publish(&trip),
-            Out::Watch { trip, watcher, resume, received } => {
-                if let Some(received) = received {
-                    self.awaiting_first_offer.insert(trip, received);
+            Out::Moved { trip, position, at } => self.moved(trip, position, at),
+            Out::Watch { trip, watcher, resume, marks } => {
+                if let Some(marks) = marks {
+                    self.awaiting_first_offer.insert(trip, marks);
                 }
                 match resume {
                     None => self.watchers.entry(trip).or_default().push(watcher),
@@ -251,13 +257,10 @@ impl Outbound {
                 }
             }
             Out::FirstOffer(trip) => {
-                if let (Some(received), Some(histogram)) =
-                    (self.awaiting_first_offer.remove(&trip), &self.match_latency)
+                if let (Some(marks), Some(group), Some(latency)) =
+                    (self.awaiting_first_offer.remove(&trip), self.group, &self.latency)
                 {
-                    let micros = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    if let Ok(mut h) = histogram.lock() {
-                        h.saturating_record(micros.max(1));
-                    }
+                    latency.offer(marks, group, Instant::now());
                 }
             }
             Out::Forget(trip) => {
@@ -307,6 +310,21 @@ impl Outbound {
         if terminal || watchers.is_empty() {
             // Dropping the senders ends the streams after the last update.
             self.watchers.remove(&trip.id);
+        }
+    }
+
+    /// Refreshes the driver's position in the trip's snapshot in place (no
+    /// new snapshot for every ping), and tells its riders, if any.
+    fn moved(&mut self, trip: TripId, position: LatLng, at: Timestamp) {
+        let Some(mut entry) = self.trips.get_mut(&trip) else { return };
+        entry.driver_position = Some(position.into());
+        entry.updated_at_ms = at.0;
+        let Some(watchers) = self.watchers.get_mut(&trip) else { return };
+        let snapshot = entry.clone();
+        drop(entry);
+        watchers.retain(|w| w.try_send(Ok(snapshot.clone())).is_ok());
+        if watchers.is_empty() {
+            self.watchers.remove(&trip);
         }
     }
 

@@ -334,7 +334,7 @@ impl Engine {
         {
             state.last_position_push = now;
             state.trip.updated_at = now;
-            self.effects.push(Effect::Rider(state.trip.clone()));
+            self.effects.push(Effect::DriverMoved { trip: state.trip.id, position: ping.position, at: now });
         }
     }
 }

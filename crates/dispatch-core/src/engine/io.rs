@@ -313,10 +313,21 @@ pub enum Effect {
         /// What to send.
         event: DriverEvent,
     },
-    /// Send the trip to everyone following it (the rider's streams). A
-    /// change of status comes after its [`Effect::Persist`]; a position
-    /// refresh alone is soft state and has none.
+    /// Send the trip to everyone following it (the rider's streams), after
+    /// a change of status (which comes after its [`Effect::Persist`]).
     Rider(Trip),
+    /// The driver of a trip moved: everyone following it sees the new
+    /// position. Soft state, with no [`Effect::Persist`]; it names the trip
+    /// rather than carrying all of it, since it comes with nearly every
+    /// ping of a driver on a trip.
+    DriverMoved {
+        /// Which trip.
+        trip: TripId,
+        /// Where its driver is.
+        position: LatLng,
+        /// When (the trip's `updated_at` from now on).
+        at: Timestamp,
+    },
     /// A trip got its first offer (or, with auto-accept, its driver): the
     /// caller measures request-to-offer latency from here.
     FirstOffer(crate::ids::TripId),

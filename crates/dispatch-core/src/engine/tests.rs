@@ -121,6 +121,16 @@ fn withdrawn(effects: &[Effect]) -> Vec<(OfferId, WithdrawReason)> {
         .collect()
 }
 
+fn driver_moves(effects: &[Effect]) -> Vec<(TripId, LatLng)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::DriverMoved { trip, position, .. } => Some((*trip, *position)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn rider_statuses(effects: &[Effect]) -> Vec<TripStatus> {
     effects
         .iter()
@@ -482,8 +492,12 @@ fn riders_see_the_driver_move_at_most_once_a_second() {
         let at = north_of_pickup(1_000.0 - f64::from(i) * 10.0);
         w.engine.ping(w.now, s, Ping { position: at, timestamp: None }).unwrap_or_else(|e| panic!("{e}"));
     }
-    let updates = rider_statuses(&w.drain());
-    assert_eq!(updates, vec![TripStatus::DriverAssigned; 2], "2.5 s of pings at 4 Hz: two updates");
+    let moves = driver_moves(&w.drain());
+    assert_eq!(moves.len(), 2, "2.5 s of pings at 4 Hz: two updates");
+    // Each carries the position of the ping that sent it (the 4th, 1 s
+    // after the assignment, and the 8th).
+    assert_eq!(moves[0].1, north_of_pickup(970.0));
+    assert_eq!(moves[1].1, north_of_pickup(930.0));
 }
 
 #[test]
@@ -717,7 +731,8 @@ fn every_change_a_rider_sees_is_persisted_first() {
     w.engine.ping(later, a, Ping { position: p(37.57, 126.98), timestamp: None }).unwrap_or_else(|e| panic!("{e}"));
     let effects = w.drain();
     assert!(persisted(&effects).is_empty());
-    assert_eq!(rider_statuses(&effects), vec![TripStatus::DriverArrived]);
+    assert!(rider_statuses(&effects).is_empty(), "no new status");
+    assert_eq!(driver_moves(&effects), vec![(trip, p(37.57, 126.98))]);
 }
 
 #[test]

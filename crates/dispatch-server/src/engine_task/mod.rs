@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 
-use dispatch_core::engine::{Effect, SessionEnd};
+use dispatch_core::engine::{Effect, FleetDriverUpdate, SessionEnd};
 use dispatch_core::ids::SessionId;
 use dispatch_core::{Engine, EngineError};
 use dispatch_proto::pb;
@@ -36,7 +36,8 @@ use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, info};
 
-use crate::outbound::{Batch, MatchLatency, Out};
+use crate::latency::{Latency, Marks};
+use crate::outbound::{Batch, Out};
 use crate::status::{engine_code, engine_status, rejected};
 use clock::Clock;
 
@@ -48,14 +49,21 @@ struct EngineTask {
     batches: std_mpsc::SyncSender<Batch>,
     /// Sessions the outbound stage ended for falling behind.
     cut_off: mpsc::UnboundedReceiver<SessionId>,
-    match_latency: Option<MatchLatency>,
+    latency: Option<Latency>,
     shed: Arc<AtomicU64>,
     queued_updates: Arc<AtomicU64>,
     max_sessions: usize,
+    /// The rest of a fleet batch being applied a slice at a time.
+    fleet_batch: Option<(SessionId, std::vec::IntoIter<FleetDriverUpdate>)>,
 }
 
 /// The most urgent commands taken before the engine ticks again.
 const URGENT_BATCH: usize = 512;
+
+/// The most location updates of one fleet batch applied before the urgent
+/// queue is looked at again: a batch of 1,000 takes the engine a
+/// millisecond or more, which a ride request should not wait behind.
+const FLEET_SLICE: usize = 64;
 
 impl EngineTask {
     async fn run(mut self, mut urgent: mpsc::Receiver<Command>, mut bulk: mpsc::Receiver<Command>) {
@@ -88,7 +96,10 @@ impl EngineTask {
                 self.carry_out();
                 self.flush();
             }
-            if let Ok(command) = bulk.try_recv() {
+            if self.fleet_batch.is_some() {
+                took = true;
+                self.apply_fleet_slice();
+            } else if let Ok(command) = bulk.try_recv() {
                 took = true;
                 self.handle(command);
             }
@@ -114,9 +125,8 @@ impl EngineTask {
 
     fn handle(&mut self, command: Command) {
         let now = self.clock.now();
-        let updates = command.updates();
-        if updates > 0 {
-            self.queued_updates.fetch_sub(updates, Ordering::Relaxed);
+        if let Command::Ping { .. } = command {
+            self.queued_updates.fetch_sub(1, Ordering::Relaxed);
         }
         match command {
             Command::DriverHello { session, hello, outbox } => {
@@ -170,13 +180,8 @@ impl EngineTask {
                 self.reject_on_error(session, "", result);
             }
             Command::FleetBatch { session, updates } => {
-                for update in updates {
-                    let driver = update.driver.clone();
-                    let result = self.engine.fleet_update(now, session, update);
-                    if result.is_err() {
-                        self.reject_on_error(session, driver.as_str(), result);
-                    }
-                }
+                self.fleet_batch = Some((session, updates.into_iter()));
+                self.apply_fleet_slice();
             }
             Command::OfferReply { session, offer, accept } => {
                 let result = self.engine.offer_reply(now, session, offer, accept);
@@ -192,11 +197,13 @@ impl EngineTask {
                 self.batch.outs.push(Out::Closed(session));
             }
             Command::RequestRide { request, watcher, received, reply } => {
+                let taken = Instant::now();
                 let (trip, created) = self.engine.request_ride(now, request);
                 // The stream of a new trip opens with the engine's own
                 // SEARCHING update; a retry starts from where the trip is.
-                let (resume, received) = if created { (None, Some(received)) } else { (Some(trip.clone()), None) };
-                self.batch.outs.push(Out::Watch { trip: trip.id, watcher, resume, received });
+                let (resume, marks) =
+                    if created { (None, Some(Marks { received, taken })) } else { (Some(trip.clone()), None) };
+                self.batch.outs.push(Out::Watch { trip: trip.id, watcher, resume, marks });
                 self.carry_out();
                 self.batch.outs.push(Out::Reply(Box::new(move || {
                     let _ = reply.send(trip);
@@ -231,6 +238,26 @@ impl EngineTask {
         self.carry_out();
     }
 
+    /// Applies the next slice of the fleet batch under way.
+    fn apply_fleet_slice(&mut self) {
+        let Some((session, mut updates)) = self.fleet_batch.take() else { return };
+        let now = self.clock.now();
+        let mut applied = 0;
+        for update in updates.by_ref().take(FLEET_SLICE) {
+            applied += 1;
+            let driver = update.driver.clone();
+            let result = self.engine.fleet_update(now, session, update);
+            if result.is_err() {
+                self.reject_on_error(session, driver.as_str(), result);
+            }
+        }
+        self.queued_updates.fetch_sub(applied, Ordering::Relaxed);
+        if updates.len() > 0 {
+            self.fleet_batch = Some((session, updates));
+        }
+        self.carry_out();
+    }
+
     fn reject_on_error(&mut self, session: SessionId, driver: &str, result: Result<(), EngineError>) {
         if let Err(err) = result {
             debug!(%session, driver, cause = %err, "message rejected");
@@ -249,6 +276,7 @@ impl EngineTask {
                 }
                 Effect::Driver { session, event } => Out::Driver { session, event },
                 Effect::Rider(trip) => Out::Rider(trip),
+                Effect::DriverMoved { trip, position, at } => Out::Moved { trip, position, at },
                 Effect::FirstOffer(trip) => Out::FirstOffer(trip),
                 Effect::TripForgotten(trip) => Out::Forget(trip),
                 Effect::EndSession { session, reason: SessionEnd::Replaced } => {
@@ -264,15 +292,15 @@ impl EngineTask {
         if self.batch.is_empty() {
             return;
         }
+        self.batch.flushed = Some(Instant::now());
         // Fails only once the stage has stopped, when nothing can be sent.
         let _ = self.batches.send(std::mem::take(&mut self.batch));
     }
 
     fn stats(&self) -> pb::Stats {
         let mut stats = pb::Stats::from(&self.engine.stats());
-        if let Some(h) = self.match_latency.as_ref().and_then(|h| h.lock().ok()) {
-            stats.match_latency_p50_us = h.value_at_quantile(0.5);
-            stats.match_latency_p99_us = h.value_at_quantile(0.99);
+        if let Some(latency) = &self.latency {
+            latency.fill(&mut stats);
         }
         stats.uptime_s = self.clock.uptime().as_secs();
         stats.location_updates_shed = self.shed.load(Ordering::Relaxed);

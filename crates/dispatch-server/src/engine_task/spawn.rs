@@ -92,11 +92,11 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
     };
     let (cut_off, cut_off_rx) = mpsc::unbounded_channel();
     let (fatal_tx, fatal) = watch::channel(None);
-    let match_latency = crate::outbound::match_latency();
+    let latency = crate::latency::Latency::new();
     let outbound = Outbound::new(
         log,
         trips,
-        match_latency.clone(),
+        latency.clone(),
         cut_off,
         fatal_tx,
         config.offer_hides_dropoff,
@@ -115,10 +115,11 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
         batch: Batch::default(),
         batches,
         cut_off: cut_off_rx,
-        match_latency,
+        latency,
         shed,
         queued_updates,
         max_sessions: config.max_sessions,
+        fleet_batch: None,
     };
     // What the restore changed (searches that ran out while the server was
     // down) is logged like any other change.

@@ -1,0 +1,134 @@
+//! Where the time from a ride request to its first offer goes.
+//!
+//! A request passes five stages on its way to the driver's outbox:
+//! - `queue`: from the handler to the engine task taking the command;
+//! - `engine`: from there to the end of the engine's round that made the
+//!   offer (the rest of the round, and any rounds the trip waited for a
+//!   driver);
+//! - `commit_wait`: the round's batch waiting for the outbound stage (busy
+//!   with the previous group's sync or deliveries);
+//! - `commit`: appending the group's records and `fdatasync`;
+//! - `deliver`: deliveries ahead of the offer in the same group.
+//!
+//! Each has a histogram, as does their sum (`total`, the figure `GetStats`
+//! has always called the match latency) and every group commit on its own
+//! (`log_commit`, whether or not an offer waited on it). Written on the
+//! outbound stage's thread, read for `GetStats`: a `std` mutex held only to
+//! record or read, never across an await.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dispatch_proto::pb;
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+/// The stages, in order.
+pub const STAGES: [&str; 5] = ["queue", "engine", "commit_wait", "commit", "deliver"];
+
+/// When one request passed each point on its way to its first offer.
+#[derive(Debug, Clone, Copy)]
+pub struct Marks {
+    /// The handler had it.
+    pub received: Instant,
+    /// The engine task took it.
+    pub taken: Instant,
+}
+
+/// When the group that carried an offer was committed.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupMarks {
+    /// The round that made the offer handed its batch over.
+    pub flushed: Instant,
+    /// The outbound stage began appending the group.
+    pub commit_start: Instant,
+    /// The group was durable.
+    pub commit_end: Instant,
+}
+
+struct Histograms {
+    stages: [Histogram<u64>; 5],
+    total: Histogram<u64>,
+    log_commit: Histogram<u64>,
+}
+
+/// The latency histograms, shared between the outbound stage and `GetStats`.
+#[derive(Clone)]
+pub struct Latency(Arc<Mutex<Histograms>>);
+
+fn histogram() -> Option<Histogram<u64>> {
+    // 1 µs to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).ok()
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Latency {
+    /// Empty histograms (`None` only if hdrhistogram refuses its bounds).
+    pub fn new() -> Option<Self> {
+        let stages = [histogram()?, histogram()?, histogram()?, histogram()?, histogram()?];
+        let histograms = Histograms { stages, total: histogram()?, log_commit: histogram()? };
+        Some(Self(Arc::new(Mutex::new(histograms))))
+    }
+
+    /// A first offer left at `delivered`.
+    pub fn offer(&self, request: Marks, group: GroupMarks, delivered: Instant) {
+        let points = [request.received, request.taken, group.flushed, group.commit_start, group.commit_end, delivered];
+        if let Ok(mut h) = self.0.lock() {
+            for (stage, pair) in points.windows(2).enumerate() {
+                h.stages[stage].saturating_record(micros(pair[1].saturating_duration_since(pair[0])));
+            }
+            h.total.saturating_record(micros(delivered.saturating_duration_since(request.received)));
+        }
+    }
+
+    /// A group commit (append and sync) took `took`.
+    pub fn commit(&self, took: Duration) {
+        if let Ok(mut h) = self.0.lock() {
+            h.log_commit.saturating_record(micros(took));
+        }
+    }
+
+    /// Writes the match latency and its breakdown into `stats`.
+    pub fn fill(&self, stats: &mut pb::Stats) {
+        let Ok(h) = self.0.lock() else { return };
+        stats.match_latency_p50_us = h.total.value_at_quantile(0.5);
+        stats.match_latency_p99_us = h.total.value_at_quantile(0.99);
+        let named = STAGES.iter().zip(&h.stages).chain(std::iter::once((&"log_commit", &h.log_commit)));
+        stats.match_stages = named
+            .map(|(name, h)| pb::StageLatency {
+                stage: (*name).to_owned(),
+                count: h.len(),
+                p50_us: h.value_at_quantile(0.5),
+                p99_us: h.value_at_quantile(0.99),
+                max_us: h.max(),
+            })
+            .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stage_gets_its_own_share_and_the_total_their_sum() {
+        let Some(latency) = Latency::new() else { panic!("histogram bounds refused") };
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let request = Marks { received: t0, taken: ms(1) };
+        let group = GroupMarks { flushed: ms(3), commit_start: ms(6), commit_end: ms(10) };
+        latency.offer(request, group, ms(15));
+        latency.commit(Duration::from_millis(4));
+        let mut stats = pb::Stats::default();
+        latency.fill(&mut stats);
+        let p50: Vec<_> = stats.match_stages.iter().map(|s| (s.stage.as_str(), s.p50_us / 1_000)).collect();
+        assert_eq!(
+            p50,
+            [("queue", 1), ("engine", 2), ("commit_wait", 3), ("commit", 4), ("deliver", 5), ("log_commit", 4)]
+        );
+        assert_eq!(stats.match_latency_p99_us / 1_000, 15);
+    }
+}
