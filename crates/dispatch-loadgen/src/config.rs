@@ -78,6 +78,11 @@ pub struct LoadConfig {
     pub auto_accept: bool,
     /// How fast simulated cars drive, metres a second.
     pub speed_mps: f64,
+    /// How long a ride lasts from pickup to dropoff, seconds, whatever its
+    /// length (`None`: driven at `speed_mps`). Time compression: real rides
+    /// last many minutes, so without it no trip ends within a run and open
+    /// trips only pile up; with it trips end at the rate they start.
+    pub trip_s: Option<f64>,
     /// The cities drivers and riders are spread over.
     pub cities: Vec<City>,
     /// Per-driver sessions share one HTTP/2 connection per this many.
@@ -99,7 +104,8 @@ pub enum Scenario {
     /// Seoul: 71,000 drivers pinging every 4 s, 300 rides a second.
     Seoul,
     /// Every taxi in Korea: 250,000 drivers pinging every second, 2,000
-    /// rides a second.
+    /// rides a second, each lasting a minute from pickup (so after a minute
+    /// trips end as fast as they start: a steady state with ~130,000 open).
     Korea,
 }
 
@@ -119,6 +125,7 @@ impl Scenario {
             think_time: Duration::ZERO,
             auto_accept: false,
             speed_mps: 12.0,
+            trip_s: None,
             cities: vec![SEOUL],
             sessions_per_connection: 100,
             seed: 1,
@@ -149,6 +156,7 @@ impl Scenario {
                 duration: Duration::from_secs(60),
                 demand: Demand::Poisson { rate: 2_000.0 },
                 auto_accept: true,
+                trip_s: Some(60.0),
                 cities: KOREA.to_vec(),
                 ..base
             },

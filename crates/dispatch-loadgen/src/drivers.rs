@@ -89,7 +89,7 @@ impl Cars {
     fn drive(&mut self, run: &Run, range: std::ops::Range<usize>, seconds: f64) -> Vec<Say> {
         let mut said = Vec::new();
         for car in &mut self.cars[range] {
-            match car.step(&mut self.rng, seconds, run.config.speed_mps) {
+            match car.step(&mut self.rng, seconds, run.config.speed_mps, run.config.trip_s) {
                 Arrival::None => {}
                 Arrival::Pickup(trip_id) => {
                     for status in [pb::TripStatus::DriverArrived, pb::TripStatus::InProgress] {

@@ -78,7 +78,13 @@ async fn connect(target: &str) -> Result<Channel, LoadError> {
     let endpoint = Endpoint::from_shared(target.to_owned())
         .map_err(|e| LoadError::Target(target.to_owned(), e.to_string()))?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        // Riders hang up on their trip's stream while the server still
+        // sends to it (as apps do). HTTP/2 remembers only 10 such streams by
+        // default, and counts every later frame for a forgotten one towards
+        // a limit of 1,024 that closes the connection: thousands of riders
+        // a second share a connection here, so remember them all.
+        .http2_max_concurrent_reset_streams(1 << 20);
     endpoint.connect().await.map_err(|e| LoadError::Connect(target.to_owned(), e))
 }
 

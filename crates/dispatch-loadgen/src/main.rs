@@ -54,6 +54,10 @@ struct Flags {
     /// Drivers are assigned without offers.
     #[arg(long)]
     auto_accept: Option<bool>,
+    /// Seconds a ride lasts from pickup to dropoff, whatever its length
+    /// (time compression, for a steady state); 0: driven at car speed.
+    #[arg(long)]
+    trip_s: Option<f64>,
     /// Per-driver sessions per HTTP/2 connection.
     #[arg(long)]
     sessions_per_connection: Option<usize>,
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
     config.duration = flags.duration_s.map_or(config.duration, Duration::from_secs);
     config.think_time = flags.think_ms.map_or(config.think_time, Duration::from_millis);
     config.auto_accept = flags.auto_accept.unwrap_or(config.auto_accept);
+    config.trip_s = flags.trip_s.map_or(config.trip_s, |s| (s > 0.0).then_some(s));
     config.sessions_per_connection = flags.sessions_per_connection.unwrap_or(config.sessions_per_connection);
     config.server_pid = flags.server_pid;
     let credentials = match (&flags.auth_secret_file, &flags.tokens_file) {

@@ -120,13 +120,16 @@ pub async fn riders(run: Arc<Run>, channels: Vec<Channel>, replay: Option<Vec<Re
         let channel = channels[usize::try_from(n).unwrap_or(0) % channels.len().max(1)].clone();
         let run = run.clone();
         tokio::spawn(async move {
-            ride(&run, channel, n, trip).await;
-            drop(permit);
+            ride(&run, channel, n, trip, permit).await;
         });
     }
 }
 
-async fn ride(run: &Run, channel: Channel, n: u64, trip: ReplayTrip) {
+/// One rider: asks, follows the trip until the car is there (watching it
+/// come, as a rider's app does), and frees its place among the open
+/// requests (`open`) once a driver is assigned.
+async fn ride(run: &Run, channel: Channel, n: u64, trip: ReplayTrip, open: tokio::sync::OwnedSemaphorePermit) {
+    let mut open = Some(open);
     let request = pb::RideRequest {
         rider_id: format!("rider-{n}"),
         request_id: format!("req-{n}"),
@@ -169,14 +172,19 @@ async fn ride(run: &Run, channel: Channel, n: u64, trip: ReplayTrip) {
         }
         match trip.status() {
             pb::TripStatus::DriverAssigned => {
-                run.metrics.trip_assigned(sent.elapsed(), trip.pickup_distance_m);
-                return;
+                if open.take().is_some() {
+                    run.metrics.trip_assigned(sent.elapsed(), trip.pickup_distance_m);
+                }
             }
             pb::TripStatus::NoDriverFound => {
                 Metrics::add(&run.metrics.no_driver, 1);
                 return;
             }
-            _ => {}
+            pb::TripStatus::Searching | pb::TripStatus::Unspecified => {}
+            pb::TripStatus::DriverArrived
+            | pb::TripStatus::InProgress
+            | pb::TripStatus::Completed
+            | pb::TripStatus::Cancelled => return,
         }
     }
 }

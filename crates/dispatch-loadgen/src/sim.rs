@@ -75,6 +75,9 @@ pub enum Phase {
         trip_id: String,
         /// Where the rider goes.
         dropoff: Point,
+        /// With a trip length, the seconds of ride left: the rider gets out
+        /// where the car is when they run out, if it is not there yet.
+        left_s: Option<f64>,
     },
 }
 
@@ -113,8 +116,19 @@ impl Car {
         Self { driver_id: format!("{fleet}/{}", self.driver_id), ..self.clone() }
     }
 
-    /// Drives for `seconds` at `speed_mps`.
-    pub fn step(&mut self, rng: &mut impl Rng, seconds: f64, speed_mps: f64) -> Arrival {
+    /// Drives for `seconds` at `speed_mps`; with `trip_s`, a ride from
+    /// pickup to dropoff lasts at most that long (time compression at city
+    /// speed: the rider gets out early, so trips end at the rate they start
+    /// within a run and no car drives faster than a car does).
+    pub fn step(&mut self, rng: &mut impl Rng, seconds: f64, speed_mps: f64, trip_s: Option<f64>) -> Arrival {
+        if let Phase::ToDropoff { trip_id, left_s: Some(left), .. } = &mut self.phase {
+            *left -= seconds;
+            if *left <= 0.0 {
+                let trip_id = std::mem::take(trip_id);
+                self.phase = Phase::Cruising;
+                return Arrival::Dropoff(trip_id);
+            }
+        }
         let budget = seconds * speed_mps;
         let target = match &self.phase {
             Phase::Cruising => {
@@ -141,7 +155,8 @@ impl Car {
         match std::mem::replace(&mut self.phase, Phase::Cruising) {
             Phase::Cruising => Arrival::None,
             Phase::ToPickup { trip_id, dropoff, .. } => {
-                self.phase = Phase::ToDropoff { trip_id: trip_id.clone(), dropoff };
+                let left_s = trip_s.filter(|s| *s > 0.0);
+                self.phase = Phase::ToDropoff { trip_id: trip_id.clone(), dropoff, left_s };
                 Arrival::Pickup(trip_id)
             }
             Phase::ToDropoff { trip_id, .. } => Arrival::Dropoff(trip_id),
@@ -164,7 +179,7 @@ mod tests {
         car.phase = Phase::ToPickup { trip_id: "t-1".into(), pickup, dropoff };
         let mut events = Vec::new();
         for second in 0..400 {
-            match car.step(&mut rng, 1.0, 10.0) {
+            match car.step(&mut rng, 1.0, 10.0, None) {
                 Arrival::None => {}
                 a => {
                     let at = if matches!(a, Arrival::Pickup(_)) { pickup } else { dropoff };
@@ -179,6 +194,23 @@ mod tests {
         let arrivals: Vec<_> = events.into_iter().map(|(_, a)| a).collect();
         assert_eq!(arrivals, vec![Arrival::Pickup("t-1".into()), Arrival::Dropoff("t-1".into())]);
         assert_eq!(car.phase, Phase::Cruising);
+    }
+
+    #[test]
+    fn with_a_trip_length_a_long_ride_ends_early_at_city_speed() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let start = Point { lat: 37.5, lng: 127.0 };
+        // 295 m at 10 m/s: there in 30 s; 8 km: out after 60 s, 600 m on.
+        for (km, after_s, driven_m) in [(0.295, 30, 295.0), (8.0, 60, 600.0)] {
+            let dropoff = start.offset(km * 1_000.0, 0.0);
+            let mut car = Car::new("d".into(), start);
+            car.phase = Phase::ToPickup { trip_id: "t".into(), pickup: start, dropoff };
+            assert_eq!(car.step(&mut rng, 1.0, 10.0, Some(60.0)), Arrival::Pickup("t".into()));
+            let done = (1..=70).find(|_| car.step(&mut rng, 1.0, 10.0, Some(60.0)) != Arrival::None);
+            assert_eq!(done, Some(after_s), "{km} km");
+            assert!((car.at.distance_m(start) - driven_m).abs() < 15.0, "{km} km: {} m", car.at.distance_m(start));
+            assert_eq!(car.phase, Phase::Cruising);
+        }
     }
 
     #[test]
