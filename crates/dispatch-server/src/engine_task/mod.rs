@@ -26,6 +26,7 @@ pub use spawn::{Spawned, spawn};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
 
 use dispatch_core::engine::{Effect, FleetDriverUpdate, SessionEnd};
 use dispatch_core::ids::SessionId;
@@ -55,10 +56,17 @@ struct EngineTask {
     max_sessions: usize,
     /// The rest of a fleet batch being applied a slice at a time.
     fleet_batch: Option<(SessionId, std::vec::IntoIter<FleetDriverUpdate>)>,
+    /// When the last batch was handed over.
+    last_flush: Instant,
 }
 
 /// The most urgent commands taken before the engine ticks again.
 const URGENT_BATCH: usize = 512;
+
+/// How long position refreshes alone may wait to go out together with
+/// what comes next: each batch handed over wakes the outbound stage, and a
+/// slice of a fleet batch makes one every ~100 µs.
+const SOFT_FLUSH_EVERY: Duration = Duration::from_millis(1);
 
 /// The most location updates of one fleet batch applied before the urgent
 /// queue is looked at again: a batch of 1,000 takes the engine a
@@ -104,6 +112,8 @@ impl EngineTask {
                 self.handle(command);
             }
             if !took {
+                // Nothing more to do: whatever waits goes out now.
+                self.flush();
                 let deadline = self.engine.next_deadline().map(|at| self.clock.instant(at));
                 tokio::select! {
                     biased;
@@ -118,7 +128,7 @@ impl EngineTask {
             }
             self.engine.tick(self.clock.now());
             self.carry_out();
-            self.flush();
+            self.flush_soon();
         }
         self.shutdown();
     }
@@ -287,12 +297,25 @@ impl EngineTask {
         }
     }
 
+    /// Hands this round's batch over if anything in it is more than a
+    /// position refresh or a rejection of a location update, or the last
+    /// hand-over was `SOFT_FLUSH_EVERY` ago; else it goes with the next.
+    fn flush_soon(&mut self) {
+        let soft = |out: &Out| matches!(out, Out::Moved { .. } | Out::Event { .. });
+        let urgent = !self.batch.records.is_empty() || !self.batch.outs.iter().all(soft);
+        if urgent || self.last_flush.elapsed() >= SOFT_FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
     /// Hands this round's batch to the outbound stage.
     fn flush(&mut self) {
         if self.batch.is_empty() {
             return;
         }
-        self.batch.flushed = Some(Instant::now());
+        let now = Instant::now();
+        self.batch.flushed = Some(now);
+        self.last_flush = now;
         // Fails only once the stage has stopped, when nothing can be sent.
         let _ = self.batches.send(std::mem::take(&mut self.batch));
     }

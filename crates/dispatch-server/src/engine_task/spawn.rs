@@ -120,6 +120,7 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
         queued_updates,
         max_sessions: config.max_sessions,
         fleet_batch: None,
+        last_flush: tokio::time::Instant::now(),
     };
     // What the restore changed (searches that ran out while the server was
     // down) is logged like any other change.
