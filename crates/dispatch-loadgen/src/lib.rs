@@ -94,6 +94,10 @@ async fn stats(channel: &Channel, credentials: Option<&Credentials>) -> Result<p
     admin.get_stats(request).await.map(|r| r.into_inner()).map_err(LoadError::Stats)
 }
 
+/// How often the report notes latency so far: a steady state shows as the
+/// same numbers window after window, a leak as numbers that grow.
+const WINDOW: Duration = Duration::from_secs(30);
+
 /// Runs the load described by `config` and reports. `on_tick` is called
 /// about once a second with the numbers so far (for a progress line).
 pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) -> Result<Report, LoadError> {
@@ -156,9 +160,16 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
     }));
 
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut windows = Vec::new();
+    let mut window_start = Instant::now();
     while Instant::now() < run.deadline {
         ticker.tick().await;
         on_tick(&run, started.elapsed());
+        if window_start.elapsed() >= WINDOW && Instant::now() + WINDOW / 2 < run.deadline {
+            window_start = Instant::now();
+            let server = stats(&admin, run.config.credentials.as_ref()).await?;
+            windows.push(report::Window::new(started.elapsed(), run.metrics.take_window(), &server));
+        }
     }
     // Read the server before the simulated drivers hang up (they stop a
     // moment after the deadline).
@@ -167,5 +178,8 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    Ok(Report::new(&run, elapsed, &before, &after, fleet_cars.len(), solo_cars.len()))
+    windows.push(report::Window::new(elapsed, run.metrics.take_window(), &after));
+    let mut report = Report::new(&run, elapsed, &before, &after, fleet_cars.len(), solo_cars.len());
+    report.windows = windows;
+    Ok(report)
 }

@@ -32,6 +32,8 @@ pub struct Metrics {
     errors: Mutex<BTreeMap<String, u64>>,
     request_to_offer: Mutex<Histogram<u64>>,
     request_to_assigned: Mutex<Histogram<u64>>,
+    /// The same since the last [`Metrics::take_window`].
+    window_to_assigned: Mutex<Histogram<u64>>,
     pickup_distance: Mutex<Histogram<u64>>,
     /// For request-to-offer: the rider learns the trip id and the driver
     /// gets the offer in either order; whoever comes second records.
@@ -68,6 +70,7 @@ impl Default for Metrics {
             errors: Mutex::new(BTreeMap::new()),
             request_to_offer: histogram(),
             request_to_assigned: histogram(),
+            window_to_assigned: histogram(),
             pickup_distance: histogram(),
             pending: DashMap::new(),
         }
@@ -149,8 +152,16 @@ impl Metrics {
     pub fn trip_assigned(&self, after: Duration, distance_m: f64) {
         Self::add(&self.assigned, 1);
         record(&self.request_to_assigned, micros(after));
+        record(&self.window_to_assigned, micros(after));
         // Metres, stored as whole metres.
         record(&self.pickup_distance, distance_m.max(0.0).round() as u64);
+    }
+
+    /// Request-to-assigned (µs) since the last call, and starts over.
+    pub fn take_window(&self) -> Percentiles {
+        let window = percentiles(&self.window_to_assigned);
+        self.window_to_assigned.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        window
     }
 
     /// Request-to-offer (µs), request-to-assigned (µs), pickup distance (m).

@@ -64,6 +64,33 @@ pub struct Report {
     pub server_rss_kib: Option<u64>,
     /// Drivers connected at the end (from GetStats).
     pub drivers_connected: u64,
+    /// Client request-to-assigned latency window by window (30 s each).
+    pub windows: Vec<Window>,
+}
+
+/// One stretch of the run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Window {
+    /// Seconds into the run at its end.
+    pub end_s: u64,
+    /// Request to assigned in this window, µs (client-measured).
+    pub request_to_assigned_us: Percentiles,
+    /// Trips open on the server at its end (searching or with a driver).
+    pub trips_open: u64,
+    /// The server's request-to-first-offer p99 so far (over its life), µs.
+    pub server_match_p99_us: u64,
+}
+
+impl Window {
+    /// A window ending `at` into the run.
+    pub fn new(at: Duration, request_to_assigned_us: Percentiles, server: &pb::Stats) -> Self {
+        Self {
+            end_s: at.as_secs(),
+            request_to_assigned_us,
+            trips_open: server.trips_searching + server.trips_active,
+            server_match_p99_us: server.match_latency_p99_us,
+        }
+    }
 }
 
 /// One stage of the server's request-to-first-offer time.
@@ -140,6 +167,7 @@ impl Report {
             protocol_errors: run.protocol_errors(),
             server_rss_kib: run.config.server_pid.and_then(rss_kib),
             drivers_connected: after.drivers_connected,
+            windows: Vec::new(),
         }
     }
 
@@ -191,6 +219,22 @@ impl Report {
         ]);
         for (name, value) in rows {
             writeln!(out, "{name:<32} {value}")?;
+        }
+        let mut start = 0;
+        for w in &self.windows {
+            let a = &w.request_to_assigned_us;
+            writeln!(
+                out,
+                "{:<32} assigned p50 {} p99 {} max {} µs (n={}); {} trips open; server p99 so far {} µs",
+                format!("  {start:>4}-{:<4} s", w.end_s),
+                a.p50,
+                a.p99,
+                a.max,
+                a.count,
+                w.trips_open,
+                w.server_match_p99_us
+            )?;
+            start = w.end_s;
         }
         Ok(())
     }

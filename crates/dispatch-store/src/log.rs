@@ -263,10 +263,12 @@ impl TripLog {
         let (log, previous) = (self.dir.join(LOG), self.dir.join(PREVIOUS_LOG));
         fs::rename(&log, &previous).map_err(io_err("rename", &log))?;
         self.start_fresh_log()?;
-        let (header, trips) = self.frozen();
+        let (header, mut trips) = self.frozen();
         let (dir, fsync) = (self.dir.clone(), self.fsync);
         let spawned = std::thread::Builder::new().name("trip-snapshot".into()).spawn(move || {
             let started = std::time::Instant::now();
+            // Sorted here, not on the thread that appends and delivers.
+            trips.sort_unstable_by_key(|(id, _)| *id);
             let bytes = write_snapshot(&dir, fsync, &header, &trips)?;
             fs::remove_file(&previous).map_err(io_err("remove", &previous))?;
             sync_dir(&dir, fsync)?;
@@ -312,7 +314,8 @@ impl TripLog {
         let started = std::time::Instant::now();
         self.finish_compaction()?;
         self.commit()?;
-        let (header, trips) = self.frozen();
+        let (header, mut trips) = self.frozen();
+        trips.sort_unstable_by_key(|(id, _)| *id);
         let bytes = write_snapshot(&self.dir, self.fsync, &header, &trips)?;
         let previous = self.dir.join(PREVIOUS_LOG);
         if previous.exists() {
@@ -326,11 +329,11 @@ impl TripLog {
         Ok(())
     }
 
-    /// Every kept trip as of the last record, sorted by id, with the header
-    /// a snapshot of them carries. Cheap: the payloads are shared.
+    /// Every kept trip as of the last record (in no order: the snapshot
+    /// writer sorts them by id), with the header a snapshot of them
+    /// carries. Cheap: the payloads are shared.
     fn frozen(&self) -> (SnapshotHeader, Frozen) {
-        let mut trips: Frozen = self.live.iter().map(|(id, p)| (*id, p.clone())).collect();
-        trips.sort_unstable_by_key(|(id, _)| *id);
+        let trips: Frozen = self.live.iter().map(|(id, p)| (*id, p.clone())).collect();
         let header =
             SnapshotHeader { lsn: self.lsn, next_trip: self.next_trip, boot: self.boot, trips: trips.len() as u64 };
         (header, trips)
@@ -371,14 +374,14 @@ fn write_snapshot(dir: &Path, fsync: Fsync, header: &SnapshotHeader, trips: &Fro
     let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
     let path = dir.join(SNAPSHOT);
     let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut out = BufWriter::with_capacity(1 << 20, Paced { file, fsync, unsynced: 0 });
     let mut bytes = SNAPSHOT_MAGIC.len() as u64;
     out.write_all(SNAPSHOT_MAGIC).map_err(io_err("write", &tmp))?;
     bytes += frame::write(&mut out, &[&header.encode_to_vec()]).map_err(io_err("write", &tmp))?;
     for (_, trip) in trips {
         bytes += frame::write(&mut out, &[&trip.whole, &trip.tried_since]).map_err(io_err("write", &tmp))?;
     }
-    let file = out.into_inner().map_err(|e| io_err("write", &tmp)(e.into_error()))?;
+    let Paced { file, .. } = out.into_inner().map_err(|e| io_err("write", &tmp)(e.into_error()))?;
     if fsync == Fsync::Always {
         file.sync_all().map_err(io_err("sync", &tmp))?;
     }
@@ -386,6 +389,37 @@ fn write_snapshot(dir: &Path, fsync: Fsync, header: &SnapshotHeader, trips: &Fro
     fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
     sync_dir(dir, fsync)?;
     Ok(bytes)
+}
+
+/// A snapshot file written a chunk at a time: every `PACE_CHUNK` bytes are
+/// synced, then the disk is left alone for `PACE_GAP`. A snapshot is tens
+/// of megabytes; written in one go and synced at the end, it fills the
+/// disk's queue for the better part of a second, and every group commit of
+/// the log (each ride waits on one) queues behind it.
+struct Paced {
+    file: File,
+    fsync: Fsync,
+    unsynced: usize,
+}
+
+const PACE_CHUNK: usize = 1 << 20;
+const PACE_GAP: std::time::Duration = std::time::Duration::from_millis(2);
+
+impl Write for Paced {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n;
+        if self.fsync == Fsync::Always && self.unsynced >= PACE_CHUNK {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+            std::thread::sleep(PACE_GAP);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Makes renames and removals in `dir` durable.
