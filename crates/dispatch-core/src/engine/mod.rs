@@ -30,18 +30,24 @@ use crate::trip::Trip;
 use state::{Driver, OpenOffer, Session, Timer};
 use tables::{DriverTable, TripTable};
 
+/// The engine's hash maps. Every ping looks a driver up by id, so the
+/// hasher matters: foldhash (hashbrown's own default) is several times
+/// faster than std's SipHash on short keys, and is seeded at random per
+/// map, so a client choosing ids cannot aim them at one bucket.
+pub(super) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The dispatch engine. See the module docs.
 pub struct Engine {
     config: Config,
     index: DriverIndex,
     /// Driver records by slot, counted by state as they change.
     drivers: DriverTable,
-    driver_keys: HashMap<DriverId, DriverKey>,
-    sessions: HashMap<SessionId, Session>,
-    fleet_sessions: HashMap<crate::ids::FleetId, SessionId>,
+    driver_keys: Map<DriverId, DriverKey>,
+    sessions: Map<SessionId, Session>,
+    fleet_sessions: Map<crate::ids::FleetId, SessionId>,
     trips: TripTable,
-    by_request: HashMap<(RiderId, RequestId), TripId>,
-    offers: HashMap<OfferId, OpenOffer>,
+    by_request: Map<(RiderId, RequestId), TripId>,
+    offers: Map<OfferId, OpenOffer>,
     /// Searching trips with no offer out, oldest request first: when drivers
     /// are scarce, earlier requests are served first.
     unmatched: BTreeSet<TripId>,
@@ -74,12 +80,12 @@ impl Engine {
         Self {
             index: DriverIndex::with_slack(config.index_slack_m),
             drivers: DriverTable::default(),
-            driver_keys: HashMap::new(),
-            sessions: HashMap::new(),
-            fleet_sessions: HashMap::new(),
+            driver_keys: Map::default(),
+            sessions: Map::default(),
+            fleet_sessions: Map::default(),
             trips: TripTable::default(),
-            by_request: HashMap::new(),
-            offers: HashMap::new(),
+            by_request: Map::default(),
+            offers: Map::default(),
             unmatched: BTreeSet::new(),
             timers: BTreeSet::new(),
             finished: VecDeque::new(),

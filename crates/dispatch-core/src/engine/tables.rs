@@ -7,7 +7,6 @@
 //! row's new contribution back. `Engine::check_invariants` recounts by brute
 //! force and compares.
 
-use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 
 use super::state::{Driver, TripState};
@@ -171,7 +170,7 @@ impl DriverTable {
 /// ride waits) at milliseconds rather than hundreds of them.
 #[derive(Default)]
 pub(super) struct TripTable {
-    rows: HashMap<TripId, Box<TripState>>,
+    rows: super::Map<TripId, Box<TripState>>,
     counts: Counts,
 }
 
