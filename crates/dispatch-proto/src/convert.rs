@@ -257,6 +257,23 @@ impl From<&Trip> for pb::Trip {
     }
 }
 
+/// The first event of a driver's or a fleet's session: who it speaks for
+/// (`driver` or `fleet`), the server's clock, and a driver's trip under way.
+pub fn session_started(
+    driver: Option<&DriverId>,
+    fleet: Option<&FleetId>,
+    now: Timestamp,
+    current_trip: Option<&Trip>,
+) -> pb::DriverEvent {
+    let started = pb::SessionStarted {
+        driver_id: driver.map(ToString::to_string).unwrap_or_default(),
+        server_time_ms: now.0,
+        current_trip: current_trip.map(Into::into),
+        fleet_id: fleet.map(ToString::to_string).unwrap_or_default(),
+    };
+    pb::DriverEvent { kind: Some(pb::driver_event::Kind::SessionStarted(started)) }
+}
+
 impl From<&Offer> for pb::Offer {
     fn from(o: &Offer) -> Self {
         pb::Offer {

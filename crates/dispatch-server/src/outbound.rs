@@ -19,11 +19,11 @@ use std::sync::mpsc as std_mpsc;
 use dashmap::DashMap;
 use dispatch_core::engine::{DriverEvent, LogRecord};
 use dispatch_core::geo::LatLng;
-use dispatch_core::ids::{SessionId, TripId};
-use dispatch_core::service::{ServiceSet, ServiceType};
+use dispatch_core::ids::{DriverId, FleetId, SessionId, TripId};
+use dispatch_core::service::ServiceSet;
 use dispatch_core::time::Timestamp;
 use dispatch_core::trip::Trip;
-use dispatch_proto::pb;
+use dispatch_proto::{convert, pb};
 use dispatch_store::TripLog;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -39,8 +39,8 @@ pub type Watcher = mpsc::Sender<Result<pb::Trip, Status>>;
 /// One thing to deliver once the records before it are durable.
 pub enum Out {
     /// A driver or fleet session opened: remember its outbox, send `started`.
-    Open { session: SessionId, outbox: Outbox, name: String, started: pb::SessionStarted },
-    /// An event for a session (a rejection, a fleet's current trips).
+    Open { session: SessionId, outbox: Outbox, name: String, started: Started },
+    /// An event for a session (a rejection of one message).
     Event { session: SessionId, event: pb::DriverEvent },
     /// An engine event for a session.
     Driver { session: SessionId, event: DriverEvent },
@@ -64,6 +64,15 @@ pub enum Out {
     Reply(Box<dyn FnOnce() + Send>),
     /// End every stream with `UNAVAILABLE`.
     Shutdown,
+}
+
+/// What a session's first event says: who it speaks for, the server's
+/// clock, a driver's trip under way.
+pub struct Started {
+    pub driver: Option<DriverId>,
+    pub fleet: Option<FleetId>,
+    pub now: Timestamp,
+    pub current_trip: Option<Trip>,
 }
 
 /// What one round of the engine task produced.
@@ -215,21 +224,20 @@ impl Outbound {
         match out {
             Out::Open { session, outbox, name, started } => {
                 self.sessions.insert(session, SessionEntry { outbox, name });
-                let kind = pb::driver_event::Kind::SessionStarted(started);
-                self.send(session, pb::DriverEvent { kind: Some(kind) });
+                let Started { driver, fleet, now, current_trip } = started;
+                let event = convert::session_started(driver.as_ref(), fleet.as_ref(), now, current_trip.as_ref());
+                self.send(session, event);
             }
             Out::Event { session, event } => self.send(session, event),
-            Out::Driver { session, event } => {
-                let mut event = pb::DriverEvent::from(&event);
+            Out::Driver { session, mut event } => {
                 // An offer shows the pickup; the dropoff only where the
                 // service's policy allows (the trip shows it once accepted).
-                if let Some(pb::driver_event::Kind::Offer(offer)) = &mut event.kind
-                    && let Some(trip) = &mut offer.trip
-                    && self.hide_dropoff.contains(service_of(trip))
+                if let DriverEvent::Offer(offer) = &mut event
+                    && self.hide_dropoff.contains(offer.trip.service)
                 {
-                    trip.dropoff = None;
+                    offer.trip.dropoff = None;
                 }
-                self.send(session, event);
+                self.send(session, pb::DriverEvent::from(&event));
             }
             Out::End { session, status } => {
                 if let Some(entry) = self.sessions.remove(&session) {
@@ -355,15 +363,6 @@ fn hide_rider(event: &mut pb::DriverEvent) {
     }
 }
 
-fn service_of(trip: &pb::Trip) -> ServiceType {
-    match trip.service_type() {
-        pb::ServiceType::Premium => ServiceType::Premium,
-        pb::ServiceType::Van => ServiceType::Van,
-        pb::ServiceType::DesignatedDriver => ServiceType::DesignatedDriver,
-        pb::ServiceType::Unspecified | pb::ServiceType::Taxi => ServiceType::Taxi,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,7 +379,8 @@ mod tests {
         for n in 0..100 {
             let (outbox, _stream) = Outbox::new(4);
             let session = SessionId(n);
-            stage.deliver(Out::Open { session, outbox, name: format!("d{n}"), started: pb::SessionStarted::default() });
+            let started = Started { driver: None, fleet: None, now: Timestamp(0), current_trip: None };
+            stage.deliver(Out::Open { session, outbox, name: format!("d{n}"), started });
             stage.deliver(Out::Closed(session));
         }
         assert!(stage.sessions.is_empty(), "{} outboxes kept after their sessions closed", stage.sessions.len());

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use dispatch_core::engine::{Effect, FleetDriverUpdate, SessionEnd};
+use dispatch_core::engine::{DriverEvent, Effect, FleetDriverUpdate, SessionEnd};
 use dispatch_core::ids::SessionId;
 use dispatch_core::{Engine, EngineError};
 use dispatch_proto::pb;
@@ -38,7 +38,7 @@ use tonic::Status;
 use tracing::{debug, info};
 
 use crate::latency::{Latency, Marks};
-use crate::outbound::{Batch, Out};
+use crate::outbound::{Batch, Out, Started};
 use crate::status::{engine_code, engine_status, rejected};
 use clock::Clock;
 
@@ -146,16 +146,12 @@ impl EngineTask {
                 }
                 let driver = hello.driver.clone();
                 match self.engine.connect_driver(now, session, hello) {
-                    Ok(current) => {
-                        let started = pb::SessionStarted {
-                            driver_id: driver.to_string(),
-                            server_time_ms: now.0,
-                            current_trip: current.as_ref().map(Into::into),
-                            fleet_id: String::new(),
-                        };
+                    Ok(current_trip) => {
                         // Ended sessions first: the one this hello replaced.
                         self.carry_out();
-                        self.batch.outs.push(Out::Open { session, outbox, name: driver.to_string(), started });
+                        let name = driver.to_string();
+                        let started = Started { driver: Some(driver.clone()), fleet: None, now, current_trip };
+                        self.batch.outs.push(Out::Open { session, outbox, name, started });
                         debug!(%driver, %session, "driver session started");
                     }
                     Err(err) => outbox.end(engine_status(&err)),
@@ -167,17 +163,12 @@ impl EngineTask {
                     return;
                 }
                 let trips = self.engine.connect_fleet(session, fleet.clone());
-                let started = pb::SessionStarted {
-                    driver_id: String::new(),
-                    server_time_ms: now.0,
-                    current_trip: None,
-                    fleet_id: fleet.to_string(),
-                };
                 self.carry_out();
-                self.batch.outs.push(Out::Open { session, outbox, name: format!("fleet {fleet}"), started });
-                for trip in &trips {
-                    let event = pb::DriverEvent { kind: Some(pb::driver_event::Kind::Trip(trip.into())) };
-                    self.batch.outs.push(Out::Event { session, event });
+                let name = format!("fleet {fleet}");
+                let started = Started { driver: None, fleet: Some(fleet.clone()), now, current_trip: None };
+                self.batch.outs.push(Out::Open { session, outbox, name, started });
+                for trip in trips {
+                    self.batch.outs.push(Out::Driver { session, event: DriverEvent::Trip(trip) });
                 }
                 debug!(%fleet, %session, "fleet session started");
             }
