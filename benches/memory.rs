@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::collections::HashMap;
 
 use dispatch_core::Engine;
-use dispatch_core::engine::{Config, DriverHello, LogRecord, RideRequest, TripRecord};
+use dispatch_core::engine::{Config, DriverHello, Effect, LogRecord, RideRequest, TripRecord};
 use dispatch_core::ids::SessionId;
 use dispatch_core::time::Timestamp;
 use dispatch_core::trip::TripStatus;
@@ -81,7 +81,13 @@ fn ended_trips(out: &mut impl Write, n: usize) {
         let hello = DriverHello { auto_accept: true, ..driver_hello(&mut rng, &city, i) };
         let request = RideRequest { pickup: hello.position.unwrap_or(city.centre), ..ride_request(&mut rng, &city, i) };
         engine.connect_driver(now, session, hello).unwrap_or_else(|e| panic!("{e}"));
-        let (trip, _) = engine.request_ride(now, request);
+        engine.request_ride(now, request);
+        let Some(trip) = engine.drain_effects().find_map(|e| match e {
+            Effect::RideRequested { trip, .. } => Some(trip),
+            _ => None,
+        }) else {
+            panic!("no RideRequested")
+        };
         for status in [TripStatus::DriverArrived, TripStatus::InProgress, TripStatus::Completed] {
             engine.trip_progress(now, session, None, trip.id, status).unwrap_or_else(|e| panic!("{e}"));
         }

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use super::state::{Driver, FleetSession, Session};
 use super::{
-    DriverHello, Effect, Engine, FleetDriverUpdate, NEARBY_MAX_EXAMINED, Nearby, NearbyDriver, NearbyQuery, Ping,
-    SessionEnd, WithdrawReason,
+    DriverEvent, DriverHello, Effect, Engine, FleetDriverUpdate, NEARBY_MAX_EXAMINED, Nearby, NearbyDriver,
+    NearbyQuery, Ping, SessionEnd, WithdrawReason,
 };
 use crate::error::EngineError;
 use crate::geo::MAX_DISTANCE_M;
@@ -19,14 +19,14 @@ impl Engine {
     /// A driver's app says hello on a new session. A session already open
     /// for the same driver is replaced (it gets [`SessionEnd::Replaced`]); a
     /// driver a fleet speaks for cannot be taken, and an app's id may not be
-    /// a fleet's name. Returns the driver's current trip, if it has one (it
-    /// reconnected mid-trip).
+    /// a fleet's name. Emits [`Effect::SessionStarted`] with the driver's
+    /// current trip, if it has one (it reconnected mid-trip).
     pub fn connect_driver(
         &mut self,
         now: Timestamp,
         session: SessionId,
         hello: DriverHello,
-    ) -> Result<Option<Trip>, EngineError> {
+    ) -> Result<(), EngineError> {
         if hello.driver.is_fleet_name() {
             return Err(EngineError::ForeignDriverName {
                 why: format!("a driver app's id may not contain {FLEET_SEPARATOR:?}; such names belong to fleets"),
@@ -65,14 +65,17 @@ impl Engine {
             self.apply_fix(now, key, Ping { position, timestamp: None });
         }
         self.freed.push(key);
-        let current = self.driver(key).trip;
-        Ok(current.and_then(|trip| self.trip(trip).cloned()))
+        let current_trip = self.driver(key).trip.and_then(|trip| self.trip(trip).cloned());
+        let driver = Some(self.driver(key).id.clone());
+        self.effects.push(Effect::SessionStarted { session, driver, fleet: None, current_trip });
+        Ok(())
     }
 
     /// A partner gateway says hello. A session already open for the same
     /// fleet is replaced and its drivers move to the new one, so a gateway
-    /// restart loses nobody. Returns the current trips of the fleet's drivers.
-    pub fn connect_fleet(&mut self, session: SessionId, fleet: FleetId) -> Vec<Trip> {
+    /// restart loses nobody. Emits [`Effect::SessionStarted`], then the
+    /// current trips of the fleet's drivers.
+    pub fn connect_fleet(&mut self, session: SessionId, fleet: FleetId) {
         let mut drivers = HashSet::new();
         if let Some(old) = self.fleet_sessions.insert(fleet.clone(), session)
             && old != session
@@ -84,10 +87,14 @@ impl Engine {
             }
             drivers = moved.drivers;
         }
-        let trips =
+        let trips: Vec<Trip> =
             drivers.iter().filter_map(|&key| self.driver(key).trip).filter_map(|t| self.trip(t).cloned()).collect();
+        let started = Effect::SessionStarted { session, driver: None, fleet: Some(fleet.clone()), current_trip: None };
+        self.effects.push(started);
+        for trip in trips {
+            self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip) });
+        }
         self.sessions.insert(session, Session::Fleet(Box::new(FleetSession { fleet, drivers })));
-        trips
     }
 
     /// A position report from a driver's own session.

@@ -12,14 +12,16 @@ use crate::time::Timestamp;
 use crate::trip::{Trip, TripStatus};
 
 impl Engine {
-    /// A rider asks for a ride. Returns the trip and whether it is new: the
-    /// same rider with the same request id gets the trip it already has, so
-    /// a retry never orders a second car. A new trip is offered at once to
-    /// the nearest offerable driver, if there is one.
-    pub fn request_ride(&mut self, now: Timestamp, request: RideRequest) -> (Trip, bool) {
+    /// A rider asks for a ride. Emits [`Effect::RideRequested`] with the
+    /// trip and whether it is new: the same rider with the same request id
+    /// gets the trip it already has, so a retry never orders a second car.
+    /// A new trip is offered at once to the nearest offerable driver, if
+    /// there is one.
+    pub fn request_ride(&mut self, now: Timestamp, request: RideRequest) {
         let key = (request.rider.clone(), request.request_id.clone());
         if let Some(state) = self.by_request.get(&key).and_then(|id| self.trips.get(id)) {
-            return (state.trip.clone(), false);
+            self.effects.push(Effect::RideRequested { trip: state.trip.clone(), created: false });
+            return;
         }
         let id = TripId(self.next_trip);
         self.next_trip += 1;
@@ -52,6 +54,7 @@ impl Engine {
             },
         );
         self.by_request.insert(key, id);
+        self.effects.push(Effect::RideRequested { trip, created: true });
         self.trip_changed(id);
         // Earlier requests waiting for drivers that were freed since the
         // last tick go first.
@@ -59,7 +62,6 @@ impl Engine {
             self.match_freed(now);
         }
         self.start_search(now, id);
-        (trip, true)
     }
 
     /// The rider cancels, before the ride starts: an offer out is withdrawn,

@@ -21,6 +21,9 @@ struct World {
     now: Timestamp,
     next_session: u64,
     log: Vec<Effect>,
+    /// Effects taken from the engine to read what a call said, not yet
+    /// handed out by `drain`.
+    held: Vec<Effect>,
 }
 
 const PICKUP: (f64, f64) = (37.5665, 126.9780);
@@ -31,13 +34,28 @@ impl World {
     }
 
     fn with(config: Config) -> Self {
-        Self { engine: Engine::new(config), now: Timestamp(1_000_000), next_session: 1, log: Vec::new() }
+        Self {
+            engine: Engine::new(config),
+            now: Timestamp(1_000_000),
+            next_session: 1,
+            log: Vec::new(),
+            held: Vec::new(),
+        }
     }
 
     fn drain(&mut self) -> Vec<Effect> {
-        let effects: Vec<Effect> = self.engine.drain_effects().collect();
+        let mut effects = std::mem::take(&mut self.held);
+        effects.extend(self.engine.drain_effects());
         self.log.extend(effects.iter().cloned());
         effects
+    }
+
+    /// Connects a driver's session; returns the trip it resumed, if any
+    /// (its `SessionStarted` says), leaving the effects for `drain`.
+    fn connect(&mut self, session: SessionId, hello: DriverHello) -> Option<Trip> {
+        self.engine.connect_driver(self.now, session, hello).unwrap_or_else(|e| panic!("{e}"));
+        self.held.extend(self.engine.drain_effects());
+        resumed(&self.held, session)
     }
 
     fn session(&mut self) -> SessionId {
@@ -79,7 +97,9 @@ impl World {
             service,
             max_pickup_distance_m: radius,
         };
-        self.engine.request_ride(self.now, request).0.id
+        self.engine.request_ride(self.now, request);
+        self.held.extend(self.engine.drain_effects());
+        requested(&self.held).0.id
     }
 
     fn advance(&mut self, ms: i64) {
@@ -129,6 +149,26 @@ fn driver_moves(effects: &[Effect]) -> Vec<(TripId, LatLng)> {
             _ => None,
         })
         .collect()
+}
+
+/// The trip a session resumed, from its `SessionStarted`.
+fn resumed(effects: &[Effect], session: SessionId) -> Option<Trip> {
+    effects.iter().rev().find_map(|e| match e {
+        Effect::SessionStarted { session: s, current_trip, .. } if *s == session => Some(current_trip.clone()),
+        _ => None,
+    })?
+}
+
+/// The trip the last ride request was about, and whether it made it.
+fn requested(effects: &[Effect]) -> (Trip, bool) {
+    effects
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Effect::RideRequested { trip, created } => Some((trip.clone(), *created)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no RideRequested in {effects:?}"))
 }
 
 fn rider_statuses(effects: &[Effect]) -> Vec<TripStatus> {
@@ -465,7 +505,7 @@ fn a_driver_on_a_trip_keeps_it_across_a_reconnect() {
         available: true,
         auto_accept: true,
     };
-    let current = w.engine.connect_driver(w.now, new, hello.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let current = w.connect(new, hello.clone());
     assert_eq!(current.map(|t| t.id), Some(trip));
     assert!(w.drain().contains(&Effect::EndSession { session: old, reason: SessionEnd::Replaced }));
     assert_eq!(
@@ -476,7 +516,7 @@ fn a_driver_on_a_trip_keeps_it_across_a_reconnect() {
     w.engine.close_session(w.now, new);
     assert_eq!(w.status(trip), TripStatus::DriverAssigned);
     let third = w.session();
-    let current = w.engine.connect_driver(w.now, third, hello).unwrap_or_else(|e| panic!("{e}"));
+    let current = w.connect(third, hello);
     assert_eq!(current.map(|t| t.id), Some(trip));
     w.engine.trip_progress(w.now, third, None, trip, TripStatus::DriverArrived).unwrap_or_else(|e| panic!("{e}"));
 }
@@ -587,9 +627,20 @@ fn a_new_fleet_session_takes_over_the_fleets_drivers() {
     w.engine.fleet_update(w.now, old, update).unwrap_or_else(|e| panic!("{e}"));
     let trip = w.request("r1");
     let new = w.session();
-    let trips = w.engine.connect_fleet(new, f1);
-    assert_eq!(trips.iter().map(|t| t.id).collect::<Vec<_>>(), vec![trip]);
-    assert!(w.drain().contains(&Effect::EndSession { session: old, reason: SessionEnd::Replaced }));
+    w.engine.connect_fleet(new, f1);
+    let effects = w.drain();
+    // The old session ends, the new one starts, then gets its drivers' trips.
+    let ended = effects.iter().position(|e| *e == Effect::EndSession { session: old, reason: SessionEnd::Replaced });
+    let started = effects.iter().position(|e| matches!(e, Effect::SessionStarted { session, .. } if *session == new));
+    assert!(ended.is_some() && ended < started, "{effects:?}");
+    let trips: Vec<TripId> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Driver { session, event: DriverEvent::Trip(t) } if *session == new => Some(t.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(trips, vec![trip]);
     w.engine
         .trip_progress(w.now, new, Some(&did("f/x")), trip, TripStatus::DriverArrived)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -673,7 +724,7 @@ fn a_dropped_driver_keeps_the_trip_for_the_grace_period_then_it_goes_to_someone_
     // Back within the grace period: the trip is still theirs.
     w.advance(29_000);
     let back = w.session();
-    let current = w.engine.connect_driver(w.now, back, hello_for("a")).unwrap_or_else(|e| panic!("{e}"));
+    let current = w.connect(back, hello_for("a"));
     assert_eq!(current.map(|t| t.id), Some(trip));
     // The reconnect reset the clock: the old timer does nothing.
     w.engine.close_session(w.now, back);
@@ -688,7 +739,7 @@ fn a_dropped_driver_keeps_the_trip_for_the_grace_period_then_it_goes_to_someone_
     assert_eq!(rider_statuses(&effects), vec![TripStatus::Searching]);
     assert_eq!(only_offer(&effects).2, "b");
     let again = w.session();
-    assert_eq!(w.engine.connect_driver(w.now, again, hello_for("a")).unwrap_or_else(|e| panic!("{e}")), None);
+    assert_eq!(w.connect(again, hello_for("a")), None);
 }
 
 #[test]
@@ -704,7 +755,7 @@ fn a_ride_in_progress_stays_with_its_driver_however_long_the_drop() {
     assert_eq!(w.status(trip), TripStatus::InProgress);
     assert_eq!(w.driver_of(trip).as_deref(), Some("a"));
     let back = w.session();
-    let current = w.engine.connect_driver(w.now, back, hello_for("a")).unwrap_or_else(|e| panic!("{e}"));
+    let current = w.connect(back, hello_for("a"));
     assert_eq!(current.map(|t| t.status), Some(TripStatus::InProgress));
 }
 
@@ -756,7 +807,8 @@ fn a_restart_rebuilds_trips_from_the_log() {
     assert_eq!(back.trip(early).map(|t| t.status), Some(TripStatus::NoDriverFound));
     // The assigned trip stays with its driver, who gets it back on hello.
     assert_eq!(back.trip(assigned).map(|t| t.status), Some(TripStatus::DriverArrived));
-    let current = back.connect_driver(now, SessionId(77), hello_for("a")).unwrap_or_else(|e| panic!("{e}"));
+    back.connect_driver(now, SessionId(77), hello_for("a")).unwrap_or_else(|e| panic!("{e}"));
+    let current = resumed(&back.drain_effects().collect::<Vec<_>>(), SessionId(77));
     assert_eq!(current.map(|t| t.id), Some(assigned));
     // Searches with time left search again, with a full timeout from now.
     back.tick(now + 59_000);
@@ -772,10 +824,12 @@ fn a_restart_rebuilds_trips_from_the_log() {
         service: ServiceType::Taxi,
         max_pickup_distance_m: None,
     };
-    let (trip, created) = back.request_ride(now, retry.clone());
+    back.request_ride(now, retry.clone());
+    let (trip, created) = requested(&back.drain_effects().collect::<Vec<_>>());
     assert_eq!((trip.id, created), (assigned, false));
     let fresh = RideRequest { request_id: RequestId::new("new").unwrap_or_else(|e| panic!("{e}")), ..retry };
-    let (trip, created) = back.request_ride(now, fresh);
+    back.request_ride(now, fresh);
+    let (trip, created) = requested(&back.drain_effects().collect::<Vec<_>>());
     assert!(created && trip.id.0 > searching.0, "{} reused an id", trip.id);
     if let Err(broken) = back.check_invariants() {
         panic!("{broken}");

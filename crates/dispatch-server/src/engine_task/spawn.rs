@@ -124,6 +124,8 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
         max_sessions: config.max_sessions,
         fleet_batch: None,
         last_flush: tokio::time::Instant::now(),
+        pending: None,
+        requested: None,
     };
     // What the restore changed (searches that ran out while the server was
     // down) is logged like any other change.
