@@ -67,7 +67,7 @@ impl Engine {
     /// The rider cancels, before the ride starts: an offer out is withdrawn,
     /// an assigned driver is told and is free again. Cancelling a cancelled
     /// trip again answers the trip as it is, so a retry is harmless.
-    pub fn cancel_ride(&mut self, now: Timestamp, trip_id: TripId, reason: &str) -> Result<Trip, EngineError> {
+    pub fn cancel_ride(&mut self, now: Timestamp, trip_id: TripId, reason: &str) -> Result<(), EngineError> {
         self.cancel(now, trip_id, reason, "cancelled by rider", |status| status.rider_may_cancel())
     }
 
@@ -75,7 +75,7 @@ impl Engine {
     /// ride in progress whose driver never came back would otherwise be
     /// held for good. The trip ends `Cancelled`; its driver, if connected,
     /// sees it so and is free, and one no session speaks for is forgotten.
-    pub fn cancel_by_operator(&mut self, now: Timestamp, trip_id: TripId, reason: &str) -> Result<Trip, EngineError> {
+    pub fn cancel_by_operator(&mut self, now: Timestamp, trip_id: TripId, reason: &str) -> Result<(), EngineError> {
         self.cancel(now, trip_id, reason, "cancelled by an operator", |status| !status.is_terminal())
     }
 
@@ -86,11 +86,11 @@ impl Engine {
         reason: &str,
         default_reason: &str,
         may_cancel: impl Fn(TripStatus) -> bool,
-    ) -> Result<Trip, EngineError> {
+    ) -> Result<(), EngineError> {
         let state = self.trips.get(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
         let status = state.trip.status;
         if status == TripStatus::Cancelled {
-            return Ok(state.trip.clone());
+            return Ok(());
         }
         if !may_cancel(status) {
             return Err(EngineError::TooLateToCancel { trip: trip_id, status });
@@ -106,7 +106,7 @@ impl Engine {
         if let Some(key) = driver.filter(|_| status.has_driver()) {
             self.release_driver(key, trip_id);
         }
-        self.trip(trip_id).cloned().ok_or(EngineError::UnknownTrip(trip_id))
+        Ok(())
     }
 
     /// A driver (or the fleet that speaks for it) answers an offer.

@@ -441,8 +441,8 @@ fn a_rider_cancel_withdraws_the_offer_or_frees_the_driver() {
     let a = w.driver("a", 100.0);
     let trip = w.request("r1");
     let (_, offer, _) = only_offer(&w.drain());
-    let cancelled = w.engine.cancel_ride(w.now, trip, "").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(cancelled.status, TripStatus::Cancelled);
+    w.engine.cancel_ride(w.now, trip, "").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(w.status(trip), TripStatus::Cancelled);
     assert_eq!(withdrawn(&w.drain()), vec![(offer, WithdrawReason::RiderCancelled)]);
     assert_eq!(w.engine.offer_reply(w.now, a, offer, true), Err(EngineError::UnknownOffer(offer)));
 
@@ -455,7 +455,8 @@ fn a_rider_cancel_withdraws_the_offer_or_frees_the_driver() {
     assert!(effects.iter().any(|e| matches!(e, Effect::Driver { event: DriverEvent::Trip(t), .. }
         if t.status == TripStatus::Cancelled && t.cancel_reason.as_deref() == Some("changed my mind"))));
     // Cancelling again is harmless; after the pickup it is too late.
-    assert_eq!(w.engine.cancel_ride(w.now, trip, "").map(|t| t.status), Ok(TripStatus::Cancelled));
+    assert_eq!(w.engine.cancel_ride(w.now, trip, ""), Ok(()));
+    assert_eq!(w.status(trip), TripStatus::Cancelled);
     let trip = w.request("r3");
     let (_, offer, _) = only_offer(&w.drain());
     w.engine.offer_reply(w.now, a, offer, true).unwrap_or_else(|e| panic!("{e}"));
@@ -953,7 +954,8 @@ fn an_operator_can_end_a_ride_in_progress_whose_driver_never_came_back() {
     assert_eq!(w.status(trip), TripStatus::InProgress, "held for the driver's return");
     // The rider may not, an operator may.
     assert!(w.engine.cancel_ride(w.now, trip, "").is_err());
-    let ended = w.engine.cancel_by_operator(w.now, trip, "driver unreachable").unwrap_or_else(|e| panic!("{e}"));
+    w.engine.cancel_by_operator(w.now, trip, "driver unreachable").unwrap_or_else(|e| panic!("{e}"));
+    let ended = w.engine.trip(trip).cloned().unwrap_or_else(|| panic!("{trip} forgotten"));
     assert_eq!(ended.status, TripStatus::Cancelled);
     assert_eq!(ended.cancel_reason.as_deref(), Some("driver unreachable"));
     // The detached driver is forgotten: the engine holds nothing for it.
@@ -962,6 +964,7 @@ fn an_operator_can_end_a_ride_in_progress_whose_driver_never_came_back() {
     // A long reason is cut to the bound a record keeps.
     let other = w.request("r2");
     let long = "x".repeat(MAX_REASON_BYTES * 4);
-    let ended = w.engine.cancel_ride(w.now, other, &long).unwrap_or_else(|e| panic!("{e}"));
+    w.engine.cancel_ride(w.now, other, &long).unwrap_or_else(|e| panic!("{e}"));
+    let ended = w.engine.trip(other).cloned().unwrap_or_else(|| panic!("{other} forgotten"));
     assert_eq!(ended.cancel_reason.map(|r| r.len()), Some(MAX_REASON_BYTES));
 }

@@ -219,7 +219,8 @@ impl EngineTask {
                     self.engine.cancel_by_operator(now, trip, &reason)
                 } else {
                     self.engine.cancel_ride(now, trip, &reason)
-                };
+                }
+                .and_then(|()| self.engine.trip(trip).cloned().ok_or(EngineError::UnknownTrip(trip)));
                 self.carry_out();
                 self.batch.outs.push(Out::Reply(Box::new(move || {
                     let _ = reply.send(result);
