@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
 use dashmap::DashMap;
+use dispatch_core::EngineError;
 use dispatch_core::engine::{DriverEvent, LogRecord};
 use dispatch_core::geo::LatLng;
 use dispatch_core::ids::{DriverId, FleetId, SessionId, TripId};
@@ -32,6 +33,7 @@ use tracing::{error, info, warn};
 
 use crate::latency::{GroupMarks, Latency, Marks};
 use crate::outbox::{Outbox, SendError};
+use crate::status::{engine_code, rejected};
 
 /// A rider's stream of trip updates.
 pub type Watcher = mpsc::Sender<Result<pb::Trip, Status>>;
@@ -40,8 +42,9 @@ pub type Watcher = mpsc::Sender<Result<pb::Trip, Status>>;
 pub enum Out {
     /// A driver or fleet session opened: remember its outbox, send `started`.
     Open { session: SessionId, outbox: Outbox, name: String, started: Started },
-    /// An event for a session (a rejection of one message).
-    Event { session: SessionId, event: pb::DriverEvent },
+    /// One message of a session refused (`driver`: which of a fleet's
+    /// drivers it spoke for); the session goes on.
+    Rejected { session: SessionId, error: EngineError, driver: String },
     /// An engine event for a session.
     Driver { session: SessionId, event: DriverEvent },
     /// End a session with a status.
@@ -228,7 +231,9 @@ impl Outbound {
                 let event = convert::session_started(driver.as_ref(), fleet.as_ref(), now, current_trip.as_ref());
                 self.send(session, event);
             }
-            Out::Event { session, event } => self.send(session, event),
+            Out::Rejected { session, error, driver } => {
+                self.send(session, rejected(engine_code(&error), error.to_string(), &driver));
+            }
             Out::Driver { session, mut event } => {
                 // An offer shows the pickup; the dropoff only where the
                 // service's policy allows (the trip shows it once accepted).

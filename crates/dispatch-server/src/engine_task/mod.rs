@@ -40,7 +40,7 @@ use tracing::{debug, info};
 use crate::latency::{Latency, Marks};
 use crate::outbound::{Batch, Out, Started, Watcher};
 use crate::outbox::Outbox;
-use crate::status::{engine_code, engine_status, rejected};
+use crate::status::engine_status;
 use clock::Clock;
 
 struct EngineTask {
@@ -260,10 +260,9 @@ impl EngineTask {
     }
 
     fn reject_on_error(&mut self, session: SessionId, driver: &str, result: Result<(), EngineError>) {
-        if let Err(err) = result {
-            debug!(%session, driver, cause = %err, "message rejected");
-            let event = rejected(engine_code(&err), err.to_string(), driver);
-            self.batch.outs.push(Out::Event { session, event });
+        if let Err(error) = result {
+            debug!(%session, driver, cause = %error, "message rejected");
+            self.batch.outs.push(Out::Rejected { session, error, driver: driver.to_owned() });
         }
     }
 
@@ -308,7 +307,7 @@ impl EngineTask {
     /// position refresh or a rejection of a location update, or the last
     /// hand-over was `SOFT_FLUSH_EVERY` ago; else it goes with the next.
     fn flush_soon(&mut self) {
-        let soft = |out: &Out| matches!(out, Out::Moved { .. } | Out::Event { .. });
+        let soft = |out: &Out| matches!(out, Out::Moved { .. } | Out::Rejected { .. });
         let urgent = !self.batch.records.is_empty() || !self.batch.outs.iter().all(soft);
         if urgent || self.last_flush.elapsed() >= SOFT_FLUSH_EVERY {
             self.flush();
