@@ -162,13 +162,15 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut windows = Vec::new();
     let mut window_start = Instant::now();
+    let mut window_stats = before.clone();
     while Instant::now() < run.deadline {
         ticker.tick().await;
         on_tick(&run, started.elapsed());
         if window_start.elapsed() >= WINDOW && Instant::now() + WINDOW / 2 < run.deadline {
             window_start = Instant::now();
             let server = stats(&admin, run.config.credentials.as_ref()).await?;
-            windows.push(report::Window::new(started.elapsed(), run.metrics.take_window(), &server));
+            windows.push(report::Window::new(started.elapsed(), run.metrics.take_window(), &window_stats, &server));
+            window_stats = server;
         }
     }
     // Read the server before the simulated drivers hang up (they stop a
@@ -178,7 +180,7 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    windows.push(report::Window::new(elapsed, run.metrics.take_window(), &after));
+    windows.push(report::Window::new(elapsed, run.metrics.take_window(), &window_stats, &after));
     let mut report = Report::new(&run, elapsed, &before, &after, fleet_cars.len(), solo_cars.len());
     report.windows = windows;
     Ok(report)

@@ -79,16 +79,23 @@ pub struct Window {
     pub trips_open: u64,
     /// The server's request-to-first-offer p99 so far (over its life), µs.
     pub server_match_p99_us: u64,
+    /// Location updates the server applied in this window.
+    pub updates_applied: u64,
+    /// Location updates the server shed in this window.
+    pub updates_shed: u64,
 }
 
 impl Window {
-    /// A window ending `at` into the run.
-    pub fn new(at: Duration, request_to_assigned_us: Percentiles, server: &pb::Stats) -> Self {
+    /// A window ending `at` into the run; `start` is the server's stats
+    /// when it began, `end` at its end.
+    pub fn new(at: Duration, request_to_assigned_us: Percentiles, start: &pb::Stats, end: &pb::Stats) -> Self {
         Self {
             end_s: at.as_secs(),
             request_to_assigned_us,
-            trips_open: server.trips_searching + server.trips_active,
-            server_match_p99_us: server.match_latency_p99_us,
+            trips_open: end.trips_searching + end.trips_active,
+            server_match_p99_us: end.match_latency_p99_us,
+            updates_applied: end.location_updates.saturating_sub(start.location_updates),
+            updates_shed: end.location_updates_shed.saturating_sub(start.location_updates_shed),
         }
     }
 }
@@ -225,14 +232,17 @@ impl Report {
             let a = &w.request_to_assigned_us;
             writeln!(
                 out,
-                "{:<32} assigned p50 {} p99 {} max {} µs (n={}); {} trips open; server p99 so far {} µs",
+                "{:<32} assigned p50 {} p99 {} max {} µs (n={}); {} trips open; server p99 so far {} µs; \
+                 updates applied {}, shed {}",
                 format!("  {start:>4}-{:<4} s", w.end_s),
                 a.p50,
                 a.p99,
                 a.max,
                 a.count,
                 w.trips_open,
-                w.server_match_p99_us
+                w.server_match_p99_us,
+                w.updates_applied,
+                w.updates_shed
             )?;
             start = w.end_s;
         }
