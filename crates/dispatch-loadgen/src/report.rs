@@ -205,12 +205,10 @@ impl Report {
             ),
         ];
         for s in &self.server_stages {
-            let value = format!("p50 {} p99 {} max {} µs (n={})", s.p50_us, s.p99_us, s.max_us, s.count);
-            rows.push((if s.stage == "log_commit" { "  every log commit" } else { "  stage" }, value));
-            if s.stage != "log_commit" {
-                let last = rows.len() - 1;
-                rows[last].1 = format!("{:<12}{}", s.stage, rows[last].1);
-            }
+            let (name, stage) =
+                if s.stage == "log_commit" { ("  every log commit", "") } else { ("  stage", &*s.stage) };
+            let value = format!("{stage:<12}p50 {} p99 {} max {} µs (n={})", s.p50_us, s.p99_us, s.max_us, s.count);
+            rows.push((name, value));
         }
         rows.extend([
             ("pickup distance", p(&self.pickup_distance_m, "m")),
