@@ -240,6 +240,64 @@ impl DriverIndex {
     }
 }
 
+impl DriverIndex {
+    /// Drivers whose indexed position may lie in the box from `south_west`
+    /// to `north_east` (not across the antimeridian), at most `limit` of
+    /// them: every driver in the box is among them unless the limit cut the
+    /// walk short, and a few just outside may be too (within the slack);
+    /// the caller checks exact positions.
+    ///
+    /// Cost: O(log n) plus the entries in the box's bounding volume.
+    ///
+    /// ```
+    /// use dispatch_core::{geo::LatLng, index::{DriverIndex, DriverKey}};
+    /// let mut index = DriverIndex::new();
+    /// index.locate_mut(DriverKey(0), LatLng::new(37.55, 126.95).unwrap());
+    /// index.locate_mut(DriverKey(1), LatLng::new(35.1, 129.0).unwrap());
+    /// let sw = LatLng::new(37.5, 126.9).unwrap();
+    /// let ne = LatLng::new(37.6, 127.0).unwrap();
+    /// assert_eq!(index.in_box(sw, ne, 10), vec![DriverKey(0)]);
+    /// ```
+    pub fn in_box(&self, south_west: LatLng, north_east: LatLng, limit: usize) -> Vec<DriverKey> {
+        let (lo, hi) = box_bounds(south_west, north_east, self.slack_chord);
+        let envelope = rstar::AABB::from_corners(lo, hi);
+        self.tree.locate_in_envelope(envelope).take(limit).map(|entry| entry.data).collect()
+    }
+}
+
+/// The range of `f` over `[a, b]` (radians), given the points inside where
+/// it peaks: the ends and whichever of `critical` fall inside.
+fn range_over(a: f64, b: f64, f: fn(f64) -> f64, critical: &[f64]) -> (f64, f64) {
+    let inside = critical.iter().copied().filter(|c| (a..=b).contains(c));
+    [a, b]
+        .into_iter()
+        .chain(inside)
+        .map(f)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+}
+
+/// The bounding box, in unit-sphere coordinates, of a latitude/longitude
+/// box, widened by `margin`. Exact: each coordinate is a product of a
+/// function of latitude and one of longitude, each monotone between the
+/// critical points checked.
+fn box_bounds(south_west: LatLng, north_east: LatLng, margin: f64) -> ([f64; 3], [f64; 3]) {
+    use std::f64::consts::{FRAC_PI_2, PI};
+    let (s, n) = (south_west.lat().to_radians(), north_east.lat().to_radians());
+    let (w, e) = (south_west.lng().to_radians(), north_east.lng().to_radians());
+    let (cos_lat_lo, cos_lat_hi) = range_over(s, n, f64::cos, &[0.0]);
+    let (cos_lng_lo, cos_lng_hi) = range_over(w, e, f64::cos, &[0.0, PI, -PI]);
+    let (sin_lng_lo, sin_lng_hi) = range_over(w, e, f64::sin, &[FRAC_PI_2, -FRAC_PI_2]);
+    // cos(lat) >= 0, so the extremes of a product are at the corners.
+    let product = |lo: f64, hi: f64| {
+        let corners = [cos_lat_lo * lo, cos_lat_lo * hi, cos_lat_hi * lo, cos_lat_hi * hi];
+        corners.into_iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)))
+    };
+    let (x_lo, x_hi) = product(cos_lng_lo, cos_lng_hi);
+    let (y_lo, y_hi) = product(sin_lng_lo, sin_lng_hi);
+    let (z_lo, z_hi) = (s.sin(), n.sin());
+    ([x_lo - margin, y_lo - margin, z_lo - margin], [x_hi + margin, y_hi + margin, z_hi + margin])
+}
+
 /// A few drivers at their exact positions, built for one matching round:
 /// searchable nearest first, and shrinking as drivers are taken. Finding
 /// the nearest of `f` drivers for each of `w` waiting trips costs

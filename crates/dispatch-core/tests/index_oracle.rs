@@ -148,3 +148,41 @@ fn a_driver_set_gives_the_nearest_left_and_shrinks() {
     }
     assert!(points.len() < 3_000 && !set.is_empty());
 }
+
+/// `in_box` finds every driver whose exact position is in the box (it may
+/// add a few within the slack outside): boxes of every size, anywhere on
+/// the globe, the poles and the equator included, after moves within and
+/// past the slack.
+#[test]
+fn in_box_misses_no_driver_in_the_box() {
+    let mut rng = rng(77);
+    let slack_m = 100.0;
+    let mut index = DriverIndex::with_slack(slack_m);
+    let mut points = Vec::new();
+    for k in 0..3_000u32 {
+        let p = random_point(&mut rng);
+        index.locate_mut(DriverKey(k), p);
+        points.push((DriverKey(k), p));
+    }
+    for (key, at) in points.iter_mut() {
+        *at = destination(*at, rng.random_range(0.0..std::f64::consts::TAU), rng.random_range(0.0..150.0));
+        index.locate_mut(*key, *at);
+    }
+    for _ in 0..300 {
+        let (a, b) = (random_point(&mut rng), random_point(&mut rng));
+        let span = rng.random_range(0.0..1.0f64).powi(3);
+        let (s, w) = (a.lat().min(b.lat()), a.lng().min(b.lng()));
+        let n = s + (a.lat().max(b.lat()) - s) * span;
+        let e = w + (a.lng().max(b.lng()) - w) * span;
+        let (Ok(sw), Ok(ne)) = (LatLng::new(s, w), LatLng::new(n, e)) else { panic!("box {s} {w} {n} {e}") };
+        let found: std::collections::HashSet<_> = index.in_box(sw, ne, usize::MAX).into_iter().collect();
+        for (key, p) in &points {
+            let inside = (s..=n).contains(&p.lat()) && (w..=e).contains(&p.lng());
+            assert!(!inside || found.contains(key), "{key:?} at {p} is in [{s},{w}]..[{n},{e}] but was not found");
+        }
+        // It prunes: a small box finds few of the drivers.
+        if span < 0.01 {
+            assert!(found.len() < points.len() / 10, "a small box found {} drivers", found.len());
+        }
+    }
+}

@@ -374,10 +374,21 @@ pub struct Stats {
     pub drivers_available: u64,
     /// Drivers with a trip.
     pub drivers_on_trip: u64,
+    /// Drivers with an offer out.
+    pub drivers_offered: u64,
+    /// Connected drivers with no offer and no trip who cannot take one now
+    /// (off duty, or no position yet).
+    pub drivers_unavailable: u64,
     /// Trips searching now.
     pub trips_searching: u64,
     /// Trips with a driver now.
     pub trips_active: u64,
+    /// Trips whose driver is on the way.
+    pub trips_assigned: u64,
+    /// Trips whose driver is at the pickup.
+    pub trips_arrived: u64,
+    /// Trips with the rider on board.
+    pub trips_in_progress: u64,
     /// Trips completed, in total.
     pub trips_completed: u64,
     /// Trips cancelled, in total.
@@ -392,6 +403,13 @@ pub struct Stats {
     pub offers_declined: u64,
     /// Offers that timed out, in total.
     pub offers_expired: u64,
+    /// Offers taken back because the trip ended (cancelled, or its search
+    /// timed out) while they were out, in total.
+    pub offers_withdrawn: u64,
     /// Position reports applied, in total.
     pub location_updates: u64,
+    /// Open driver app sessions.
+    pub driver_sessions: u64,
+    /// Open fleet gateway sessions.
+    pub fleet_sessions: u64,
 }

@@ -180,6 +180,9 @@ impl Engine {
     /// trip does next.
     pub(super) fn close_offer(&mut self, offer_id: OfferId, reason: WithdrawReason) -> Option<TripId> {
         let offer = self.offers.remove(&offer_id)?;
+        if matches!(reason, WithdrawReason::RiderCancelled | WithdrawReason::SearchTimedOut) {
+            self.stats.offers_withdrawn += 1;
+        }
         let mut driver = self.drivers.row(offer.driver);
         driver.offer = None;
         let (driver_id, session) = (driver.id.clone(), driver.session);

@@ -9,6 +9,7 @@
 mod drivers;
 mod invariants;
 mod io;
+mod map;
 mod matching;
 mod recovery;
 mod rides;
@@ -20,6 +21,8 @@ pub use io::{
     NEARBY_MAX_EXAMINED, Nearby, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest, SessionEnd, Stats, TripRecord,
     WithdrawReason,
 };
+pub use map::{MapCell, MapDriver, MapQuery, MapTrip, MapView};
+pub use tables::{CELL_DEG, CellCounts, Shade};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -187,8 +190,15 @@ impl Engine {
             drivers_connected: drivers.drivers_connected,
             drivers_available: drivers.drivers_available,
             drivers_on_trip: drivers.drivers_on_trip,
+            drivers_offered: drivers.drivers_offered,
+            drivers_unavailable: drivers.drivers_unavailable,
             trips_searching: trips.trips_searching,
             trips_active: trips.trips_active,
+            trips_assigned: trips.trips_assigned,
+            trips_arrived: trips.trips_arrived,
+            trips_in_progress: trips.trips_in_progress,
+            driver_sessions: self.sessions.len().saturating_sub(self.fleet_sessions.len()) as u64,
+            fleet_sessions: self.fleet_sessions.len() as u64,
             ..self.stats.clone()
         }
     }

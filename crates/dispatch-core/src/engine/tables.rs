@@ -4,12 +4,16 @@
 //!
 //! Every change to a row goes through a [`Tracked`] handle: taking one
 //! removes the row's contribution from the counts, and dropping it adds the
-//! row's new contribution back. `Engine::check_invariants` recounts by brute
-//! force and compares.
+//! row's new contribution back. The same handle keeps the [`Density`] map
+//! (how many drivers of each kind, and trips waiting, per map cell) for the
+//! operators' map: a row that stays in its cell and state costs two cell
+//! computations and a compare. `Engine::check_invariants` recounts both by
+//! brute force and compares.
 
 use std::ops::{Deref, DerefMut};
 
 use super::state::{Driver, TripState};
+use crate::geo::LatLng;
 use crate::ids::TripId;
 use crate::index::DriverKey;
 use crate::trip::TripStatus;
@@ -20,8 +24,16 @@ pub(super) struct Counts {
     pub drivers_connected: u64,
     pub drivers_available: u64,
     pub drivers_on_trip: u64,
+    /// Drivers with an offer out.
+    pub drivers_offered: u64,
+    /// Connected drivers with no offer and no trip who cannot take one now
+    /// (off duty, or no position yet).
+    pub drivers_unavailable: u64,
     pub trips_searching: u64,
     pub trips_active: u64,
+    pub trips_assigned: u64,
+    pub trips_arrived: u64,
+    pub trips_in_progress: u64,
 }
 
 impl Counts {
@@ -37,48 +49,178 @@ impl Counts {
         self.drivers_connected = f(self.drivers_connected, other.drivers_connected);
         self.drivers_available = f(self.drivers_available, other.drivers_available);
         self.drivers_on_trip = f(self.drivers_on_trip, other.drivers_on_trip);
+        self.drivers_offered = f(self.drivers_offered, other.drivers_offered);
+        self.drivers_unavailable = f(self.drivers_unavailable, other.drivers_unavailable);
         self.trips_searching = f(self.trips_searching, other.trips_searching);
         self.trips_active = f(self.trips_active, other.trips_active);
+        self.trips_assigned = f(self.trips_assigned, other.trips_assigned);
+        self.trips_arrived = f(self.trips_arrived, other.trips_arrived);
+        self.trips_in_progress = f(self.trips_in_progress, other.trips_in_progress);
     }
 }
 
-/// A row that counts towards [`Counts`].
+/// The side of a map cell, in degrees of latitude and longitude (about a
+/// kilometre in Korea): the finest density the map can show.
+pub const CELL_DEG: f64 = 0.01;
+
+/// A map cell: `floor(lat / CELL_DEG)`, `floor(lng / CELL_DEG)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CellKey {
+    /// Row, from the equator.
+    pub lat: i32,
+    /// Column, from Greenwich.
+    pub lng: i32,
+}
+
+impl CellKey {
+    /// The cell `at` is in.
+    pub fn of(at: LatLng) -> Self {
+        // In range: |lat| <= 90 and |lng| <= 180 give at most 18,000.
+        Self { lat: (at.lat() / CELL_DEG).floor() as i32, lng: (at.lng() / CELL_DEG).floor() as i32 }
+    }
+}
+
+/// What a row shows on the map: the kinds of [`CellCounts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shade {
+    /// A driver who could take an offer now.
+    Available = 0,
+    /// A driver with an offer out.
+    Offered = 1,
+    /// A driver with a trip.
+    OnTrip = 2,
+    /// A connected driver who cannot take an offer (off duty).
+    Unavailable = 3,
+    /// A trip searching for a driver, at its pickup.
+    Waiting = 4,
+}
+
+/// Per cell: drivers available, offered, on a trip, unavailable, and trips
+/// waiting, indexed by [`Shade`].
+pub type CellCounts = [u32; 5];
+
+/// Counts per map cell, kept as rows change; empty cells are dropped.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Density(pub(super) super::Map<CellKey, CellCounts>);
+
+impl Density {
+    fn shift(&mut self, from: Option<(CellKey, Shade)>, to: Option<(CellKey, Shade)>) {
+        if from == to {
+            return;
+        }
+        if let Some((cell, shade)) = from
+            && let Some(counts) = self.0.get_mut(&cell)
+        {
+            counts[shade as usize] = counts[shade as usize].saturating_sub(1);
+            if counts.iter().all(|&n| n == 0) {
+                self.0.remove(&cell);
+            }
+        }
+        if let Some((cell, shade)) = to {
+            self.0.entry(cell).or_default()[shade as usize] += 1;
+        }
+    }
+
+    /// Every non-empty cell.
+    pub fn cells(&self) -> impl Iterator<Item = (CellKey, &CellCounts)> {
+        self.0.iter().map(|(k, v)| (*k, v))
+    }
+}
+
+/// The counts a table keeps: by state, and by map cell.
+#[derive(Default)]
+pub(super) struct Tally {
+    counts: Counts,
+    density: Density,
+}
+
+impl Tally {
+    fn add<T: Counted>(&mut self, row: &T) {
+        self.counts.add(row.counts());
+        self.density.shift(None, row.place());
+    }
+
+    fn sub<T: Counted>(&mut self, row: &T) {
+        self.counts.sub(row.counts());
+        self.density.shift(row.place(), None);
+    }
+}
+
+/// A row that counts towards [`Counts`] and the [`Density`] map.
 pub(super) trait Counted {
     /// What this row adds to the counts.
     fn counts(&self) -> Counts;
+    /// Where the row shows on the map, and as what.
+    fn place(&self) -> Option<(CellKey, Shade)>;
+}
+
+impl Driver {
+    /// What the driver shows as on the map (and in the counts).
+    pub fn shade(&self) -> Shade {
+        if self.trip.is_some() {
+            Shade::OnTrip
+        } else if self.offer.is_some() {
+            Shade::Offered
+        } else if self.is_offerable() {
+            Shade::Available
+        } else {
+            Shade::Unavailable
+        }
+    }
 }
 
 impl Counted for Driver {
     fn counts(&self) -> Counts {
+        let connected = self.session.is_some();
+        let idle = self.is_idle();
         Counts {
-            drivers_connected: u64::from(self.session.is_some()),
+            drivers_connected: u64::from(connected),
             drivers_available: u64::from(self.is_offerable()),
             drivers_on_trip: u64::from(self.trip.is_some()),
+            drivers_offered: u64::from(self.offer.is_some()),
+            drivers_unavailable: u64::from(connected && idle && !self.is_offerable()),
             ..Counts::default()
         }
+    }
+
+    fn place(&self) -> Option<(CellKey, Shade)> {
+        // A driver known only from a trip it holds while its app is away
+        // still shows, on its trip; one with no session and no trip is not
+        // kept at all.
+        Some((CellKey::of(self.position?), self.shade()))
     }
 }
 
 impl Counted for TripState {
     fn counts(&self) -> Counts {
+        let status = self.trip.status;
         Counts {
-            trips_searching: u64::from(self.trip.status == TripStatus::Searching),
-            trips_active: u64::from(self.trip.status.has_driver()),
+            trips_searching: u64::from(status == TripStatus::Searching),
+            trips_active: u64::from(status.has_driver()),
+            trips_assigned: u64::from(status == TripStatus::DriverAssigned),
+            trips_arrived: u64::from(status == TripStatus::DriverArrived),
+            trips_in_progress: u64::from(status == TripStatus::InProgress),
             ..Counts::default()
         }
+    }
+
+    fn place(&self) -> Option<(CellKey, Shade)> {
+        (self.trip.status == TripStatus::Searching).then(|| (CellKey::of(self.trip.pickup), Shade::Waiting))
     }
 }
 
 /// A row borrowed for change; its counts are settled when it is dropped.
 pub(super) struct Tracked<'a, T: Counted> {
     row: &'a mut T,
-    counts: &'a mut Counts,
+    tally: &'a mut Tally,
+    counts: Counts,
+    place: Option<(CellKey, Shade)>,
 }
 
 impl<'a, T: Counted> Tracked<'a, T> {
-    fn new(row: &'a mut T, counts: &'a mut Counts) -> Self {
-        counts.sub(row.counts());
-        Self { row, counts }
+    fn new(row: &'a mut T, tally: &'a mut Tally) -> Self {
+        let (counts, place) = (row.counts(), row.place());
+        Self { row, tally, counts, place }
     }
 }
 
@@ -97,7 +239,12 @@ impl<T: Counted> DerefMut for Tracked<'_, T> {
 
 impl<T: Counted> Drop for Tracked<'_, T> {
     fn drop(&mut self) {
-        self.counts.add(self.row.counts());
+        let counts = self.row.counts();
+        if counts != self.counts {
+            self.tally.counts.sub(self.counts);
+            self.tally.counts.add(counts);
+        }
+        self.tally.density.shift(self.place, self.row.place());
     }
 }
 
@@ -106,7 +253,7 @@ impl<T: Counted> Drop for Tracked<'_, T> {
 pub(super) struct DriverTable {
     slots: Vec<Option<Driver>>,
     free: Vec<DriverKey>,
-    counts: Counts,
+    tally: Tally,
 }
 
 impl DriverTable {
@@ -116,7 +263,7 @@ impl DriverTable {
 
     pub fn get_mut(&mut self, key: DriverKey) -> Option<Tracked<'_, Driver>> {
         let row = self.slots.get_mut(key.0 as usize).and_then(Option::as_mut)?;
-        Some(Tracked::new(row, &mut self.counts))
+        Some(Tracked::new(row, &mut self.tally))
     }
 
     /// The driver in `key`'s slot, for change. Keys come only from
@@ -131,7 +278,7 @@ impl DriverTable {
 
     /// Files a driver in a free slot (or a new one) and returns its key.
     pub fn insert(&mut self, driver: Driver) -> DriverKey {
-        self.counts.add(driver.counts());
+        self.tally.add(&driver);
         match self.free.pop() {
             Some(key) => {
                 self.slots[key.0 as usize] = Some(driver);
@@ -147,7 +294,7 @@ impl DriverTable {
 
     pub fn remove(&mut self, key: DriverKey) -> Option<Driver> {
         let driver = self.slots.get_mut(key.0 as usize).and_then(Option::take)?;
-        self.counts.sub(driver.counts());
+        self.tally.sub(&driver);
         self.free.push(key);
         Some(driver)
     }
@@ -158,7 +305,11 @@ impl DriverTable {
     }
 
     pub fn counts(&self) -> Counts {
-        self.counts
+        self.tally.counts
+    }
+
+    pub fn density(&self) -> &Density {
+        &self.tally.density
     }
 }
 
@@ -171,7 +322,7 @@ impl DriverTable {
 #[derive(Default)]
 pub(super) struct TripTable {
     rows: super::Map<TripId, Box<TripState>>,
-    counts: Counts,
+    tally: Tally,
 }
 
 impl TripTable {
@@ -181,20 +332,20 @@ impl TripTable {
 
     pub fn get_mut(&mut self, id: &TripId) -> Option<Tracked<'_, TripState>> {
         let row = self.rows.get_mut(id)?;
-        Some(Tracked::new(&mut **row, &mut self.counts))
+        Some(Tracked::new(&mut **row, &mut self.tally))
     }
 
     /// Files a trip, replacing any row under the same id.
     pub fn insert(&mut self, id: TripId, state: TripState) {
-        self.counts.add(state.counts());
+        self.tally.add(&state);
         if let Some(old) = self.rows.insert(id, Box::new(state)) {
-            self.counts.sub(old.counts());
+            self.tally.sub(&*old);
         }
     }
 
     pub fn remove(&mut self, id: &TripId) -> Option<TripState> {
         let state = self.rows.remove(id)?;
-        self.counts.sub(state.counts());
+        self.tally.sub(&*state);
         Some(*state)
     }
 
@@ -207,6 +358,10 @@ impl TripTable {
     }
 
     pub fn counts(&self) -> Counts {
-        self.counts
+        self.tally.counts
+    }
+
+    pub fn density(&self) -> &Density {
+        &self.tally.density
     }
 }

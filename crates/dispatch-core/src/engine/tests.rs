@@ -968,3 +968,68 @@ fn an_operator_can_end_a_ride_in_progress_whose_driver_never_came_back() {
     let ended = w.engine.trip(other).cloned().unwrap_or_else(|| panic!("{other} forgotten"));
     assert_eq!(ended.cancel_reason.map(|r| r.len()), Some(MAX_REASON_BYTES));
 }
+
+#[test]
+fn the_map_shows_drivers_and_trips_zoomed_in_and_counts_per_cell_zoomed_out() {
+    let mut w = World::new();
+    let a = w.driver("a", 300.0);
+    w.driver("b", 600.0);
+    let off = w.driver("off", 900.0);
+    w.engine.set_availability(w.now, off, false).unwrap_or_else(|e| panic!("{e}"));
+    let trip = w.request("r1");
+    let (to, _, _) = only_offer(&w.drain());
+    assert_eq!(to, a);
+    // A second rider far from every driver waits with no offer.
+    let far = RideRequest {
+        rider: RiderId::new("r2").unwrap_or_else(|e| panic!("{e}")),
+        request_id: RequestId::new("k2").unwrap_or_else(|e| panic!("{e}")),
+        pickup: p(35.1, 129.0),
+        dropoff: None,
+        service: ServiceType::Taxi,
+        max_pickup_distance_m: None,
+    };
+    w.engine.request_ride(w.now, far);
+    w.drain();
+    assert!(w.engine.check_invariants().is_ok());
+
+    let seoul = |max_drivers| {
+        MapQuery::new(p(37.5, 126.9), p(37.7, 127.1), max_drivers, 1_000).unwrap_or_else(|| panic!("box"))
+    };
+    let view = w.engine.map_view(&seoul(100));
+    let shades: Vec<_> = view.drivers.iter().map(|d| (d.driver.to_string(), d.shade, d.trip)).collect();
+    assert_eq!(
+        shades,
+        [
+            ("a".to_owned(), Shade::Offered, Some(trip)),
+            ("b".to_owned(), Shade::Available, None),
+            ("off".to_owned(), Shade::Unavailable, None)
+        ]
+    );
+    assert_eq!(view.trips.len(), 1, "{view:?}");
+    assert_eq!((view.trips[0].trip.id, view.trips[0].offered_to.clone()), (trip, Some(did("a"))));
+    assert_eq!((view.drivers_in_view, view.waiting_in_view), (3, 1));
+
+    // Zoomed out over the whole country: counts per cell, no drivers.
+    let korea = MapQuery::new(p(33.0, 124.0), p(39.0, 131.0), 2, 100).unwrap_or_else(|| panic!("box"));
+    let view = w.engine.map_view(&korea);
+    assert!(view.drivers.is_empty());
+    assert!(view.cells.len() <= 100 && view.cell_deg > CELL_DEG, "{view:?}");
+    let mut total = CellCounts::default();
+    for cell in &view.cells {
+        for (t, n) in total.iter_mut().zip(cell.counts) {
+            *t += n;
+        }
+    }
+    // Available, offered, on a trip, unavailable, waiting (the offered
+    // trip is not waiting: it searches with an offer out, but it still
+    // counts as searching at its pickup).
+    assert_eq!(total, [1, 1, 0, 1, 2]);
+    assert_eq!(w.engine.stats().drivers_offered, 1);
+    assert_eq!(w.engine.stats().drivers_unavailable, 1);
+
+    // A box with nobody in it is empty; corners the wrong way are refused.
+    let empty = MapQuery::new(p(10.0, 10.0), p(10.1, 10.1), 100, 100).unwrap_or_else(|| panic!("box"));
+    assert_eq!(w.engine.map_view(&empty).drivers_in_view, 0);
+    assert!(MapQuery::new(p(37.7, 126.9), p(37.5, 127.1), 1, 1).is_none());
+    assert_eq!(w.engine.map_driver(&did("b")).map(|d| d.shade), Some(Shade::Available));
+}
