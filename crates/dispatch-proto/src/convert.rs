@@ -341,6 +341,18 @@ impl From<&Stats> for pb::Stats {
             uptime_s: 0,
             location_updates_shed: 0,
             match_stages: Vec::new(),
+            drivers_offered: s.drivers_offered,
+            drivers_unavailable: s.drivers_unavailable,
+            trips_assigned: s.trips_assigned,
+            trips_arrived: s.trips_arrived,
+            trips_in_progress: s.trips_in_progress,
+            offers_withdrawn: s.offers_withdrawn,
+            driver_sessions: s.driver_sessions,
+            fleet_sessions: s.fleet_sessions,
+            rider_streams: 0,
+            queue_urgent: 0,
+            queue_locations: 0,
+            last_minute: None,
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use dispatch_core::engine::NearbyQuery;
 use dispatch_proto::pb::{self, admin_service_server::AdminService};
+use futures::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
 use dispatch_auth::Role;
@@ -41,6 +43,20 @@ impl AdminService for AdminSvc {
 
     async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Result<Response<pb::Stats>, Status> {
         self.admit(&request, "AdminService.GetStats")?;
-        Ok(Response::new(self.engine.ask(|reply| Command::Stats { reply }).await?))
+        Ok(Response::new(self.engine.stats().await?))
+    }
+
+    type WatchTripsStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Trip, Status>> + Send>>;
+
+    async fn watch_trips(
+        &self,
+        request: Request<pb::WatchTripsRequest>,
+    ) -> Result<Response<Self::WatchTripsStream>, Status> {
+        self.admit(&request, "AdminService.WatchTrips")?;
+        // A watcher that falls behind skips what it missed: operators want
+        // what is happening now, and nobody waits for a slow one.
+        let changes =
+            BroadcastStream::new(self.engine.watch_trips()).filter_map(|change| async move { change.ok().map(Ok) });
+        Ok(Response::new(Box::pin(changes)))
     }
 }

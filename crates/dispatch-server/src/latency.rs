@@ -16,6 +16,7 @@
 //! outbound stage's thread, read for `GetStats`: a `std` mutex held only to
 //! record or read, never across an await.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,7 +51,14 @@ struct Histograms {
     stages: [Histogram<u64>; 5],
     total: Histogram<u64>,
     log_commit: Histogram<u64>,
+    /// The total again, one histogram per second of the last minute
+    /// (seconds since `epoch`), for what operators watch live.
+    recent: VecDeque<(u64, Histogram<u64>)>,
+    epoch: Instant,
 }
+
+/// How many seconds `recent` covers.
+const WINDOW_S: u64 = 60;
 
 /// The latency histograms, shared between the outbound stage and `GetStats`.
 #[derive(Clone)]
@@ -61,6 +69,11 @@ fn histogram() -> Option<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).ok()
 }
 
+fn window_histogram() -> Option<Histogram<u64>> {
+    // Two significant digits: 60 of these stay small.
+    Histogram::new_with_bounds(1, 60_000_000, 2).ok()
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
@@ -69,7 +82,15 @@ impl Latency {
     /// Empty histograms (`None` only if hdrhistogram refuses its bounds).
     pub fn new() -> Option<Self> {
         let stages = [histogram()?, histogram()?, histogram()?, histogram()?, histogram()?];
-        let histograms = Histograms { stages, total: histogram()?, log_commit: histogram()? };
+        // Refuse now, not at the first offer, if the bounds are refused.
+        window_histogram()?;
+        let histograms = Histograms {
+            stages,
+            total: histogram()?,
+            log_commit: histogram()?,
+            recent: VecDeque::new(),
+            epoch: Instant::now(),
+        };
         Some(Self(Arc::new(Mutex::new(histograms))))
     }
 
@@ -80,7 +101,20 @@ impl Latency {
             for (stage, pair) in points.windows(2).enumerate() {
                 h.stages[stage].saturating_record(micros(pair[1].saturating_duration_since(pair[0])));
             }
-            h.total.saturating_record(micros(delivered.saturating_duration_since(request.received)));
+            let total = micros(delivered.saturating_duration_since(request.received));
+            h.total.saturating_record(total);
+            let second = delivered.saturating_duration_since(h.epoch).as_secs();
+            if h.recent.back().is_none_or(|(s, _)| *s != second)
+                && let Some(fresh) = window_histogram()
+            {
+                h.recent.push_back((second, fresh));
+            }
+            while h.recent.front().is_some_and(|(s, _)| s + WINDOW_S <= second) {
+                h.recent.pop_front();
+            }
+            if let Some((_, last)) = h.recent.back_mut() {
+                last.saturating_record(total);
+            }
         }
     }
 
@@ -94,6 +128,19 @@ impl Latency {
     /// Writes the match latency and its breakdown into `stats`.
     pub fn fill(&self, stats: &mut pb::Stats) {
         let Ok(h) = self.0.lock() else { return };
+        let now = Instant::now().saturating_duration_since(h.epoch).as_secs();
+        if let Some(mut minute) = window_histogram() {
+            for (_, second) in h.recent.iter().filter(|(s, _)| s + WINDOW_S > now) {
+                let _ = minute.add(second);
+            }
+            stats.last_minute = Some(pb::StageLatency {
+                stage: "request_to_offer_last_minute".to_owned(),
+                count: minute.len(),
+                p50_us: minute.value_at_quantile(0.5),
+                p99_us: minute.value_at_quantile(0.99),
+                max_us: minute.max(),
+            });
+        }
         stats.match_latency_p50_us = h.total.value_at_quantile(0.5);
         stats.match_latency_p99_us = h.total.value_at_quantile(0.99);
         let named = STAGES.iter().zip(&h.stages).chain(std::iter::once((&"log_commit", &h.log_commit)));
@@ -130,5 +177,7 @@ mod tests {
             [("queue", 1), ("engine", 2), ("commit_wait", 3), ("commit", 4), ("deliver", 5), ("log_commit", 4)]
         );
         assert_eq!(stats.match_latency_p99_us / 1_000, 15);
+        let minute = stats.last_minute.unwrap_or_default();
+        assert_eq!((minute.count, minute.p99_us / 1_000), (1, 15));
     }
 }

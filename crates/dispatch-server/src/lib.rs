@@ -18,6 +18,9 @@
 //! - `auth`: who is calling (bearer tokens) and what each role may do.
 //! - `limits`: per-identity rate limits.
 //! - `status`: engine and input errors as gRPC codes.
+//! - [`meters`]: what is reported to Prometheus, and a layer counting gRPC
+//!   calls.
+//! - [`Operator`]: what the HTTP side (or any in-process tool) may ask.
 
 mod admin_service;
 mod auth;
@@ -27,6 +30,8 @@ mod engine_task;
 mod fleet_service;
 mod latency;
 mod limits;
+pub mod meters;
+mod operator;
 mod outbound;
 mod outbox;
 mod rider_service;
@@ -44,6 +49,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 pub use config::{Fsync, Keys, RateLimits, ServerConfig, TlsFiles, TripLogConfig};
+pub use operator::Operator;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -76,25 +82,68 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    // Reading the trip log back is blocking file I/O that can take seconds:
-    // it runs on a blocking thread, never on an async worker.
-    let spawned = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || engine_task::spawn(&config))
-            .await
-            .map_err(|e| ServerError::Thread(std::io::Error::other(e.to_string())))??
-    };
+    Server::start(config).await?.serve(listener, shutdown).await
+}
+
+/// A server whose engine is running (the trip log read back), not yet
+/// serving: [`Server::operator`] hands out what the HTTP side needs, then
+/// [`Server::serve`] serves gRPC.
+pub struct Server {
+    config: ServerConfig,
+    spawned: engine_task::Spawned,
+}
+
+impl Server {
+    /// Reads the trip log back and starts the engine.
+    pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        // Reading the trip log back is blocking file I/O that can take
+        // seconds: it runs on a blocking thread, never on an async worker.
+        let spawned = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || engine_task::spawn(&config))
+                .await
+                .map_err(|e| ServerError::Thread(std::io::Error::other(e.to_string())))??
+        };
+        Ok(Self { config, spawned })
+    }
+
+    /// What operators' tools may ask, in process.
+    pub fn operator(&self) -> Operator {
+        Operator::new(self.spawned.handle.clone())
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` resolves (see [`run`]).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Self { config, spawned } = self;
+        serve(listener, config, spawned, shutdown).await
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    spawned: engine_task::Spawned,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let engine_task::Spawned { handle: engine, stopped: engine_stopped, mut fatal } = spawned;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DriverServiceServer<driver_service::DriverSvc>>().await;
     health.set_serving::<FleetServiceServer<fleet_service::FleetSvc>>().await;
     health.set_serving::<RiderServiceServer<rider_service::RiderSvc>>().await;
     health.set_serving::<AdminServiceServer<admin_service::AdminSvc>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(dispatch_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-
+    // Both versions of reflection: v1, and v1alpha, which many tools still
+    // speak (grpc_requests, older grpcui, evans, Postman).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(dispatch_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let stopper = engine.clone();
     let mut log_failed = fatal.clone();
     let on_shutdown = async move {
@@ -134,8 +183,10 @@ pub async fn run(
     }
     builder
         .max_concurrent_streams(config.max_streams_per_connection)
+        .layer(meters::GrpcCallsLayer)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             DriverServiceServer::new(driver_service::DriverSvc::new(
                 engine.clone(),

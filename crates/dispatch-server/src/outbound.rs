@@ -23,15 +23,16 @@ use dispatch_core::geo::LatLng;
 use dispatch_core::ids::{DriverId, FleetId, SessionId, TripId};
 use dispatch_core::service::ServiceSet;
 use dispatch_core::time::Timestamp;
-use dispatch_core::trip::Trip;
+use dispatch_core::trip::{Trip, TripStatus};
 use dispatch_proto::{convert, pb};
 use dispatch_store::TripLog;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{error, info, warn};
 
 use crate::latency::{GroupMarks, Latency, Marks};
+use crate::meters::{self, Hot};
 use crate::outbox::{Outbox, SendError};
 use crate::status::{engine_code, rejected};
 
@@ -107,6 +108,9 @@ pub struct Outbound {
     log: Option<TripLog>,
     trips: Arc<DashMap<TripId, pb::Trip>>,
     latency: Option<Latency>,
+    hot: Hot,
+    /// Trip changes for operators watching.
+    changes: broadcast::Sender<pb::Trip>,
     /// Sessions this stage cut off for falling behind: the engine task must
     /// close them (an offer out to one counts as declined).
     cut_off: mpsc::UnboundedSender<SessionId>,
@@ -136,6 +140,7 @@ impl Outbound {
         latency: Option<Latency>,
         cut_off: mpsc::UnboundedSender<SessionId>,
         fatal: watch::Sender<Option<String>>,
+        changes: broadcast::Sender<pb::Trip>,
         hide_dropoff: ServiceSet,
         drivers_see_rider_id: bool,
     ) -> Self {
@@ -145,6 +150,8 @@ impl Outbound {
             log,
             trips,
             latency,
+            hot: Hot::register(),
+            changes,
             cut_off,
             fatal,
             sessions: HashMap::new(),
@@ -181,6 +188,7 @@ impl Outbound {
             let commit_end = Instant::now();
             if let (Some(latency), Some(_)) = (&self.latency, &self.log) {
                 latency.commit(commit_end - commit_start);
+                meters::seconds(&self.hot.log_commit, commit_end - commit_start);
             }
             for batch in group.drain(..) {
                 self.group = batch.flushed.map(|flushed| GroupMarks { flushed, commit_start, commit_end });
@@ -232,7 +240,9 @@ impl Outbound {
                 self.send(session, event);
             }
             Out::Rejected { session, error, driver } => {
-                self.send(session, rejected(engine_code(&error), error.to_string(), &driver));
+                let code = engine_code(&error);
+                meters::rejected(code);
+                self.send(session, rejected(code, error.to_string(), &driver));
             }
             Out::Driver { session, mut event } => {
                 // An offer shows the pickup; the dropoff only where the
@@ -273,7 +283,9 @@ impl Outbound {
                 if let (Some(marks), Some(group), Some(latency)) =
                     (self.awaiting_first_offer.remove(&trip), self.group, &self.latency)
                 {
-                    latency.offer(marks, group, Instant::now());
+                    let delivered = Instant::now();
+                    latency.offer(marks, group, delivered);
+                    meters::seconds(&self.hot.request_to_offer, delivered.saturating_duration_since(marks.received));
                 }
             }
             Out::Forget(trip) => {
@@ -311,7 +323,19 @@ impl Outbound {
 
     fn publish(&mut self, trip: &Trip) {
         let snapshot = pb::Trip::from(trip);
-        self.trips.insert(trip.id, snapshot.clone());
+        let before = self.trips.insert(trip.id, snapshot.clone()).map(|old| old.status);
+        // Measured once per assignment, not at every later change of an
+        // assigned trip.
+        if trip.status == TripStatus::DriverAssigned && before != Some(pb::TripStatus::DriverAssigned as i32) {
+            let waited = trip.updated_at.since(trip.requested_at).max(0);
+            self.hot.request_to_assigned.record(waited as f64 / 1_000.0);
+            if let Some(metres) = trip.pickup_distance_m {
+                self.hot.pickup_distance.record(metres);
+            }
+        }
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(snapshot.clone());
+        }
         let terminal = trip.status.is_terminal();
         if terminal {
             self.awaiting_first_offer.remove(&trip.id);
@@ -375,7 +399,8 @@ mod tests {
     fn stage() -> Outbound {
         let (cut_off, _) = mpsc::unbounded_channel();
         let (fatal, _) = watch::channel(None);
-        Outbound::new(None, Arc::new(DashMap::new()), None, cut_off, fatal, ServiceSet::EMPTY, false)
+        let (changes, _) = broadcast::channel(1);
+        Outbound::new(None, Arc::new(DashMap::new()), None, cut_off, fatal, changes, ServiceSet::EMPTY, false)
     }
 
     #[test]

@@ -58,7 +58,12 @@ impl RiderService for RiderSvc {
         }
         let (watcher, updates) = mpsc::channel(self.queue.max(2));
         self.engine.ask(|reply| Command::RequestRide { request, watcher, received, reply }).await?;
-        let updates = ReceiverStream::new(updates);
+        // Counted as a rider following for as long as the stream lives.
+        let guard = self.engine.rider_stream();
+        let updates = ReceiverStream::new(updates).map(move |item| {
+            let _counted = &guard;
+            item
+        });
         let Some(expires_at) = caller.expires_at() else { return Ok(Response::new(Box::pin(updates))) };
         let left = expires_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
         let expiry = Box::pin(tokio::time::sleep(left));

@@ -1,7 +1,9 @@
 //! What handlers ask of the engine task.
 
 use dispatch_core::EngineError;
-use dispatch_core::engine::{DriverHello, FleetDriverUpdate, Nearby, NearbyQuery, Ping, RideRequest};
+use dispatch_core::engine::{
+    DriverHello, FleetDriverUpdate, MapDriver, MapQuery, MapView, Nearby, NearbyQuery, Ping, RideRequest,
+};
 use dispatch_core::ids::{DriverId, FleetId, OfferId, RiderId, SessionId, TripId};
 use dispatch_core::trip::{Trip, TripStatus};
 use dispatch_proto::pb;
@@ -49,6 +51,10 @@ pub enum Command {
     Nearby { query: NearbyQuery, reply: oneshot::Sender<Nearby> },
     /// An operator's stats query.
     Stats { reply: oneshot::Sender<pb::Stats> },
+    /// What the operators' map shows of a viewport.
+    Map { query: MapQuery, reply: oneshot::Sender<MapView> },
+    /// One driver, as the map shows it.
+    Driver { driver: DriverId, reply: oneshot::Sender<Option<MapDriver>> },
     /// End every stream with `UNAVAILABLE` and stop.
     Shutdown,
 }

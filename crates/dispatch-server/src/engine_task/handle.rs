@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use dispatch_core::ids::{SessionId, TripId};
 use dispatch_proto::pb;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
 
 use super::Command;
@@ -36,6 +36,20 @@ pub struct EngineHandle {
     /// after the change is in the trip log and as it tells the rider, so a
     /// reader never sees a state that is not durable.
     pub(super) trips: Arc<DashMap<TripId, pb::Trip>>,
+    /// Every trip change as riders see it, for operators watching; sent to
+    /// only while someone watches.
+    pub(super) changes: broadcast::Sender<pb::Trip>,
+    /// Riders following a trip now.
+    pub(super) rider_streams: Arc<AtomicU64>,
+}
+
+/// Counts one rider stream open while it lives.
+pub struct RiderStreamGuard(Arc<AtomicU64>);
+
+impl Drop for RiderStreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EngineHandle {
@@ -96,5 +110,26 @@ impl EngineHandle {
     /// The latest state of a trip.
     pub fn trip(&self, id: TripId) -> Option<pb::Trip> {
         self.trips.get(&id).map(|t| t.clone())
+    }
+
+    /// The engine's counts, with what only the shell knows: queue depths
+    /// and riders following.
+    pub async fn stats(&self) -> Result<pb::Stats, Status> {
+        let mut stats = self.ask(|reply| Command::Stats { reply }).await?;
+        stats.queue_urgent = (self.urgent.max_capacity() - self.urgent.capacity()) as u64;
+        stats.queue_locations = self.queued_updates.load(Ordering::Relaxed);
+        stats.rider_streams = self.rider_streams.load(Ordering::Relaxed);
+        Ok(stats)
+    }
+
+    /// Every trip change from now on (see `AdminService.WatchTrips`).
+    pub fn watch_trips(&self) -> broadcast::Receiver<pb::Trip> {
+        self.changes.subscribe()
+    }
+
+    /// Counts a rider stream until the guard is dropped.
+    pub fn rider_stream(&self) -> RiderStreamGuard {
+        self.rider_streams.fetch_add(1, Ordering::Relaxed);
+        RiderStreamGuard(self.rider_streams.clone())
     }
 }

@@ -63,6 +63,8 @@ struct EngineTask {
     pending: Option<Pending>,
     /// The trip a ride request was about, for its caller's reply.
     requested: Option<dispatch_core::trip::Trip>,
+    /// Times rounds that did some work.
+    round: metrics::Histogram,
 }
 
 /// What a command waits for from the engine's effects.
@@ -93,6 +95,7 @@ impl EngineTask {
             // Everything urgent that is waiting, then one bulk command, then
             // a tick; wait only when both queues are empty.
             let mut took = false;
+            let round = Instant::now();
             while let Ok(session) = self.cut_off.try_recv() {
                 took = true;
                 self.engine.close_session(self.clock.now(), session);
@@ -124,7 +127,9 @@ impl EngineTask {
                 took = true;
                 self.handle(command);
             }
-            if !took {
+            if took {
+                crate::meters::seconds(&self.round, round.elapsed());
+            } else {
                 // Nothing more to do: whatever waits goes out now.
                 self.flush();
                 let deadline = self.engine.next_deadline().map(|at| self.clock.instant(at));
@@ -233,6 +238,12 @@ impl EngineTask {
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
+            }
+            Command::Map { query, reply } => {
+                let _ = reply.send(self.engine.map_view(&query));
+            }
+            Command::Driver { driver, reply } => {
+                let _ = reply.send(self.engine.map_driver(&driver));
             }
             Command::Shutdown => {}
         }

@@ -50,6 +50,8 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
     // move ~4 MB at a time instead of ~30).
     let trips = Arc::new(DashMap::with_shard_amount(64));
     let shed = Arc::new(AtomicU64::new(0));
+    // Watchers that fall this far behind skip ahead.
+    let (changes, _) = tokio::sync::broadcast::channel(4_096);
     let queued_updates = Arc::new(AtomicU64::new(0));
     let clock = Clock::new();
     let (log, engine) = match &config.trip_log {
@@ -92,6 +94,8 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
         max_queued_updates: config.max_queued_updates as u64,
         next_session: Arc::new(AtomicU64::new(1)),
         trips: trips.clone(),
+        changes: changes.clone(),
+        rider_streams: Arc::new(AtomicU64::new(0)),
     };
     let (cut_off, cut_off_rx) = mpsc::unbounded_channel();
     let (fatal_tx, fatal) = watch::channel(None);
@@ -102,6 +106,7 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
         latency.clone(),
         cut_off,
         fatal_tx,
+        changes,
         config.offer_hides_dropoff,
         config.drivers_see_rider_id,
     );
@@ -126,6 +131,7 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
         last_flush: tokio::time::Instant::now(),
         pending: None,
         requested: None,
+        round: crate::meters::Hot::register().engine_round,
     };
     // What the restore changed (searches that ran out while the server was
     // down) is logged like any other change.
