@@ -136,6 +136,45 @@ struct Flags {
     /// in milliseconds.
     #[arg(long, env = "DISPATCH_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
     shutdown_grace_ms: u64,
+    /// Address for the HTTP side (Prometheus `/metrics`, `/healthz`, the
+    /// live map at `/`), or `off`. A non-loopback address needs
+    /// `--auth-secret-file` (or `--insecure`), like gRPC.
+    #[arg(long, env = "DISPATCH_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_parser = http_listen)]
+    http_listen: HttpListen,
+    /// Serve `/metrics` and `/healthz` without a token even when tokens are
+    /// checked, for scrapers (the map and its API still need an admin
+    /// token).
+    #[arg(long, env = "DISPATCH_HTTP_OPEN_METRICS")]
+    http_open_metrics: bool,
+    /// A tile server for the live map's base layer, e.g.
+    /// `http://tiles.internal/{z}/{x}/{y}.png`; without one the map draws a
+    /// plain grid with coordinates.
+    #[arg(long, env = "DISPATCH_MAP_TILE_URL")]
+    map_tile_url: Option<String>,
+    /// Log lines as `text` (for people) or `json` (one object per line, for
+    /// log shippers).
+    #[arg(long, env = "DISPATCH_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// Where the HTTP side listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HttpListen {
+    Off,
+    On(SocketAddr),
+}
+
+fn http_listen(s: &str) -> Result<HttpListen, String> {
+    match s {
+        "off" | "none" | "" => Ok(HttpListen::Off),
+        addr => addr.parse().map(HttpListen::On).map_err(|e| format!("{addr:?}: {e} (an address, or `off`)")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -275,17 +314,20 @@ fn print_token(flags: &Flags, role: Role, sub: &str, ttl: Duration) -> ExitCode 
     }
 }
 
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let flags = Flags::parse();
+    init_logs(flags.log_format);
     if let Some(Subcommand::Token { role, sub, ttl }) = &flags.command {
         return print_token(&flags, *role, sub, *ttl);
     }
@@ -317,6 +359,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let HttpListen::On(addr) = flags.http_listen
+        && !addr.ip().is_loopback()
+        && config.auth.is_none()
+        && !flags.insecure
+    {
+        error!(%addr, "refusing to serve HTTP on a non-loopback address without --auth-secret-file (or --insecure)");
+        return ExitCode::FAILURE;
+    }
     if let Err(err) = std::fs::create_dir_all(&flags.data_dir) {
         error!(dir = %flags.data_dir.display(), cause = %err, "cannot create the data directory");
         return ExitCode::FAILURE;
@@ -330,17 +380,62 @@ async fn main() -> ExitCode {
         }
     };
     let addr = listener.local_addr().map_or_else(|_| flags.listen.to_string(), |a| a.to_string());
+    // The recorder goes in before the server starts, so the handles the
+    // server takes record into it.
+    let http = match flags.http_listen {
+        HttpListen::Off => None,
+        HttpListen::On(at) => match (TcpListener::bind(at).await, dispatch_http::Metrics::install()) {
+            (Ok(listener), Ok(metrics)) => Some((listener, metrics)),
+            (Err(err), _) => {
+                error!(addr = %at, cause = %err, "cannot listen for HTTP (--http-listen off to go without)");
+                return ExitCode::FAILURE;
+            }
+            (_, Err(err)) => {
+                error!(cause = %err, "cannot set up metrics");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     if matches!(flags.fsync, FsyncFlag::Never) {
         warn!("--fsync never: trips survive a crash of this process but not of the machine; for tests only");
     }
-    info!(%addr, data_dir = %flags.data_dir.display(), "dispatchd listening");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let grace = Duration::from_millis(flags.shutdown_grace_ms);
-    let shutdown = async move {
-        signalled.await;
-        let _ = stop_tx.send(());
+    let http_config = dispatch_http::HttpConfig {
+        keys: config.auth.clone(),
+        open_metrics: flags.http_open_metrics,
+        map_tile_url: flags.map_tile_url.clone(),
     };
-    let server = tokio::spawn(dispatch_server::run(listener, config, shutdown));
+    let server = match dispatch_server::Server::start(config).await {
+        Ok(server) => server,
+        Err(err) => {
+            error!(cause = %err, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signalled.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopping = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let http_addr = match http {
+        None => "off".to_owned(),
+        Some((listener, metrics)) => {
+            let http_addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            let app = dispatch_http::App { operator: server.operator(), metrics: Some(metrics), config: http_config };
+            let stop = stopping(stop_rx.clone());
+            tokio::spawn(async move {
+                if let Err(err) = dispatch_http::serve(listener, app, stop).await {
+                    error!(cause = %err, "HTTP side failed");
+                }
+            });
+            http_addr
+        }
+    };
+    info!(%addr, http = %http_addr, data_dir = %flags.data_dir.display(), "dispatchd listening");
+    let grace = Duration::from_millis(flags.shutdown_grace_ms);
+    let server = tokio::spawn(server.serve(listener, stopping(stop_rx.clone())));
     let served = async {
         match server.await {
             Ok(Ok(())) => ExitCode::SUCCESS,
@@ -357,7 +452,7 @@ async fn main() -> ExitCode {
     tokio::pin!(served);
     tokio::select! {
         code = &mut served => code,
-        _ = stop_rx => match tokio::time::timeout(grace, served).await {
+        () = stopping(stop_rx) => match tokio::time::timeout(grace, served).await {
             Ok(code) => code,
             Err(_) => {
                 warn!(grace_ms = flags.shutdown_grace_ms, "calls still open after the grace period; exiting");

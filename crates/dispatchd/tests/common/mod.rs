@@ -15,9 +15,18 @@ use tonic::transport::Channel;
 /// with its data in `dir` and
 /// returns it with the address it logged.
 pub fn start_in(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+    let (child, grpc, _) = start_with_http(dir, extra, env);
+    (child, grpc)
+}
+
+/// [`start_in`], also returning the HTTP side's address (`off` if it is).
+pub fn start_with_http(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dispatchd"));
     if !extra.contains(&"--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
+    }
+    if !extra.contains(&"--http-listen") {
+        command.args(["--http-listen", "127.0.0.1:0"]);
     }
     command.arg("--data-dir").arg(dir).args(extra).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
     for (k, v) in env {
@@ -26,20 +35,25 @@ pub fn start_in(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, Str
     let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn dispatchd: {e}"));
     let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
     let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
+    let field = |line: &str, name: &str| {
+        line.split(&format!(" {name}="))
+            .nth(1)
+            .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_owned())
+    };
+    let (addr, http) = loop {
         let line = match lines.next() {
             Some(Ok(line)) => line,
             other => panic!("dispatchd exited before listening: {other:?}"),
         };
         if line.contains("dispatchd listening")
-            && let Some(rest) = line.split("addr=").nth(1)
+            && let (Some(addr), Some(http)) = (field(&line, "addr"), field(&line, "http"))
         {
-            break rest.split_whitespace().next().unwrap_or_default().to_owned();
+            break (addr, http);
         }
     };
     // Keep draining the log so the process never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    (child, addr, http)
 }
 
 pub fn sigterm(child: &Child) {

@@ -1,0 +1,271 @@
+//! The HTTP side of a real `dispatchd`: Prometheus metrics that move with
+//! traffic, who may read them, and the live map in a real browser.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dispatch_proto::pb::{self, driver_event::Kind as Event, driver_message::Kind as DriverMsg};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+const SEOUL: (f64, f64) = (37.5665, 126.9780);
+
+fn at(lat: f64, lng: f64) -> Option<pb::LatLng> {
+    Some(pb::LatLng { lat, lng })
+}
+
+async fn channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn next_event(events: &mut tonic::Streaming<pb::DriverEvent>) -> Event {
+    let event = tokio::time::timeout(Duration::from_secs(10), events.message()).await;
+    match event {
+        Ok(Ok(Some(pb::DriverEvent { kind: Some(kind) }))) => kind,
+        other => panic!("no driver event: {other:?}"),
+    }
+}
+
+async fn send(tx: &mpsc::Sender<pb::DriverMessage>, kind: DriverMsg) {
+    tx.send(pb::DriverMessage { kind: Some(kind) }).await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A driver at `(lat, lng)`, on duty; its session started.
+async fn driver(
+    addr: &str,
+    id: &str,
+    lat: f64,
+    lng: f64,
+) -> (mpsc::Sender<pb::DriverMessage>, tonic::Streaming<pb::DriverEvent>) {
+    let hello = pb::Hello { driver_id: id.into(), position: at(lat, lng), available: true, ..Default::default() };
+    let (tx, mut events) = common::open_driver(channel(addr).await, hello).await;
+    assert!(matches!(next_event(&mut events).await, Event::SessionStarted(_)));
+    (tx, events)
+}
+
+async fn request(addr: &str, rider: &str, pickup: (f64, f64), dropoff: (f64, f64)) -> tonic::Streaming<pb::Trip> {
+    let mut riders = pb::rider_service_client::RiderServiceClient::new(channel(addr).await);
+    let request = pb::RideRequest {
+        rider_id: rider.into(),
+        request_id: format!("{rider}-1"),
+        pickup: at(pickup.0, pickup.1),
+        dropoff: at(dropoff.0, dropoff.1),
+        ..Default::default()
+    };
+    riders.request_ride(request).await.unwrap_or_else(|e| panic!("{e}")).into_inner()
+}
+
+async fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let mut request = client.get(url).timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// The samples of a Prometheus text page: `name{labels}` to value.
+fn samples(page: &str) -> HashMap<String, f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sample(page: &HashMap<String, f64>, key: &str) -> f64 {
+    *page.get(key).unwrap_or_else(|| panic!("no {key} in {:?}", page.keys().collect::<Vec<_>>()))
+}
+
+/// Scrapes until `ready` holds (the engine's counts are read at scrape
+/// time, but a change made through one stream may be a round behind).
+async fn scrape_until(http: &str, ready: impl Fn(&HashMap<String, f64>) -> bool) -> (String, HashMap<String, f64>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, page) = get(&format!("http://{http}/metrics"), None).await;
+        assert_eq!(status, 200, "{page}");
+        let parsed = samples(&page);
+        if ready(&parsed) {
+            return (page, parsed);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "metrics never got there:\n{page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_named_described_and_move_with_traffic() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut child, addr, http) = common::start_with_http(dir.path(), &[], &[]);
+    let (status, body) = get(&format!("http://{http}/healthz"), None).await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (_, before) = scrape_until(&http, |_| true).await;
+    assert_eq!(sample(&before, "dispatch_ride_requests_total"), 0.0);
+
+    // One ride, start to end, and one refused message.
+    let (tx, mut events) = driver(&addr, "D1", SEOUL.0 + 0.003, SEOUL.1).await;
+    send(&tx, DriverMsg::Location(pb::LocationPing { position: at(SEOUL.0 + 0.002, SEOUL.1), ..Default::default() }))
+        .await;
+    let mut rider = request(&addr, "r1", SEOUL, (37.55, 127.0)).await;
+    let offer = match next_event(&mut events).await {
+        Event::Offer(offer) => offer,
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    send(&tx, DriverMsg::OfferReply(pb::OfferReply { offer_id: "o-999999".into(), accept: true })).await;
+    assert!(matches!(next_event(&mut events).await, Event::Rejected(r) if r.code == tonic::Code::NotFound as i32));
+    send(&tx, DriverMsg::OfferReply(pb::OfferReply { offer_id: offer.offer_id, accept: true })).await;
+    let trip_id = offer.trip.map(|t| t.trip_id).unwrap_or_default();
+    for status in [pb::TripStatus::DriverArrived, pb::TripStatus::InProgress, pb::TripStatus::Completed] {
+        let progress = pb::TripProgress { trip_id: trip_id.clone(), status: status as i32 };
+        send(&tx, DriverMsg::TripProgress(progress)).await;
+    }
+    while let Ok(Ok(Some(trip))) = tokio::time::timeout(Duration::from_secs(10), rider.message()).await {
+        if trip.status == pb::TripStatus::Completed as i32 {
+            break;
+        }
+    }
+
+    let (page, after) = scrape_until(&http, |m| {
+        m.get("dispatch_trips_ended_total{status=\"completed\"}") == Some(&1.0)
+            && m.contains_key("dispatch_request_to_assigned_seconds_count")
+    })
+    .await;
+    for (key, want) in [
+        ("dispatch_ride_requests_total", 1.0),
+        ("dispatch_offers_total{outcome=\"accepted\"}", 1.0),
+        ("dispatch_offers_total{outcome=\"declined\"}", 0.0),
+        ("dispatch_rejected_total{code=\"NOT_FOUND\"}", 1.0),
+        ("dispatch_drivers{state=\"available\"}", 1.0),
+        ("dispatch_drivers{state=\"on_trip\"}", 0.0),
+        ("dispatch_sessions{kind=\"driver\"}", 1.0),
+        ("dispatch_trips_open{status=\"searching\"}", 0.0),
+        ("dispatch_request_to_offer_seconds_count", 1.0),
+        ("dispatch_request_to_assigned_seconds_count", 1.0),
+        ("dispatch_pickup_distance_meters_count", 1.0),
+        ("dispatch_grpc_requests_total{service=\"dispatch.v1.RiderService\",method=\"RequestRide\",code=\"OK\"}", 1.0),
+    ] {
+        assert_eq!(sample(&after, key), want, "{key}\n{page}");
+    }
+    assert!(sample(&after, "dispatch_location_updates_total") >= 2.0, "{page}");
+    assert!(sample(&after, "dispatch_log_commit_seconds_count") >= 1.0, "{page}");
+    assert!(sample(&after, "dispatch_engine_round_seconds_count") >= 1.0, "{page}");
+    let distance = sample(&after, "dispatch_pickup_distance_meters_sum");
+    assert!((150.0..300.0).contains(&distance), "pickup distance {distance}");
+    // Every figure the operators' dashboards expect is there, described.
+    for name in [
+        "dispatch_location_updates_total",
+        "dispatch_location_updates_shed_total",
+        "dispatch_ride_requests_total",
+        "dispatch_offers_total",
+        "dispatch_trips_ended_total",
+        "dispatch_rejected_total",
+        "dispatch_grpc_requests_total",
+        "dispatch_drivers",
+        "dispatch_sessions",
+        "dispatch_trips_open",
+        "dispatch_engine_queue_depth",
+        "dispatch_request_to_offer_seconds",
+        "dispatch_request_to_assigned_seconds",
+        "dispatch_engine_round_seconds",
+        "dispatch_log_commit_seconds",
+        "dispatch_pickup_distance_meters",
+    ] {
+        assert!(page.contains(&format!("# HELP {name} ")), "no HELP for {name}\n{page}");
+    }
+    assert!(page.contains("# TYPE dispatch_request_to_offer_seconds histogram"), "{page}");
+    // The driver hangs up: its session is gone from the gauge.
+    drop((tx, events));
+    scrape_until(&http, |m| m.get("dispatch_sessions{kind=\"driver\"}") == Some(&0.0)).await;
+    common::sigterm(&child);
+    assert!(common::wait_exit(&mut child, Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_secret_the_http_side_wants_an_admin_token_unless_metrics_are_left_open() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-secret-of-at-least-thirty-two-bytes\n").unwrap_or_else(|e| panic!("{e}"));
+    let secret = secret.to_string_lossy().into_owned();
+    let keys = dispatch_auth::Keys::new(b"a-secret-of-at-least-thirty-two-bytes").unwrap_or_else(|e| panic!("{e}"));
+    let admin =
+        keys.mint(dispatch_auth::Role::Admin, "ops", Duration::from_secs(600)).unwrap_or_else(|e| panic!("{e}"));
+    let rider = keys.mint(dispatch_auth::Role::Rider, "r1", Duration::from_secs(600)).unwrap_or_else(|e| panic!("{e}"));
+    let view = "api/view?south=37.5&west=126.9&north=37.6&east=127.0";
+
+    let (mut child, _, http) = common::start_with_http(&dir.path().join("a"), &["--auth-secret-file", &secret], &[]);
+    for path in ["metrics", "healthz", view, "api/stats"] {
+        let url = format!("http://{http}/{path}");
+        assert_eq!(get(&url, None).await.0, 401, "{path} without a token");
+        assert_eq!(get(&url, Some(&rider)).await.0, 403, "{path} with a rider's token");
+        assert_eq!(get(&url, Some(&admin)).await.0, 200, "{path} with an admin token");
+    }
+    // The browser's event stream carries the token in the query.
+    assert_eq!(get(&format!("http://{http}/api/stats?token={admin}"), None).await.0, 200);
+    common::sigterm(&child);
+    assert!(common::wait_exit(&mut child, Duration::from_secs(10)).success());
+
+    let extra = ["--auth-secret-file", &secret, "--http-open-metrics"];
+    let (mut child, _, http) = common::start_with_http(&dir.path().join("b"), &extra, &[]);
+    assert_eq!(get(&format!("http://{http}/metrics"), None).await.0, 200);
+    assert_eq!(get(&format!("http://{http}/healthz"), None).await.0, 200);
+    assert_eq!(get(&format!("http://{http}/{view}"), None).await.0, 401);
+    common::sigterm(&child);
+    assert!(common::wait_exit(&mut child, Duration::from_secs(10)).success());
+
+    // And a public HTTP address without a secret is refused, like gRPC.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("c"))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("HTTP on a non-loopback address"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_api_answers_for_the_viewport_and_refuses_nonsense() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut child, addr, http) = common::start_with_http(dir.path(), &[], &[]);
+    let mut sessions = Vec::new();
+    for k in 0..20 {
+        sessions.push(driver(&addr, &format!("S{k}"), SEOUL.0 + 0.001 * f64::from(k), SEOUL.1).await);
+    }
+    sessions.push(driver(&addr, "B1", 35.1796, 129.0756).await);
+    let view = |q: &str| {
+        let url = format!("http://{http}/api/view?{q}");
+        async move { get(&url, None).await }
+    };
+    let (status, body) = view("south=37.5&west=126.9&north=37.7&east=127.1").await;
+    assert_eq!(status, 200, "{body}");
+    let seoul: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(seoul["drivers"].as_array().map(Vec::len), Some(20), "{seoul}");
+    // The whole country with room for 5 drivers: counts per cell instead.
+    let (_, body) = view("south=33&west=124&north=39&east=131&max_drivers=5").await;
+    let korea: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(korea["drivers"].as_array().map(Vec::len), Some(0), "{korea}");
+    let counted: u64 =
+        korea["cells"].as_array().unwrap_or_else(|| panic!("{korea}")).iter().map(|c| c[2].as_u64().unwrap_or(0)).sum();
+    assert_eq!(counted, 21, "{korea}");
+    for bad in
+        ["south=38&west=126&north=37&east=127", "south=nan&west=1&north=2&east=3", "south=91&west=0&north=92&east=1"]
+    {
+        assert_eq!(view(bad).await.0, 400, "{bad}");
+    }
+    let (status, body) = get(&format!("http://{http}/api/find?q=S3"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"state\":\"available\""), "{body}");
+    assert_eq!(get(&format!("http://{http}/api/find?q=nobody"), None).await.0, 404);
+    drop(sessions);
+    common::sigterm(&child);
+    assert!(common::wait_exit(&mut child, Duration::from_secs(10)).success());
+}
