@@ -310,6 +310,7 @@
     const b = bounds();
     const q = new URLSearchParams({ south: b.south, west: b.west, north: b.north, east: b.east });
     if (state.follow) q.set("follow", state.follow);
+    if (params.get("max_drivers")) q.set("max_drivers", params.get("max_drivers"));
     const source = new EventSource(withToken("api/live?" + q));
     state.source = source;
     const status = document.getElementById("connection");

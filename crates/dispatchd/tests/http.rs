@@ -106,7 +106,8 @@ async fn scrape_until(http: &str, ready: impl Fn(&HashMap<String, f64>) -> bool)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_named_described_and_move_with_traffic() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (mut child, addr, http) = common::start_with_http(dir.path(), &[], &[]);
+    let (child, addr, http) = common::start_with_http(dir.path(), &[], &[]);
+    let child = common::Running(Some(child));
     let (status, body) = get(&format!("http://{http}/healthz"), None).await;
     assert_eq!((status, body.trim()), (200, "ok"));
     let (_, before) = scrape_until(&http, |_| true).await;
@@ -186,8 +187,7 @@ async fn metrics_are_named_described_and_move_with_traffic() {
     // The driver hangs up: its session is gone from the gauge.
     drop((tx, events));
     scrape_until(&http, |m| m.get("dispatch_sessions{kind=\"driver\"}") == Some(&0.0)).await;
-    common::sigterm(&child);
-    assert!(common::wait_exit(&mut child, Duration::from_secs(10)).success());
+    child.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +202,8 @@ async fn with_a_secret_the_http_side_wants_an_admin_token_unless_metrics_are_lef
     let rider = keys.mint(dispatch_auth::Role::Rider, "r1", Duration::from_secs(600)).unwrap_or_else(|e| panic!("{e}"));
     let view = "api/view?south=37.5&west=126.9&north=37.6&east=127.0";
 
-    let (mut child, _, http) = common::start_with_http(&dir.path().join("a"), &["--auth-secret-file", &secret], &[]);
+    let (child, _, http) = common::start_with_http(&dir.path().join("a"), &["--auth-secret-file", &secret], &[]);
+    let child = common::Running(Some(child));
     for path in ["metrics", "healthz", view, "api/stats"] {
         let url = format!("http://{http}/{path}");
         assert_eq!(get(&url, None).await.0, 401, "{path} without a token");
@@ -211,16 +212,15 @@ async fn with_a_secret_the_http_side_wants_an_admin_token_unless_metrics_are_lef
     }
     // The browser's event stream carries the token in the query.
     assert_eq!(get(&format!("http://{http}/api/stats?token={admin}"), None).await.0, 200);
-    common::sigterm(&child);
-    assert!(common::wait_exit(&mut child, Duration::from_secs(10)).success());
+    child.stop();
 
     let extra = ["--auth-secret-file", &secret, "--http-open-metrics"];
-    let (mut child, _, http) = common::start_with_http(&dir.path().join("b"), &extra, &[]);
+    let (child, _, http) = common::start_with_http(&dir.path().join("b"), &extra, &[]);
+    let child = common::Running(Some(child));
     assert_eq!(get(&format!("http://{http}/metrics"), None).await.0, 200);
     assert_eq!(get(&format!("http://{http}/healthz"), None).await.0, 200);
     assert_eq!(get(&format!("http://{http}/{view}"), None).await.0, 401);
-    common::sigterm(&child);
-    assert!(common::wait_exit(&mut child, Duration::from_secs(10)).success());
+    child.stop();
 
     // And a public HTTP address without a secret is refused, like gRPC.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_dispatchd"))
@@ -235,7 +235,8 @@ async fn with_a_secret_the_http_side_wants_an_admin_token_unless_metrics_are_lef
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_view_api_answers_for_the_viewport_and_refuses_nonsense() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (mut child, addr, http) = common::start_with_http(dir.path(), &[], &[]);
+    let (child, addr, http) = common::start_with_http(dir.path(), &[], &[]);
+    let child = common::Running(Some(child));
     let mut sessions = Vec::new();
     for k in 0..20 {
         sessions.push(driver(&addr, &format!("S{k}"), SEOUL.0 + 0.001 * f64::from(k), SEOUL.1).await);
@@ -266,6 +267,134 @@ async fn the_view_api_answers_for_the_viewport_and_refuses_nonsense() {
     assert!(body.contains("\"state\":\"available\""), "{body}");
     assert_eq!(get(&format!("http://{http}/api/find?q=nobody"), None).await.0, 404);
     drop(sessions);
-    common::sigterm(&child);
-    assert!(common::wait_exit(&mut child, Duration::from_secs(10)).success());
+    child.stop();
+}
+
+/// Chromium, headless, with the flags this machine's closed network needs;
+/// killed when dropped (also when the test fails).
+async fn browser(profile: &std::path::Path) -> (chromiumoxide::Browser, tokio::task::JoinHandle<()>) {
+    use chromiumoxide::browser::{Browser, BrowserConfig};
+    use futures::StreamExt;
+    let executable = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    let config = BrowserConfig::builder()
+        .chrome_executable(&executable)
+        .no_sandbox()
+        .user_data_dir(profile)
+        .window_size(1280, 800)
+        .args([
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .launch_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_else(|e| panic!("browser config: {e}"));
+    let (browser, mut handler) = Browser::launch(config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start {executable} (apt-get install chromium): {e}"));
+    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    (browser, events)
+}
+
+/// Evaluates `expression` in `page` until it is true, for at most 20 s.
+async fn until(page: &chromiumoxide::Page, what: &str, expression: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = page.evaluate(expression).await.ok().and_then(|v| v.into_value::<bool>().ok());
+        if value == Some(true) {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let drawn = page.evaluate("JSON.stringify(window.dispatchMap && window.dispatchMap.drawn)").await;
+            let drawn = drawn.ok().and_then(|v| v.into_value::<String>().ok());
+            panic!("the page never showed {what}; drawn: {drawn:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_map_draws_cars_and_trips_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (child, addr, http) = common::start_with_http(&dir.path().join("data"), &[], &[]);
+    let child = common::Running(Some(child));
+    // A small city: 40 cars around City Hall, one trip under way, one
+    // rider waiting for a car that is not near enough.
+    let mut cars = Vec::new();
+    for k in 0..40u32 {
+        let (dlat, dlng) = (f64::from(k % 8) * 0.004 - 0.014, f64::from(k / 8) * 0.005 - 0.01);
+        cars.push(driver(&addr, &format!("car-{k}"), SEOUL.0 + 0.03 + dlat, SEOUL.1 + dlng).await);
+    }
+    let (tx, mut events) = driver(&addr, "taxi-7", SEOUL.0 + 0.002, SEOUL.1).await;
+    let mut rider = request(&addr, "rider-1", SEOUL, (37.55, 127.01)).await;
+    let offer = match next_event(&mut events).await {
+        Event::Offer(offer) => offer,
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    let trip_id = offer.trip.as_ref().map(|t| t.trip_id.clone()).unwrap_or_default();
+    send(&tx, DriverMsg::OfferReply(pb::OfferReply { offer_id: offer.offer_id.clone(), accept: true })).await;
+    while let Ok(Ok(Some(trip))) = tokio::time::timeout(Duration::from_secs(10), rider.message()).await {
+        if trip.status == pb::TripStatus::DriverAssigned as i32 {
+            break;
+        }
+    }
+    let mut riders = pb::rider_service_client::RiderServiceClient::new(channel(&addr).await);
+    let waiting = pb::RideRequest {
+        rider_id: "rider-2".into(),
+        request_id: "w-1".into(),
+        pickup: at(SEOUL.0 - 0.01, SEOUL.1 - 0.01),
+        max_pickup_distance_m: 50.0,
+        ..Default::default()
+    };
+    let _waiting = riders.request_ride(waiting).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
+
+    let profile = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut browser, events_task) = browser(profile.path()).await;
+    let page = browser
+        .new_page(format!("http://{http}/?lat={}&lng={}&zoom=13", SEOUL.0 + 0.01, SEOUL.1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    until(&page, "every car", "window.dispatchMap.drawn.drivers === 41").await;
+    until(&page, "the trip", &format!("window.dispatchMap.drawn.tripIds.includes({trip_id:?})")).await;
+    until(&page, "the waiting rider", "window.dispatchMap.drawn.trips === 2").await;
+    until(&page, "the counters", "document.getElementById('drivers-table').textContent.includes('on a trip')").await;
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-map.png");
+    let params = chromiumoxide::page::ScreenshotParams::builder().build();
+    page.save_screenshot(params, &shot).await.unwrap_or_else(|e| panic!("screenshot: {e}"));
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000), "no screenshot at {}", shot.display());
+
+    // Following the trip by its id shows it in the side panel.
+    let follow = format!(
+        "document.getElementById('search-q').value = {trip_id:?}; \
+         document.getElementById('search').requestSubmit(); true"
+    );
+    page.evaluate(follow).await.unwrap_or_else(|e| panic!("{e}"));
+    until(
+        &page,
+        "the followed trip",
+        &format!("document.getElementById('followed').textContent.includes('trip {trip_id}: assigned')"),
+    )
+    .await;
+
+    // Zoomed out with room for only a few cars: counts per cell instead.
+    let dense = browser
+        .new_page(format!("http://{http}/?lat={}&lng={}&zoom=9&max_drivers=10", SEOUL.0, SEOUL.1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    until(&dense, "density cells", "window.dispatchMap.drawn.cells > 0 && window.dispatchMap.drawn.drivers === 0")
+        .await;
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-map-density.png");
+    dense
+        .save_screenshot(chromiumoxide::page::ScreenshotParams::builder().build(), &shot)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let _ = browser.close().await;
+    let _ = browser.wait().await;
+    events_task.abort();
+    drop((cars, tx, events));
+    child.stop();
 }

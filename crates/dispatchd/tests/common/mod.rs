@@ -56,6 +56,28 @@ pub fn start_with_http(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Chi
     (child, addr, http)
 }
 
+/// A dispatchd that is killed if the test fails before stopping it.
+pub struct Running(pub Option<Child>);
+
+impl Running {
+    /// Stops it with SIGTERM and checks it exits cleanly.
+    pub fn stop(mut self) {
+        if let Some(mut child) = self.0.take() {
+            sigterm(&child);
+            assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 pub fn sigterm(child: &Child) {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
