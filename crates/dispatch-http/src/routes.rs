@@ -65,13 +65,22 @@ struct TokenParam {
     token: Option<String>,
 }
 
-fn refuse(status: StatusCode, why: &str) -> Response {
-    (status, json!({ "error": why }).to_string()).into_response()
+/// A request refused: its status and why, as `{"error": ...}`.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, json!({ "error": self.1 }).to_string()).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, why: &str) -> Refusal {
+    Refusal(status, why.to_owned())
 }
 
 /// Lets the caller through if no keys are set, or it holds an admin token
 /// (header, or `?token=` since a browser's event stream sends no headers).
-fn admit(shared: &Shared, headers: &HeaderMap, param: Option<&str>, scraper: bool) -> Result<(), Response> {
+fn admit(shared: &Shared, headers: &HeaderMap, param: Option<&str>, scraper: bool) -> Result<(), Refusal> {
     let Some(keys) = &shared.app.config.keys else { return Ok(()) };
     if scraper && shared.app.config.open_metrics {
         return Ok(());
@@ -92,15 +101,15 @@ fn admit(shared: &Shared, headers: &HeaderMap, param: Option<&str>, scraper: boo
 }
 
 fn unavailable(status: &tonic::Status) -> Response {
-    refuse(StatusCode::SERVICE_UNAVAILABLE, status.message())
+    refuse(StatusCode::SERVICE_UNAVAILABLE, status.message()).into_response()
 }
 
 async fn metrics(State(shared): State<Shared>, headers: HeaderMap, Query(t): Query<TokenParam>) -> Response {
     if let Err(refused) = admit(&shared, &headers, t.token.as_deref(), true) {
-        return refused;
+        return refused.into_response();
     }
     let Some(metrics) = &shared.app.metrics else {
-        return refuse(StatusCode::NOT_FOUND, "metrics are not recorded in this process");
+        return refuse(StatusCode::NOT_FOUND, "metrics are not recorded in this process").into_response();
     };
     match shared.app.operator.stats().await {
         Ok(stats) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render(&stats))
@@ -111,19 +120,19 @@ async fn metrics(State(shared): State<Shared>, headers: HeaderMap, Query(t): Que
 
 async fn healthz(State(shared): State<Shared>, headers: HeaderMap, Query(t): Query<TokenParam>) -> Response {
     if let Err(refused) = admit(&shared, &headers, t.token.as_deref(), true) {
-        return refused;
+        return refused.into_response();
     }
     // Healthy when the engine answers a question in time.
     match tokio::time::timeout(Duration::from_secs(2), shared.app.operator.stats()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
         Ok(Err(status)) => unavailable(&status),
-        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the engine did not answer within 2 s"),
+        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the engine did not answer within 2 s").into_response(),
     }
 }
 
 async fn config(State(shared): State<Shared>, headers: HeaderMap, Query(t): Query<TokenParam>) -> Response {
     if let Err(refused) = admit(&shared, &headers, t.token.as_deref(), false) {
-        return refused;
+        return refused.into_response();
     }
     axum::Json(json!({ "tile_url": shared.app.config.map_tile_url, "frame_ms": FRAME_EVERY.as_millis() as u64 }))
         .into_response()
@@ -131,7 +140,7 @@ async fn config(State(shared): State<Shared>, headers: HeaderMap, Query(t): Quer
 
 async fn stats(State(shared): State<Shared>, headers: HeaderMap, Query(t): Query<TokenParam>) -> Response {
     if let Err(refused) = admit(&shared, &headers, t.token.as_deref(), false) {
-        return refused;
+        return refused.into_response();
     }
     match shared.app.operator.stats().await {
         Ok(stats) => axum::Json(json::stats(&stats)).into_response(),
@@ -152,7 +161,7 @@ struct ViewParams {
 }
 
 impl ViewParams {
-    fn query(&self) -> Result<MapQuery, Response> {
+    fn query(&self) -> Result<MapQuery, Refusal> {
         let bad = |why: String| refuse(StatusCode::BAD_REQUEST, &why);
         let corner = |lat, lng| LatLng::new(lat, lng).map_err(|e| bad(format!("({lat}, {lng}): {e}")));
         let (sw, ne) = (corner(self.south, self.west)?, corner(self.north, self.east)?);
@@ -164,11 +173,11 @@ impl ViewParams {
 
 async fn view(State(shared): State<Shared>, headers: HeaderMap, Query(p): Query<ViewParams>) -> Response {
     if let Err(refused) = admit(&shared, &headers, p.token.as_deref(), false) {
-        return refused;
+        return refused.into_response();
     }
     let query = match p.query() {
         Ok(query) => query,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     match shared.app.operator.map_view(query).await {
         Ok(view) => axum::Json(json::view(&view)).into_response(),
@@ -205,11 +214,11 @@ struct FindParams {
 
 async fn find(State(shared): State<Shared>, headers: HeaderMap, Query(p): Query<FindParams>) -> Response {
     if let Err(refused) = admit(&shared, &headers, p.token.as_deref(), false) {
-        return refused;
+        return refused.into_response();
     }
     match lookup(&shared.app, p.q.trim()).await {
         Ok(Some(found)) => axum::Json(found).into_response(),
-        Ok(None) => refuse(StatusCode::NOT_FOUND, "no trip or driver by that id"),
+        Ok(None) => refuse(StatusCode::NOT_FOUND, "no trip or driver by that id").into_response(),
         Err(status) => unavailable(&status),
     }
 }
@@ -229,7 +238,7 @@ async fn live(
     State(shared): State<Shared>,
     headers: HeaderMap,
     Query(p): Query<ViewParams>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Response> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Refusal> {
     admit(&shared, &headers, p.token.as_deref(), false)?;
     let query = p.query()?;
     let Ok(permit) = shared.live.clone().try_acquire_owned() else {

@@ -10,9 +10,11 @@
 //! - [`convert`]: `TryFrom` from messages into core types (every client field
 //!   checked, the error an [`InvalidInput`]) and `From` core types into
 //!   messages.
+//! - [`json`]: trips and stats as JSON for people's tools.
 
 pub mod codec;
 pub mod convert;
+pub mod json;
 
 /// The generated `dispatch.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -117,16 +117,22 @@ pub struct Outbound {
     /// Set when the log fails: the server stops, since it can no longer
     /// promise that what it says is durable.
     fatal: watch::Sender<Option<String>>,
-    /// Services whose offers leave out the dropoff.
-    hide_dropoff: ServiceSet,
-    /// Whether drivers and fleets see who the rider is (off by default).
-    drivers_see_rider_id: bool,
+    privacy: Privacy,
     sessions: HashMap<SessionId, SessionEntry>,
     watchers: HashMap<TripId, Vec<Watcher>>,
     awaiting_first_offer: HashMap<TripId, Marks>,
     /// When the group being delivered was flushed and committed.
     group: Option<GroupMarks>,
     failed: bool,
+}
+
+/// What drivers are not shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Privacy {
+    /// Services whose offers leave out the dropoff.
+    pub hide_dropoff: ServiceSet,
+    /// Whether drivers and fleets see who the rider is (off by default).
+    pub drivers_see_rider_id: bool,
 }
 
 /// The most batches committed together.
@@ -141,12 +147,10 @@ impl Outbound {
         cut_off: mpsc::UnboundedSender<SessionId>,
         fatal: watch::Sender<Option<String>>,
         changes: broadcast::Sender<pb::Trip>,
-        hide_dropoff: ServiceSet,
-        drivers_see_rider_id: bool,
+        privacy: Privacy,
     ) -> Self {
         Self {
-            hide_dropoff,
-            drivers_see_rider_id,
+            privacy,
             log,
             trips,
             latency,
@@ -248,7 +252,7 @@ impl Outbound {
                 // An offer shows the pickup; the dropoff only where the
                 // service's policy allows (the trip shows it once accepted).
                 if let DriverEvent::Offer(offer) = &mut event
-                    && self.hide_dropoff.contains(offer.trip.service)
+                    && self.privacy.hide_dropoff.contains(offer.trip.service)
                 {
                     offer.trip.dropoff = None;
                 }
@@ -304,7 +308,7 @@ impl Outbound {
     /// trip they see (offers, trips, a resumed trip), unless configured.
     fn send(&mut self, session: SessionId, mut event: pb::DriverEvent) {
         let Some(entry) = self.sessions.get(&session) else { return };
-        if !self.drivers_see_rider_id {
+        if !self.privacy.drivers_see_rider_id {
             hide_rider(&mut event);
         }
         match entry.outbox.try_send(event) {
@@ -400,7 +404,8 @@ mod tests {
         let (cut_off, _) = mpsc::unbounded_channel();
         let (fatal, _) = watch::channel(None);
         let (changes, _) = broadcast::channel(1);
-        Outbound::new(None, Arc::new(DashMap::new()), None, cut_off, fatal, changes, ServiceSet::EMPTY, false)
+        let privacy = Privacy { hide_dropoff: ServiceSet::EMPTY, drivers_see_rider_id: false };
+        Outbound::new(None, Arc::new(DashMap::new()), None, cut_off, fatal, changes, privacy)
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::ServerError;
 use crate::config::ServerConfig;
-use crate::outbound::{Batch, Outbound};
+use crate::outbound::{Batch, Outbound, Privacy};
 
 use super::clock::Clock;
 use super::{EngineHandle, EngineTask};
@@ -107,8 +107,7 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
         cut_off,
         fatal_tx,
         changes,
-        config.offer_hides_dropoff,
-        config.drivers_see_rider_id,
+        Privacy { hide_dropoff: config.offer_hides_dropoff, drivers_see_rider_id: config.drivers_see_rider_id },
     );
     // Bounded: if the disk cannot keep up, the engine waits for it, its
     // queues fill, and callers are refused instead of memory growing.

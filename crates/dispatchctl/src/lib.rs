@@ -1,0 +1,258 @@
+//! `dispatchctl`: a command-line client for dispatch, for operators and for
+//! trying the system out with no other tools.
+//!
+//! - `stats`, `nearby`, `trip`, `cancel`, `watch`: what operators ask;
+//! - `ride`: request a ride and follow it live;
+//! - `drive`: play a driver who takes rides, drives to the pickup and the
+//!   dropoff and reports progress, so that two terminals show a whole ride.
+//!
+//! Output is for people by default, one JSON object per line with `--json`.
+//! [`run`] takes the parsed command line and where to write, so tests run
+//! it against a real server exactly as the binary does.
+
+mod drive;
+mod show;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use dispatch_core::geo::LatLng;
+use dispatch_proto::pb;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status};
+
+/// Talk to a dispatch server.
+#[derive(Debug, Parser)]
+#[command(name = "dispatchctl", version, about)]
+pub struct Cli {
+    /// The server's gRPC address.
+    #[arg(long, env = "DISPATCH_TARGET", default_value = "http://127.0.0.1:50051", global = true)]
+    pub target: String,
+    /// A bearer token (see `dispatchd token`).
+    #[arg(long, env = "DISPATCH_TOKEN", global = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, env = "DISPATCH_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the server's, for an `https://`
+    /// target.
+    #[arg(long, env = "DISPATCH_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// One JSON object per line instead of text for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The server's counters, as a table.
+    Stats,
+    /// Drivers nearest a point.
+    Nearby {
+        /// `LAT,LNG`.
+        #[arg(long, value_parser = lat_lng)]
+        at: LatLng,
+        /// How many.
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        /// Only within this many metres.
+        #[arg(long)]
+        radius_m: Option<f64>,
+        /// Only drivers who could take a ride now.
+        #[arg(long)]
+        available: bool,
+    },
+    /// A trip as it is now.
+    Trip {
+        /// Its id, e.g. `t-42`.
+        id: String,
+    },
+    /// Cancels a trip (an operator may cancel any trip not yet ended).
+    Cancel {
+        /// Its id.
+        id: String,
+        /// Why, for the rider and the driver.
+        #[arg(long, default_value = "cancelled by an operator")]
+        reason: String,
+    },
+    /// Trips as they change, one line each.
+    Watch {
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Requests a ride and follows it until it ends.
+    Ride {
+        /// The pickup, `LAT,LNG`.
+        #[arg(long, value_parser = lat_lng)]
+        from: LatLng,
+        /// The dropoff, `LAT,LNG`.
+        #[arg(long, value_parser = lat_lng)]
+        to: Option<LatLng>,
+        /// The rider's id (the token's subject when tokens are checked).
+        #[arg(long, default_value = "dispatchctl-rider")]
+        rider: String,
+        /// The idempotency key: the same one follows the same trip again.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Plays a driver: takes rides, drives to the pickup and then the
+    /// dropoff, and says so at each step.
+    Drive(drive::DriveArgs),
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The server could not be reached.
+    #[error("cannot reach {target}: {cause}")]
+    Connect {
+        /// Where.
+        target: String,
+        /// Why.
+        cause: String,
+    },
+    /// The server said no.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(#[from] Status),
+    /// A file could not be read, or the input made no sense.
+    #[error("{0}")]
+    Input(String),
+    /// Writing the output failed.
+    #[error("output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+fn lat_lng(s: &str) -> Result<LatLng, String> {
+    let (lat, lng) = s.split_once(',').ok_or_else(|| format!("{s:?}: expected LAT,LNG"))?;
+    let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
+    LatLng::new(parse(lat)?, parse(lng)?).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// What every command needs: a channel and the token.
+pub(crate) struct Client {
+    channel: Channel,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Client {
+    async fn connect(cli: &Cli) -> Result<Self, CtlError> {
+        let connect_error = |cause: String| CtlError::Connect { target: cli.target.clone(), cause };
+        let mut endpoint = Endpoint::from_shared(cli.target.clone())
+            .map_err(|e| connect_error(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = &cli.tls_ca {
+            let pem = std::fs::read(ca).map_err(|e| CtlError::Input(format!("cannot read {}: {e}", ca.display())))?;
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            endpoint = endpoint.tls_config(tls).map_err(|e| connect_error(e.to_string()))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| connect_error(e.to_string()))?;
+        let token = match (&cli.token, &cli.token_file) {
+            (Some(token), _) => Some(token.trim().to_owned()),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| CtlError::Input(format!("cannot read {}: {e}", file.display())))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let token = token
+            .map(|t| format!("Bearer {t}").parse().map_err(|_| CtlError::Input("the token is not ASCII".into())))
+            .transpose()?;
+        Ok(Self { channel, token })
+    }
+
+    /// `message` with the token attached.
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        request
+    }
+
+    fn admin(&self) -> pb::admin_service_client::AdminServiceClient<Channel> {
+        pb::admin_service_client::AdminServiceClient::new(self.channel.clone())
+    }
+
+    fn riders(&self) -> pb::rider_service_client::RiderServiceClient<Channel> {
+        pb::rider_service_client::RiderServiceClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn drivers(&self) -> pb::driver_service_client::DriverServiceClient<Channel> {
+        pb::driver_service_client::DriverServiceClient::new(self.channel.clone())
+    }
+}
+
+/// Runs one command, writing what it shows to `out`.
+pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), CtlError> {
+    let client = Client::connect(&cli).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Stats => {
+            let stats = client.admin().get_stats(client.request(pb::GetStatsRequest {})).await?.into_inner();
+            show::stats(out, &stats, json)?;
+        }
+        Command::Nearby { at, limit, radius_m, available } => {
+            let request = pb::NearbyRequest {
+                center: Some(at.into()),
+                limit,
+                radius_m: radius_m.unwrap_or(0.0),
+                service_type: 0,
+                available_only: available,
+            };
+            let nearby = client.admin().nearby_drivers(client.request(request)).await?.into_inner();
+            show::nearby(out, &nearby, json)?;
+        }
+        Command::Trip { id } => {
+            let trip = client.riders().get_trip(client.request(pb::GetTripRequest { trip_id: id })).await?;
+            show::trip(out, &trip.into_inner(), json)?;
+        }
+        Command::Cancel { id, reason } => {
+            let request = pb::CancelRideRequest { trip_id: id, reason };
+            let trip = client.riders().cancel_ride(client.request(request)).await?;
+            show::trip(out, &trip.into_inner(), json)?;
+        }
+        Command::Watch { count } => {
+            let mut changes = client.admin().watch_trips(client.request(pb::WatchTripsRequest {})).await?.into_inner();
+            let mut seen = 0;
+            while count.is_none_or(|n| seen < n) {
+                let Some(trip) = changes.message().await? else { break };
+                show::trip(out, &trip, json)?;
+                seen += 1;
+            }
+        }
+        Command::Ride { from, to, rider, request_id } => {
+            let request_id = request_id.unwrap_or_else(|| {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                format!("ctl-{}", now.as_millis())
+            });
+            let request = pb::RideRequest {
+                rider_id: rider,
+                pickup: Some(from.into()),
+                dropoff: to.map(Into::into),
+                service_type: 0,
+                request_id,
+                max_pickup_distance_m: 0.0,
+            };
+            let mut updates = client.riders().request_ride(client.request(request)).await?.into_inner();
+            while let Some(trip) = updates.message().await? {
+                show::trip(out, &trip, json)?;
+            }
+        }
+        Command::Drive(args) => drive::drive(&client, args, out, json).await?,
+    }
+    Ok(())
+}
