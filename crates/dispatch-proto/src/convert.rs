@@ -353,6 +353,7 @@ impl From<&Stats> for pb::Stats {
             queue_urgent: 0,
             queue_locations: 0,
             last_minute: None,
+            trip_watchers: 0,
         }
     }
 }

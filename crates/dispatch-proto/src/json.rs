@@ -47,7 +47,10 @@ pub fn stats(s: &pb::Stats) -> Value {
             "on_trip": s.drivers_on_trip, "unavailable": s.drivers_unavailable,
             "connected": s.drivers_connected,
         },
-        "sessions": { "driver": s.driver_sessions, "fleet": s.fleet_sessions, "rider": s.rider_streams },
+        "sessions": {
+            "driver": s.driver_sessions, "fleet": s.fleet_sessions, "rider": s.rider_streams,
+            "trip_watchers": s.trip_watchers,
+        },
         "trips_open": {
             "searching": s.trips_searching, "assigned": s.trips_assigned,
             "arrived": s.trips_arrived, "in_progress": s.trips_in_progress,

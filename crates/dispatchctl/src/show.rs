@@ -42,6 +42,7 @@ pub fn stats(out: &mut (dyn Write + Send), s: &pb::Stats, as_json: bool) -> std:
         ("drivers off duty", s.drivers_unavailable.to_string()),
         ("driver / fleet sessions", format!("{} / {}", s.driver_sessions, s.fleet_sessions)),
         ("riders following", s.rider_streams.to_string()),
+        ("operators watching trips", s.trip_watchers.to_string()),
         ("trips searching", s.trips_searching.to_string()),
         ("trips assigned", s.trips_assigned.to_string()),
         ("trips arrived", s.trips_arrived.to_string()),

@@ -90,6 +90,15 @@ async fn a_driver_and_a_rider_played_by_dispatchctl_make_a_whole_ride() {
     // cancels the ride.
     let watch_target = target.clone();
     let watch = tokio::spawn(async move { ok(&watch_target, &["watch", "--count", "2"]).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = json(ok(&target, &["stats", "--json"]).await.trim());
+        if stats["sessions"]["trip_watchers"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the watch never started: {stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let rider_target = target.clone();
     let waiting = tokio::spawn(async move {
         ok(&rider_target, &["ride", "--from", "37.5665,126.9780", "--rider", "r2", "--request-id", "w1"]).await

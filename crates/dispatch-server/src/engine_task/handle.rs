@@ -119,6 +119,7 @@ impl EngineHandle {
         stats.queue_urgent = (self.urgent.max_capacity() - self.urgent.capacity()) as u64;
         stats.queue_locations = self.queued_updates.load(Ordering::Relaxed);
         stats.rider_streams = self.rider_streams.load(Ordering::Relaxed);
+        stats.trip_watchers = self.changes.receiver_count() as u64;
         Ok(stats)
     }
 
