@@ -121,24 +121,34 @@ async fn health_and_reflection_are_served() {
             .into_inner();
         assert_eq!(response.status(), ServingStatus::Serving, "{service}");
     }
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut reflection = ServerReflectionClient::new(server.channel());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = reflection
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
-    let Ok(Some(response)) = responses.message().await else { panic!("no reflection answer") };
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("{response:?}") };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    for service in ["dispatch.v1.DriverService", "dispatch.v1.RiderService", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == service), "{service} not in {names:?}");
+    // Both versions of reflection: tools built on v1alpha (grpc_requests,
+    // older grpcui, evans, Postman) get UNIMPLEMENTED from a v1-only server.
+    macro_rules! list_services {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::{
+                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            };
+            let mut reflection = ServerReflectionClient::new(server.channel());
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut responses = reflection
+                .server_reflection_info(tokio_stream::once(request))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", stringify!($version)))
+                .into_inner();
+            let Ok(Some(response)) = responses.message().await else { panic!("no reflection answer") };
+            let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+                panic!("{response:?}")
+            };
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }};
+    }
+    for names in [list_services!(v1), list_services!(v1alpha)] {
+        for service in ["dispatch.v1.DriverService", "dispatch.v1.RiderService", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|n| n == service), "{service} not in {names:?}");
+        }
     }
 }
