@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+
+mod config_file;
 use dispatch_auth::Role;
 use dispatch_core::service::{ServiceSet, ServiceType};
 use dispatch_server::{Fsync, Keys, RateLimits, ServerConfig, TlsFiles, TripLogConfig};
@@ -27,6 +29,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 struct Flags {
     #[command(subcommand)]
     command: Option<Subcommand>,
+    /// A TOML file of settings, one key per flag (`offer-timeout-ms =
+    /// 5000`), under `DISPATCH_*` variables and flags.
+    #[arg(long, env = "DISPATCH_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// The file holding the secret tokens are signed with (at least 32
     /// bytes). Without it the server checks no tokens, and so serves only a
     /// loopback address unless `--insecure`.
@@ -179,6 +185,12 @@ enum LogFormat {
 
 #[derive(Debug, clap::Subcommand)]
 enum Subcommand {
+    /// Shows the configuration in force.
+    Config {
+        /// Print it as a TOML file, each value with where it came from.
+        #[arg(long)]
+        print: bool,
+    },
     /// Prints a signed token (needs `--auth-secret-file`).
     Token {
         /// What the holder may do.
@@ -324,9 +336,37 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// Reads the flags over the environment over the config file, or exits
+/// with clap's message.
+fn read_flags() -> Result<Flags, ExitCode> {
+    use clap::{CommandFactory, FromArgMatches};
+    let command = Flags::command().args_override_self(true);
+    let given: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (args, from_file) = match config_file::layered(given.clone(), &command) {
+        Ok(layered) => layered,
+        Err(cause) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "dispatchd: {cause}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    let matches = command.clone().try_get_matches_from(&args).unwrap_or_else(|e| e.exit());
+    let flags = Flags::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(Subcommand::Config { print }) = &flags.command {
+        use std::io::Write;
+        let text = config_file::print(&matches, &command, &from_file, &given);
+        let shown = if *print { write!(std::io::stdout(), "{text}") } else { Ok(()) };
+        return Err(if shown.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    Ok(flags)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let flags = match read_flags() {
+        Ok(flags) => flags,
+        Err(code) => return code,
+    };
     init_logs(flags.log_format);
     if let Some(Subcommand::Token { role, sub, ttl }) = &flags.command {
         return print_token(&flags, *role, sub, *ttl);

@@ -123,3 +123,104 @@ fn a_public_address_without_a_secret_is_refused_unless_insecure() {
     common::sigterm(&child);
     assert!(common::wait_exit(&mut child, Duration::from_secs(10)).success());
 }
+
+#[test]
+fn a_config_file_sits_under_the_environment_and_the_flags() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("dispatch.toml");
+    let settings = "offer-timeout-ms = 7000\nsearch_timeout_ms = 30000\nlisten = \"127.0.0.1:1\"\n\
+                    offer-hides-dropoff = [\"premium\", \"van\"]\ndrivers-see-rider-id = true\nhttp-listen = \"off\"\n";
+    std::fs::write(&file, settings).unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .arg("--config")
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:2", "config", "--print"])
+        .env("DISPATCH_SEARCH_TIMEOUT_MS", "45000")
+        .output()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let line = |key: &str| {
+        printed.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_else(|| panic!("no {key}:\n{printed}"))
+    };
+    for (key, value, source) in [
+        ("offer-timeout-ms", "\"7000\"", "config file"),
+        ("search-timeout-ms", "\"45000\"", "environment"),
+        ("listen", "\"127.0.0.1:2\"", "flag"),
+        ("offer-hides-dropoff", "\"premium,van\"", "config file"),
+        ("drivers-see-rider-id", "true", "config file"),
+        ("max-drivers", "\"2000000\"", "default"),
+    ] {
+        let l = line(key);
+        assert!(l.contains(&format!("= {value} ")) && l.trim_end().ends_with(&format!("# {source}")), "{l}");
+    }
+    // What it prints is itself a config file that says the same.
+    let again = dir.path().join("printed.toml");
+    std::fs::write(&again, &printed).unwrap_or_else(|e| panic!("{e}"));
+    let reprinted = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .arg("--config")
+        .arg(&again)
+        .args(["config", "--print"])
+        .env("DISPATCH_SEARCH_TIMEOUT_MS", "45000")
+        .output()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    let reprinted = String::from_utf8_lossy(&reprinted.stdout).into_owned();
+    assert!(reprinted.lines().any(|l| l.starts_with("listen = \"127.0.0.1:2\"")), "{reprinted}");
+
+    // A key the server does not know, or a value its flag refuses, stops it.
+    std::fs::write(&file, "bogus = 1\n").unwrap_or_else(|e| panic!("{e}"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_dispatchd")).arg("--config").arg(&file).output();
+    let bad = bad.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown setting \"bogus\""));
+    std::fs::write(&file, "offer-timeout-ms = -3\n").unwrap_or_else(|e| panic!("{e}"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_dispatchd")).arg("--config").arg(&file).output();
+    let bad = bad.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("offer-timeout-ms"));
+
+    // And the running server takes it: the file turns the HTTP side off.
+    std::fs::write(&file, "http-listen = \"off\"\nlisten = \"127.0.0.1:0\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let (child, line) = spawn_until_listening(&[
+        "--config",
+        &file.to_string_lossy(),
+        "--data-dir",
+        &dir.path().join("d").to_string_lossy(),
+    ]);
+    assert!(line.contains(" http=off "), "{line}");
+    child.stop();
+}
+
+/// Starts dispatchd with exactly `args` and returns it with its
+/// "dispatchd listening" log line; the rest of its log is drained.
+fn spawn_until_listening(args: &[&str]) -> (common::Running, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let child = common::Running(Some(child));
+    let mut lines = BufReader::new(stderr).lines();
+    let line = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("dispatchd listening") => break line,
+            Some(Ok(_)) => {}
+            other => panic!("dispatchd exited before listening: {other:?}"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, line)
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = dir.path().to_string_lossy().into_owned();
+    let args = ["--listen", "127.0.0.1:0", "--http-listen", "off", "--log-format", "json", "--data-dir", &data];
+    let (child, line) = spawn_until_listening(&args);
+    let object: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(object["timestamp"].is_string() && object["level"] == "INFO", "{object}");
+    assert_eq!(object["fields"]["message"], "dispatchd listening", "{object}");
+    assert!(object["fields"]["addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{object}");
+    child.stop();
+}
