@@ -252,9 +252,33 @@ fn mass_reconnect(c: &mut Criterion) {
     group.finish();
 }
 
+/// The operators' map at 250,000 drivers, on the engine's thread: a
+/// street-level viewport (each driver and its trip), and the whole country
+/// (counts per cell from the density the tables keep, never a walk over
+/// the drivers).
+fn map_view(c: &mut Criterion) {
+    use dispatch_core::engine::MapQuery;
+    use dispatch_core::geo::LatLng;
+    let mut group = c.benchmark_group("map_view");
+    let city = CityShape::seoul();
+    let (engine, _) = engine_with_drivers(13, &city, 250_000, Config::default());
+    let point = |lat, lng| LatLng::new(lat, lng).unwrap_or_else(|e| panic!("{e}"));
+    let views = [
+        ("250k_drivers/street_2km", point(37.557, 126.966), point(37.575, 126.989)),
+        ("250k_drivers/country", point(33.0, 124.5), point(38.7, 131.0)),
+    ];
+    for (name, sw, ne) in views {
+        let query = MapQuery::new(sw, ne, 3_000, 4_000).unwrap_or_else(|| panic!("box"));
+        let view = engine.map_view(&query);
+        assert!(view.drivers_in_view > 0, "{name}: nobody in view");
+        group.bench_function(name, |b| b.iter(|| black_box(engine.map_view(&query))));
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = update, nearest, request_to_offer, fleet_batch, stats, scarce, mass_reconnect
+    targets = update, nearest, request_to_offer, fleet_batch, stats, scarce, mass_reconnect, map_view
 }
 criterion_main!(benches);
