@@ -260,18 +260,28 @@ fn map_view(c: &mut Criterion) {
     use dispatch_core::engine::MapQuery;
     use dispatch_core::geo::LatLng;
     let mut group = c.benchmark_group("map_view");
-    let city = CityShape::seoul();
-    let (engine, _) = engine_with_drivers(13, &city, 250_000, Config::default());
     let point = |lat, lng| LatLng::new(lat, lng).unwrap_or_else(|e| panic!("{e}"));
-    let views = [
-        ("250k_drivers/street_2km", point(37.557, 126.966), point(37.575, 126.989)),
-        ("250k_drivers/country", point(33.0, 124.5), point(38.7, 131.0)),
-    ];
-    for (name, sw, ne) in views {
-        let query = MapQuery::new(sw, ne, 3_000, 4_000).unwrap_or_else(|| panic!("box"));
-        let view = engine.map_view(&query);
-        assert!(view.drivers_in_view > 0, "{name}: nobody in view");
-        group.bench_function(name, |b| b.iter(|| black_box(engine.map_view(&query))));
+    let seoul = CityShape::seoul();
+    // The worst case for the density walk: the same drivers spread evenly
+    // over a disc of 200 km, so nearly every cell of the country has some.
+    let spread = CityShape { centre: seoul.centre, radius_m: 200_000.0 };
+    let street = (point(37.560, 126.970), point(37.5735, 126.987));
+    let country = (point(33.0, 124.5), point(38.7, 131.0));
+    for (city, city_name) in [(seoul, "in_seoul"), (spread, "spread_200km")] {
+        let (engine, _) = engine_with_drivers(13, &city, 250_000, Config::default());
+        for ((sw, ne), view_name) in [(street, "street_1.5km"), (country, "country")] {
+            let name = format!("250k_drivers_{city_name}/{view_name}");
+            let query = MapQuery::new(sw, ne, 3_000, 4_000).unwrap_or_else(|| panic!("box"));
+            let view = engine.map_view(&query);
+            eprintln!(
+                "map_view/{name}: {} drivers in view, {} shown, {} cells of {}°",
+                view.drivers_in_view,
+                view.drivers.len(),
+                view.cells.len(),
+                view.cell_deg
+            );
+            group.bench_function(name, |b| b.iter(|| black_box(engine.map_view(&query))));
+        }
     }
     group.finish();
 }

@@ -317,16 +317,20 @@ impl Engine {
     /// keeps the rider of an assigned trip posted (at most once per
     /// `rider_position_interval_ms`).
     fn apply_fix(&mut self, now: Timestamp, key: DriverKey, ping: Ping) {
-        let mut driver = self.drivers.row(key);
+        let driver = self.driver(key);
         if let (Some(at), Some(last)) = (ping.timestamp, driver.last_fix)
             && at < last
         {
             return;
         }
-        driver.last_fix = ping.timestamp.or(driver.last_fix);
-        let first_fix = driver.position.replace(ping.position).is_none();
         let (idle, trip) = (driver.is_idle(), driver.trip);
-        drop(driver);
+        // A move keeps the driver's counts; only a first fix changes them.
+        let first_fix = !self.drivers.relocate(key, ping.position, ping.timestamp);
+        if first_fix {
+            let mut driver = self.drivers.row(key);
+            driver.last_fix = ping.timestamp.or(driver.last_fix);
+            driver.position = Some(ping.position);
+        }
         self.index.locate_mut(key, ping.position);
         self.stats.location_updates += 1;
         if first_fix {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::Engine;
 use super::state::Session;
-use super::tables::{CellCounts, CellKey, Counted, Counts, Density, Shade};
+use super::tables::{CellCounts, CellKey, Counted, Counts, Density, LEVELS, Shade};
 use crate::trip::TripStatus;
 
 impl Engine {
@@ -119,18 +119,19 @@ impl Engine {
         if recount != self.trips.counts() {
             return Err(format!("trip counts {:?} differ from a recount {recount:?}", self.trips.counts()));
         }
-        let recount = |places: &mut dyn Iterator<Item = Option<(CellKey, Shade)>>| {
-            let mut cells: HashMap<CellKey, CellCounts> = HashMap::new();
-            for (cell, shade) in places.flatten() {
-                cells.entry(cell).or_default()[shade as usize] += 1;
-            }
-            cells
+        let recount = |places: Vec<(CellKey, Shade)>, density: &Density| {
+            (0..LEVELS).all(|level| {
+                let mut cells: HashMap<CellKey, CellCounts> = HashMap::new();
+                for (cell, shade) in &places {
+                    cells.entry(cell.up(level)).or_default()[*shade as usize] += 1;
+                }
+                cells == density.cells(level).map(|(k, v)| (k, *v)).collect::<HashMap<_, _>>()
+            })
         };
-        let kept = |density: &Density| density.cells().map(|(k, v)| (k, *v)).collect::<HashMap<_, _>>();
-        if recount(&mut self.drivers.iter().map(|(_, d)| d.place())) != kept(self.drivers.density()) {
+        if !recount(self.drivers.iter().filter_map(|(_, d)| d.place()).collect(), self.drivers.density()) {
             return Err("the drivers' map density differs from a recount".to_owned());
         }
-        if recount(&mut self.trips.values().map(Counted::place)) != kept(self.trips.density()) {
+        if !recount(self.trips.values().filter_map(Counted::place).collect(), self.trips.density()) {
             return Err("the waiting trips' map density differs from a recount".to_owned());
         }
         Ok(())

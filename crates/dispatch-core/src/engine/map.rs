@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::Engine;
-use super::tables::{CELL_DEG, CellCounts, CellKey, Density, Shade};
+use super::tables::{CELL_DEG, CellCounts, CellKey, Density, LEVELS, Shade};
 use crate::geo::LatLng;
 use crate::ids::{DriverId, TripId};
 use crate::trip::Trip;
@@ -95,26 +95,29 @@ pub struct MapView {
     pub waiting_in_view: u64,
 }
 
-/// Every non-empty cell of `density` inside `lo..=hi`: the cells of the box
-/// looked up one by one when the box has fewer than the map, else the map
-/// walked; so the cost is the smaller of the two.
+/// Every non-empty cell of `level` inside `lo..=hi` (cells of that level):
+/// the cells of the box looked up one by one when the box has fewer than
+/// the level has, else the level walked; so the cost is the smaller of the
+/// two.
 fn cells_in<'a>(
     density: &'a Density,
+    level: usize,
     lo: CellKey,
     hi: CellKey,
 ) -> Box<dyn Iterator<Item = (CellKey, CellCounts)> + 'a> {
+    let Some(cells) = density.0.get(level) else { return Box::new(std::iter::empty()) };
     let rows = i64::from(hi.lat) - i64::from(lo.lat) + 1;
     let cols = i64::from(hi.lng) - i64::from(lo.lng) + 1;
-    if rows.saturating_mul(cols) <= density.0.len() as i64 {
+    if rows.saturating_mul(cols) <= cells.len() as i64 {
         Box::new((lo.lat..=hi.lat).flat_map(move |lat| {
             (lo.lng..=hi.lng).filter_map(move |lng| {
                 let key = CellKey { lat, lng };
-                density.0.get(&key).map(|c| (key, *c))
+                cells.get(&key).map(|c| (key, *c))
             })
         }))
     } else {
         let inside = move |k: &CellKey| (lo.lat..=hi.lat).contains(&k.lat) && (lo.lng..=hi.lng).contains(&k.lng);
-        Box::new(density.cells().filter(move |(k, _)| inside(k)).map(|(k, c)| (k, *c)))
+        Box::new(density.cells(level).filter(move |(k, _)| inside(k)).map(|(k, c)| (k, *c)))
     }
 }
 
@@ -125,24 +128,34 @@ fn add(into: &mut CellCounts, from: &CellCounts) {
 }
 
 impl Engine {
-    /// What the map shows of `query`'s viewport. Costs O(cells in view)
-    /// plus, zoomed in, O(log n + drivers in view); never a walk over every
-    /// driver.
+    /// What the map shows of `query`'s viewport. Costs O(`max_cells`)
+    /// density lookups (read from the pyramid level that gives about that
+    /// many cells) plus, zoomed in, O(log n + drivers in view); never a walk
+    /// over every driver or every base cell.
     pub fn map_view(&self, query: &MapQuery) -> MapView {
         let (lo, hi) = query.cell_range();
+        let rows = i64::from(hi.lat) - i64::from(lo.lat) + 1;
+        let cols = i64::from(hi.lng) - i64::from(lo.lng) + 1;
+        // Merge 2^k x 2^k base cells into one until few enough are left.
+        let mut k = 0;
+        while (((rows - 1) >> k) + 1) * (((cols - 1) >> k) + 1) > query.max_cells as i64 && k < 24 {
+            k += 1;
+        }
+        let level = k.min(LEVELS - 1);
+        let (lo_l, hi_l) = (lo.up(level), hi.up(level));
+        let mut view = MapView { cell_deg: CELL_DEG, ..MapView::default() };
         let mut in_view = CellCounts::default();
-        for (_, counts) in cells_in(self.drivers.density(), lo, hi) {
+        for (_, counts) in cells_in(self.drivers.density(), level, lo_l, hi_l) {
             add(&mut in_view, &counts);
         }
-        let mut view = MapView { cell_deg: CELL_DEG, ..MapView::default() };
-        for (_, counts) in cells_in(self.trips.density(), lo, hi) {
+        for (_, counts) in cells_in(self.trips.density(), level, lo_l, hi_l) {
             view.waiting_in_view += u64::from(counts[Shade::Waiting as usize]);
         }
         view.drivers_in_view = in_view.iter().map(|&n| u64::from(n)).sum();
-        if view.drivers_in_view <= query.max_drivers as u64 {
+        if k == 0 && view.drivers_in_view <= query.max_drivers as u64 {
             self.fill_drivers(query, &mut view);
         } else {
-            self.fill_cells(query, &mut view);
+            self.fill_cells(level, k, (lo_l, hi_l), &mut view);
         }
         view
     }
@@ -190,27 +203,20 @@ impl Engine {
             .collect();
     }
 
-    fn fill_cells(&self, query: &MapQuery, view: &mut MapView) {
-        let (lo, hi) = query.cell_range();
-        let rows = i64::from(hi.lat) - i64::from(lo.lat) + 1;
-        let cols = i64::from(hi.lng) - i64::from(lo.lng) + 1;
-        // Merge 2^k x 2^k cells into one until few enough are left.
-        let mut factor: i32 = 1;
-        while (rows / i64::from(factor) + 1) * (cols / i64::from(factor) + 1) > query.max_cells as i64
-            && factor < 1 << 14
-        {
-            factor *= 2;
-        }
-        let coarse = |k: CellKey| CellKey { lat: k.lat.div_euclid(factor), lng: k.lng.div_euclid(factor) };
+    /// Counts per cell of 2^k base cells a side, read from `level`.
+    fn fill_cells(&self, level: usize, k: usize, (lo, hi): (CellKey, CellKey), view: &mut MapView) {
+        let merge = k - level;
+        let coarse = |key: CellKey| CellKey { lat: key.lat >> merge, lng: key.lng >> merge };
         let mut merged: BTreeMap<CellKey, CellCounts> = BTreeMap::new();
-        for (key, counts) in cells_in(self.drivers.density(), lo, hi).chain(cells_in(self.trips.density(), lo, hi)) {
+        let drivers = cells_in(self.drivers.density(), level, lo, hi);
+        for (key, counts) in drivers.chain(cells_in(self.trips.density(), level, lo, hi)) {
             add(merged.entry(coarse(key)).or_default(), &counts);
         }
-        view.cell_deg = CELL_DEG * f64::from(factor);
+        view.cell_deg = CELL_DEG * f64::from(1u32 << k.min(31));
         view.cells = merged
             .into_iter()
-            .map(|(k, counts)| MapCell {
-                south_west: (f64::from(k.lat) * view.cell_deg, f64::from(k.lng) * view.cell_deg),
+            .map(|(key, counts)| MapCell {
+                south_west: (f64::from(key.lat) * view.cell_deg, f64::from(key.lng) * view.cell_deg),
                 counts,
             })
             .collect();

@@ -76,7 +76,9 @@ impl CellKey {
     /// The cell `at` is in.
     pub fn of(at: LatLng) -> Self {
         // In range: |lat| <= 90 and |lng| <= 180 give at most 18,000.
-        Self { lat: (at.lat() / CELL_DEG).floor() as i32, lng: (at.lng() / CELL_DEG).floor() as i32 }
+        // Multiplied, not divided: this runs twice per ping.
+        const PER_DEG: f64 = 1.0 / CELL_DEG;
+        Self { lat: (at.lat() * PER_DEG).floor() as i32, lng: (at.lng() * PER_DEG).floor() as i32 }
     }
 }
 
@@ -99,31 +101,57 @@ pub enum Shade {
 /// waiting, indexed by [`Shade`].
 pub type CellCounts = [u32; 5];
 
-/// Counts per map cell, kept as rows change; empty cells are dropped.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Density(pub(super) super::Map<CellKey, CellCounts>);
+/// How many levels the [`Density`] pyramid has: cells of 1, 2, 4, ... 128
+/// base cells a side (up to 1.28°, a country on one screen).
+pub const LEVELS: usize = 8;
+
+impl CellKey {
+    /// The cell of `level` (2^level base cells a side) this one is in.
+    pub fn up(self, level: usize) -> Self {
+        Self { lat: self.lat >> level, lng: self.lng >> level }
+    }
+}
+
+/// Counts per map cell at every level of a pyramid (level 0: the base
+/// cells; each level up, 2 x 2 cells of the one below), kept as rows
+/// change; empty cells are dropped. A view reads the level that gives it
+/// few enough cells, so its cost is bounded by what it shows, never by the
+/// drivers or the base cells under it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Density(pub(super) [super::Map<CellKey, CellCounts>; LEVELS]);
+
+impl Default for Density {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| super::Map::default()))
+    }
+}
 
 impl Density {
     fn shift(&mut self, from: Option<(CellKey, Shade)>, to: Option<(CellKey, Shade)>) {
-        if from == to {
-            return;
-        }
-        if let Some((cell, shade)) = from
-            && let Some(counts) = self.0.get_mut(&cell)
-        {
-            counts[shade as usize] = counts[shade as usize].saturating_sub(1);
-            if counts.iter().all(|&n| n == 0) {
-                self.0.remove(&cell);
+        for (level, cells) in self.0.iter_mut().enumerate() {
+            let from = from.map(|(cell, shade)| (cell.up(level), shade));
+            let to = to.map(|(cell, shade)| (cell.up(level), shade));
+            if from == to {
+                // The same above, too.
+                return;
             }
-        }
-        if let Some((cell, shade)) = to {
-            self.0.entry(cell).or_default()[shade as usize] += 1;
+            if let Some((cell, shade)) = from
+                && let Some(counts) = cells.get_mut(&cell)
+            {
+                counts[shade as usize] = counts[shade as usize].saturating_sub(1);
+                if counts.iter().all(|&n| n == 0) {
+                    cells.remove(&cell);
+                }
+            }
+            if let Some((cell, shade)) = to {
+                cells.entry(cell).or_default()[shade as usize] += 1;
+            }
         }
     }
 
-    /// Every non-empty cell.
-    pub fn cells(&self) -> impl Iterator<Item = (CellKey, &CellCounts)> {
-        self.0.iter().map(|(k, v)| (*k, v))
+    /// Every non-empty cell of `level`.
+    pub fn cells(&self, level: usize) -> impl Iterator<Item = (CellKey, &CellCounts)> {
+        self.0.get(level).into_iter().flat_map(|cells| cells.iter().map(|(k, v)| (*k, v)))
     }
 }
 
@@ -264,6 +292,24 @@ impl DriverTable {
     pub fn get_mut(&mut self, key: DriverKey) -> Option<Tracked<'_, Driver>> {
         let row = self.slots.get_mut(key.0 as usize).and_then(Option::as_mut)?;
         Some(Tracked::new(row, &mut self.tally))
+    }
+
+    /// Moves a driver that already has a position, and notes its fix time:
+    /// the ping path. Its counts cannot change (they depend on having a
+    /// position, not on where), so only its map cell is looked at. Returns
+    /// false, changing nothing, if the driver has no position yet (its first
+    /// fix goes through [`DriverTable::row`]).
+    pub fn relocate(&mut self, key: DriverKey, at: crate::geo::LatLng, fix: Option<crate::time::Timestamp>) -> bool {
+        let Some(Some(row)) = self.slots.get_mut(key.0 as usize) else { return false };
+        let Some(old) = row.position else { return false };
+        row.position = Some(at);
+        row.last_fix = fix.or(row.last_fix);
+        let (from, to) = (CellKey::of(old), CellKey::of(at));
+        if from != to {
+            let shade = row.shade();
+            self.tally.density.shift(Some((from, shade)), Some((to, shade)));
+        }
+        true
     }
 
     /// The driver in `key`'s slot, for change. Keys come only from
