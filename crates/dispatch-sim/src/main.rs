@@ -1,0 +1,176 @@
+//! `dispatch-sim`: see the library's docs, or `dispatch-sim --help`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use dispatch_sim::{Format, Kpis, SimError, World, clock, seed_points, trips, world};
+use rand::SeedableRng;
+
+/// Replays real trips through the engine in virtual time and prints the
+/// KPIs of each matching policy.
+#[derive(Debug, Parser)]
+#[command(name = "dispatch-sim", version, about)]
+struct Flags {
+    /// A trip file, e.g. `../shared/data/nyc-2013-03-01-am/nyc_2013-03-01_8-12.csv`.
+    #[arg(long)]
+    data: PathBuf,
+    /// Its layout (guessed from the path when left out).
+    #[arg(long)]
+    format: Option<Format>,
+    /// Replay the requests from this time of day (`HH:MM`).
+    #[arg(long, default_value = "09:00", value_parser = clock)]
+    from: f64,
+    /// Up to this time of day.
+    #[arg(long, default_value = "10:00", value_parser = clock)]
+    to: f64,
+    /// Fleet size.
+    #[arg(long, default_value_t = 900)]
+    drivers: usize,
+    /// Run each fleet size of `FROM..TO[:STEP]` instead (default step 100).
+    #[arg(long, value_parser = sweep)]
+    sweep_drivers: Option<Sizes>,
+    /// Policies to compare side by side, comma-separated (`nearest`).
+    #[arg(long, default_value = "nearest")]
+    compare: String,
+    /// Straight-line speed, metres a second.
+    #[arg(long, default_value_t = 8.0)]
+    speed_mps: f64,
+    /// Road over straight-line distance.
+    #[arg(long, default_value_t = 1.3)]
+    detour: f64,
+    /// The chance a driver accepts an offer.
+    #[arg(long, default_value_t = 1.0)]
+    accept: f64,
+    /// Seconds a driver takes to answer: `MIN..MAX`, drawn uniformly.
+    #[arg(long, default_value = "0..0", value_parser = range_s)]
+    think_s: (f64, f64),
+    /// The pickup radius, metres.
+    #[arg(long, default_value_t = 5_000.0)]
+    radius_m: f64,
+    /// How long a request searches before it gives up, seconds.
+    #[arg(long, default_value_t = 60)]
+    patience_s: i64,
+    /// Seed for drivers' start points and answers.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// One JSON object per run instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Fleet sizes to sweep.
+#[derive(Debug, Clone)]
+struct Sizes(Vec<usize>);
+
+fn sweep(s: &str) -> Result<Sizes, String> {
+    let (range, step) = s.split_once(':').unwrap_or((s, "100"));
+    let (a, b) = range.split_once("..").ok_or_else(|| format!("{s:?}: expected FROM..TO[:STEP]"))?;
+    let parse = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}"));
+    let (a, b, step) = (parse(a)?, parse(b)?, parse(step)?.max(1));
+    Ok(Sizes((a..=b).step_by(step).collect()))
+}
+
+fn range_s(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s.split_once("..").ok_or_else(|| format!("{s:?}: expected MIN..MAX"))?;
+    let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
+    let (a, b) = (parse(a)?, parse(b)?);
+    if !(0.0..=600.0).contains(&a) || b < a || b > 600.0 {
+        return Err(format!("{s:?}: need 0 <= MIN <= MAX <= 600"));
+    }
+    Ok((a, b))
+}
+
+fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
+    let format = flags
+        .format
+        .or_else(|| Format::guess(&flags.data))
+        .ok_or_else(|| SimError::Input(format!("cannot tell the format of {}; pass --format", flags.data.display())))?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(flags.seed);
+    let all = trips::read(&flags.data, format, &mut rng)?;
+    let seeds = seed_points(&all, flags.from);
+    let sizes = flags.sweep_drivers.clone().map_or_else(|| vec![flags.drivers], |s| s.0);
+    let policies: Vec<&str> = flags.compare.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let mut rows: Vec<(String, Kpis)> = Vec::new();
+    for &drivers in &sizes {
+        for policy in &policies {
+            let mut world = World {
+                drivers,
+                speed_mps: flags.speed_mps,
+                detour: flags.detour,
+                accept: flags.accept,
+                think_s: flags.think_s,
+                seed: flags.seed,
+                ..World::default()
+            };
+            world.engine.max_pickup_distance_m = flags.radius_m;
+            world.engine.search_timeout_ms = flags.patience_s.max(1) * 1_000;
+            if *policy != "nearest" {
+                return Err(SimError::Input(format!("unknown policy {policy:?} (known: nearest)")));
+            }
+            let kpis = world::run(&world, &all, &seeds, flags.from, flags.to)?;
+            rows.push(((*policy).to_owned(), kpis));
+        }
+    }
+    let io = |e: std::io::Error| SimError::Input(format!("output: {e}"));
+    if flags.json {
+        for (policy, kpis) in &rows {
+            let mut value = serde_json::to_value(kpis).map_err(|e| SimError::Input(e.to_string()))?;
+            value["policy"] = serde_json::json!(policy);
+            writeln!(out, "{value}").map_err(io)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<12} {:>7} {:>8} {:>7} {:>9} {:>9} {:>10} {:>9} {:>9} {:>6} {:>9} {:>7} {:>8}",
+        "policy",
+        "drivers",
+        "requests",
+        "match",
+        "wait_mean",
+        "wait_p90",
+        "pickup_m",
+        "pickup_p90",
+        "eta_mean",
+        "util",
+        "empty_km",
+        "offers",
+        "declined"
+    )
+    .map_err(io)?;
+    for (policy, k) in &rows {
+        writeln!(
+            out,
+            "{:<12} {:>7} {:>8} {:>6.1}% {:>8.1}s {:>8.1}s {:>10.0} {:>9.0} {:>8.0}s {:>5.1}% {:>9.0} {:>7.2} {:>7.1}%",
+            policy,
+            k.drivers,
+            k.requests,
+            k.match_rate * 100.0,
+            k.wait_mean_s,
+            k.wait_p90_s,
+            k.pickup_mean_m,
+            k.pickup_p90_m,
+            k.pickup_eta_mean_s,
+            k.utilisation * 100.0,
+            k.empty_km,
+            k.offers_per_trip,
+            k.decline_rate * 100.0
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let mut out = std::io::stdout().lock();
+    match run(&flags, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "dispatch-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
