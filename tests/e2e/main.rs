@@ -10,6 +10,7 @@ mod fleets;
 mod harness;
 mod limits;
 mod loadgen;
+mod matching;
 mod operators;
 mod overload;
 mod rides;

@@ -31,7 +31,8 @@ struct Flags {
     /// Run each fleet size of `FROM..TO[:STEP]` instead (default step 100).
     #[arg(long, value_parser = sweep)]
     sweep_drivers: Option<Sizes>,
-    /// Policies to compare side by side, comma-separated (`nearest`).
+    /// Policies to compare side by side, comma-separated (`nearest`,
+    /// `batch:2s`, `batch:500ms`).
     #[arg(long, default_value = "nearest")]
     compare: String,
     /// Straight-line speed, metres a second.
@@ -52,6 +53,12 @@ struct Flags {
     /// How long a request searches before it gives up, seconds.
     #[arg(long, default_value_t = 60)]
     patience_s: i64,
+    /// Batch: leaving a request unmatched costs like a pickup this long...
+    #[arg(long, default_value_t = 2_000.0)]
+    unmatched_m: f64,
+    /// ...plus this many metres per second waited.
+    #[arg(long, default_value_t = 100.0)]
+    unmatched_per_s_m: f64,
     /// Seed for drivers' start points and answers.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -106,9 +113,9 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
             };
             world.engine.max_pickup_distance_m = flags.radius_m;
             world.engine.search_timeout_ms = flags.patience_s.max(1) * 1_000;
-            if *policy != "nearest" {
-                return Err(SimError::Input(format!("unknown policy {policy:?} (known: nearest)")));
-            }
+            world.engine.matching = policy.parse().map_err(SimError::Input)?;
+            world.engine.batch_unmatched_m = flags.unmatched_m;
+            world.engine.batch_unmatched_per_s_m = flags.unmatched_per_s_m;
             let kpis = world::run(&world, &all, &seeds, flags.from, flags.to)?;
             rows.push(((*policy).to_owned(), kpis));
         }

@@ -157,6 +157,19 @@ struct Flags {
     /// plain grid with coordinates.
     #[arg(long, env = "DISPATCH_MAP_TILE_URL")]
     map_tile_url: Option<String>,
+    /// How rides are matched: `nearest` (each request at once to the
+    /// nearest free driver) or `batch:W` (requests gathered for a window
+    /// such as `2s` or `250ms`, then one min-cost assignment), for every
+    /// service or per service: `batch:2s,premium=nearest`.
+    #[arg(long, env = "DISPATCH_MATCHING", default_value = "nearest", value_parser = policies)]
+    matching: dispatch_core::engine::Policies,
+    /// In a batch, leaving a request unmatched costs like a pickup this
+    /// many metres long...
+    #[arg(long, env = "DISPATCH_BATCH_UNMATCHED_M", default_value_t = 2_000.0, value_parser = positive_metres)]
+    batch_unmatched_m: f64,
+    /// ...plus this many metres for every second it has waited.
+    #[arg(long, env = "DISPATCH_BATCH_UNMATCHED_PER_S_M", default_value_t = 100.0, value_parser = positive_metres)]
+    batch_unmatched_per_s_m: f64,
     /// Log lines as `text` (for people) or `json` (one object per line, for
     /// log shippers).
     #[arg(long, env = "DISPATCH_LOG_FORMAT", default_value = "text")]
@@ -234,6 +247,10 @@ fn duration_ms(s: &str) -> Result<i64, String> {
     }
 }
 
+fn policies(s: &str) -> Result<dispatch_core::engine::Policies, String> {
+    s.parse()
+}
+
 fn positive_metres(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(m) if m.is_finite() && m > 0.0 => Ok(m),
@@ -253,6 +270,9 @@ impl Flags {
         config.engine.max_offers_per_trip = self.max_offers_per_trip as usize;
         config.engine.max_drivers = self.max_drivers;
         config.engine.max_drivers_per_fleet = self.max_drivers_per_fleet;
+        config.engine.matching = self.matching;
+        config.engine.batch_unmatched_m = self.batch_unmatched_m;
+        config.engine.batch_unmatched_per_s_m = self.batch_unmatched_per_s_m;
         config.max_fleet_batch = self.max_fleet_batch;
         config.max_sessions = self.max_sessions;
         config.max_message_bytes = self.max_message_bytes;

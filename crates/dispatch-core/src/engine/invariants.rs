@@ -47,6 +47,14 @@ impl Engine {
                     return Err(format!("trip {id} has an offer out while {:?}", trip.status));
                 }
             }
+            if self.batch_pool.contains(id)
+                && (trip.status != TripStatus::Searching || state.offer.is_some() || self.unmatched.contains(id))
+            {
+                return Err(format!("trip {id} is held for a batch while {:?} / {:?}", trip.status, state.offer));
+            }
+            if self.batch_pool.contains(id) && self.next_batch.is_none() {
+                return Err(format!("trip {id} is held for a batch that is never due"));
+            }
             if self.unmatched.contains(id) && (trip.status != TripStatus::Searching || state.offer.is_some()) {
                 return Err(format!("trip {id} is waiting for a driver while {:?} / {:?}", trip.status, state.offer));
             }

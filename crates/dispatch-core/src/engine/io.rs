@@ -38,6 +38,13 @@ pub struct Config {
     pub max_drivers: usize,
     /// Drivers one fleet may speak for at once.
     pub max_drivers_per_fleet: usize,
+    /// How rides are matched, per service type.
+    pub matching: super::Policies,
+    /// In a batch: leaving a request unmatched costs as much as a pickup
+    /// this many metres long...
+    pub batch_unmatched_m: f64,
+    /// ...plus this many metres for every second it has waited.
+    pub batch_unmatched_per_s_m: f64,
 }
 
 /// The most drivers a trip may be offered to, whatever the configuration:
@@ -65,6 +72,9 @@ impl Default for Config {
             max_offers_per_trip: 300,
             max_drivers: 2_000_000,
             max_drivers_per_fleet: 100_000,
+            matching: super::Policies::default(),
+            batch_unmatched_m: 2_000.0,
+            batch_unmatched_per_s_m: 100.0,
         }
     }
 }

@@ -188,7 +188,7 @@ impl Engine {
                 trips.insert(trip, offered);
             }
         }
-        for &trip in self.unmatched.iter().take(MAX_WAITING_EXAMINED) {
+        for &trip in self.unmatched.iter().chain(&self.batch_pool).take(MAX_WAITING_EXAMINED) {
             if trips.len() >= query.max_cells {
                 break;
             }

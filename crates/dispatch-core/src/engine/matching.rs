@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::state::{OpenOffer, Timer};
-use super::{DriverEvent, Effect, Engine, LogRecord, MAX_OFFERS_PER_TRIP, Offer, WithdrawReason};
+use super::{DriverEvent, Effect, Engine, LogRecord, MAX_OFFERS_PER_TRIP, Matching, Offer, WithdrawReason};
 use crate::geo::LatLng;
 use crate::ids::{DriverId, OfferId, TripId};
 use crate::index::{DriverKey, DriverSet};
@@ -66,18 +66,65 @@ impl Engine {
             self.finish(now, trip_id, TripStatus::NoDriverFound, Some(reason));
             return;
         }
+        let batch = match self.config.matching.of(state.trip.service) {
+            Matching::Batch { window_ms } => Some(window_ms),
+            Matching::Nearest => None,
+        };
+        if let Some(window_ms) = batch {
+            // Held for the next batch, unless the city has been quiet for a
+            // whole window: then nobody else is there to share the drivers
+            // with, and holding the rider would only make them wait.
+            let quiet =
+                self.batch_pool.is_empty() && self.last_batch_request.is_none_or(|at| now.since(at) >= window_ms);
+            self.last_batch_request = Some(now);
+            if !quiet {
+                self.hold_for_batch(now, trip_id, window_ms);
+                return;
+            }
+        }
         let Some((key, distance_m)) =
             self.nearest_offerable(state.trip.pickup, state.trip.service, state.radius_m, &state.tried)
         else {
-            self.unmatched.insert(trip_id);
+            match batch {
+                Some(window_ms) => self.hold_for_batch(now, trip_id, window_ms),
+                None => {
+                    self.unmatched.insert(trip_id);
+                }
+            }
             return;
         };
         self.offer_to(now, trip_id, key, distance_m);
     }
 
-    /// Offers `trip` to `key` (or assigns it, for an auto-accept driver).
-    fn offer_to(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey, distance_m: f64) {
+    fn hold_for_batch(&mut self, now: Timestamp, trip_id: TripId, window_ms: i64) {
         self.unmatched.remove(&trip_id);
+        self.batch_pool.insert(trip_id);
+        let due = now + window_ms;
+        self.next_batch = Some(self.next_batch.map_or(due, |at| at.min(due)));
+    }
+
+    /// After a batch: the next one for whatever is still held, a window of
+    /// the shortest policy among them from now.
+    pub(super) fn schedule_batch(&mut self, now: Timestamp) {
+        let window = self
+            .batch_pool
+            .iter()
+            .filter_map(|id| self.trips.get(id))
+            .filter_map(|state| match self.config.matching.of(state.trip.service) {
+                Matching::Batch { window_ms } => Some(window_ms),
+                Matching::Nearest => None,
+            })
+            .min();
+        if let Some(window_ms) = window {
+            let due = now + window_ms;
+            self.next_batch = Some(self.next_batch.map_or(due, |at| at.min(due)));
+        }
+    }
+
+    /// Offers `trip` to `key` (or assigns it, for an auto-accept driver).
+    pub(super) fn offer_to(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey, distance_m: f64) {
+        self.unmatched.remove(&trip_id);
+        self.batch_pool.remove(&trip_id);
         self.stats.offers_sent += 1;
         if let Some(mut state) = self.trips.get_mut(&trip_id)
             && !std::mem::replace(&mut state.offered_once, true)
@@ -224,6 +271,7 @@ impl Engine {
     /// Moves a trip to a terminal status and tells the rider.
     pub(super) fn finish(&mut self, now: Timestamp, trip_id: TripId, status: TripStatus, reason: Option<String>) {
         self.unmatched.remove(&trip_id);
+        self.batch_pool.remove(&trip_id);
         let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
         state.trip.status = status;
         state.trip.updated_at = now;

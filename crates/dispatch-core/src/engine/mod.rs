@@ -6,22 +6,26 @@
 //! dispatch is testable with virtual time and the engine is fully
 //! deterministic: the same calls give the same effects.
 
+mod batch;
 mod drivers;
 mod invariants;
 mod io;
 mod map;
 mod matching;
+mod policy;
 mod recovery;
 mod rides;
 mod state;
 mod tables;
 
+pub use batch::{CANDIDATES, Row, assign};
 pub use io::{
     Config, DriverEvent, DriverHello, Effect, FleetDriverUpdate, LogRecord, MAX_OFFERS_PER_TRIP, MAX_REASON_BYTES,
     NEARBY_MAX_EXAMINED, Nearby, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest, SessionEnd, Stats, TripRecord,
     WithdrawReason,
 };
 pub use map::{MapCell, MapDriver, MapQuery, MapTrip, MapView};
+pub use policy::{MAX_WINDOW_MS, Matching, Policies};
 pub use tables::{CELL_DEG, CellCounts, Shade};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -54,6 +58,13 @@ pub struct Engine {
     /// Searching trips with no offer out, oldest request first: when drivers
     /// are scarce, earlier requests are served first.
     unmatched: BTreeSet<TripId>,
+    /// Searching trips with no offer out whose service is matched in
+    /// batches: held for the next batch (`next_batch`), oldest first.
+    batch_pool: BTreeSet<TripId>,
+    next_batch: Option<Timestamp>,
+    /// When a batch-matched request last came: a request after a quiet
+    /// window is matched at once rather than held for nothing.
+    last_batch_request: Option<Timestamp>,
     /// Offer expiries and search deadlines; an entry whose offer or trip has
     /// moved on is skipped when it comes due.
     timers: BTreeSet<(Timestamp, Timer)>,
@@ -90,6 +101,9 @@ impl Engine {
             by_request: Map::default(),
             offers: Map::default(),
             unmatched: BTreeSet::new(),
+            batch_pool: BTreeSet::new(),
+            next_batch: None,
+            last_batch_request: None,
             timers: BTreeSet::new(),
             finished: VecDeque::new(),
             freed: Vec::new(),
@@ -139,10 +153,7 @@ impl Engine {
             (a, b) => a.or(b),
         };
         let retention = self.finished.front().map(|(at, _)| *at + self.config.trip_retention_ms);
-        match (timer, retention) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [timer, retention, self.next_batch].into_iter().flatten().min()
     }
 
     /// Does what is due at `now`: expires offers (passing each trip on to its
@@ -161,6 +172,11 @@ impl Engine {
                 Timer::SearchDeadline(trip) => self.end_search(now, trip, at),
                 Timer::DriverGrace(trip) => self.grace_over(now, trip, at),
             }
+        }
+        if self.next_batch.is_some_and(|at| now >= at) {
+            self.next_batch = None;
+            self.run_batch(now);
+            self.schedule_batch(now);
         }
         let moved_due = self.drivers_moved && now.since(self.last_rematch) >= self.config.rematch_interval_ms;
         if moved_due {

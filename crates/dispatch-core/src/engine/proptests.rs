@@ -131,10 +131,16 @@ fn check_effects(seen: &mut Seen, effects: &[Effect]) -> Result<(), TestCaseErro
     Ok(())
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, matching: super::Policies) -> Result<(), TestCaseError> {
     // Retry on every move, so that after each tick no waiting trip may have
     // an offerable driver in range (`check_invariants` checks it).
-    let config = Config { rematch_interval_ms: 0, driver_grace_ms: 5_000, max_offers_per_trip: 2, ..Config::default() };
+    let config = Config {
+        rematch_interval_ms: 0,
+        driver_grace_ms: 5_000,
+        max_offers_per_trip: 2,
+        matching,
+        ..Config::default()
+    };
     let mut engine = Engine::new(config.clone());
     let mut now = Timestamp(1_700_000_000_000);
     let mut seen = Seen::default();
@@ -265,6 +271,14 @@ proptest! {
 
     #[test]
     fn invariants_hold_under_any_sequence(ops in proptest::collection::vec(op(), 1..120)) {
-        run(ops)?;
+        run(ops, super::Policies::default())?;
+    }
+
+    /// The same with taxis matched in batches of a second and premium cars
+    /// nearest-first, side by side in one engine.
+    #[test]
+    fn invariants_hold_under_any_sequence_with_batches(ops in proptest::collection::vec(op(), 1..120)) {
+        let policies = "batch:1s,premium=nearest".parse().unwrap_or_else(|e: String| panic!("{e}"));
+        run(ops, policies)?;
     }
 }

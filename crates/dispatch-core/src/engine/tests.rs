@@ -1033,3 +1033,69 @@ fn the_map_shows_drivers_and_trips_zoomed_in_and_counts_per_cell_zoomed_out() {
     assert!(MapQuery::new(p(37.7, 126.9), p(37.5, 127.1), 1, 1).is_none());
     assert_eq!(w.engine.map_driver(&did("b")).map(|d| d.shade), Some(Shade::Available));
 }
+
+/// (trip, driver) of every offer in `effects`.
+fn offered_trips(effects: &[Effect]) -> Vec<(TripId, String)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Driver { event: DriverEvent::Offer(o), .. } => Some((o.trip.id, o.driver.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two riders, two drivers: greedy gives the first rider the driver the
+/// second needed (400 m + 1,900 m); the batch gives each its better driver
+/// (900 m + 600 m). Only held requests are batched: the city must be busy
+/// (a rider far away is already waiting), else the first is matched at once.
+#[test]
+fn a_batch_beats_nearest_first_where_the_first_rider_takes_the_second_ones_driver() {
+    let run = |policy: &str| {
+        let matching = policy.parse().unwrap_or_else(|e: String| panic!("{e}"));
+        let mut w = World::with(Config { matching, ..Config::default() });
+        w.driver("d1", 400.0);
+        w.driver("d2", -900.0);
+        let rider = |w: &mut World, id: &str, north_m: f64| {
+            let request = RideRequest {
+                rider: RiderId::new(id).unwrap_or_else(|e| panic!("{e}")),
+                request_id: RequestId::new(id).unwrap_or_else(|e| panic!("{e}")),
+                pickup: north_of_pickup(north_m),
+                dropoff: None,
+                service: ServiceType::Taxi,
+                max_pickup_distance_m: None,
+            };
+            w.engine.request_ride(w.now, request);
+            w.held.extend(w.engine.drain_effects());
+            let trip = requested(&w.held).0.id;
+            w.advance(100);
+            trip
+        };
+        rider(&mut w, "far", 40_000.0);
+        let a = rider(&mut w, "a", 0.0);
+        let b = rider(&mut w, "b", 1_000.0);
+        let before_window = offered_trips(&w.drain());
+        w.advance(2_000);
+        let after_window = offered_trips(&w.drain());
+        assert!(w.engine.check_invariants().is_ok());
+        let mut all = before_window.clone();
+        all.extend(after_window);
+        let to = |trip| all.iter().find(|(t, _)| *t == trip).map(|(_, d)| d.clone()).unwrap_or_default();
+        (before_window.len(), to(a), to(b))
+    };
+    // Nearest: each rider is offered a driver at once, the first the
+    // nearest (d1), leaving the second rider d2, 1.9 km away.
+    assert_eq!(run("nearest"), (2, "d1".to_owned(), "d2".to_owned()));
+    // Batch: both wait for the window, then each gets its better driver.
+    assert_eq!(run("batch:2s"), (0, "d2".to_owned(), "d1".to_owned()));
+}
+
+#[test]
+fn a_batched_request_after_a_quiet_window_is_not_held() {
+    let matching = "batch:2s".parse().unwrap_or_else(|e: String| panic!("{e}"));
+    let mut w = World::with(Config { matching, ..Config::default() });
+    w.driver("d1", 300.0);
+    let trip = w.request("r1");
+    assert_eq!(offered_trips(&w.drain()), [(trip, "d1".to_owned())]);
+    assert!(w.engine.check_invariants().is_ok());
+}

@@ -1,0 +1,214 @@
+//! Batched matching: the requests held for a window and the drivers free
+//! now get one min-cost assignment, instead of each request taking the
+//! nearest driver in arrival order (which can send two riders 300 m apart
+//! drivers 2 km away because the first took the driver the second needed).
+//!
+//! The graph is sparse: each request's candidates are its `CANDIDATES`
+//! nearest offerable drivers from the index, never every pair. Requests
+//! that share no candidate are solved apart (connected components), each
+//! component with the Hungarian method (`pathfinding`'s Kuhn-Munkres) on a
+//! matrix of its own requests by its own candidates plus one "unmatched"
+//! column per request.
+
+use std::collections::{BTreeMap, HashMap};
+
+use pathfinding::kuhn_munkres::kuhn_munkres_min;
+use pathfinding::matrix::Matrix;
+
+use super::Engine;
+use crate::ids::TripId;
+use crate::index::DriverKey;
+use crate::time::Timestamp;
+use crate::trip::TripStatus;
+
+/// Candidates per request.
+pub const CANDIDATES: usize = 8;
+
+/// In the tests: a cost of leaving a request out above any set of pickups,
+/// so the answer matches as many requests as it can.
+#[cfg(test)]
+const UNMATCHED: i64 = 1_000_000_000;
+/// An edge that does not exist.
+const NO_EDGE: i64 = 1_000_000_000_000_000;
+
+/// One request of an assignment problem: candidate columns and their costs,
+/// and what leaving it unmatched costs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// `(driver column, cost)`.
+    pub candidates: Vec<(usize, i64)>,
+    /// The cost of no driver.
+    pub unmatched: i64,
+}
+
+/// The min-cost assignment of `rows` to `drivers` columns (each driver to
+/// at most one request): for each row, the column it gets, if any.
+pub fn assign(rows: &[Row], drivers: usize) -> Vec<Option<usize>> {
+    // Connected components over shared candidates (union-find on rows).
+    let mut parent: Vec<usize> = (0..rows.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut owner: Vec<Option<usize>> = vec![None; drivers];
+    for (r, row) in rows.iter().enumerate() {
+        for &(col, _) in &row.candidates {
+            let Some(slot) = owner.get_mut(col) else { continue };
+            match *slot {
+                None => *slot = Some(r),
+                Some(other) => {
+                    let (a, b) = (root(&mut parent, r), root(&mut parent, other));
+                    parent[a] = b;
+                }
+            }
+        }
+    }
+    let mut components: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for r in 0..rows.len() {
+        components.entry(root(&mut parent, r)).or_default().push(r);
+    }
+    let mut chosen = vec![None; rows.len()];
+    for members in components.values() {
+        let mut cols: Vec<usize> = members.iter().flat_map(|&r| rows[r].candidates.iter().map(|c| c.0)).collect();
+        cols.sort_unstable();
+        cols.dedup();
+        cols.retain(|&c| c < drivers);
+        if cols.is_empty() {
+            continue;
+        }
+        let local: HashMap<usize, usize> = cols.iter().enumerate().map(|(i, &c)| (c, i)).collect();
+        let n = members.len();
+        let mut matrix = Matrix::new(n, cols.len() + n, NO_EDGE);
+        for (i, &r) in members.iter().enumerate() {
+            for &(col, cost) in &rows[r].candidates {
+                if let Some(&j) = local.get(&col) {
+                    matrix[(i, j)] = cost.min(matrix[(i, j)]);
+                }
+            }
+            matrix[(i, cols.len() + i)] = rows[r].unmatched;
+        }
+        let (_, assignment) = kuhn_munkres_min(&matrix);
+        for (i, &j) in assignment.iter().enumerate() {
+            if j < cols.len() && matrix[(i, j)] < NO_EDGE {
+                chosen[members[i]] = Some(cols[j]);
+            }
+        }
+    }
+    chosen
+}
+
+impl Engine {
+    /// Runs one batch: every held request gets its best driver of the
+    /// assignment, or waits for the next window.
+    pub(super) fn run_batch(&mut self, now: Timestamp) {
+        let held: Vec<TripId> = self.batch_pool.iter().copied().collect();
+        let mut trips = Vec::new();
+        let mut rows = Vec::new();
+        let mut columns: Vec<DriverKey> = Vec::new();
+        let mut column_of: HashMap<DriverKey, usize> = HashMap::new();
+        for trip_id in held {
+            let Some(state) = self.trips.get(&trip_id) else {
+                self.batch_pool.remove(&trip_id);
+                continue;
+            };
+            if state.trip.status != TripStatus::Searching || state.offer.is_some() {
+                self.batch_pool.remove(&trip_id);
+                continue;
+            }
+            let service = state.trip.service;
+            let offerable = |key| {
+                let driver = self.driver(key);
+                driver.is_offerable() && driver.services.contains(service) && !state.tried.contains(&driver.id)
+            };
+            let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
+            let found = self.index.nearest_k(state.trip.pickup, state.radius_m, CANDIDATES, offerable, by_id);
+            let mut candidates = Vec::with_capacity(found.len());
+            for neighbor in found {
+                let col = *column_of.entry(neighbor.key).or_insert_with(|| {
+                    columns.push(neighbor.key);
+                    columns.len() - 1
+                });
+                candidates.push((col, neighbor.distance_m.round() as i64));
+            }
+            // Leaving a request out costs as much as a pickup of
+            // `unmatched_m`, plus `unmatched_per_s_m` for every second it
+            // has waited: a far driver is not sent at once when a nearer one
+            // may come free in the next windows (the "wild goose chase"),
+            // and an older request always wins in the end (nobody starves).
+            let waited_s = now.since(state.trip.requested_at).max(0) as f64 / 1_000.0;
+            let unmatched = self.config.batch_unmatched_m + self.config.batch_unmatched_per_s_m * waited_s;
+            rows.push(Row { candidates, unmatched: unmatched.round() as i64 });
+            trips.push(trip_id);
+        }
+        let chosen = assign(&rows, columns.len());
+        for ((trip_id, row), choice) in trips.into_iter().zip(&rows).zip(chosen) {
+            let Some(col) = choice else { continue };
+            let Some(&(_, distance)) = row.candidates.iter().find(|(c, _)| *c == col) else { continue };
+            let key = columns[col];
+            self.offer_to(now, trip_id, key, distance as f64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Every assignment of rows to distinct candidate columns (or none).
+    fn brute_force(rows: &[Row], r: usize, used: &mut Vec<bool>) -> i64 {
+        let Some(row) = rows.get(r) else { return 0 };
+        let mut best = row.unmatched + brute_force(rows, r + 1, used);
+        for &(col, cost) in &row.candidates {
+            if !used[col] {
+                used[col] = true;
+                best = best.min(cost + brute_force(rows, r + 1, used));
+                used[col] = false;
+            }
+        }
+        best
+    }
+
+    fn cost(rows: &[Row], chosen: &[Option<usize>]) -> i64 {
+        rows.iter()
+            .zip(chosen)
+            .map(|(row, c)| match c {
+                Some(col) => row.candidates.iter().find(|(x, _)| x == col).map_or(i64::MAX / 4, |(_, cost)| *cost),
+                None => row.unmatched,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn the_hungarian_answer_is_the_brute_force_optimum_on_small_instances() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for case in 0..2_000 {
+            let (n, m) = (rng.random_range(1..=5), rng.random_range(1..=6));
+            let rows: Vec<Row> = (0..n)
+                .map(|_| {
+                    let mut candidates: Vec<(usize, i64)> = Vec::new();
+                    for c in 0..m {
+                        if rng.random_bool(0.5) {
+                            candidates.push((c, rng.random_range(0..5_000)));
+                        }
+                    }
+                    candidates.truncate(CANDIDATES);
+                    Row { candidates, unmatched: UNMATCHED + rng.random_range(0..10_000) }
+                })
+                .collect();
+            let chosen = assign(&rows, m);
+            let mut taken = vec![false; m];
+            for col in chosen.iter().flatten() {
+                assert!(!std::mem::replace(&mut taken[*col], true), "case {case}: column {col} given twice");
+            }
+            for (row, c) in rows.iter().zip(&chosen) {
+                assert!(c.is_none_or(|c| row.candidates.iter().any(|(x, _)| *x == c)), "case {case}: not a candidate");
+            }
+            let want = brute_force(&rows, 0, &mut vec![false; m]);
+            assert_eq!(cost(&rows, &chosen), want, "case {case}: {rows:?} -> {chosen:?}");
+        }
+    }
+}

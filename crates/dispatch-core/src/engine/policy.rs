@@ -1,0 +1,138 @@
+//! How rides are matched, per service type.
+
+use std::fmt;
+
+use crate::service::ServiceType;
+
+/// A matching policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matching {
+    /// Each request goes at once to the nearest offerable driver.
+    Nearest,
+    /// Requests and free drivers are gathered for `window_ms`, then given
+    /// one min-cost assignment (pickup distance, with a cost for leaving a
+    /// request unmatched that grows with its wait). A request that arrives
+    /// when no other has arrived for a whole window is matched at once.
+    Batch {
+        /// The window, in milliseconds (at least 1).
+        window_ms: i64,
+    },
+}
+
+impl fmt::Display for Matching {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Nearest => write!(f, "nearest"),
+            Self::Batch { window_ms } if window_ms % 1_000 == 0 => write!(f, "batch:{}s", window_ms / 1_000),
+            Self::Batch { window_ms } => write!(f, "batch:{window_ms}ms"),
+        }
+    }
+}
+
+/// The longest batch window: a rider should not wait longer than this for
+/// the engine to even look.
+pub const MAX_WINDOW_MS: i64 = 60_000;
+
+fn window(s: &str) -> Result<i64, String> {
+    let (digits, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: i64 = digits.parse().map_err(|_| format!("{s:?}: a window is a duration such as 250ms or 2s"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1_000),
+        _ => return Err(format!("{s:?}: a window is a duration such as 250ms or 2s")),
+    };
+    if !(1..=MAX_WINDOW_MS).contains(&ms) {
+        return Err(format!("{s:?}: a window is from 1ms to {}s", MAX_WINDOW_MS / 1_000));
+    }
+    Ok(ms)
+}
+
+impl std::str::FromStr for Matching {
+    type Err = String;
+
+    /// `nearest`, or `batch:W` with `W` such as `250ms` or `2s`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "nearest" => Ok(Self::Nearest),
+            other => match other.strip_prefix("batch:") {
+                Some(w) => Ok(Self::Batch { window_ms: window(w)? }),
+                None => Err(format!("{other:?}: a policy is `nearest` or `batch:W` (e.g. batch:2s)")),
+            },
+        }
+    }
+}
+
+/// The policy of each service type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policies {
+    /// For services not named.
+    pub default: Matching,
+    /// Per service (taxi, premium, van, designated driver); `None`: the
+    /// default.
+    pub per_service: [Option<Matching>; 4],
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Self { default: Matching::Nearest, per_service: [None; 4] }
+    }
+}
+
+fn slot(service: ServiceType) -> usize {
+    match service {
+        ServiceType::Taxi => 0,
+        ServiceType::Premium => 1,
+        ServiceType::Van => 2,
+        ServiceType::DesignatedDriver => 3,
+    }
+}
+
+impl Policies {
+    /// The policy for `service`.
+    pub fn of(&self, service: ServiceType) -> Matching {
+        self.per_service[slot(service)].unwrap_or(self.default)
+    }
+}
+
+impl std::str::FromStr for Policies {
+    type Err = String;
+
+    /// `batch:2s` (every service), or `taxi=batch:2s,premium=nearest`,
+    /// or both (`batch:2s,premium=nearest`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut policies = Self::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                None => policies.default = part.parse()?,
+                Some((service, policy)) => {
+                    let service = match service.trim() {
+                        "taxi" => ServiceType::Taxi,
+                        "premium" => ServiceType::Premium,
+                        "van" => ServiceType::Van,
+                        "designated-driver" => ServiceType::DesignatedDriver,
+                        other => return Err(format!("unknown service {other:?}")),
+                    };
+                    policies.per_service[slot(service)] = Some(policy.parse()?);
+                }
+            }
+        }
+        Ok(policies)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_and_fall_back_to_the_default() {
+        let p: Policies = "batch:2s,premium=nearest,van=batch:250ms".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.of(ServiceType::Taxi), Matching::Batch { window_ms: 2_000 });
+        assert_eq!(p.of(ServiceType::Premium), Matching::Nearest);
+        assert_eq!(p.of(ServiceType::Van), Matching::Batch { window_ms: 250 });
+        assert_eq!(p.of(ServiceType::DesignatedDriver).to_string(), "batch:2s");
+        for bad in ["batch:2", "batch:0s", "batch:90s", "fastest", "bus=nearest", "batch:-1s"] {
+            assert!(bad.parse::<Policies>().is_err(), "{bad}");
+        }
+    }
+}
