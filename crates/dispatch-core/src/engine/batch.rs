@@ -24,6 +24,13 @@ use crate::trip::TripStatus;
 /// Candidates per request.
 pub const CANDIDATES: usize = 8;
 
+/// The most requests solved together: a larger component (a dense city at
+/// its peak chains everyone together) is solved in pieces of this many,
+/// oldest first, each with the drivers the earlier pieces left. Bounds a
+/// piece at O(64^2 x 8 x 64), so a batch costs the engine milliseconds, not
+/// seconds, whatever the load.
+pub const MAX_ROWS: usize = 64;
+
 /// In the tests: a cost of leaving a request out above any set of pickups,
 /// so the answer matches as many requests as it can.
 #[cfg(test)]
@@ -71,33 +78,39 @@ pub fn assign(rows: &[Row], drivers: usize) -> Vec<Option<usize>> {
         components.entry(root(&mut parent, r)).or_default().push(r);
     }
     let mut chosen = vec![None; rows.len()];
+    let mut taken = vec![false; drivers];
     for members in components.values() {
-        let mut cols: Vec<usize> = members.iter().flat_map(|&r| rows[r].candidates.iter().map(|c| c.0)).collect();
-        cols.sort_unstable();
-        cols.dedup();
-        cols.retain(|&c| c < drivers);
-        if cols.is_empty() {
-            continue;
-        }
-        let local: HashMap<usize, usize> = cols.iter().enumerate().map(|(i, &c)| (c, i)).collect();
-        let n = members.len();
-        let mut matrix = Matrix::new(n, cols.len() + n, NO_EDGE);
-        for (i, &r) in members.iter().enumerate() {
-            for &(col, cost) in &rows[r].candidates {
-                if let Some(&j) = local.get(&col) {
-                    matrix[(i, j)] = cost.min(matrix[(i, j)]);
-                }
-            }
-            matrix[(i, cols.len() + i)] = rows[r].unmatched;
-        }
-        let (_, assignment) = kuhn_munkres_min(&matrix);
-        for (i, &j) in assignment.iter().enumerate() {
-            if j < cols.len() && matrix[(i, j)] < NO_EDGE {
-                chosen[members[i]] = Some(cols[j]);
-            }
+        for piece in members.chunks(MAX_ROWS) {
+            solve(rows, piece, &mut taken, &mut chosen);
         }
     }
     chosen
+}
+
+/// Solves the rows of `members` over the columns not yet `taken`.
+fn solve(rows: &[Row], members: &[usize], taken: &mut [bool], chosen: &mut [Option<usize>]) {
+    let mut cols: Vec<usize> = members.iter().flat_map(|&r| rows[r].candidates.iter().map(|c| c.0)).collect();
+    cols.sort_unstable();
+    cols.dedup();
+    cols.retain(|&c| taken.get(c).is_some_and(|t| !t));
+    let local: HashMap<usize, usize> = cols.iter().enumerate().map(|(i, &c)| (c, i)).collect();
+    let n = members.len();
+    let mut matrix = Matrix::new(n, cols.len() + n, NO_EDGE);
+    for (i, &r) in members.iter().enumerate() {
+        for &(col, cost) in &rows[r].candidates {
+            if let Some(&j) = local.get(&col) {
+                matrix[(i, j)] = cost.min(matrix[(i, j)]);
+            }
+        }
+        matrix[(i, cols.len() + i)] = rows[r].unmatched;
+    }
+    let (_, assignment) = kuhn_munkres_min(&matrix);
+    for (i, &j) in assignment.iter().enumerate() {
+        if j < cols.len() && matrix[(i, j)] < NO_EDGE {
+            chosen[members[i]] = Some(cols[j]);
+            taken[cols[j]] = true;
+        }
+    }
 }
 
 impl Engine {
@@ -210,5 +223,33 @@ mod tests {
             let want = brute_force(&rows, 0, &mut vec![false; m]);
             assert_eq!(cost(&rows, &chosen), want, "case {case}: {rows:?} -> {chosen:?}");
         }
+    }
+
+    /// A component larger than `MAX_ROWS` is solved in pieces: still no
+    /// driver twice, only candidates, and every request matched while its
+    /// candidates last.
+    #[test]
+    fn a_large_component_is_solved_in_pieces_that_never_share_a_driver() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let (n, m) = (500, 2_000);
+        // Requests along a line, each with candidates around its place,
+        // so everyone is chained into one component.
+        let rows: Vec<Row> = (0..n)
+            .map(|r| {
+                let centre = r * m / n;
+                let candidates = (0..CANDIDATES)
+                    .map(|_| ((centre + rng.random_range(0..12)).min(m - 1), rng.random_range(0..3_000)))
+                    .collect();
+                Row { candidates, unmatched: UNMATCHED }
+            })
+            .collect();
+        let chosen = assign(&rows, m);
+        let mut taken = vec![false; m];
+        for (row, c) in rows.iter().zip(&chosen) {
+            let Some(c) = c else { continue };
+            assert!(row.candidates.iter().any(|(x, _)| x == c), "not a candidate");
+            assert!(!std::mem::replace(&mut taken[*c], true), "column {c} given twice");
+        }
+        assert!(chosen.iter().filter(|c| c.is_some()).count() >= n * 95 / 100, "{chosen:?}");
     }
 }
