@@ -354,6 +354,7 @@ impl From<&Stats> for pb::Stats {
             queue_locations: 0,
             last_minute: None,
             trip_watchers: 0,
+            ride_requests: s.ride_requests,
         }
     }
 }

@@ -58,7 +58,7 @@ pub fn stats(s: &pb::Stats) -> Value {
         "trips_ended": {
             "completed": s.trips_completed, "cancelled": s.trips_cancelled, "no_driver_found": s.trips_no_driver,
         },
-        "ride_requests": s.trips_searching + s.trips_active + s.trips_completed + s.trips_cancelled + s.trips_no_driver,
+        "ride_requests": s.ride_requests,
         "offers": {
             "sent": s.offers_sent, "accepted": s.offers_accepted, "declined": s.offers_declined,
             "expired": s.offers_expired, "withdrawn": s.offers_withdrawn,

@@ -85,14 +85,7 @@ pub fn describe() {
 pub fn publish(stats: &pb::Stats) {
     counter!(LOCATION_UPDATES).absolute(stats.location_updates);
     counter!(LOCATION_UPDATES_SHED).absolute(stats.location_updates_shed);
-    let trips = stats.trips_searching
-        + stats.trips_active
-        + stats.trips_completed
-        + stats.trips_cancelled
-        + stats.trips_no_driver;
-    // Every trip ever made, kept or forgotten: the ended totals never go
-    // down, and open trips are counted now.
-    counter!(RIDE_REQUESTS).absolute(trips);
+    counter!(RIDE_REQUESTS).absolute(stats.ride_requests);
     for (outcome, n) in [
         ("accepted", stats.offers_accepted),
         ("declined", stats.offers_declined),

@@ -418,6 +418,9 @@ pub struct Stats {
     pub offers_withdrawn: u64,
     /// Position reports applied, in total.
     pub location_updates: u64,
+    /// Ride requests that made a trip (a retry with the same request id
+    /// excluded), in total.
+    pub ride_requests: u64,
     /// Open driver app sessions.
     pub driver_sessions: u64,
     /// Open fleet gateway sessions.

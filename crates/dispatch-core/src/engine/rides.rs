@@ -54,6 +54,7 @@ impl Engine {
             },
         );
         self.by_request.insert(key, id);
+        self.stats.ride_requests += 1;
         self.effects.push(Effect::RideRequested { trip, created: true });
         self.trip_changed(id);
         // Earlier requests waiting for drivers that were freed since the
