@@ -30,6 +30,19 @@ fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
+/// Asks `dispatchctl stats --json` until `ready` holds, for at most 10 s.
+async fn stats_until(target: &str, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = json(ok(target, &["stats", "--json"]).await.trim());
+        if ready(&stats) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never saw {what}: {stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_and_a_rider_played_by_dispatchctl_make_a_whole_ride() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -57,15 +70,7 @@ async fn a_driver_and_a_rider_played_by_dispatchctl_make_a_whole_ride() {
         ok(&drive_target, &args).await
     });
     // The driver is on duty when the server says so.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = json(ok(&target, &["stats", "--json"]).await.trim());
-        if stats["drivers"]["available"] == 1 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the driver never came on duty: {stats}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stats_until(&target, "the driver on duty", |s| s["drivers"]["available"] == 1).await;
     let nearby = ok(&target, &["nearby", "--at", "37.5665,126.9780", "--limit", "5"]).await;
     assert!(nearby.starts_with("D1 ") && nearby.contains("available"), "{nearby}");
 
@@ -90,15 +95,7 @@ async fn a_driver_and_a_rider_played_by_dispatchctl_make_a_whole_ride() {
     // cancels the ride.
     let watch_target = target.clone();
     let watch = tokio::spawn(async move { ok(&watch_target, &["watch", "--count", "2"]).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = json(ok(&target, &["stats", "--json"]).await.trim());
-        if stats["sessions"]["trip_watchers"] == 1 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the watch never started: {stats}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stats_until(&target, "the watch started", |s| s["sessions"]["trip_watchers"] == 1).await;
     let rider_target = target.clone();
     let waiting = tokio::spawn(async move {
         ok(&rider_target, &["ride", "--from", "37.5665,126.9780", "--rider", "r2", "--request-id", "w1"]).await
