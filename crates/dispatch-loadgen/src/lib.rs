@@ -108,7 +108,15 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
         }
         Demand::Poisson { .. } => None,
     };
-    let admin = connect(&config.target).await?;
+    // Several servers (a cluster's nodes, comma-separated): connections
+    // take them in turn.
+    let mut targets: Vec<String> =
+        config.target.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
+    if targets.is_empty() {
+        targets.push(config.target.clone());
+    }
+    let target = |i: usize| targets[i % targets.len()].as_str();
+    let admin = connect(target(0)).await?;
     let before = stats(&admin, config.credentials.as_ref()).await?;
     let started = Instant::now();
     let run = Arc::new(Run {
@@ -127,7 +135,7 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
     let mut tasks = Vec::new();
     let fleets = config.fleets.max(1);
     for (f, share) in fleet_cars.chunks(fleet_cars.len().div_ceil(fleets).max(1)).enumerate() {
-        let channel = connect(&config.target).await?;
+        let channel = connect(target(f)).await?;
         let fleet_id = format!("lg-fleet-{f}");
         // A fleet names its drivers in its own namespace, `FLEET_ID/...`.
         let share = share.iter().map(|car| car.in_fleet(&fleet_id)).collect();
@@ -141,7 +149,7 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
         )));
     }
     for (c, group) in solo_cars.chunks(config.sessions_per_connection.max(1)).enumerate() {
-        let channel = connect(&config.target).await?;
+        let channel = connect(target(fleets + c)).await?;
         for (i, car) in group.iter().enumerate() {
             let seed = config.seed.wrapping_mul(31).wrapping_add((c * 1_000_003 + i) as u64);
             tasks.push(tokio::spawn(drivers::solo(run.clone(), channel.clone(), car.clone(), seed)));
@@ -149,8 +157,8 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
     }
     // Riders start once every driver has reported at least once.
     let mut rider_channels = Vec::new();
-    for _ in 0..4 {
-        rider_channels.push(connect(&config.target).await?);
+    for r in 0..4.max(targets.len()) {
+        rider_channels.push(connect(target(r)).await?);
     }
     let warm_up = config.ping_interval.min(Duration::from_secs(2));
     let riders_run = run.clone();

@@ -14,7 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Flags {
-    /// The server.
+    /// The server, or several (a cluster's nodes), comma-separated:
+    /// connections take them in turn.
     #[arg(long, env = "DISPATCH_TARGET", default_value = "http://127.0.0.1:50051")]
     target: String,
     /// A preset; the flags below override it.

@@ -49,6 +49,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 pub use config::{Fsync, Keys, RateLimits, ServerConfig, TlsFiles, TripLogConfig};
+pub use engine_task::OpenedLog;
 pub use operator::Operator;
 
 /// Why the server stopped with an error.
@@ -96,11 +97,21 @@ pub struct Server {
 impl Server {
     /// Reads the trip log back and starts the engine.
     pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        Self::start_from(config, None).await
+    }
+
+    /// Starts the engine from a trip log someone else opened and read back
+    /// (`config.trip_log` is not used).
+    pub async fn start_with_log(config: ServerConfig, opened: OpenedLog) -> Result<Self, ServerError> {
+        Self::start_from(config, Some(opened)).await
+    }
+
+    async fn start_from(config: ServerConfig, opened: Option<OpenedLog>) -> Result<Self, ServerError> {
         // Reading the trip log back is blocking file I/O that can take
         // seconds: it runs on a blocking thread, never on an async worker.
         let spawned = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || engine_task::spawn(&config))
+            tokio::task::spawn_blocking(move || engine_task::spawn(&config, opened))
                 .await
                 .map_err(|e| ServerError::Thread(std::io::Error::other(e.to_string())))??
         };
@@ -118,17 +129,41 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        info!(addr = ?listener.local_addr().ok(), "dispatch serving");
+        // No Nagle: offers and replies are small messages that must not
+        // wait for a delayed ACK (40 ms on Linux). Keepalive finds dead
+        // peers.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(std::time::Duration::from_secs(60)));
+        self.serve_connections(incoming, shutdown).await
+    }
+
+    /// Serves gRPC on connections someone else accepts (the cluster's
+    /// front door hands over those meant for the owner), until `shutdown`
+    /// resolves or the trip log fails.
+    pub async fn serve_connections<I>(
+        self,
+        incoming: I,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError>
+    where
+        I: futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> + Send + 'static,
+    {
         let Self { config, spawned } = self;
-        serve(listener, config, spawned, shutdown).await
+        serve(incoming, config, spawned, shutdown).await
     }
 }
 
-async fn serve(
-    listener: TcpListener,
+async fn serve<I>(
+    incoming: I,
     config: ServerConfig,
     spawned: engine_task::Spawned,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
+) -> Result<(), ServerError>
+where
+    I: futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> + Send + 'static,
+{
     let engine_task::Spawned { handle: engine, stopped: engine_stopped, mut fatal } = spawned;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DriverServiceServer<driver_service::DriverSvc>>().await;
@@ -156,11 +191,6 @@ async fn serve(
         let _ = stopper.send(engine_task::Command::Shutdown).await;
     };
 
-    info!(addr = ?listener.local_addr().ok(), "dispatch serving");
-    // No Nagle: offers and replies are small messages that must not wait
-    // for a delayed ACK (40 ms on Linux). Keepalive finds dead peers.
-    let incoming =
-        TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(60)));
     let limit = config.max_message_bytes;
     let gate = auth::Gate::new(config.auth.clone());
     let limits = limits::Limiters::new(&config.rate_limits);

@@ -25,7 +25,7 @@ use dispatch_core::service::ServiceSet;
 use dispatch_core::time::Timestamp;
 use dispatch_core::trip::{Trip, TripStatus};
 use dispatch_proto::{convert, pb};
-use dispatch_store::TripLog;
+use dispatch_store::TripStore;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tonic::Status;
@@ -105,7 +105,7 @@ struct SessionEntry {
 
 /// The stage's state; lives on its thread.
 pub struct Outbound {
-    log: Option<TripLog>,
+    log: Option<Box<dyn TripStore>>,
     trips: Arc<DashMap<TripId, pb::Trip>>,
     latency: Option<Latency>,
     hot: Hot,
@@ -141,7 +141,7 @@ const GROUP: usize = 256;
 impl Outbound {
     /// A stage over `log` (`None`: nothing is kept across restarts).
     pub fn new(
-        log: Option<TripLog>,
+        log: Option<Box<dyn TripStore>>,
         trips: Arc<DashMap<TripId, pb::Trip>>,
         latency: Option<Latency>,
         cut_off: mpsc::UnboundedSender<SessionId>,
@@ -200,20 +200,14 @@ impl Outbound {
                     self.deliver(out);
                 }
             }
-            // Snapshots are written on a thread of their own: appends and
-            // deliveries go on meanwhile.
-            if let Some(log) = &mut self.log {
-                let compacted = log.poll_compaction().and_then(|running| match running {
-                    false if log.compaction_due() => log.start_compaction(),
-                    _ => Ok(()),
-                });
-                if let Err(cause) = compacted {
-                    self.fail(&cause);
-                }
+            if let Some(log) = &mut self.log
+                && let Err(cause) = log.maintain()
+            {
+                self.fail(&cause);
             }
         }
         if let Some(log) = &mut self.log
-            && let Err(cause) = log.commit().and_then(|()| log.finish_compaction())
+            && let Err(cause) = log.close()
         {
             error!(%cause, "trip log: last commit at shutdown failed");
         }

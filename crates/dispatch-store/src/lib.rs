@@ -24,10 +24,13 @@
 //!   and from the engine's types.
 //! - `frame`: framing and checksums.
 //! - [`log`]: [`TripLog`]: open and recover, append, commit, compact.
+//! - `store`: [`TripStore`], what the server needs of any trip log.
 
 pub mod format;
 mod frame;
 pub mod log;
+mod store;
 
 pub use frame::MAX_PAYLOAD;
 pub use log::{Fsync, Recovered, StoreError, TripLog};
+pub use store::TripStore;

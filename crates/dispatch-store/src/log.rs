@@ -68,6 +68,9 @@ pub enum StoreError {
         /// The OS error.
         source: io::Error,
     },
+    /// A replicated log refused or lost a write (see `dispatch-cluster`).
+    #[error("replicated trip log: {0}")]
+    Replicated(String),
 }
 
 /// What was read back on open.

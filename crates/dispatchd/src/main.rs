@@ -170,6 +170,30 @@ struct Flags {
     /// ...plus this many metres for every second it has waited.
     #[arg(long, env = "DISPATCH_BATCH_UNMATCHED_PER_S_M", default_value_t = 100.0, value_parser = positive_metres)]
     batch_unmatched_per_s_m: f64,
+    /// Cluster mode: the NATS servers (JetStream) this node joins,
+    /// comma-separated (`nats://127.0.0.1:4222,nats://127.0.0.1:4223`). The
+    /// trip log is then a replicated stream, not `--data-dir`, and one node
+    /// at a time runs the engine; see the README's "Cluster" section.
+    #[arg(long, env = "DISPATCH_CLUSTER", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This node's id in the cluster (default: the host name and the port).
+    #[arg(long, env = "DISPATCH_NODE_ID")]
+    node_id: Option<String>,
+    /// Where this node's engine takes the connections other nodes relay to
+    /// it while it owns the shard.
+    #[arg(long, env = "DISPATCH_CLUSTER_LISTEN", default_value = "127.0.0.1:0")]
+    cluster_listen: SocketAddr,
+    /// The engine address other nodes are told (default: the one bound).
+    #[arg(long, env = "DISPATCH_CLUSTER_ADVERTISE")]
+    cluster_advertise: Option<String>,
+    /// Copies JetStream keeps of the trip log and the lease: 3 for a
+    /// three-server cluster, 1 for a single server.
+    #[arg(long, env = "DISPATCH_CLUSTER_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+    cluster_replicas: u8,
+    /// How long an owner's lease lasts unrenewed: a dead owner is replaced
+    /// after at most this plus reading the log back. Renewed every third.
+    #[arg(long, env = "DISPATCH_LEASE_TTL", default_value = "3s", value_parser = duration_ms)]
+    lease_ttl: i64,
     /// Log lines as `text` (for people) or `json` (one object per line, for
     /// log shippers).
     #[arg(long, env = "DISPATCH_LOG_FORMAT", default_value = "text")]
@@ -440,6 +464,9 @@ async fn main() -> ExitCode {
         }
     };
     let addr = listener.local_addr().map_or_else(|_| flags.listen.to_string(), |a| a.to_string());
+    if !flags.cluster.is_empty() {
+        return run_cluster(&flags, config, listener, addr, signalled).await;
+    }
     // The recorder goes in before the server starts, so the handles the
     // server takes record into it.
     let http = match flags.http_listen {
@@ -519,6 +546,51 @@ async fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         },
+    }
+}
+
+/// Cluster mode: joins the NATS cluster and serves clients on `listener`,
+/// as the owner or relaying to it, until a signal.
+async fn run_cluster(
+    flags: &Flags,
+    config: ServerConfig,
+    listener: TcpListener,
+    addr: String,
+    signalled: impl std::future::Future<Output = ()> + Send + 'static,
+) -> ExitCode {
+    if flags.http_listen != HttpListen::Off {
+        warn!("the HTTP side (metrics, map) does not run in cluster mode yet: use --http-listen off to silence this");
+    }
+    let node_id = flags.node_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+        format!("{host}:{}", listener.local_addr().map(|a| a.port()).unwrap_or_default())
+    });
+    let cluster = dispatch_cluster::ClusterConfig {
+        servers: flags.cluster.clone(),
+        node_id: node_id.clone(),
+        engine_listen: flags.cluster_listen,
+        advertise: flags.cluster_advertise.clone(),
+        replicas: usize::from(flags.cluster_replicas),
+        lease_ttl: Duration::from_millis(u64::try_from(flags.lease_ttl).unwrap_or(3_000)),
+        shard: 0,
+    };
+    let node = match dispatch_cluster::Node::join(cluster, Duration::from_secs(60)).await {
+        Ok(node) => node,
+        Err(cause) => {
+            error!(%cause, "cannot join the cluster");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(%addr, http = "off", node = %node_id, engine = %node.engine_addr(), "dispatchd listening");
+    match node.run(listener, config, signalled).await {
+        Ok(()) => {
+            info!("dispatchd stopped");
+            ExitCode::SUCCESS
+        }
+        Err(cause) => {
+            error!(%cause, "cluster node failed");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -21,7 +21,7 @@ mod spawn;
 
 pub use command::Command;
 pub use handle::EngineHandle;
-pub use spawn::{Spawned, spawn};
+pub use spawn::{OpenedLog, Spawned, spawn};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -9,7 +9,7 @@ use std::sync::mpsc as std_mpsc;
 use dashmap::DashMap;
 use dispatch_core::Engine;
 use dispatch_proto::pb;
-use dispatch_store::TripLog;
+use dispatch_store::{Recovered, TripLog, TripStore};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -35,12 +35,21 @@ pub struct Spawned {
     pub fatal: watch::Receiver<Option<String>>,
 }
 
-/// Opens the trip log and rebuilds the engine from it, then starts the
+/// A trip log opened and read back by someone else (the cluster's
+/// replicated log), for [`spawn`] to start from.
+pub struct OpenedLog {
+    /// Where the engine's changes go.
+    pub store: Box<dyn TripStore>,
+    /// What was read back.
+    pub recovered: Recovered,
+}
+
+/// Opens the trip log (or takes `opened`) and rebuilds the engine from it, then starts the
 /// engine task on a thread of its own (with its own single-threaded
 /// runtime for timers, so the engine is never queued behind stream decoding
 /// on a shared worker) and the outbound stage on another. They end after
 /// [`Command::Shutdown`] or when every handle is dropped.
-pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
+pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned, ServerError> {
     let (urgent, urgent_rx) = mpsc::channel(config.command_queue.max(1));
     // Bounded by `max_queued_updates`, counted in updates; the channel's
     // own bound (in commands) only backs that up.
@@ -54,10 +63,17 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
     let (changes, _) = tokio::sync::broadcast::channel(4_096);
     let queued_updates = Arc::new(AtomicU64::new(0));
     let clock = Clock::new();
-    let (log, engine) = match &config.trip_log {
-        Some(settings) => {
-            let (mut log, recovered) = TripLog::open(&settings.dir, settings.fsync, settings.compact_after_bytes)
+    let opened = match (opened, &config.trip_log) {
+        (Some(opened), _) => Some(opened),
+        (None, Some(settings)) => {
+            let (log, recovered) = TripLog::open(&settings.dir, settings.fsync, settings.compact_after_bytes)
                 .map_err(ServerError::TripLog)?;
+            Some(OpenedLog { store: Box::new(log), recovered })
+        }
+        (None, None) => None,
+    };
+    let (log, engine) = match opened {
+        Some(OpenedLog { mut store, recovered }) => {
             let first_offer = recovered.boot.saturating_mul(OFFER_IDS_PER_BOOT).saturating_add(1);
             let records = recovered.records.len();
             let engine = Engine::restore(
@@ -67,7 +83,7 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
                 recovered.next_trip,
                 first_offer,
             );
-            log.retain(|id| engine.trip(id).is_some());
+            store.retain(&mut |id| engine.trip(id).is_some());
             for trip in engine.trips() {
                 trips.insert(trip.id, pb::Trip::from(trip));
             }
@@ -79,7 +95,7 @@ pub fn spawn(config: &ServerConfig) -> Result<Spawned, ServerError> {
                 kept = trips.len(),
                 "trips recovered from the log"
             );
-            (Some(log), engine)
+            (Some(store), engine)
         }
         None => {
             warn!("no trip log: trips will not survive a restart");

@@ -1,0 +1,219 @@
+//! Cluster mode: several `dispatchd` nodes over a NATS JetStream cluster,
+//! so that no single machine's death stops dispatch or loses a trip.
+//!
+//! - One node at a time **owns** the shard (the whole map is shard 0; the
+//!   design keys everything by shard): it holds the lease ([`lease`]), runs
+//!   the engine, and writes the trip log to a replicated JetStream stream
+//!   ([`log`]), fenced so that a deposed owner cannot write.
+//! - Every node takes clients ([`front`]): the owner serves them, the
+//!   others relay their connections to the owner.
+//! - When the owner dies, its lease expires, another node takes it, reads
+//!   the log back with the single node's recovery rules, and serves; the
+//!   clients reconnect as after a restart and find their trips.
+//!
+//! [`run`] is a node.
+
+pub mod front;
+pub mod lease;
+pub mod log;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dispatch_server::{OpenedLog, Server, ServerConfig, ServerError};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{error, info, warn};
+
+use crate::lease::{Holder, Lease, Role};
+
+/// Why a node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS refused or failed a request.
+    #[error("NATS: {0}")]
+    Nats(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {cause}")]
+    Listen {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        cause: std::io::Error,
+    },
+}
+
+/// How a node joins the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The NATS servers (`nats://127.0.0.1:4222`, ...).
+    pub servers: Vec<String>,
+    /// This node's id, unique in the cluster.
+    pub node_id: String,
+    /// Where this node's engine takes connections other nodes relay.
+    pub engine_listen: SocketAddr,
+    /// The engine address other nodes are told (default: the bound one).
+    pub advertise: Option<String>,
+    /// Copies JetStream keeps of the log and the lease (3 for a
+    /// three-server cluster, 1 for a single server).
+    pub replicas: usize,
+    /// The lease's time to live: an owner that dies is replaced after at
+    /// most this, plus reading the log back.
+    pub lease_ttl: Duration,
+    /// The shard this node competes for (0: the whole map).
+    pub shard: u32,
+}
+
+/// A node listening, not yet running: [`Node::run`] runs it.
+pub struct Node {
+    config: ClusterConfig,
+    client: async_nats::Client,
+    lease: Lease,
+    shard: log::Shard,
+    engine: TcpListener,
+}
+
+impl Node {
+    /// Connects to NATS (waiting up to `wait` for JetStream to be ready),
+    /// makes sure the stream and the lease bucket exist, and binds the
+    /// engine address.
+    pub async fn join(config: ClusterConfig, wait: Duration) -> Result<Self, ClusterError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("dispatchd {}", config.node_id))
+            .retry_on_initial_connect()
+            .connect(config.servers.clone())
+            .await
+            .map_err(|e| ClusterError::Nats(format!("connect: {e}")))?;
+        let js = async_nats::jetstream::new(client.clone());
+        let shard = log::Shard::new(config.shard);
+        let started = tokio::time::Instant::now();
+        // A cluster just started elects its JetStream leader a few seconds
+        // after the servers listen: retry until it answers.
+        let kv = loop {
+            let ready = async {
+                shard.ensure(&js, config.replicas).await?;
+                lease::ensure_bucket(&js, config.lease_ttl, config.replicas).await
+            };
+            match ready.await {
+                Ok(kv) => break kv,
+                Err(e) if started.elapsed() < wait => {
+                    warn!(cause = %e, "JetStream not ready yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let engine = TcpListener::bind(config.engine_listen)
+            .await
+            .map_err(|cause| ClusterError::Listen { addr: config.engine_listen, cause })?;
+        let bound = engine.local_addr().map_err(|cause| ClusterError::Listen { addr: config.engine_listen, cause })?;
+        let advertise = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+        let lease = Lease {
+            kv,
+            key: format!("shard-{}", config.shard),
+            me: Holder { node: config.node_id.clone(), engine: advertise },
+            ttl: config.lease_ttl,
+        };
+        Ok(Self { config, client, lease, shard, engine })
+    }
+
+    /// Where other nodes reach this node's engine.
+    pub fn engine_addr(&self) -> &str {
+        &self.lease.me.engine
+    }
+
+    /// Serves clients on `public` until `shutdown` resolves: relays them
+    /// while another node owns the shard, serves them while this one does.
+    pub async fn run(
+        self,
+        public: TcpListener,
+        server: ServerConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ClusterError> {
+        let Self { config, client, lease, shard, engine } = self;
+        let (role_tx, mut role) = watch::channel(Role::Follower(None));
+        let (resign, resign_rx) = mpsc::channel(1);
+        let lease_task = tokio::spawn(lease.run(role_tx, resign_rx));
+        let local = front::Local::default();
+        let fronts = [
+            tokio::spawn(front::serve_public(public, role.clone(), local.clone())),
+            tokio::spawn(front::serve_engine(engine, local.clone())),
+        ];
+        let (stop_tx, stop) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut stop: watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        loop {
+            // Wait to own the shard (or to be told to stop).
+            let epoch = tokio::select! {
+                owner = role.wait_for(|r| matches!(r, Role::Owner(_))) => match owner.map(|r| r.clone()) {
+                    Ok(Role::Owner(epoch)) => epoch,
+                    _ => break,
+                },
+                () = stopped(stop.clone()) => break,
+            };
+            let served =
+                own(&config, &client, &shard, epoch, &server, &local, role.clone(), stopped(stop.clone())).await;
+            local.close();
+            let still_owner = *role.borrow() == Role::Owner(epoch);
+            match served {
+                Ok(()) if *stop.borrow() => break,
+                Ok(()) => info!(epoch, "no longer the owner: relaying to the next one"),
+                Err(cause) => error!(epoch, %cause, "stopped serving as the owner"),
+            }
+            if still_owner {
+                // The log failed under us (fenced, or NATS lost): give the
+                // lease up so a healthy node takes over at once.
+                let _ = resign.send(()).await;
+                let _ = role.wait_for(|r| *r != Role::Owner(epoch)).await;
+            }
+        }
+        drop(resign);
+        let _ = lease_task.await;
+        for front in fronts {
+            front.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Serves as the owner under `epoch` until the lease is lost, the log
+/// fails, or `shutdown`.
+#[allow(clippy::too_many_arguments)]
+async fn own(
+    config: &ClusterConfig,
+    client: &async_nats::Client,
+    shard: &log::Shard,
+    epoch: u64,
+    server: &ServerConfig,
+    local: &front::Local,
+    mut role: watch::Receiver<Role>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
+    let (store, recovered) =
+        log::open(client.clone(), shard.clone(), &config.node_id, epoch).await.map_err(|e| e.to_string())?;
+    let opened = OpenedLog { store: Box::new(store), recovered };
+    let server = Server::start_with_log(server.clone(), opened).await.map_err(|e| e.to_string())?;
+    let (intake, connections) = mpsc::channel(1024);
+    local.open(intake);
+    info!(epoch, took_ms = started.elapsed().as_millis() as u64, node = %config.node_id, "owner serving");
+    let lost = async move {
+        tokio::select! {
+            _ = role.wait_for(|r| *r != Role::Owner(epoch)) => warn!(epoch, "lease lost: stopping the engine"),
+            () = shutdown => {}
+        }
+    };
+    let incoming = futures::StreamExt::map(ReceiverStream::new(connections), Ok::<_, std::io::Error>);
+    match server.serve_connections(incoming, lost).await {
+        Ok(()) => Ok(()),
+        Err(ServerError::TripLogFailed(cause)) => Err(format!("trip log: {cause}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
