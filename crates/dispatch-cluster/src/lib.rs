@@ -86,7 +86,14 @@ impl Node {
             .connect(config.servers.clone())
             .await
             .map_err(|e| ClusterError::Nats(format!("connect: {e}")))?;
-        let js = async_nats::jetstream::new(client.clone());
+        let version = client.server_info().version;
+        if !supported(&version) {
+            return Err(ClusterError::Nats(format!(
+                "nats-server {version} is too old: cluster mode needs 2.12 or later (fenced atomic batches)"
+            )));
+        }
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(Duration::from_secs(2));
         let shard = log::Shard::new(config.shard);
         let started = tokio::time::Instant::now();
         // A cluster just started elects its JetStream leader a few seconds
@@ -183,6 +190,14 @@ impl Node {
     }
 }
 
+/// Whether a nats-server version (`2.15.1`) has what the trip log needs:
+/// atomic batches (2.12) fenced on another subject's sequence (2.11).
+fn supported(version: &str) -> bool {
+    let mut parts = version.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 12)
+}
+
 /// Serves as the owner under `epoch` until the lease is lost, the log
 /// fails, or `shutdown`.
 #[allow(clippy::too_many_arguments)]
@@ -197,8 +212,21 @@ async fn own(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let started = tokio::time::Instant::now();
-    let (store, recovered) =
-        log::open(client.clone(), shard.clone(), &config.node_id, epoch).await.map_err(|e| e.to_string())?;
+    // Reading back needs the stream's leader: right after a server died
+    // one may be in election. Try again while the lease is still ours.
+    let (store, recovered) = loop {
+        let attempt = log::open(client.clone(), shard.clone(), &config.node_id, epoch);
+        let failed = match tokio::time::timeout(config.lease_ttl, attempt).await {
+            Ok(Ok(opened)) => break opened,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        if *role.borrow() != Role::Owner(epoch) {
+            return Err(format!("lease lost while reading the log back: {failed}"));
+        }
+        warn!(epoch, cause = %failed, "cannot read the trip log back yet; trying again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let opened = OpenedLog { store: Box::new(store), recovered };
     let server = Server::start_with_log(server.clone(), opened).await.map_err(|e| e.to_string())?;
     let (intake, connections) = mpsc::channel(1024);
@@ -215,5 +243,18 @@ async fn own(
         Ok(()) => Ok(()),
         Err(ServerError::TripLogFailed(cause)) => Err(format!("trip log: {cause}")),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_versions_from_2_12_are_supported() {
+        assert!(super::supported("2.15.1"));
+        assert!(super::supported("2.12.0"));
+        assert!(super::supported("3.0.0-beta"));
+        assert!(!super::supported("2.11.9"));
+        assert!(!super::supported("2.9.10"));
+        assert!(!super::supported(""));
     }
 }

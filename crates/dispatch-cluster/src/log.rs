@@ -18,15 +18,25 @@
 //!
 //! # Fencing
 //!
-//! Every write carries `Nats-Expected-Last-Sequence`: the stream's last
-//! sequence as this owner believes it. Writes are pipelined (a group in
-//! flight at once, the i-th expecting `last + i`), which is exact as long as
-//! this owner is the only writer. A new owner first writes its marker, which
-//! moves the stream's last sequence; from then on every write of a deposed
-//! owner is refused (`wrong last sequence`), its commit fails, its server
-//! stops and tells nobody anything more. The new owner reads back every
-//! record before its marker, so nothing the old one had acknowledged is
-//! missed.
+//! An owner taking over writes its marker only if the marker subject's
+//! last sequence is still the one it read (`Nats-Expected-Last-Subject-
+//! Sequence`), so of two nodes racing, one wins. Every record it writes
+//! afterwards carries `Nats-Expected-Last-Subject-Sequence: M` with
+//! `Nats-Expected-Last-Subject-Sequence-Subject: dispatch.s<n>.epoch`, M
+//! being its marker's sequence: the servers store the record only while
+//! that marker is still the newest. Once a new owner has written its
+//! marker, every write of the deposed one is refused (`wrong last
+//! sequence`), whenever it arrives: its commit fails, its server stops and
+//! tells nobody anything more. The new owner reads back every record
+//! before its own marker, so nothing the old one had acknowledged is
+//! missed. (The header that names another subject needs nats-server 2.11
+//! or later; this crate needs 2.12 for the batches.)
+//!
+//! A group commit goes to the servers as one atomic batch (nats-server
+//! 2.12 and later; up to 1,000 records, stored whole or not at all, one
+//! round trip), its first message carrying the fence. A batch whose answer
+//! was lost (a server died, a stream leader moved) is simply sent again: a
+//! record stored twice is the same latest state of its trip.
 
 use std::time::Duration;
 
@@ -37,6 +47,8 @@ use dispatch_core::ids::{DriverId, TripId};
 use dispatch_store::format::{StoredTrip, TriedEntry};
 use dispatch_store::{Recovered, StoreError, TripStore};
 use futures::StreamExt;
+use jetstream::message::OutboundMessage;
+use jetstream_extra::batch_publish::BatchPublishExt;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
@@ -89,6 +101,7 @@ impl Shard {
             storage: stream::StorageType::File,
             num_replicas: replicas,
             allow_direct: true,
+            allow_atomic_publish: true,
             ..Default::default()
         })
         .await
@@ -115,9 +128,8 @@ pub struct ReplicatedLog {
     stream: stream::Stream,
     shard: Shard,
     runtime: Handle,
-    /// The stream's last sequence, as far as this owner knows: what the
-    /// next write expects.
-    last: u64,
+    /// This owner's marker's sequence: every write is fenced on it.
+    fence: u64,
     pending: Vec<(String, Bytes)>,
     forgotten: Vec<TripId>,
     /// Trips read back, for [`TripStore::retain`].
@@ -125,6 +137,14 @@ pub struct ReplicatedLog {
     marker: Marker,
     next_trip: u64,
 }
+
+/// Every record says which owner wrote it (the lease epoch), so anyone
+/// can check that no deposed owner's write landed.
+pub const EPOCH_HEADER: &str = "Dispatch-Epoch";
+
+/// The header that makes the expected last subject sequence apply to
+/// another subject (the marker's), nats-server 2.11 and later.
+const FENCE_SUBJECT_HEADER: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
 
 /// How long a write or read may wait for the servers.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -143,35 +163,32 @@ pub async fn open(
     };
     let mut js = jetstream::new(client);
     js.set_timeout(ACK_TIMEOUT);
-    let mut stream = js.get_stream(&shard.stream).await.map_err(|e| nats("get the stream")(&e))?;
-    let previous = match stream.get_last_raw_message_by_subject(&shard.marker()).await {
-        Ok(message) => serde_json::from_slice::<Marker>(&message.payload)
-            .map_err(|e| ClusterError::Nats(format!("the last owner's marker is unreadable: {e}")))?,
-        Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Marker::default(),
+    let stream = js.get_stream(&shard.stream).await.map_err(|e| nats("get the stream")(&e))?;
+    let (previous, previous_at) = match stream.get_last_raw_message_by_subject(&shard.marker()).await {
+        Ok(message) => (
+            serde_json::from_slice::<Marker>(&message.payload)
+                .map_err(|e| ClusterError::Nats(format!("the last owner's marker is unreadable: {e}")))?,
+            message.sequence,
+        ),
+        Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => (Marker::default(), 0),
         Err(e) => return Err(nats("read the last marker")(&e)),
     };
     let mut marker =
         Marker { boot: previous.boot + 1, next_trip: previous.next_trip.max(1), node: node.to_owned(), epoch };
-    // Fence: the marker goes in only on top of the sequence just read, so
-    // an earlier owner still writing makes it retry, and once it is in,
-    // that owner's next write is refused.
-    let mut tries = 0;
-    let fence = loop {
-        let last = stream.info().await.map_err(|e| nats("stream info")(&e))?.state.last_sequence;
-        let payload = Bytes::from(serde_json::to_vec(&marker).map_err(|e| ClusterError::Nats(e.to_string()))?);
-        let mut publish = jetstream::message::PublishMessage::build().payload(payload);
-        if last > 0 {
-            publish = publish.expected_last_sequence(last);
+    // The marker goes in only on top of the marker just read: of two nodes
+    // racing, one wins, and from then on the other's writes are refused.
+    let payload = Bytes::from(serde_json::to_vec(&marker).map_err(|e| ClusterError::Nats(e.to_string()))?);
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(payload)
+        .header(EPOCH_HEADER, epoch.to_string().as_str())
+        .expected_last_subject_sequence(previous_at);
+    let sent = js.send_publish(shard.marker(), publish).await.map_err(|e| nats("write the marker")(&e))?;
+    let fence = match sent.await {
+        Ok(ack) => ack.sequence,
+        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+            return Err(ClusterError::Nats("another node took the log over first".into()));
         }
-        let sent = js.send_publish(shard.marker(), publish).await.map_err(|e| nats("write the marker")(&e))?;
-        match sent.await {
-            Ok(ack) => break ack.sequence,
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence && tries < 100 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => return Err(nats("write the marker")(&e)),
-        }
+        Err(e) => return Err(nats("write the marker")(&e)),
     };
     let mut records = Vec::new();
     let mut unreadable = 0;
@@ -218,7 +235,7 @@ pub async fn open(
         stream,
         shard,
         runtime: Handle::current(),
-        last: fence,
+        fence,
         pending: Vec::new(),
         forgotten: Vec::new(),
         recovered: recovered_ids,
@@ -252,31 +269,69 @@ fn replicated(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Replicated(format!("{what}: {e}"))
 }
 
+/// How long a write is retried (a server died, a stream leader moved)
+/// before the owner gives up and steps down.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// The most records in one atomic batch (the server's limit).
+const MAX_BATCH: usize = 1_000;
+
 impl ReplicatedLog {
+    /// Writes `messages` in order, fenced on this owner's marker, as atomic
+    /// batches of up to [`MAX_BATCH`] (each stored whole or not at all, one
+    /// round trip each); resends a batch whose answer did not come until
+    /// [`RETRY_FOR`] has passed. Refused by the fence: stop at once.
     async fn write(&mut self, messages: Vec<(String, Bytes)>) -> Result<(), StoreError> {
-        let mut acks = Vec::with_capacity(messages.len());
-        for (i, (subject, payload)) in messages.into_iter().enumerate() {
-            let expect = self.last + i as u64;
-            let publish = jetstream::message::PublishMessage::build().payload(payload).expected_last_sequence(expect);
-            acks.push((expect, self.js.send_publish(subject, publish).await.map_err(|e| replicated("write", e))?));
-        }
-        let count = acks.len() as u64;
-        for (expect, ack) in acks {
-            let ack = ack.await.map_err(|e| match e.kind() {
-                PublishErrorKind::WrongLastSequence => {
-                    StoreError::Replicated("another node owns the log now (wrong last sequence): stepping down".into())
+        for batch in messages.chunks(MAX_BATCH) {
+            let deadline = tokio::time::Instant::now() + RETRY_FOR;
+            loop {
+                let Err(error) = self.write_batch(batch).await else { break };
+                if error.contains("wrong last sequence") {
+                    return Err(StoreError::Replicated(format!(
+                        "another node owns the log now (its marker is newer than ours): stepping down ({error})"
+                    )));
                 }
-                _ => replicated("write", e),
-            })?;
-            if ack.sequence != expect + 1 {
-                return Err(replicated(
-                    "write",
-                    format!("stored at {} where {} was expected", ack.sequence, expect + 1),
-                ));
+                if tokio::time::Instant::now() > deadline {
+                    return Err(replicated("write", error));
+                }
+                warn!(cause = %error, records = batch.len(), "trip log batch not acknowledged; sending it again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        self.last += count;
         Ok(())
+    }
+
+    async fn write_batch(&self, batch: &[(String, Bytes)]) -> Result<(), String> {
+        let epoch = self.marker.epoch.to_string();
+        let fence = self.fence.to_string();
+        let messages = batch.iter().enumerate().map(|(i, (subject, payload))| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(EPOCH_HEADER, epoch.as_str());
+            // The batch's first message carries the fence: the whole batch
+            // lands only while this owner's marker is the newest.
+            if i == 0 {
+                headers.insert(FENCE_SUBJECT_HEADER, self.shard.marker().as_str());
+                headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, fence.as_str());
+            }
+            OutboundMessage { subject: subject.as_str().into(), payload: payload.clone(), headers: Some(headers) }
+        });
+        if batch.len() == 1 {
+            // A batch of one is a plain publish.
+            let Some(message) = messages.into_iter().next() else { return Ok(()) };
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(message.payload)
+                .headers(message.headers.unwrap_or_default());
+            let ack = self.js.send_publish(message.subject, publish).await.map_err(|e| e.to_string())?;
+            return ack.await.map(|_| ()).map_err(|e| e.to_string());
+        }
+        self.js
+            .batch_publish_all()
+            .ack_first(false)
+            .timeout(ACK_TIMEOUT)
+            .publish(futures::stream::iter(messages))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -334,6 +389,13 @@ impl TripStore for ReplicatedLog {
                 self.marker.next_trip = self.next_trip;
                 let payload = serde_json::to_vec(&self.marker).map_err(|e| replicated("marker", e))?;
                 self.write(vec![(self.shard.marker(), Bytes::from(payload))]).await?;
+                // The new marker is the fence from now on.
+                let last = self
+                    .stream
+                    .get_last_raw_message_by_subject(&self.shard.marker())
+                    .await
+                    .map_err(|e| replicated("read the marker back", e))?;
+                self.fence = last.sequence;
             }
             Ok(())
         })

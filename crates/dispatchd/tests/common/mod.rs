@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part.
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 
 use dispatch_proto::pb::{self, driver_message::Kind as DriverMsg, driver_service_client::DriverServiceClient};
@@ -51,8 +53,19 @@ pub fn start_with_http(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Chi
             break (addr, http);
         }
     };
-    // Keep draining the log so the process never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Keep draining the log so the process never blocks on a full pipe;
+    // with DISPATCH_TEST_LOGS=DIR, into DIR/dispatchd-PID.log.
+    let keep = std::env::var_os("DISPATCH_TEST_LOGS")
+        .and_then(|dir| std::fs::File::create(Path::new(&dir).join(format!("dispatchd-{}.log", child.id()))).ok());
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut keep = keep;
+        for line in lines.map_while(Result::ok) {
+            if let Some(file) = &mut keep {
+                let _ = writeln!(file, "{line}");
+            }
+        }
+    });
     (child, addr, http)
 }
 

