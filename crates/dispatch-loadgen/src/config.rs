@@ -93,6 +93,10 @@ pub struct LoadConfig {
     pub credentials: Option<crate::credentials::Credentials>,
     /// Read this process's resident memory (the server's) at the end.
     pub server_pid: Option<u32>,
+    /// A broken stream is opened again through the next target (drivers
+    /// say hello again, riders re-attach with their request id), as apps
+    /// do when a cluster node dies; counted, not a protocol error.
+    pub reconnect: bool,
 }
 
 /// The named presets.
@@ -131,6 +135,7 @@ impl Scenario {
             seed: 1,
             credentials: None,
             server_pid: None,
+            reconnect: false,
         };
         match self {
             Scenario::Smoke => LoadConfig {

@@ -179,7 +179,11 @@ async fn next_event(run: &Run, events: &mut Streaming<pb::DriverEvent>) -> Optio
         Err(status) => {
             if Instant::now() < run.deadline {
                 run.metrics.error(status.code());
-                run.protocol_error();
+                // With --reconnect a broken stream is expected (a node
+                // died) and opened again.
+                if !run.config.reconnect {
+                    run.protocol_error();
+                }
             }
             None
         }
@@ -189,121 +193,158 @@ async fn next_event(run: &Run, events: &mut Streaming<pb::DriverEvent>) -> Optio
 /// One fleet gateway: its cars' positions in batches, each batch every ping
 /// interval and the batches spread over it (fleet `index` of `fleets`
 /// starting its turn a share of a batch's slot later than the one before),
-/// offers accepted, trips driven.
+/// offers accepted, trips driven. With `--reconnect`, a broken session is
+/// opened again through the next target and every car registered again.
 pub async fn fleet(run: Arc<Run>, channel: Channel, fleet_id: String, cars: Vec<Car>, seed: u64, slot: (usize, usize)) {
-    let (tx, rx) = mpsc::channel::<pb::FleetMessage>(256);
     let send = |kind| pb::FleetMessage { kind: Some(kind) };
-    let _ = tx.send(send(FleetMsg::Hello(pb::FleetHello { fleet_id: fleet_id.clone() }))).await;
-    let mut client = FleetServiceClient::new(channel).max_decoding_message_size(64 << 20);
-    let request = authorize(run.config.credentials.as_ref(), Role::Fleet, &fleet_id, ReceiverStream::new(rx));
-    let mut events = match client.connect(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            run.metrics.error(status.code());
-            run.protocol_error();
-            return;
-        }
-    };
     let batch = run.config.batch_size.max(1);
     let parts = cars.len().div_ceil(batch).max(1);
     let mut cars = Cars::new(cars, seed);
-    let mut registered = vec![false; parts];
     let (index, fleets) = slot;
     let offset = run.config.ping_interval / u32::try_from(parts * fleets.max(1)).unwrap_or(u32::MAX)
         * u32::try_from(index).unwrap_or(0);
     let mut pace = Pace::new(&run, offset, parts);
+    let mut channel = Some(channel);
+    let mut attempt = index;
     loop {
-        tokio::select! {
-            tick = pace.next() => {
-                let Some((part, seconds)) = tick else { return };
-                let range = part * batch..((part + 1) * batch).min(cars.cars.len());
-                for say in cars.drive(&run, range.clone(), seconds) {
-                    if let Say::Progress { driver_id, trip_id, status } = say {
-                        let progress = pb::FleetTripProgress { driver_id, trip_id, status: status.into() };
-                        let _ = tx.send(send(FleetMsg::TripProgress(progress))).await;
+        let channel = match channel.take() {
+            Some(channel) => channel,
+            None => match run.reconnect(&mut attempt).await {
+                Some(channel) => channel,
+                None => return,
+            },
+        };
+        let (tx, rx) = mpsc::channel::<pb::FleetMessage>(256);
+        let _ = tx.send(send(FleetMsg::Hello(pb::FleetHello { fleet_id: fleet_id.clone() }))).await;
+        let mut client = FleetServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        let request = authorize(run.config.credentials.as_ref(), Role::Fleet, &fleet_id, ReceiverStream::new(rx));
+        let mut events = match client.connect(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                if run.config.reconnect {
+                    continue;
+                }
+                run.metrics.error(status.code());
+                run.protocol_error();
+                return;
+            }
+        };
+        let mut registered = vec![false; parts];
+        loop {
+            tokio::select! {
+                tick = pace.next() => {
+                    let Some((part, seconds)) = tick else { return };
+                    let range = part * batch..((part + 1) * batch).min(cars.cars.len());
+                    for say in cars.drive(&run, range.clone(), seconds) {
+                        if let Say::Progress { driver_id, trip_id, status } = say {
+                            let progress = pb::FleetTripProgress { driver_id, trip_id, status: status.into() };
+                            let _ = tx.send(send(FleetMsg::TripProgress(progress))).await;
+                        }
+                    }
+                    let timestamp_ms = unix_ms();
+                    let first = !std::mem::replace(&mut registered[part], true);
+                    let updates: Vec<pb::DriverUpdate> = cars.cars[range]
+                        .iter()
+                        .map(|car| pb::DriverUpdate {
+                            driver_id: car.driver_id.clone(),
+                            position: Some(position(car)),
+                            service_types: Vec::new(),
+                            available: first.then_some(true),
+                            auto_accept: run.config.auto_accept,
+                            timestamp_ms,
+                        })
+                        .collect();
+                    let n = updates.len() as u64;
+                    if tx.send(send(FleetMsg::Updates(pb::DriverUpdateBatch { updates }))).await.is_err() {
+                        break;
+                    }
+                    Metrics::add(&run.metrics.updates_sent, n);
+                }
+                event = next_event(&run, &mut events) => {
+                    let Some(event) = event else { break };
+                    for say in cars.on_event(&run, event) {
+                        if let Say::Accept { offer_id } = say {
+                            say_later(&run, &tx, send(FleetMsg::OfferReply(pb::OfferReply { offer_id, accept: true })));
+                        }
                     }
                 }
-                let timestamp_ms = unix_ms();
-                let first = !std::mem::replace(&mut registered[part], true);
-                let updates: Vec<pb::DriverUpdate> = cars.cars[range]
-                    .iter()
-                    .map(|car| pb::DriverUpdate {
-                        driver_id: car.driver_id.clone(),
-                        position: Some(position(car)),
-                        service_types: Vec::new(),
-                        available: first.then_some(true),
-                        auto_accept: run.config.auto_accept,
-                        timestamp_ms,
-                    })
-                    .collect();
-                let n = updates.len() as u64;
-                if tx.send(send(FleetMsg::Updates(pb::DriverUpdateBatch { updates }))).await.is_err() {
-                    return;
-                }
-                Metrics::add(&run.metrics.updates_sent, n);
             }
-            event = next_event(&run, &mut events) => {
-                let Some(event) = event else { return };
-                for say in cars.on_event(&run, event) {
-                    if let Say::Accept { offer_id } = say {
-                        say_later(&run, &tx, send(FleetMsg::OfferReply(pb::OfferReply { offer_id, accept: true })));
-                    }
-                }
-            }
+        }
+        if !run.config.reconnect {
+            return;
         }
     }
 }
 
 /// One driver's own session: a ping every interval (the first at a random
-/// moment within it, so sessions do not ping in lockstep).
+/// moment within it, so sessions do not ping in lockstep). With
+/// `--reconnect`, a broken session is opened again through the next target.
 pub async fn solo(run: Arc<Run>, channel: Channel, car: Car, seed: u64) {
-    let (tx, rx) = mpsc::channel::<pb::DriverMessage>(16);
     let send = |kind| pb::DriverMessage { kind: Some(kind) };
-    let hello = pb::Hello {
-        driver_id: car.driver_id.clone(),
-        service_types: Vec::new(),
-        position: Some(position(&car)),
-        available: true,
-        auto_accept: run.config.auto_accept,
-    };
-    let _ = tx.send(send(DriverMsg::Hello(hello))).await;
-    let request = authorize(run.config.credentials.as_ref(), Role::Driver, &car.driver_id, ReceiverStream::new(rx));
-    let mut events = match DriverServiceClient::new(channel).connect(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            run.metrics.error(status.code());
-            run.protocol_error();
-            return;
-        }
-    };
     let interval = run.config.ping_interval;
     let offset = Duration::from_nanos(seed % u64::try_from(interval.as_nanos()).unwrap_or(1).max(1));
     let mut pace = Pace::new(&run, offset, 1);
     let mut cars = Cars::new(vec![car], seed);
+    let mut channel = Some(channel);
+    let mut attempt = usize::try_from(seed).unwrap_or(0);
     loop {
-        tokio::select! {
-            tick = pace.next() => {
-                let Some((_, seconds)) = tick else { return };
-                for say in cars.drive(&run, 0..1, seconds) {
-                    if let Say::Progress { trip_id, status, .. } = say {
-                        let progress = pb::TripProgress { trip_id, status: status.into() };
-                        let _ = tx.send(send(DriverMsg::TripProgress(progress))).await;
+        let channel = match channel.take() {
+            Some(channel) => channel,
+            None => match run.reconnect(&mut attempt).await {
+                Some(channel) => channel,
+                None => return,
+            },
+        };
+        let (tx, rx) = mpsc::channel::<pb::DriverMessage>(16);
+        let car = &cars.cars[0];
+        let hello = pb::Hello {
+            driver_id: car.driver_id.clone(),
+            service_types: Vec::new(),
+            position: Some(position(car)),
+            available: true,
+            auto_accept: run.config.auto_accept,
+        };
+        let _ = tx.send(send(DriverMsg::Hello(hello))).await;
+        let request = authorize(run.config.credentials.as_ref(), Role::Driver, &car.driver_id, ReceiverStream::new(rx));
+        let mut events = match DriverServiceClient::new(channel).connect(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                if run.config.reconnect {
+                    continue;
+                }
+                run.metrics.error(status.code());
+                run.protocol_error();
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                tick = pace.next() => {
+                    let Some((_, seconds)) = tick else { return };
+                    for say in cars.drive(&run, 0..1, seconds) {
+                        if let Say::Progress { trip_id, status, .. } = say {
+                            let progress = pb::TripProgress { trip_id, status: status.into() };
+                            let _ = tx.send(send(DriverMsg::TripProgress(progress))).await;
+                        }
+                    }
+                    let ping = pb::LocationPing { position: Some(position(&cars.cars[0])), timestamp_ms: unix_ms(), ..Default::default() };
+                    if tx.send(send(DriverMsg::Location(ping))).await.is_err() {
+                        break;
+                    }
+                    Metrics::add(&run.metrics.updates_sent, 1);
+                }
+                event = next_event(&run, &mut events) => {
+                    let Some(event) = event else { break };
+                    for say in cars.on_event(&run, event) {
+                        if let Say::Accept { offer_id } = say {
+                            say_later(&run, &tx, send(DriverMsg::OfferReply(pb::OfferReply { offer_id, accept: true })));
+                        }
                     }
                 }
-                let ping = pb::LocationPing { position: Some(position(&cars.cars[0])), timestamp_ms: unix_ms(), ..Default::default() };
-                if tx.send(send(DriverMsg::Location(ping))).await.is_err() {
-                    return;
-                }
-                Metrics::add(&run.metrics.updates_sent, 1);
             }
-            event = next_event(&run, &mut events) => {
-                let Some(event) = event else { return };
-                for say in cars.on_event(&run, event) {
-                    if let Say::Accept { offer_id } = say {
-                        say_later(&run, &tx, send(DriverMsg::OfferReply(pb::OfferReply { offer_id, accept: true })));
-                    }
-                }
-            }
+        }
+        if !run.config.reconnect {
+            return;
         }
     }
 }

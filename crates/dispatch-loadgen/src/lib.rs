@@ -60,6 +60,8 @@ pub struct Run {
     /// When every task stops.
     pub deadline: Instant,
     protocol_errors: AtomicU64,
+    /// The servers, for reconnecting.
+    targets: Vec<String>,
 }
 
 impl Run {
@@ -71,6 +73,24 @@ impl Run {
     /// How many so far.
     pub fn protocol_errors(&self) -> u64 {
         self.protocol_errors.load(Ordering::Relaxed)
+    }
+
+    /// With `--reconnect`, before the deadline: a new connection to the
+    /// next target after a broken stream (trying each in turn), counted.
+    pub async fn reconnect(&self, attempt: &mut usize) -> Option<Channel> {
+        if !self.config.reconnect {
+            return None;
+        }
+        Metrics::add(&self.metrics.reconnects, 1);
+        while Instant::now() < self.deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            *attempt += 1;
+            let target = &self.targets[*attempt % self.targets.len().max(1)];
+            if let Ok(channel) = connect(target).await {
+                return Some(channel);
+            }
+        }
+        None
     }
 }
 
@@ -124,6 +144,7 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
         config,
         metrics: Metrics::default(),
         protocol_errors: AtomicU64::new(0),
+        targets: targets.clone(),
     });
     let config = &run.config;
 

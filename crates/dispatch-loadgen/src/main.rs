@@ -65,6 +65,11 @@ struct Flags {
     /// The server's pid, to report its memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Open a broken stream again through the next target (drivers say
+    /// hello again, riders re-attach with their request id), as apps do
+    /// when a cluster node dies: for runs that kill nodes.
+    #[arg(long)]
+    reconnect: bool,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
     config.trip_s = flags.trip_s.map_or(config.trip_s, |s| (s > 0.0).then_some(s));
     config.sessions_per_connection = flags.sessions_per_connection.unwrap_or(config.sessions_per_connection);
     config.server_pid = flags.server_pid;
+    config.reconnect = flags.reconnect;
     let credentials = match (&flags.auth_secret_file, &flags.tokens_file) {
         (Some(path), _) => Some(Credentials::from_secret_file(path)),
         (None, Some(path)) => Some(Credentials::from_tokens_file(path)),

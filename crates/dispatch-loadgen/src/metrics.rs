@@ -27,6 +27,8 @@ pub struct Metrics {
     pub completed: AtomicU64,
     /// Requests not started because `max_open_requests` were in flight.
     pub requests_skipped: AtomicU64,
+    /// Streams opened again after they broke (`--reconnect`).
+    pub reconnects: AtomicU64,
     /// Streams that broke or calls that failed, and `Rejected` events, by
     /// gRPC code name.
     errors: Mutex<BTreeMap<String, u64>>,
@@ -67,6 +69,7 @@ impl Default for Metrics {
             no_driver: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             requests_skipped: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
             request_to_offer: histogram(),
             request_to_assigned: histogram(),

@@ -60,6 +60,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Calls and streams that failed when they should not have.
     pub protocol_errors: u64,
+    /// Streams opened again after they broke (`--reconnect`).
+    pub reconnects: u64,
     /// The server's resident memory at the end, KiB, when its pid was given.
     pub server_rss_kib: Option<u64>,
     /// Drivers connected at the end (from GetStats).
@@ -172,6 +174,7 @@ impl Report {
             pickup_distance_m,
             errors: m.errors(),
             protocol_errors: run.protocol_errors(),
+            reconnects: Metrics::get(&m.reconnects),
             server_rss_kib: run.config.server_pid.and_then(rss_kib),
             drivers_connected: after.drivers_connected,
             windows: Vec::new(),
@@ -214,6 +217,7 @@ impl Report {
             ("pickup distance", p(&self.pickup_distance_m, "m")),
             ("errors", if self.errors.is_empty() { "none".into() } else { format!("{:?}", self.errors) }),
             ("protocol errors", self.protocol_errors.to_string()),
+            ("reconnects", self.reconnects.to_string()),
             (
                 "server RSS",
                 self.server_rss_kib.map_or("unknown (pass --server-pid)".into(), |kib| {

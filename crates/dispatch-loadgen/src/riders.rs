@@ -140,27 +140,53 @@ async fn ride(run: &Run, channel: Channel, n: u64, trip: ReplayTrip, open: tokio
     let sent = Instant::now();
     Metrics::add(&run.metrics.requests_sent, 1);
     let rider = request.rider_id.clone();
-    let request =
-        crate::credentials::authorize(run.config.credentials.as_ref(), dispatch_auth::Role::Rider, &rider, request);
-    let mut stream = match RiderServiceClient::new(channel).request_ride(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            run.metrics.error(status.code());
-            if status.code() != tonic::Code::Unavailable || Instant::now() < run.deadline {
-                run.protocol_error();
-            }
-            return;
-        }
-    };
+    let mut channel = Some(channel);
+    let mut attempt = usize::try_from(n).unwrap_or(0);
+    let mut stream: Option<tonic::Streaming<pb::Trip>> = None;
     let mut known = false;
     loop {
-        let message = tokio::time::timeout_at((run.deadline + Duration::from_secs(2)).into(), stream.message()).await;
+        let Some(open_stream) = &mut stream else {
+            // (Re)attach: the same rider and request id give the same trip.
+            let channel = match channel.take() {
+                Some(channel) => channel,
+                None => match run.reconnect(&mut attempt).await {
+                    Some(channel) => channel,
+                    None => return,
+                },
+            };
+            let authorized = crate::credentials::authorize(
+                run.config.credentials.as_ref(),
+                dispatch_auth::Role::Rider,
+                &rider,
+                request.clone(),
+            );
+            match RiderServiceClient::new(channel).request_ride(authorized).await {
+                Ok(response) => stream = Some(response.into_inner()),
+                Err(status) if run.config.reconnect && Instant::now() < run.deadline => {
+                    run.metrics.error(status.code());
+                }
+                Err(status) => {
+                    run.metrics.error(status.code());
+                    if status.code() != tonic::Code::Unavailable || Instant::now() < run.deadline {
+                        run.protocol_error();
+                    }
+                    return;
+                }
+            }
+            continue;
+        };
+        let message =
+            tokio::time::timeout_at((run.deadline + Duration::from_secs(2)).into(), open_stream.message()).await;
         let trip = match message {
             Ok(Ok(Some(trip))) => trip,
             Ok(Ok(None)) | Err(_) => return,
             Ok(Err(status)) => {
                 if Instant::now() < run.deadline {
                     run.metrics.error(status.code());
+                    if run.config.reconnect {
+                        stream = None;
+                        continue;
+                    }
                     run.protocol_error();
                 }
                 return;

