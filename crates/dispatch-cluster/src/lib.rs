@@ -86,12 +86,6 @@ impl Node {
             .connect(config.servers.clone())
             .await
             .map_err(|e| ClusterError::Nats(format!("connect: {e}")))?;
-        let version = client.server_info().version;
-        if !supported(&version) {
-            return Err(ClusterError::Nats(format!(
-                "nats-server {version} is too old: cluster mode needs 2.12 or later (fenced atomic batches)"
-            )));
-        }
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(Duration::from_secs(2));
         let shard = log::Shard::new(config.shard);
@@ -112,6 +106,13 @@ impl Node {
                 Err(e) => return Err(e),
             }
         };
+        // Known once connected (JetStream answered above).
+        let version = client.server_info().version;
+        if !supported(&version) {
+            return Err(ClusterError::Nats(format!(
+                "nats-server {version} is too old: cluster mode needs 2.12 or later (fenced atomic batches)"
+            )));
+        }
         let engine = TcpListener::bind(config.engine_listen)
             .await
             .map_err(|cause| ClusterError::Listen { addr: config.engine_listen, cause })?;

@@ -42,11 +42,18 @@ pub fn start_with_http(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Chi
             .nth(1)
             .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_owned())
     };
+    let mut seen = std::collections::VecDeque::new();
     let (addr, http) = loop {
         let line = match lines.next() {
             Some(Ok(line)) => line,
-            other => panic!("dispatchd exited before listening: {other:?}"),
+            other => {
+                panic!("dispatchd exited before listening ({other:?}); its last lines:\n{}", Vec::from(seen).join("\n"))
+            }
         };
+        if seen.len() == 20 {
+            seen.pop_front();
+        }
+        seen.push_back(line.clone());
         if line.contains("dispatchd listening")
             && let (Some(addr), Some(http)) = (field(&line, "addr"), field(&line, "http"))
         {
