@@ -3,7 +3,8 @@
 //! free loopback ports and killed at the end (also when a test fails).
 //!
 //! - the rules of dispatch hold through a node that does not own the shard;
-//! - the owner `SIGKILL`ed under load, three times: every trip a rider saw
+//! - the owner `SIGKILL`ed under load (drivers with sessions of their own
+//!   and through fleets, riders, on every node), three times: every trip a rider saw
 //!   acknowledged is there, at least as far along, none duplicated, no
 //!   driver with two trips; failover times reported;
 //! - the `nats-server` leading the trip stream `SIGKILL`ed under load:
@@ -275,8 +276,15 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let book = Shared::default();
         let mut tasks = Vec::new();
-        for d in 0..drivers {
+        // Half the drivers have sessions of their own, half speak through
+        // three fleets (one starting on each node).
+        let own = drivers / 2;
+        for d in 0..own {
             tasks.push(tokio::spawn(drive(d, channels.clone(), stop.clone())));
+        }
+        for f in 0..3 {
+            let cars: Vec<usize> = (own..drivers).filter(|d| d % 3 == f).collect();
+            tasks.push(tokio::spawn(fleet(f, cars, channels.clone(), stop.clone())));
         }
         for r in 0..riders {
             tasks.push(tokio::spawn(ride_on(r, channels.clone(), stop.clone(), book.clone())));
@@ -350,14 +358,79 @@ async fn drive(d: usize, channels: Arc<Vec<Channel>>, stop: Arc<AtomicBool>) {
                         return;
                     }
                     if let Some((trip_id, status)) = &trip {
-                        let next = match pb::TripStatus::try_from(*status) {
-                            Ok(pb::TripStatus::DriverAssigned) => pb::TripStatus::DriverArrived,
-                            Ok(pb::TripStatus::DriverArrived) => pb::TripStatus::InProgress,
-                            Ok(pb::TripStatus::InProgress) => pb::TripStatus::Completed,
-                            _ => continue,
-                        };
+                        let Some(next) = next_status(*status) else { continue };
                         let progress = pb::TripProgress { trip_id: trip_id.clone(), status: next as i32 };
                         let _ = tx.send(pb::DriverMessage { kind: Some(DriverMsg::TripProgress(progress)) }).await;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The next status a driver moves its trip to, if any.
+fn next_status(status: i32) -> Option<pb::TripStatus> {
+    match pb::TripStatus::try_from(status) {
+        Ok(pb::TripStatus::DriverAssigned) => Some(pb::TripStatus::DriverArrived),
+        Ok(pb::TripStatus::DriverArrived) => Some(pb::TripStatus::InProgress),
+        Ok(pb::TripStatus::InProgress) => Some(pb::TripStatus::Completed),
+        _ => None,
+    }
+}
+
+/// A fleet gateway speaking for `cars` (drivers `fleet-F/car-D`, on
+/// auto-accept): their positions in a batch every 300 ms, every trip moved
+/// to its end; a broken session is opened again through the next node, and
+/// the cars registered again.
+async fn fleet(f: usize, cars: Vec<usize>, channels: Arc<Vec<Channel>>, stop: Arc<AtomicBool>) {
+    let fleet_id = format!("fleet-{f}");
+    let send = |kind| pb::FleetMessage { kind: Some(kind) };
+    // Trip id -> (driver, status), across sessions.
+    let mut trips: HashMap<String, (String, i32)> = HashMap::new();
+    let mut attempt = f;
+    while !stop.load(Ordering::Relaxed) {
+        let channel = channels[attempt % channels.len()].clone();
+        attempt += 1;
+        let (tx, rx) = mpsc::channel(64);
+        let _ = tx.send(send(FleetMsg::Hello(pb::FleetHello { fleet_id: fleet_id.clone() }))).await;
+        let Ok(response) = FleetServiceClient::new(channel).connect(ReceiverStream::new(rx)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut events = response.into_inner();
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        loop {
+            tokio::select! {
+                event = events.message() => {
+                    let Ok(Some(event)) = event else { break };
+                    if let Some(Event::Trip(trip)) = event.kind {
+                        trips.insert(trip.trip_id.clone(), (trip.driver_id.clone(), trip.status));
+                    }
+                }
+                _ = tick.tick() => {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let updates = cars
+                        .iter()
+                        .map(|d| pb::DriverUpdate {
+                            driver_id: format!("{fleet_id}/car-{d}"),
+                            position: Some(north(CENTRE, 100.0 + *d as f64 * 60.0)),
+                            available: Some(true),
+                            auto_accept: true,
+                            ..Default::default()
+                        })
+                        .collect();
+                    if tx.send(send(FleetMsg::Updates(pb::DriverUpdateBatch { updates }))).await.is_err() {
+                        break;
+                    }
+                    trips.retain(|_, (_, status)| next_status(*status).is_some());
+                    for (trip_id, (driver_id, status)) in &trips {
+                        if let Some(next) = next_status(*status) {
+                            let progress = pb::FleetTripProgress { driver_id: driver_id.clone(), trip_id: trip_id.clone(), status: next as i32 };
+                            let _ = tx.send(send(FleetMsg::TripProgress(progress))).await;
+                        }
                     }
                 }
             }
@@ -410,8 +483,10 @@ async fn ride_on(r: usize, channels: Arc<Vec<Channel>>, stop: Arc<AtomicBool>, s
 }
 
 /// Every acknowledged trip is there and at least as far along; no driver
-/// holds two open trips.
-async fn check_nothing_lost(cluster: &Cluster, book: &Book) {
+/// holds two open trips. Returns how many trips fleet drivers and drivers
+/// with their own sessions got.
+async fn check_nothing_lost(cluster: &Cluster, book: &Book) -> (usize, usize) {
+    let (mut by_fleets, mut by_own) = (0, 0);
     assert!(book.duplicates.is_empty(), "requests that became two trips: {:?}", book.duplicates);
     let alive = (0..3).find(|i| cluster.nodes[*i].is_some()).unwrap_or_else(|| panic!("no node alive"));
     let mut riders = RiderServiceClient::new(cluster.channel(alive));
@@ -433,6 +508,11 @@ async fn check_nothing_lost(cluster: &Cluster, book: &Book) {
             "trip {trip_id} went back: riders saw {seen}, the cluster has {}",
             trip.status
         );
+        if trip.driver_id.starts_with("fleet-") {
+            by_fleets += 1;
+        } else if !trip.driver_id.is_empty() {
+            by_own += 1;
+        }
         if !trip.driver_id.is_empty() && rank(trip.status) < 5 {
             open_by_driver.entry(trip.driver_id.clone()).or_default().push(trip_id.clone());
         }
@@ -440,6 +520,7 @@ async fn check_nothing_lost(cluster: &Cluster, book: &Book) {
     for (driver, trips) in open_by_driver {
         assert!(trips.len() <= 1, "driver {driver} holds {trips:?}");
     }
+    (by_fleets, by_own)
 }
 
 /// Waits until a node other than `dead` owns the shard and answers.
@@ -489,7 +570,8 @@ async fn killing_the_owner_under_load_loses_no_acknowledged_trip() {
     for took in &times {
         assert!(*took < Duration::from_secs(5), "failover took {took:?}, over the 5 s target");
     }
-    check_nothing_lost(&cluster, &book).await;
+    let (by_fleets, by_own) = check_nothing_lost(&cluster, &book).await;
+    assert!(by_fleets > 0 && by_own > 0, "trips by fleet drivers {by_fleets}, by own sessions {by_own}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
