@@ -273,6 +273,10 @@ fn replicated(what: &str, e: impl std::fmt::Display) -> StoreError {
 /// before the owner gives up and steps down.
 const RETRY_FOR: Duration = Duration::from_secs(10);
 
+/// The error code of a fenced write refused only because the previous one
+/// fenced on the same subject is still being applied.
+const IN_PROCESS: &str = "10164";
+
 /// The most records in one atomic batch (the server's limit).
 const MAX_BATCH: usize = 1_000;
 
@@ -286,6 +290,14 @@ impl ReplicatedLog {
             let deadline = tokio::time::Instant::now() + RETRY_FOR;
             loop {
                 let Err(error) = self.write_batch(batch).await else { break };
+                // 10164 says only that the servers were still applying our
+                // previous write fenced on the same subject (the check is
+                // made one write at a time): send it again at once. Any
+                // other "wrong last sequence" (10071) is the fence itself.
+                if error.contains(IN_PROCESS) {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 if error.contains("wrong last sequence") {
                     return Err(StoreError::Replicated(format!(
                         "another node owns the log now (its marker is newer than ours): stepping down ({error})"
