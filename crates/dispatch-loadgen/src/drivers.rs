@@ -207,13 +207,7 @@ pub async fn fleet(run: Arc<Run>, channel: Channel, fleet_id: String, cars: Vec<
     let mut channel = Some(channel);
     let mut attempt = index;
     loop {
-        let channel = match channel.take() {
-            Some(channel) => channel,
-            None => match run.reconnect(&mut attempt).await {
-                Some(channel) => channel,
-                None => return,
-            },
-        };
+        let Some(channel) = run.session_channel(&mut channel, &mut attempt).await else { return };
         let (tx, rx) = mpsc::channel::<pb::FleetMessage>(256);
         let _ = tx.send(send(FleetMsg::Hello(pb::FleetHello { fleet_id: fleet_id.clone() }))).await;
         let mut client = FleetServiceClient::new(channel).max_decoding_message_size(64 << 20);
@@ -288,13 +282,7 @@ pub async fn solo(run: Arc<Run>, channel: Channel, car: Car, seed: u64) {
     let mut channel = Some(channel);
     let mut attempt = usize::try_from(seed).unwrap_or(0);
     loop {
-        let channel = match channel.take() {
-            Some(channel) => channel,
-            None => match run.reconnect(&mut attempt).await {
-                Some(channel) => channel,
-                None => return,
-            },
-        };
+        let Some(channel) = run.session_channel(&mut channel, &mut attempt).await else { return };
         let (tx, rx) = mpsc::channel::<pb::DriverMessage>(16);
         let car = &cars.cars[0];
         let hello = pb::Hello {

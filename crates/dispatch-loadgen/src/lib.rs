@@ -75,6 +75,16 @@ impl Run {
         self.protocol_errors.load(Ordering::Relaxed)
     }
 
+    /// The channel a session opens on: `first` the first time, then (with
+    /// `--reconnect`) a new connection to the next target; `None` when the
+    /// session is over.
+    pub async fn session_channel(&self, first: &mut Option<Channel>, attempt: &mut usize) -> Option<Channel> {
+        match first.take() {
+            Some(channel) => Some(channel),
+            None => self.reconnect(attempt).await,
+        }
+    }
+
     /// With `--reconnect`, before the deadline: a new connection to the
     /// next target after a broken stream (trying each in turn), counted.
     pub async fn reconnect(&self, attempt: &mut usize) -> Option<Channel> {

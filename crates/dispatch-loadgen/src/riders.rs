@@ -147,13 +147,7 @@ async fn ride(run: &Run, channel: Channel, n: u64, trip: ReplayTrip, open: tokio
     loop {
         let Some(open_stream) = &mut stream else {
             // (Re)attach: the same rider and request id give the same trip.
-            let channel = match channel.take() {
-                Some(channel) => channel,
-                None => match run.reconnect(&mut attempt).await {
-                    Some(channel) => channel,
-                    None => return,
-                },
-            };
+            let Some(channel) = run.session_channel(&mut channel, &mut attempt).await else { return };
             let authorized = crate::credentials::authorize(
                 run.config.credentials.as_ref(),
                 dispatch_auth::Role::Rider,

@@ -183,6 +183,10 @@ struct Flags {
     /// it while it owns the shard.
     #[arg(long, env = "DISPATCH_CLUSTER_LISTEN", default_value = "127.0.0.1:0")]
     cluster_listen: SocketAddr,
+    /// Where this node's HTTP side takes the connections other nodes relay
+    /// to it while it owns the shard.
+    #[arg(long, env = "DISPATCH_CLUSTER_HTTP_LISTEN", default_value = "127.0.0.1:0")]
+    cluster_http_listen: SocketAddr,
     /// The engine address other nodes are told (default: the one bound).
     #[arg(long, env = "DISPATCH_CLUSTER_ADVERTISE")]
     cluster_advertise: Option<String>,
@@ -558,9 +562,44 @@ async fn run_cluster(
     addr: String,
     signalled: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> ExitCode {
-    if flags.http_listen != HttpListen::Off {
-        warn!("the HTTP side (metrics, map) does not run in cluster mode yet: use --http-listen off to silence this");
-    }
+    // The HTTP side: a front door here like gRPC's, served by the owner.
+    let side = match flags.http_listen {
+        HttpListen::Off => None,
+        HttpListen::On(at) => {
+            let bound = (TcpListener::bind(at).await, TcpListener::bind(flags.cluster_http_listen).await);
+            let (public, engine) = match bound {
+                (Ok(public), Ok(engine)) => (public, engine),
+                (Err(err), _) | (_, Err(err)) => {
+                    error!(addr = %at, cause = %err, "cannot listen for HTTP (--http-listen off to go without)");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let metrics = match dispatch_http::Metrics::install() {
+                Ok(metrics) => metrics,
+                Err(err) => {
+                    error!(cause = %err, "cannot set up metrics");
+                    return ExitCode::FAILURE;
+                }
+            };
+            metrics.keep_up();
+            let http_config = dispatch_http::HttpConfig {
+                keys: config.auth.clone(),
+                open_metrics: flags.http_open_metrics,
+                map_tile_url: flags.map_tile_url.clone(),
+            };
+            let serve: dispatch_cluster::SideServe = std::sync::Arc::new(move |operator, connections, stop| {
+                let app = dispatch_http::App { operator, metrics: Some(metrics.clone()), config: http_config.clone() };
+                Box::pin(async move {
+                    if let Err(err) = dispatch_http::serve_connections(connections, app, stop).await {
+                        error!(cause = %err, "HTTP side failed");
+                    }
+                })
+            });
+            Some(dispatch_cluster::Side { public, engine, serve })
+        }
+    };
+    let http_addr =
+        side.as_ref().and_then(|s| s.public.local_addr().ok()).map_or_else(|| "off".to_owned(), |a| a.to_string());
     let node_id = flags.node_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
         format!("{host}:{}", listener.local_addr().map(|a| a.port()).unwrap_or_default())
@@ -581,8 +620,8 @@ async fn run_cluster(
             return ExitCode::FAILURE;
         }
     };
-    info!(%addr, http = "off", node = %node_id, engine = %node.engine_addr(), "dispatchd listening");
-    match node.run(listener, config, signalled).await {
+    info!(%addr, http = %http_addr, node = %node_id, engine = %node.engine_addr(), "dispatchd listening");
+    match node.run(listener, side, config, signalled).await {
         Ok(()) => {
             info!("dispatchd stopped");
             ExitCode::SUCCESS

@@ -3,6 +3,8 @@
 //! free loopback ports and killed at the end (also when a test fails).
 //!
 //! - the rules of dispatch hold through a node that does not own the shard;
+//! - every node's HTTP side (`/healthz`, `/metrics`, `/api/stats`) answers
+//!   for the owner's engine;
 //! - the owner `SIGKILL`ed under load (drivers with sessions of their own
 //!   and through fleets, riders, on every node), three times: every trip a rider saw
 //!   acknowledged is there, at least as far along, none duplicated, no
@@ -229,6 +231,40 @@ async fn the_rules_hold_through_a_node_that_does_not_own_the_shard() {
         .unwrap_or_else(|e| panic!("get_trip: {e}"))
         .into_inner();
     assert_eq!(got.status, pb::TripStatus::Cancelled as i32);
+}
+
+async fn http_get(url: &str) -> (u16, String) {
+    let response =
+        reqwest::Client::new().get(url).timeout(STEP).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_side_answers_for_the_owner_on_every_node() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&["--http-listen", "127.0.0.1:0"]);
+    let owner = cluster.owner(Duration::from_secs(60)).await;
+    let gateway = (owner + 1) % 3;
+    // A ride through one node...
+    let mut rider = request(&cluster.channel(gateway), ride("r-h", "q-h", north(CENTRE, 0.0))).await;
+    until_status(&mut rider, pb::TripStatus::Searching).await;
+    // ...is counted by the owner's metrics and seen by its map API, read
+    // through every node's HTTP side.
+    for node in 0..3 {
+        let http = &cluster.http[node];
+        assert_eq!(http_get(&format!("http://{http}/healthz")).await.0, 200, "healthz on n{node}");
+        let (status, metrics) = http_get(&format!("http://{http}/metrics")).await;
+        assert_eq!(status, 200);
+        assert!(
+            metrics.lines().any(|l| l.starts_with("dispatch_ride_requests_total") && l.ends_with(" 1")),
+            "n{node}'s /metrics does not show the owner's one ride"
+        );
+        let (status, stats) = http_get(&format!("http://{http}/api/stats")).await;
+        assert_eq!(status, 200);
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap_or_else(|e| panic!("stats: {e}"));
+        assert_eq!(stats["trips_open"]["searching"].as_u64(), Some(1), "n{node}'s /api/stats: {stats}");
+    }
 }
 
 /// How far along a status is: a trip may only move up.
@@ -622,7 +658,7 @@ async fn a_paused_owner_is_fenced_and_steps_down() {
     // Another node takes over once the lease runs out.
     let start = Instant::now();
     let new = loop {
-        if let Some(node) = current_holder(&cluster).await
+        if let Some(node) = cluster.holder().await
             && node != old
         {
             break node;
@@ -657,7 +693,7 @@ async fn a_paused_owner_is_fenced_and_steps_down() {
         assert!(start.elapsed() < STEP, "the old owner does not relay: {a:?} {b:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(current_holder(&cluster).await, Some(new), "the lease moved back to the paused node");
+    assert_eq!(cluster.holder().await, Some(new), "the lease moved back to the paused node");
     // No record written under the old epoch after the new owner's marker.
     let (markers, late_writes) = writes_by_epoch(&cluster).await;
     assert_eq!(markers, 1, "the stream keeps the newest owner marker only");
@@ -666,35 +702,17 @@ async fn a_paused_owner_is_fenced_and_steps_down() {
 
 /// Which nats-server leads the trip stream's replicas.
 async fn stream_leader(cluster: &Cluster) -> usize {
-    let client = async_nats::connect(cluster.nats.urls().split(',').map(str::to_owned).collect::<Vec<_>>())
-        .await
-        .unwrap_or_else(|e| panic!("nats: {e}"));
-    let mut stream = async_nats::jetstream::new(client)
-        .get_stream("DISPATCH_SHARD_0")
-        .await
-        .unwrap_or_else(|e| panic!("stream: {e}"));
+    let mut stream =
+        cluster.jetstream().await.get_stream("DISPATCH_SHARD_0").await.unwrap_or_else(|e| panic!("stream: {e}"));
     let info = stream.info().await.unwrap_or_else(|e| panic!("stream info: {e}"));
     let leader = info.cluster.as_ref().and_then(|c| c.leader.clone()).unwrap_or_default();
     leader.strip_prefix("nats").and_then(|i| i.parse().ok()).unwrap_or_else(|| panic!("no stream leader: {leader:?}"))
 }
 
-/// The node the lease names now, if any.
-async fn current_holder(cluster: &Cluster) -> Option<usize> {
-    let client =
-        async_nats::connect(cluster.nats.urls().split(',').map(str::to_owned).collect::<Vec<_>>()).await.ok()?;
-    let kv = async_nats::jetstream::new(client).get_key_value("dispatch_leases").await.ok()?;
-    let entry = kv.entry("shard-0").await.ok()??;
-    let holder: serde_json::Value = serde_json::from_slice(&entry.value).ok()?;
-    holder["node"].as_str()?.strip_prefix('n')?.parse().ok()
-}
-
 /// Reads the whole trip stream: how many owner markers it holds, and how
 /// many records carry an epoch older than the newest marker before them.
 async fn writes_by_epoch(cluster: &Cluster) -> (usize, usize) {
-    let client = async_nats::connect(cluster.nats.urls().split(',').map(str::to_owned).collect::<Vec<_>>())
-        .await
-        .unwrap_or_else(|e| panic!("nats: {e}"));
-    let js = async_nats::jetstream::new(client);
+    let js = cluster.jetstream().await;
     let stream = js.get_stream("DISPATCH_SHARD_0").await.unwrap_or_else(|e| panic!("stream: {e}"));
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())

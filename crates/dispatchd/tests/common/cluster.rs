@@ -119,6 +119,8 @@ impl Drop for Nats {
 pub struct Cluster {
     pub nats: Nats,
     pub nodes: Vec<Option<Child>>,
+    /// Each node's HTTP side, where `extra` turned it on.
+    pub http: Vec<String>,
     ports: Vec<u16>,
     extra: Vec<String>,
     data: tempfile::TempDir,
@@ -131,7 +133,8 @@ impl Cluster {
         let data = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let ports = (0..3).map(|_| free_port()).collect();
         let extra = extra.iter().map(|s| (*s).to_owned()).collect();
-        let mut cluster = Self { nats, nodes: (0..3).map(|_| None).collect(), ports, extra, data };
+        let mut cluster =
+            Self { nats, nodes: (0..3).map(|_| None).collect(), http: vec![String::new(); 3], ports, extra, data };
         for i in 0..3 {
             cluster.start_node(i);
         }
@@ -143,12 +146,15 @@ impl Cluster {
         let listen = format!("127.0.0.1:{}", self.ports[i]);
         let node = format!("n{i}");
         let urls = self.nats.urls();
-        let mut args: Vec<&str> =
-            vec!["--cluster", &urls, "--node-id", &node, "--listen", &listen, "--http-listen", "off"];
+        let mut args: Vec<&str> = vec!["--cluster", &urls, "--node-id", &node, "--listen", &listen];
+        if !self.extra.iter().any(|a| a == "--http-listen") {
+            args.extend(["--http-listen", "off"]);
+        }
         args.extend(["--lease-ttl", "2s"]);
         args.extend(self.extra.iter().map(String::as_str));
-        let (child, _) = super::start_in(&self.data.path().join(&node), &args, &[]);
+        let (child, _, http) = super::start_with_http(&self.data.path().join(&node), &args, &[]);
         self.nodes[i] = Some(child);
+        self.http[i] = http;
     }
 
     pub fn kill_node(&mut self, i: usize) {
@@ -170,21 +176,30 @@ impl Cluster {
             .connect_lazy()
     }
 
-    /// Which node holds the lease, as the lease bucket says (waits for
-    /// one, up to `limit`).
-    pub async fn owner(&self, limit: Duration) -> usize {
+    /// A JetStream client on the cluster's servers.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         let client = async_nats::connect(self.nats.urls().split(',').map(str::to_owned).collect::<Vec<_>>())
             .await
             .unwrap_or_else(|e| panic!("connect to NATS: {e}"));
-        let js = async_nats::jetstream::new(client);
+        async_nats::jetstream::new(client)
+    }
+
+    /// The node the lease names now, alive or not, if any.
+    pub async fn holder(&self) -> Option<usize> {
+        let kv = self.jetstream().await.get_key_value("dispatch_leases").await.ok()?;
+        let entry = kv.entry("shard-0").await.ok()??;
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            return None;
+        }
+        let holder: serde_json::Value = serde_json::from_slice(&entry.value).ok()?;
+        holder["node"].as_str()?.strip_prefix('n')?.parse().ok()
+    }
+
+    /// Which running node holds the lease (waits for one, up to `limit`).
+    pub async fn owner(&self, limit: Duration) -> usize {
         let start = Instant::now();
         loop {
-            if let Ok(kv) = js.get_key_value("dispatch_leases").await
-                && let Ok(Some(entry)) = kv.entry("shard-0").await
-                && entry.operation == async_nats::jetstream::kv::Operation::Put
-                && let Ok(holder) = serde_json::from_slice::<serde_json::Value>(&entry.value)
-                && let Some(node) = holder["node"].as_str().and_then(|n| n.strip_prefix('n'))
-                && let Ok(i) = node.parse::<usize>()
+            if let Some(i) = self.holder().await
                 && self.nodes.get(i).is_some_and(Option::is_some)
             {
                 return i;
