@@ -1,6 +1,7 @@
 //! Matching policies through the real gRPC API.
 
 use dispatch_proto::pb;
+use dispatch_proto::pb::driver_event::Kind as Event;
 use dispatch_server::ServerConfig;
 
 use crate::harness::*;
@@ -29,4 +30,48 @@ async fn a_batch_gives_two_riders_their_better_drivers() {
     let to_d2 = d2.expect_offer().await;
     let trip = |o: &pb::Offer| o.trip.as_ref().map(|t| t.trip_id.clone()).unwrap_or_default();
     assert_eq!((trip(&to_d1), trip(&to_d2)), (b.trip_id.clone(), a.trip_id.clone()));
+}
+
+/// Over gRPC, `broadcast:3` offers a ride to the three nearest at once
+/// (two app drivers and a fleet's driver); the first to accept gets the
+/// trip, the rider sees that driver, and the others see the offer
+/// withdrawn as `taken` and are free for the next ride.
+#[tokio::test]
+async fn a_broadcast_goes_to_three_drivers_and_the_first_accept_wins() {
+    let mut config = ServerConfig::default();
+    config.engine.matching = "broadcast:3".parse().unwrap_or_else(|e: String| panic!("{e}"));
+    let server = TestServer::with(config).await;
+    let mut near = server.driver(hello("near", 100.0)).await;
+    let mut second = server.driver(hello("second", 300.0)).await;
+    let mut fleet = server.fleet("partner").await;
+    fleet.batch(vec![update("partner/p-1", 200.0)]).await;
+    let mut far = server.driver(hello("far", 2_000.0)).await;
+    server.stats_until("four drivers available", |s| s.drivers_available == 4).await;
+    let mut rider = server.request("r1", "k1").await;
+    let to_near = near.expect_offer().await;
+    let to_second = second.expect_offer().await;
+    let to_fleet = match fleet.next().await {
+        Event::Offer(offer) => offer,
+        other => panic!("expected an offer to the fleet, got {other:?}"),
+    };
+    assert_eq!(to_fleet.driver_id, "partner/p-1");
+    assert_eq!(far.next_before_barrier().await, None, "the fourth driver is not asked");
+    // The second nearest answers first.
+    second.reply(&to_second, true).await;
+    let trip = second.expect_trip(pb::TripStatus::DriverAssigned).await;
+    assert_eq!(trip.driver_id, "second");
+    assert_eq!(rider.until(pb::TripStatus::DriverAssigned).await.driver_id, "second");
+    for (who, event, offer) in [("near", near.next().await, &to_near), ("fleet", fleet.next().await, &to_fleet)] {
+        match event {
+            Event::OfferWithdrawn(w) => {
+                assert_eq!((w.offer_id.as_str(), w.reason.as_str()), (offer.offer_id.as_str(), "taken"), "{who}")
+            }
+            other => panic!("{who}: expected the offer withdrawn, got {other:?}"),
+        }
+    }
+    // The near driver's late accept finds nothing, and it is free again.
+    near.reply(&to_near, true).await;
+    near.expect_rejected(tonic::Code::NotFound).await;
+    let stats = server.stats_until("three free, one on a trip", |s| s.drivers_available == 3).await;
+    assert_eq!((stats.drivers_on_trip, stats.offers_withdrawn), (1, 2));
 }

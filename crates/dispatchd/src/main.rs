@@ -158,9 +158,10 @@ struct Flags {
     #[arg(long, env = "DISPATCH_MAP_TILE_URL")]
     map_tile_url: Option<String>,
     /// How rides are matched: `nearest` (each request at once to the
-    /// nearest free driver) or `batch:W` (requests gathered for a window
-    /// such as `2s` or `250ms`, then one min-cost assignment), for every
-    /// service or per service: `batch:2s,premium=nearest`.
+    /// nearest free driver), `batch:W` (requests gathered for a window
+    /// such as `2s` or `250ms`, then one min-cost assignment) or
+    /// `broadcast:K` (the K nearest at once, the first to accept wins), for
+    /// every service or per service: `batch:2s,premium=nearest`.
     #[arg(long, env = "DISPATCH_MATCHING", default_value = "nearest", value_parser = policies)]
     matching: dispatch_core::engine::Policies,
     /// In a batch, leaving a request unmatched costs like a pickup this
@@ -170,6 +171,11 @@ struct Flags {
     /// ...plus this many metres for every second it has waited.
     #[arg(long, env = "DISPATCH_BATCH_UNMATCHED_PER_S_M", default_value_t = 100.0, value_parser = positive_metres)]
     batch_unmatched_per_s_m: f64,
+    /// Acceptance-aware ranking: a driver who missed (declined or let
+    /// lapse) all of their last 20 offers ranks like one this many metres
+    /// farther (half of them, half as much); 0 ranks by distance alone.
+    #[arg(long, env = "DISPATCH_ACCEPT_WEIGHT_M", default_value_t = 0.0, value_parser = metres_or_zero)]
+    accept_weight_m: f64,
     /// Cluster mode: the NATS servers (JetStream) this node joins,
     /// comma-separated (`nats://127.0.0.1:4222,nats://127.0.0.1:4223`). The
     /// trip log is then a replicated stream, not `--data-dir`, and one node
@@ -286,6 +292,13 @@ fn positive_metres(s: &str) -> Result<f64, String> {
     }
 }
 
+fn metres_or_zero(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(m) if m.is_finite() && (0.0..=1_000_000.0).contains(&m) => Ok(m),
+        _ => Err(format!("{s:?} is not a number of metres from 0 to 1,000,000")),
+    }
+}
+
 impl Flags {
     fn server_config(&self) -> ServerConfig {
         let mut config = ServerConfig::default();
@@ -301,6 +314,7 @@ impl Flags {
         config.engine.matching = self.matching;
         config.engine.batch_unmatched_m = self.batch_unmatched_m;
         config.engine.batch_unmatched_per_s_m = self.batch_unmatched_per_s_m;
+        config.engine.accept_weight_m = self.accept_weight_m;
         config.max_fleet_batch = self.max_fleet_batch;
         config.max_sessions = self.max_sessions;
         config.max_message_bytes = self.max_message_bytes;

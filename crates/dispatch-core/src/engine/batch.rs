@@ -120,6 +120,9 @@ impl Engine {
         let held: Vec<TripId> = self.batch_pool.iter().copied().collect();
         let mut trips = Vec::new();
         let mut rows = Vec::new();
+        // Per row, the candidates' distances (costs may add a ranking
+        // penalty; offers carry the distance).
+        let mut distances: Vec<Vec<f64>> = Vec::new();
         let mut columns: Vec<DriverKey> = Vec::new();
         let mut column_of: HashMap<DriverKey, usize> = HashMap::new();
         for trip_id in held {
@@ -127,7 +130,7 @@ impl Engine {
                 self.batch_pool.remove(&trip_id);
                 continue;
             };
-            if state.trip.status != TripStatus::Searching || state.offer.is_some() {
+            if state.trip.status != TripStatus::Searching || !state.offers.is_empty() {
                 self.batch_pool.remove(&trip_id);
                 continue;
             }
@@ -139,12 +142,14 @@ impl Engine {
             let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
             let found = self.index.nearest_k(state.trip.pickup, state.radius_m, CANDIDATES, offerable, by_id);
             let mut candidates = Vec::with_capacity(found.len());
+            let mut metres = Vec::with_capacity(found.len());
             for neighbor in found {
                 let col = *column_of.entry(neighbor.key).or_insert_with(|| {
                     columns.push(neighbor.key);
                     columns.len() - 1
                 });
-                candidates.push((col, neighbor.distance_m.round() as i64));
+                candidates.push((col, self.rank_cost(neighbor.key, neighbor.distance_m).round() as i64));
+                metres.push(neighbor.distance_m);
             }
             // Leaving a request out costs as much as a pickup of
             // `unmatched_m`, plus `unmatched_per_s_m` for every second it
@@ -154,14 +159,14 @@ impl Engine {
             let waited_s = now.since(state.trip.requested_at).max(0) as f64 / 1_000.0;
             let unmatched = self.config.batch_unmatched_m + self.config.batch_unmatched_per_s_m * waited_s;
             rows.push(Row { candidates, unmatched: unmatched.round() as i64 });
+            distances.push(metres);
             trips.push(trip_id);
         }
         let chosen = assign(&rows, columns.len());
-        for ((trip_id, row), choice) in trips.into_iter().zip(&rows).zip(chosen) {
+        for (((trip_id, row), metres), choice) in trips.into_iter().zip(&rows).zip(&distances).zip(chosen) {
             let Some(col) = choice else { continue };
-            let Some(&(_, distance)) = row.candidates.iter().find(|(c, _)| *c == col) else { continue };
-            let key = columns[col];
-            self.offer_to(now, trip_id, key, distance as f64);
+            let Some(i) = row.candidates.iter().position(|(c, _)| *c == col) else { continue };
+            self.offer_to(now, trip_id, columns[col], metres[i]);
         }
     }
 }

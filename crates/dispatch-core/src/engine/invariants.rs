@@ -10,8 +10,8 @@ use crate::trip::TripStatus;
 
 impl Engine {
     /// Checks that the engine's tables agree with each other: one trip per
-    /// driver, one driver per trip, at most one offer per driver and per
-    /// trip, never an offer and a trip at once, every indexed driver known,
+    /// driver, one driver per trip, at most one offer per driver and no more
+    /// per trip than its policy sends at once, never an offer and a trip at once, every indexed driver known,
     /// no trip offered to more drivers than allowed.
     /// Returns what is broken, if anything.
     pub fn check_invariants(&self) -> Result<(), String> {
@@ -38,8 +38,12 @@ impl Engine {
                     return Err(format!("trip {id} names {driver}, whose trip is {:?}", self.driver(*key).trip));
                 }
             }
-            if let Some(offer) = state.offer {
-                match self.offers.get(&offer) {
+            let fanout = self.config.matching.of(trip.service).fanout();
+            if state.offers.len() > fanout {
+                return Err(format!("trip {id} has {} offers out; its policy allows {fanout}", state.offers.len()));
+            }
+            for offer in &state.offers {
+                match self.offers.get(offer) {
                     Some(o) if o.trip == *id => {}
                     _ => return Err(format!("trip {id} points at offer {offer}, which is not its open offer")),
                 }
@@ -48,15 +52,15 @@ impl Engine {
                 }
             }
             if self.batch_pool.contains(id)
-                && (trip.status != TripStatus::Searching || state.offer.is_some() || self.unmatched.contains(id))
+                && (trip.status != TripStatus::Searching || !state.offers.is_empty() || self.unmatched.contains(id))
             {
-                return Err(format!("trip {id} is held for a batch while {:?} / {:?}", trip.status, state.offer));
+                return Err(format!("trip {id} is held for a batch while {:?} / {:?}", trip.status, state.offers));
             }
             if self.batch_pool.contains(id) && self.next_batch.is_none() {
                 return Err(format!("trip {id} is held for a batch that is never due"));
             }
-            if self.unmatched.contains(id) && (trip.status != TripStatus::Searching || state.offer.is_some()) {
-                return Err(format!("trip {id} is waiting for a driver while {:?} / {:?}", trip.status, state.offer));
+            if self.unmatched.contains(id) && (trip.status != TripStatus::Searching || !state.offers.is_empty()) {
+                return Err(format!("trip {id} is waiting for a driver while {:?} / {:?}", trip.status, state.offers));
             }
         }
         for (offer_id, offer) in &self.offers {
@@ -69,7 +73,7 @@ impl Engine {
                 return Err(format!("driver {} has an offer and a trip", driver.id));
             }
             match self.trips.get(&offer.trip) {
-                Some(state) if state.offer == Some(*offer_id) => {}
+                Some(state) if state.offers.contains(offer_id) => {}
                 _ => return Err(format!("offer {offer_id} belongs to no trip that knows it")),
             }
         }

@@ -45,6 +45,11 @@ pub struct Config {
     pub batch_unmatched_m: f64,
     /// ...plus this many metres for every second it has waited.
     pub batch_unmatched_per_s_m: f64,
+    /// Acceptance-aware ranking: a driver who missed (declined or let
+    /// lapse) every one of their recent offers ranks like one this many
+    /// metres farther; one who missed half, half as much. 0 ranks by
+    /// distance alone.
+    pub accept_weight_m: f64,
 }
 
 /// The most drivers a trip may be offered to, whatever the configuration:
@@ -75,6 +80,7 @@ impl Default for Config {
             matching: super::Policies::default(),
             batch_unmatched_m: 2_000.0,
             batch_unmatched_per_s_m: 100.0,
+            accept_weight_m: 0.0,
         }
     }
 }
@@ -206,6 +212,8 @@ pub enum WithdrawReason {
     RiderCancelled,
     /// The trip's search timed out.
     SearchTimedOut,
+    /// Another driver of the same broadcast accepted first.
+    Taken,
 }
 
 impl WithdrawReason {
@@ -216,6 +224,7 @@ impl WithdrawReason {
             Self::Expired => "expired",
             Self::RiderCancelled => "rider cancelled",
             Self::SearchTimedOut => "search timed out",
+            Self::Taken => "taken",
         }
     }
 }

@@ -14,8 +14,10 @@ use crate::trip::TripStatus;
 
 impl Engine {
     /// The driver who would be offered a ride at `pickup` right now, and
-    /// their great-circle distance to it: the nearest offerable driver
-    /// serving `service` within `radius_m`, ties broken by the smaller id.
+    /// their great-circle distance to it: the best-ranked offerable driver
+    /// serving `service` within `radius_m` (the nearest, unless
+    /// `Config::accept_weight_m` ranks drivers who miss offers lower), ties
+    /// broken by the smaller id.
     ///
     /// Cost: O(log n) to the nearest driver, plus O(log n) for each nearer
     /// driver who cannot take the ride (busy, off duty, other service).
@@ -25,37 +27,57 @@ impl Engine {
         service: ServiceType,
         radius_m: f64,
     ) -> Option<(DriverId, f64)> {
-        let key = self.nearest_offerable(pickup, service, radius_m, &HashSet::new())?;
-        let driver = self.driver(key.0);
-        Some((driver.id.clone(), key.1))
+        let best = self.ranked_offerable(pickup, service, radius_m, &HashSet::new(), 1);
+        best.first().map(|&(key, distance_m)| (self.driver(key).id.clone(), distance_m))
     }
 
-    /// The nearest driver who may be offered `trip`, ties broken by the
-    /// smaller driver id, with their great-circle distance to the pickup.
-    fn nearest_offerable(
+    /// What offering `key` a ride `distance_m` away costs in the ranking:
+    /// the distance, plus `Config::accept_weight_m` times the share of
+    /// their recent offers the driver missed.
+    pub(super) fn rank_cost(&self, key: DriverKey, distance_m: f64) -> f64 {
+        let weight = self.config.accept_weight_m;
+        if weight > 0.0 { distance_m + weight * self.driver(key).answers.miss_rate() } else { distance_m }
+    }
+
+    /// The `want` best drivers who may be offered a trip, best first, each
+    /// with their great-circle distance to the pickup. By distance (ties by
+    /// the smaller id); with acceptance-aware ranking on, the nearest
+    /// [`super::CANDIDATES`] (or `want`, if more) re-ranked by
+    /// [`Engine::rank_cost`].
+    fn ranked_offerable(
         &self,
         pickup: LatLng,
         service: ServiceType,
         radius_m: f64,
         tried: &HashSet<DriverId>,
-    ) -> Option<(DriverKey, f64)> {
+        want: usize,
+    ) -> Vec<(DriverKey, f64)> {
         let offerable = |key| {
             let driver = self.driver(key);
             driver.is_offerable() && driver.services.contains(service) && !tried.contains(&driver.id)
         };
         let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
-        let nearest = self.index.nearest_k(pickup, radius_m, 1, offerable, by_id);
-        nearest.first().map(|n| (n.key, n.distance_m))
+        let ranked = self.config.accept_weight_m > 0.0;
+        let pool = if ranked { want.max(super::CANDIDATES) } else { want };
+        let nearest = self.index.nearest_k(pickup, radius_m, pool, offerable, by_id);
+        let mut found: Vec<(DriverKey, f64)> = nearest.into_iter().map(|n| (n.key, n.distance_m)).collect();
+        if ranked {
+            // Stable: equal costs keep their distance (then id) order.
+            found.sort_by(|a, b| self.rank_cost(a.0, a.1).total_cmp(&self.rank_cost(b.0, b.1)));
+        }
+        found.truncate(want);
+        found
     }
 
-    /// Offers a searching trip with no offer out to its nearest offerable
-    /// driver (or assigns it, for an auto-accept driver); a trip nobody can
-    /// take now waits in `unmatched`. A trip already offered to
-    /// `Config::max_offers_per_trip` drivers ends `NoDriverFound`: that
-    /// bounds what it keeps (and logs) of the drivers who passed on it.
+    /// Offers a searching trip with no offer out to its best offerable
+    /// driver, or to its `k` best under `broadcast:k` (or assigns it, for
+    /// an auto-accept driver); a trip nobody can take now waits in
+    /// `unmatched`. A trip already offered to `Config::max_offers_per_trip`
+    /// drivers ends `NoDriverFound`: that bounds what it keeps (and logs) of
+    /// the drivers who passed on it.
     pub(super) fn try_match(&mut self, now: Timestamp, trip_id: TripId) {
         let Some(state) = self.trips.get(&trip_id) else { return };
-        if state.trip.status != TripStatus::Searching || state.offer.is_some() {
+        if state.trip.status != TripStatus::Searching || !state.offers.is_empty() {
             self.unmatched.remove(&trip_id);
             return;
         }
@@ -66,9 +88,10 @@ impl Engine {
             self.finish(now, trip_id, TripStatus::NoDriverFound, Some(reason));
             return;
         }
-        let batch = match self.config.matching.of(state.trip.service) {
+        let policy = self.config.matching.of(state.trip.service);
+        let batch = match policy {
             Matching::Batch { window_ms } => Some(window_ms),
-            Matching::Nearest => None,
+            Matching::Nearest | Matching::Broadcast { .. } => None,
         };
         if let Some(window_ms) = batch {
             // Held for the next batch, unless the city has been quiet for a
@@ -82,9 +105,10 @@ impl Engine {
                 return;
             }
         }
-        let Some((key, distance_m)) =
-            self.nearest_offerable(state.trip.pickup, state.trip.service, state.radius_m, &state.tried)
-        else {
+        // A broadcast never takes a trip past its limit of drivers tried.
+        let want = policy.fanout().min(most - state.tried.len());
+        let found = self.ranked_offerable(state.trip.pickup, state.trip.service, state.radius_m, &state.tried, want);
+        if found.is_empty() {
             match batch {
                 Some(window_ms) => self.hold_for_batch(now, trip_id, window_ms),
                 None => {
@@ -92,8 +116,23 @@ impl Engine {
                 }
             }
             return;
-        };
-        self.offer_to(now, trip_id, key, distance_m);
+        }
+        self.offer_all(now, trip_id, found);
+    }
+
+    /// Offers `trip` to each of `drivers` (best first) at once. An
+    /// auto-accept driver among them answers before anyone can, so the
+    /// best of those is assigned and nobody else is asked; the others are
+    /// handed back to the next retry as freed.
+    fn offer_all(&mut self, now: Timestamp, trip_id: TripId, drivers: Vec<(DriverKey, f64)>) {
+        if let Some(&(key, distance_m)) = drivers.iter().find(|(key, _)| self.driver(*key).auto_accept) {
+            self.freed.extend(drivers.iter().map(|d| d.0).filter(|&other| other != key));
+            self.offer_to(now, trip_id, key, distance_m);
+            return;
+        }
+        for (key, distance_m) in drivers {
+            self.offer_to(now, trip_id, key, distance_m);
+        }
     }
 
     fn hold_for_batch(&mut self, now: Timestamp, trip_id: TripId, window_ms: i64) {
@@ -112,7 +151,7 @@ impl Engine {
             .filter_map(|id| self.trips.get(id))
             .filter_map(|state| match self.config.matching.of(state.trip.service) {
                 Matching::Batch { window_ms } => Some(window_ms),
-                Matching::Nearest => None,
+                Matching::Nearest | Matching::Broadcast { .. } => None,
             })
             .min();
         if let Some(window_ms) = window {
@@ -145,7 +184,7 @@ impl Engine {
         driver.offer = Some(offer_id);
         let (driver_id, session) = (driver.id.clone(), driver.session);
         let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
-        state.offer = Some(offer_id);
+        state.offers.push(offer_id);
         if let Some(session) = session {
             let offer = Offer { id: offer_id, driver: driver_id, trip: state.trip.clone(), expires_at };
             self.effects.push(Effect::Driver { session, event: DriverEvent::Offer(offer) });
@@ -153,12 +192,12 @@ impl Engine {
     }
 
     /// Offers the freed drivers to the waiting trips, oldest request first:
-    /// each trip gets the nearest freed driver who may take it. Just as
-    /// exact as a full retry, since nobody else became offerable, and
-    /// cheaper: the freed drivers go into a throwaway R-tree, so a round
-    /// costs O((freed + waiting) log freed), never freed x waiting (a mass
-    /// reconnect frees hundreds of thousands at once). It stops as soon as
-    /// every freed driver has an offer.
+    /// each trip gets the nearest freed driver who may take it (its `k`
+    /// nearest under `broadcast:k`). Just as exact as a full retry, since
+    /// nobody else became offerable, and cheaper: the freed drivers go into
+    /// a throwaway R-tree, so a round costs O((freed + waiting) log freed),
+    /// never freed x waiting (a mass reconnect frees hundreds of thousands
+    /// at once). It stops as soon as every freed driver has an offer.
     pub(super) fn match_freed(&mut self, now: Timestamp) {
         let mut freed = std::mem::take(&mut self.freed);
         freed.sort_unstable();
@@ -169,21 +208,29 @@ impl Engine {
         });
         let mut set = DriverSet::new(positioned.collect::<Vec<_>>());
         let waiting: Vec<TripId> = self.unmatched.iter().copied().collect();
+        let most = self.config.max_offers_per_trip.min(MAX_OFFERS_PER_TRIP);
         for trip_id in waiting {
             if set.is_empty() {
                 break;
             }
             let Some(state) = self.trips.get(&trip_id) else { continue };
-            let eligible = |key| {
-                let driver = self.driver(key);
-                driver.services.contains(state.trip.service) && !state.tried.contains(&driver.id)
-            };
-            let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
-            let Some(found) = set.nearest(state.trip.pickup, state.radius_m, eligible, by_id) else { continue };
-            if let Some(at) = self.driver(found.key).position {
-                set.remove(found.key, at);
+            let want = self.config.matching.of(state.trip.service).fanout().min(most.saturating_sub(state.tried.len()));
+            let mut found = Vec::with_capacity(want);
+            while found.len() < want {
+                let eligible = |key| {
+                    let driver = self.driver(key);
+                    driver.services.contains(state.trip.service) && !state.tried.contains(&driver.id)
+                };
+                let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
+                let Some(next) = set.nearest(state.trip.pickup, state.radius_m, eligible, by_id) else { break };
+                if let Some(at) = self.driver(next.key).position {
+                    set.remove(next.key, at);
+                }
+                found.push((next.key, next.distance_m));
             }
-            self.offer_to(now, trip_id, found.key, found.distance_m);
+            if !found.is_empty() {
+                self.offer_all(now, trip_id, found);
+            }
         }
     }
 
@@ -206,7 +253,8 @@ impl Engine {
         let (driver_id, position, session) = (driver.id.clone(), driver.position, driver.session);
         drop(driver);
         let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
-        state.offer = None;
+        // The other drivers of a broadcast, if any: told it is taken below.
+        let others = std::mem::take(&mut state.offers);
         state.last_position_push = now;
         let trip = &mut state.trip;
         trip.status = TripStatus::DriverAssigned;
@@ -220,28 +268,40 @@ impl Engine {
         if let Some(session) = session {
             self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip) });
         }
+        for offer in others {
+            self.close_offer(offer, WithdrawReason::Taken);
+        }
     }
 
     /// Closes an open offer: the driver is told why and is free again, and
-    /// the trip never goes back to that driver. The caller decides what the
-    /// trip does next.
+    /// (unless another driver took the trip) the trip never goes back to
+    /// that driver. The caller decides what the trip does next.
     pub(super) fn close_offer(&mut self, offer_id: OfferId, reason: WithdrawReason) -> Option<TripId> {
         let offer = self.offers.remove(&offer_id)?;
-        if matches!(reason, WithdrawReason::RiderCancelled | WithdrawReason::SearchTimedOut) {
+        let missed = matches!(reason, WithdrawReason::Declined | WithdrawReason::Expired);
+        if !missed {
             self.stats.offers_withdrawn += 1;
         }
         let mut driver = self.drivers.row(offer.driver);
         driver.offer = None;
+        if missed {
+            driver.answers.note(true);
+        }
         let (driver_id, session) = (driver.id.clone(), driver.session);
+        drop(driver);
         if let Some(session) = session {
             let event = DriverEvent::OfferWithdrawn { offer: offer_id, driver: driver_id.clone(), reason };
             self.effects.push(Effect::Driver { session, event });
         }
         if let Some(mut state) = self.trips.get_mut(&offer.trip) {
-            state.offer = None;
-            state.tried.insert(driver_id.clone());
-            // So a restart never offers the trip to this driver again.
-            self.effects.push(Effect::Persist(LogRecord::Tried { trip: offer.trip, driver: driver_id }));
+            state.offers.retain(|&o| o != offer_id);
+            // A broadcast's other drivers did not pass on the trip: it may
+            // come back to them if the winner gives it up.
+            if reason != WithdrawReason::Taken {
+                state.tried.insert(driver_id.clone());
+                // So a restart never offers the trip to this driver again.
+                self.effects.push(Effect::Persist(LogRecord::Tried { trip: offer.trip, driver: driver_id }));
+            }
         }
         self.freed.push(offer.driver);
         Some(offer.trip)
@@ -261,7 +321,7 @@ impl Engine {
         if state.trip.status != TripStatus::Searching || state.search_deadline != deadline {
             return;
         }
-        if let Some(offer) = state.offer {
+        for offer in state.offers.clone() {
             self.close_offer(offer, WithdrawReason::SearchTimedOut);
         }
         self.stats.trips_no_driver += 1;

@@ -131,16 +131,17 @@ fn check_effects(seen: &mut Seen, effects: &[Effect]) -> Result<(), TestCaseErro
     Ok(())
 }
 
-fn run(ops: Vec<Op>, matching: super::Policies) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), TestCaseError> {
     // Retry on every move, so that after each tick no waiting trip may have
     // an offerable driver in range (`check_invariants` checks it).
-    let config = Config {
+    let mut config = Config {
         rematch_interval_ms: 0,
         driver_grace_ms: 5_000,
         max_offers_per_trip: 2,
-        matching,
+        matching: policies.parse().unwrap_or_else(|e: String| panic!("{e}")),
         ..Config::default()
     };
+    tune(&mut config);
     let mut engine = Engine::new(config.clone());
     let mut now = Timestamp(1_700_000_000_000);
     let mut seen = Seen::default();
@@ -271,14 +272,25 @@ proptest! {
 
     #[test]
     fn invariants_hold_under_any_sequence(ops in proptest::collection::vec(op(), 1..120)) {
-        run(ops, super::Policies::default())?;
+        run(ops, "nearest", |_| {})?;
     }
 
     /// The same with taxis matched in batches of a second and premium cars
     /// nearest-first, side by side in one engine.
     #[test]
     fn invariants_hold_under_any_sequence_with_batches(ops in proptest::collection::vec(op(), 1..120)) {
-        let policies = "batch:1s,premium=nearest".parse().unwrap_or_else(|e: String| panic!("{e}"));
-        run(ops, policies)?;
+        run(ops, "batch:1s,premium=nearest", |_| {})?;
+    }
+
+    /// Taxis broadcast to three drivers at once and premium cars batched,
+    /// with acceptance-aware ranking on: one driver per trip and one trip
+    /// per driver still, whoever answers first, and a trip never offered
+    /// past its limit (four: a second broadcast is cut to one).
+    #[test]
+    fn invariants_hold_under_any_sequence_with_broadcasts(ops in proptest::collection::vec(op(), 1..120)) {
+        run(ops, "broadcast:3,premium=batch:1s", |c| {
+            c.max_offers_per_trip = 4;
+            c.accept_weight_m = 1_500.0;
+        })?;
     }
 }

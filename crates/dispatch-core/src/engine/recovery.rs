@@ -91,7 +91,7 @@ impl Engine {
                     trip,
                     radius_m,
                     tried: tried.into_iter().collect(),
-                    offer: None,
+                    offers: Vec::new(),
                     search_deadline,
                     last_position_push: now,
                     offered_once: true,

@@ -47,7 +47,7 @@ impl Engine {
                 trip: trip.clone(),
                 radius_m,
                 tried: HashSet::new(),
-                offer: None,
+                offers: Vec::new(),
                 search_deadline: now + self.config.search_timeout_ms,
                 last_position_push: now,
                 offered_once: false,
@@ -96,9 +96,9 @@ impl Engine {
         if !may_cancel(status) {
             return Err(EngineError::TooLateToCancel { trip: trip_id, status });
         }
-        let offer = state.offer;
+        let offers = state.offers.clone();
         let driver = state.trip.driver.as_ref().and_then(|id| self.driver_keys.get(id).copied());
-        if let Some(offer) = offer {
+        for offer in offers {
             self.close_offer(offer, WithdrawReason::RiderCancelled);
         }
         let reason = if reason.is_empty() { default_reason.to_owned() } else { bounded_reason(reason) };
@@ -123,6 +123,7 @@ impl Engine {
         if accept {
             self.offers.remove(&offer_id);
             self.stats.offers_accepted += 1;
+            self.drivers.row(key).answers.note(false);
             let trip = self.trips.get(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
             let distance_m = self.driver(key).position.map_or(0.0, |p| p.distance_m(trip.trip.pickup));
             self.assign(now, trip_id, key, distance_m);

@@ -32,6 +32,36 @@ pub(super) struct Driver {
     /// driver is detached, so only that fleet (or the driver's own app)
     /// may take it back.
     pub fleet: Option<FleetId>,
+    /// How the driver answered its last offers.
+    pub answers: Answers,
+}
+
+/// A driver's last [`Answers::KEPT`] answers to offers, for acceptance-aware
+/// ranking: which were missed (declined, or left to lapse). A new driver
+/// has none and ranks by distance alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answers {
+    /// Bit `i` set: the `i`th most recent answer was a miss.
+    missed: u32,
+    /// How many answers are kept (at most `KEPT`).
+    kept: u8,
+}
+
+impl Answers {
+    /// Answers remembered.
+    pub const KEPT: u8 = 20;
+
+    /// Notes an answer: `missed` if declined or left to lapse.
+    pub fn note(&mut self, missed: bool) {
+        let mask = (1u32 << Self::KEPT) - 1;
+        self.missed = ((self.missed << 1) | u32::from(missed)) & mask;
+        self.kept = (self.kept + 1).min(Self::KEPT);
+    }
+
+    /// The share of the kept answers that were misses (0 with none).
+    pub fn miss_rate(&self) -> f64 {
+        if self.kept == 0 { 0.0 } else { f64::from(self.missed.count_ones()) / f64::from(self.kept) }
+    }
 }
 
 impl Driver {
@@ -48,6 +78,7 @@ impl Driver {
             trip: None,
             grace_until: None,
             fleet: None,
+            answers: Answers::default(),
         }
     }
 
@@ -98,13 +129,37 @@ pub(super) struct TripState {
     /// Drivers offered this trip already (declined, let it lapse, lost their
     /// session, or cancelled it): never offered it again.
     pub tried: HashSet<DriverId>,
-    pub offer: Option<OfferId>,
+    /// The offers out: at most one, or up to `k` under `broadcast:k`.
+    pub offers: Vec<OfferId>,
     /// When the current search ends without a driver.
     pub search_deadline: Timestamp,
     /// When the rider was last sent the driver's position.
     pub last_position_push: Timestamp,
     /// Whether an offer (or assignment) was ever made.
     pub offered_once: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Answers;
+
+    #[test]
+    fn answers_keep_the_last_twenty() {
+        let mut a = Answers::default();
+        assert_eq!(a.miss_rate(), 0.0);
+        a.note(true);
+        assert_eq!(a.miss_rate(), 1.0);
+        for _ in 0..19 {
+            a.note(false);
+        }
+        assert_eq!(a.miss_rate(), 1.0 / 20.0);
+        a.note(false);
+        assert_eq!(a.miss_rate(), 0.0, "the miss fell out of the window");
+        for _ in 0..100 {
+            a.note(true);
+        }
+        assert_eq!(a.miss_rate(), 1.0);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -1099,3 +1099,122 @@ fn a_batched_request_after_a_quiet_window_is_not_held() {
     assert_eq!(offered_trips(&w.drain()), [(trip, "d1".to_owned())]);
     assert!(w.engine.check_invariants().is_ok());
 }
+
+fn broadcast(k: usize) -> World {
+    let matching = format!("broadcast:{k}").parse().unwrap_or_else(|e: String| panic!("{e}"));
+    World::with(Config { matching, ..Config::default() })
+}
+
+/// `broadcast:3`: the three nearest get the offer at once; the first to
+/// accept wins, and the other two see it withdrawn as taken, are free
+/// again, and may be offered it again later (they did not pass on it).
+#[test]
+fn a_broadcast_goes_to_the_k_nearest_and_the_first_accept_wins() {
+    let mut w = broadcast(3);
+    w.driver("a", 100.0);
+    let b = w.driver("b", 200.0);
+    w.driver("c", 300.0);
+    w.driver("far", 900.0);
+    let trip = w.request("r1");
+    let sent = offers(&w.drain());
+    let to: Vec<&str> = sent.iter().map(|(_, _, d)| d.as_str()).collect();
+    assert_eq!(to, ["a", "b", "c"]);
+    assert!(w.engine.check_invariants().is_ok());
+    // b, the second nearest, answers first.
+    let (_, b_offer, _) = sent[1].clone();
+    w.engine.offer_reply(w.now, b, b_offer, true).unwrap_or_else(|e| panic!("{e}"));
+    let effects = w.drain();
+    assert_eq!(w.driver_of(trip).as_deref(), Some("b"));
+    assert_eq!(withdrawn(&effects), vec![(sent[0].1, WithdrawReason::Taken), (sent[2].1, WithdrawReason::Taken)]);
+    assert!(w.engine.check_invariants().is_ok());
+    // a answering late finds nothing.
+    assert!(w.engine.offer_reply(w.now, sent[0].0, sent[0].1, true).is_err());
+    let stats = w.engine.stats();
+    assert_eq!((stats.drivers_on_trip, stats.drivers_available, stats.offers_withdrawn), (1, 3, 2));
+    // Nothing of "taken" is logged as tried: b gives the trip back, and
+    // the next broadcast may go to a and c again.
+    let log = w.log.iter().filter(|e| matches!(e, Effect::Persist(LogRecord::Tried { .. }))).count();
+    assert_eq!(log, 0);
+    w.engine.trip_progress(w.now, b, None, trip, TripStatus::Cancelled).unwrap_or_else(|e| panic!("{e}"));
+    let again: Vec<String> = offers(&w.drain()).into_iter().map(|o| o.2).collect();
+    assert_eq!(again, ["a", "c", "far"]);
+}
+
+/// A decline of one broadcast offer waits for the others; only when every
+/// one is closed does the trip go out again, to the next drivers.
+#[test]
+fn a_broadcast_searches_again_only_when_all_its_drivers_said_no() {
+    let mut w = broadcast(2);
+    let a = w.driver("a", 100.0);
+    w.driver("b", 200.0);
+    w.driver("c", 300.0);
+    let trip = w.request("r1");
+    let sent = offers(&w.drain());
+    assert_eq!(sent.len(), 2);
+    w.engine.offer_reply(w.now, a, sent[0].1, false).unwrap_or_else(|e| panic!("{e}"));
+    let effects = w.drain();
+    assert_eq!(withdrawn(&effects), vec![(sent[0].1, WithdrawReason::Declined)]);
+    assert!(offers(&effects).is_empty(), "b still has it: {effects:?}");
+    // b lets it lapse: now c gets it (a declined; b let it lapse).
+    w.advance(Config::default().offer_timeout_ms);
+    let effects = w.drain();
+    assert_eq!(withdrawn(&effects), vec![(sent[1].1, WithdrawReason::Expired)]);
+    assert_eq!(only_offer(&effects).2, "c");
+    // The rider cancels: c's offer is withdrawn.
+    w.engine.cancel_ride(w.now, trip, "").unwrap_or_else(|e| panic!("{e}"));
+    let effects = w.drain();
+    assert_eq!(withdrawn(&effects).len(), 1);
+    assert_eq!(w.status(trip), TripStatus::Cancelled);
+    assert!(w.engine.check_invariants().is_ok());
+}
+
+/// An auto-accept driver among a broadcast's drivers takes the trip at
+/// once, and nobody else is asked.
+#[test]
+fn an_auto_accept_driver_in_a_broadcast_takes_it_at_once() {
+    let mut w = broadcast(3);
+    w.driver("a", 100.0);
+    w.driver_with("auto", 200.0, ServiceSet::taxi(), true);
+    w.driver("c", 300.0);
+    let trip = w.request("r1");
+    let effects = w.drain();
+    assert!(offers(&effects).is_empty(), "{effects:?}");
+    assert_eq!(w.driver_of(trip).as_deref(), Some("auto"));
+    assert!(w.engine.check_invariants().is_ok());
+}
+
+/// Acceptance-aware ranking: with `accept_weight_m` 1,000 a driver who
+/// missed every recent offer ranks like one a kilometre farther, so a
+/// nearer driver who ignores offers is passed over for a farther one who
+/// takes them; at weight 0 distance alone decides.
+#[test]
+fn a_driver_who_ignores_offers_is_ranked_behind_one_who_takes_them() {
+    let run = |weight: f64| {
+        let mut w = World::with(Config { accept_weight_m: weight, ..Config::default() });
+        let ignorer = w.driver("ignorer", 100.0);
+        // The ignorer declines three rides in a row, each then taken by
+        // "keen" (who accepts and finishes them).
+        let keen = w.driver("keen", 600.0);
+        for n in 0..3 {
+            let trip = w.request(&format!("warm{n}"));
+            let effects = w.drain();
+            let (session, offer, driver) = only_offer(&effects);
+            let accept = session == keen;
+            w.engine.offer_reply(w.now, session, offer, accept).unwrap_or_else(|e| panic!("{e}"));
+            if driver == "ignorer" {
+                let (s, o, d) = only_offer(&w.drain());
+                assert_eq!(d, "keen");
+                w.engine.offer_reply(w.now, s, o, true).unwrap_or_else(|e| panic!("{e}"));
+            }
+            for status in [TripStatus::DriverArrived, TripStatus::InProgress, TripStatus::Completed] {
+                w.engine.trip_progress(w.now, keen, None, trip, status).unwrap_or_else(|e| panic!("{e}"));
+            }
+            w.drain();
+        }
+        let _ = ignorer;
+        w.request("r1");
+        only_offer(&w.drain()).2
+    };
+    assert_eq!(run(0.0), "ignorer");
+    assert_eq!(run(1_000.0), "keen");
+}
