@@ -134,6 +134,11 @@ impl DriverIndex {
         self.indexed[slot] = Some(point);
     }
 
+    /// Whether `key` is in the index with `at` as its exact position.
+    pub fn holds_at(&self, key: DriverKey, at: LatLng) -> bool {
+        self.exact.get(key.0 as usize).is_some_and(|p| *p == Some(at.to_unit()))
+    }
+
     /// Takes `key` out of the index; nothing happens if it was not in.
     ///
     /// Cost: O(log n).

@@ -140,7 +140,7 @@ impl Engine {
                 driver.is_offerable() && driver.services.contains(service) && !state.tried.contains(&driver.id)
             };
             let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
-            let found = self.index.nearest_k(state.trip.pickup, state.radius_m, CANDIDATES, offerable, by_id);
+            let found = self.drivers.free().nearest_k(state.trip.pickup, state.radius_m, CANDIDATES, offerable, by_id);
             let mut candidates = Vec::with_capacity(found.len());
             let mut metres = Vec::with_capacity(found.len());
             for neighbor in found {

@@ -108,6 +108,18 @@ impl Engine {
         if self.index.len() != self.drivers.iter().filter(|(_, d)| d.position.is_some()).count() {
             return Err("the index and the positioned drivers differ".into());
         }
+        // The free index holds exactly the offerable drivers, each findable
+        // at its position.
+        let offerable: Vec<_> = self.drivers.iter().filter(|(_, d)| d.is_offerable()).collect();
+        if self.drivers.free().len() != offerable.len() {
+            return Err(format!("{} in the free index, {} offerable", self.drivers.free().len(), offerable.len()));
+        }
+        for (key, driver) in offerable {
+            let Some(at) = driver.position else { continue };
+            if !self.drivers.free().holds_at(key, at) {
+                return Err(format!("driver {} is offerable but not in the free index where it is", driver.id));
+            }
+        }
         self.check_counts()?;
         if self.freed.is_empty() && !self.drivers_moved {
             self.check_no_missed_match()?;

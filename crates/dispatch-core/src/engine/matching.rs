@@ -59,7 +59,7 @@ impl Engine {
         let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
         let ranked = self.config.accept_weight_m > 0.0;
         let pool = if ranked { want.max(super::CANDIDATES) } else { want };
-        let nearest = self.index.nearest_k(pickup, radius_m, pool, offerable, by_id);
+        let nearest = self.drivers.free().nearest_k(pickup, radius_m, pool, offerable, by_id);
         let mut found: Vec<(DriverKey, f64)> = nearest.into_iter().map(|n| (n.key, n.distance_m)).collect();
         if ranked {
             // Stable: equal costs keep their distance (then id) order.

@@ -93,7 +93,7 @@ impl Engine {
     pub fn new(config: Config) -> Self {
         Self {
             index: DriverIndex::with_slack(config.index_slack_m),
-            drivers: DriverTable::default(),
+            drivers: DriverTable::with_slack(config.index_slack_m),
             driver_keys: Map::default(),
             sessions: Map::default(),
             fleet_sessions: Map::default(),

@@ -15,7 +15,7 @@ use std::ops::{Deref, DerefMut};
 use super::state::{Driver, TripState};
 use crate::geo::LatLng;
 use crate::ids::TripId;
-use crate::index::DriverKey;
+use crate::index::{DriverIndex, DriverKey};
 use crate::trip::TripStatus;
 
 /// Live counts of drivers and trips by state.
@@ -155,22 +155,38 @@ impl Density {
     }
 }
 
-/// The counts a table keeps: by state, and by map cell.
+/// The counts a table keeps: by state, and by map cell; for drivers, also
+/// the index of those who could take an offer now.
 #[derive(Default)]
 pub(super) struct Tally {
     counts: Counts,
     density: Density,
+    /// Offerable drivers at their positions (the driver table's only; the
+    /// trip table's stays empty).
+    free: DriverIndex,
 }
 
 impl Tally {
-    fn add<T: Counted>(&mut self, row: &T) {
+    fn add<T: Counted>(&mut self, slot: DriverKey, row: &T) {
         self.counts.add(row.counts());
         self.density.shift(None, row.place());
+        self.refile(slot, None, row.free_at());
     }
 
-    fn sub<T: Counted>(&mut self, row: &T) {
+    fn sub<T: Counted>(&mut self, slot: DriverKey, row: &T) {
         self.counts.sub(row.counts());
         self.density.shift(row.place(), None);
+        self.refile(slot, row.free_at(), None);
+    }
+
+    /// Keeps the free index in step with a row that was free at `from` and
+    /// is now free at `to` (`None`: not free).
+    fn refile(&mut self, slot: DriverKey, from: Option<LatLng>, to: Option<LatLng>) {
+        match (from, to) {
+            (_, Some(at)) if from != to => self.free.locate_mut(slot, at),
+            (Some(_), None) => self.free.remove(slot),
+            _ => {}
+        }
     }
 }
 
@@ -180,6 +196,11 @@ pub(super) trait Counted {
     fn counts(&self) -> Counts;
     /// Where the row shows on the map, and as what.
     fn place(&self) -> Option<(CellKey, Shade)>;
+    /// Where the row is, if it belongs in the free index (an offerable
+    /// driver).
+    fn free_at(&self) -> Option<LatLng> {
+        None
+    }
 }
 
 impl Driver {
@@ -217,6 +238,10 @@ impl Counted for Driver {
         // kept at all.
         Some((CellKey::of(self.position?), self.shade()))
     }
+
+    fn free_at(&self) -> Option<LatLng> {
+        self.position.filter(|_| self.is_offerable())
+    }
 }
 
 impl Counted for TripState {
@@ -241,14 +266,17 @@ impl Counted for TripState {
 pub(super) struct Tracked<'a, T: Counted> {
     row: &'a mut T,
     tally: &'a mut Tally,
+    /// The row's slot, for the free index.
+    slot: DriverKey,
     counts: Counts,
     place: Option<(CellKey, Shade)>,
+    free_at: Option<LatLng>,
 }
 
 impl<'a, T: Counted> Tracked<'a, T> {
-    fn new(row: &'a mut T, tally: &'a mut Tally) -> Self {
-        let (counts, place) = (row.counts(), row.place());
-        Self { row, tally, counts, place }
+    fn new(slot: DriverKey, row: &'a mut T, tally: &'a mut Tally) -> Self {
+        let (counts, place, free_at) = (row.counts(), row.place(), row.free_at());
+        Self { row, tally, slot, counts, place, free_at }
     }
 }
 
@@ -273,14 +301,19 @@ impl<T: Counted> Drop for Tracked<'_, T> {
             self.tally.counts.add(counts);
         }
         self.tally.density.shift(self.place, self.row.place());
+        self.tally.refile(self.slot, self.free_at, self.row.free_at());
     }
 }
 
-/// Driver records by slot, with free slots reused.
+/// Driver records by slot, with free slots reused, and the index of the
+/// drivers who could take an offer now: matching searches that, so its
+/// cost does not grow with the busy drivers around a pickup (at a peak,
+/// most of them), and a retry of hundreds of waiting trips stays cheap.
 #[derive(Default)]
 pub(super) struct DriverTable {
     slots: Vec<Option<Driver>>,
-    free: Vec<DriverKey>,
+    /// Empty slots, reused first.
+    unused: Vec<DriverKey>,
     tally: Tally,
 }
 
@@ -289,9 +322,20 @@ impl DriverTable {
         self.slots.get(key.0 as usize).and_then(Option::as_ref)
     }
 
+    /// An empty table whose free index lags by up to `slack_m` (see
+    /// [`DriverIndex::with_slack`]).
+    pub fn with_slack(slack_m: f64) -> Self {
+        Self { tally: Tally { free: DriverIndex::with_slack(slack_m), ..Tally::default() }, ..Self::default() }
+    }
+
     pub fn get_mut(&mut self, key: DriverKey) -> Option<Tracked<'_, Driver>> {
         let row = self.slots.get_mut(key.0 as usize).and_then(Option::as_mut)?;
-        Some(Tracked::new(row, &mut self.tally))
+        Some(Tracked::new(key, row, &mut self.tally))
+    }
+
+    /// The drivers who could take an offer now, by position.
+    pub fn free(&self) -> &DriverIndex {
+        &self.tally.free
     }
 
     /// Moves a driver that already has a position, and notes its fix time:
@@ -304,6 +348,9 @@ impl DriverTable {
         let Some(old) = row.position else { return false };
         row.position = Some(at);
         row.last_fix = fix.or(row.last_fix);
+        if row.is_offerable() {
+            self.tally.free.locate_mut(key, at);
+        }
         let (from, to) = (CellKey::of(old), CellKey::of(at));
         if from != to {
             let shade = row.shade();
@@ -324,24 +371,23 @@ impl DriverTable {
 
     /// Files a driver in a free slot (or a new one) and returns its key.
     pub fn insert(&mut self, driver: Driver) -> DriverKey {
-        self.tally.add(&driver);
-        match self.free.pop() {
-            Some(key) => {
-                self.slots[key.0 as usize] = Some(driver);
-                key
-            }
+        let key = match self.unused.pop() {
+            Some(key) => key,
             None => {
                 let key = DriverKey(u32::try_from(self.slots.len()).unwrap_or(u32::MAX));
-                self.slots.push(Some(driver));
+                self.slots.push(None);
                 key
             }
-        }
+        };
+        self.tally.add(key, &driver);
+        self.slots[key.0 as usize] = Some(driver);
+        key
     }
 
     pub fn remove(&mut self, key: DriverKey) -> Option<Driver> {
         let driver = self.slots.get_mut(key.0 as usize).and_then(Option::take)?;
-        self.tally.sub(&driver);
-        self.free.push(key);
+        self.tally.sub(key, &driver);
+        self.unused.push(key);
         Some(driver)
     }
 
@@ -358,6 +404,9 @@ impl DriverTable {
         &self.tally.density
     }
 }
+
+/// The slot trips pass to [`Tracked`]: a trip is never in the free index.
+const NO_SLOT: DriverKey = DriverKey(u32::MAX);
 
 /// Trips by id, ended ones included until their retention runs out.
 ///
@@ -378,20 +427,20 @@ impl TripTable {
 
     pub fn get_mut(&mut self, id: &TripId) -> Option<Tracked<'_, TripState>> {
         let row = self.rows.get_mut(id)?;
-        Some(Tracked::new(&mut **row, &mut self.tally))
+        Some(Tracked::new(NO_SLOT, &mut **row, &mut self.tally))
     }
 
     /// Files a trip, replacing any row under the same id.
     pub fn insert(&mut self, id: TripId, state: TripState) {
-        self.tally.add(&state);
+        self.tally.add(NO_SLOT, &state);
         if let Some(old) = self.rows.insert(id, Box::new(state)) {
-            self.tally.sub(&*old);
+            self.tally.sub(NO_SLOT, &*old);
         }
     }
 
     pub fn remove(&mut self, id: &TripId) -> Option<TripState> {
         let state = self.rows.remove(id)?;
-        self.tally.sub(&*state);
+        self.tally.sub(NO_SLOT, &*state);
         Some(*state)
     }
 
