@@ -66,6 +66,8 @@ impl Tally {
             empty_km: self.empty_m / 1_000.0,
             offers_per_trip: self.offers as f64 / (self.requests.max(1)) as f64,
             decline_rate: self.declined as f64 / (self.offers.max(1)) as f64,
+            waits_s: Samples(waits),
+            pickups_m: Samples(self.pickup_m),
         }
     }
 }
@@ -109,4 +111,20 @@ pub struct Kpis {
     pub offers_per_trip: f64,
     /// Offers declined, per offer made.
     pub decline_rate: f64,
+    /// Every wait to assignment, seconds, sorted (for the plots).
+    #[serde(skip)]
+    pub waits_s: Samples,
+    /// Every pickup distance, metres, sorted (for the plots).
+    #[serde(skip)]
+    pub pickups_m: Samples,
+}
+
+/// Sorted samples of one KPI; printed as their count.
+#[derive(Clone, Default)]
+pub struct Samples(pub Vec<f64>);
+
+impl std::fmt::Debug for Samples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} samples", self.0.len())
+    }
 }

@@ -5,9 +5,11 @@
 //!
 //! - [`trips`]: one reader per data format;
 //! - [`world`]: the simulated city, event by event;
-//! - [`kpi`]: the counts and the KPIs.
+//! - [`kpi`]: the counts and the KPIs;
+//! - [`plot`]: SVG plots of a comparison.
 
 pub mod kpi;
+pub mod plot;
 pub mod trips;
 pub mod world;
 
@@ -40,12 +42,13 @@ pub fn seed_points(trips: &[TripRow], start_s: f64) -> Vec<LatLng> {
     trips.iter().filter(|t| (start_s..start_s + 3_600.0).contains(&t.at_s)).map(|t| t.pickup).collect()
 }
 
-/// `HH:MM` as seconds since midnight.
+/// `HH:MM` as seconds since midnight (hours up to 48, for data that runs on
+/// past midnight).
 pub fn clock(s: &str) -> Result<f64, String> {
     let (h, m) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected HH:MM"))?;
     let (h, m): (u32, u32) =
         (h.parse().map_err(|_| format!("{s:?}: hour"))?, m.parse().map_err(|_| format!("{s:?}: minute"))?);
-    if h > 24 || m > 59 {
+    if h > 48 || m > 59 {
         return Err(format!("{s:?}: not a time of day"));
     }
     Ok(f64::from(h * 3_600 + m * 60))

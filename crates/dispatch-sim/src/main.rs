@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use dispatch_sim::{Format, Kpis, SimError, World, clock, seed_points, trips, world};
+use dispatch_sim::world::Think;
+use dispatch_sim::{Format, Kpis, SimError, World, clock, plot, seed_points, trips, world};
 use rand::SeedableRng;
 
 /// Replays real trips through the engine in virtual time and prints the
@@ -32,7 +33,8 @@ struct Flags {
     #[arg(long, value_parser = sweep)]
     sweep_drivers: Option<Sizes>,
     /// Policies to compare side by side, comma-separated (`nearest`,
-    /// `batch:2s`, `batch:500ms`).
+    /// `batch:2s`, `batch:500ms`, `broadcast:3`); a policy may carry its own
+    /// acceptance weight after a `+` (`nearest+accept:1500`).
     #[arg(long, default_value = "nearest")]
     compare: String,
     /// Straight-line speed, metres a second.
@@ -41,12 +43,23 @@ struct Flags {
     /// Road over straight-line distance.
     #[arg(long, default_value_t = 1.3)]
     detour: f64,
-    /// The chance a driver accepts an offer.
+    /// The chance a driver accepts an offer (on average over drivers).
     #[arg(long, default_value_t = 1.0)]
     accept: f64,
-    /// Seconds a driver takes to answer: `MIN..MAX`, drawn uniformly.
-    #[arg(long, default_value = "0..0", value_parser = range_s)]
-    think_s: (f64, f64),
+    /// Drivers differ: each one's own chance is drawn from `accept ± this`.
+    #[arg(long, default_value_t = 0.0)]
+    accept_spread: f64,
+    /// Seconds a driver takes to answer: `MIN..MAX`, drawn uniformly, or
+    /// `data`: the real request-to-accept intervals of the data (Austin).
+    #[arg(long, default_value = "0..0", value_parser = think)]
+    think_s: ThinkFlag,
+    /// Acceptance-aware ranking for every policy: a driver who missed all
+    /// their recent offers ranks like one this many metres farther.
+    #[arg(long, default_value_t = 0.0)]
+    accept_weight_m: f64,
+    /// Write SVG plots of the runs into this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// The pickup radius, metres.
     #[arg(long, default_value_t = 5_000.0)]
     radius_m: f64,
@@ -79,6 +92,20 @@ fn sweep(s: &str) -> Result<Sizes, String> {
     Ok(Sizes((a..=b).step_by(step).collect()))
 }
 
+/// `--think-s`: a range, or the data's own intervals.
+#[derive(Debug, Clone)]
+enum ThinkFlag {
+    Range(f64, f64),
+    Data,
+}
+
+fn think(s: &str) -> Result<ThinkFlag, String> {
+    if s == "data" {
+        return Ok(ThinkFlag::Data);
+    }
+    range_s(s).map(|(a, b)| ThinkFlag::Range(a, b))
+}
+
 fn range_s(s: &str) -> Result<(f64, f64), String> {
     let (a, b) = s.split_once("..").ok_or_else(|| format!("{s:?}: expected MIN..MAX"))?;
     let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
@@ -97,6 +124,19 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(flags.seed);
     let all = trips::read(&flags.data, format, &mut rng)?;
     let seeds = seed_points(&all, flags.from);
+    let think = match flags.think_s {
+        ThinkFlag::Range(lo, hi) => Think::Uniform(lo, hi),
+        ThinkFlag::Data => {
+            let real: Vec<f64> = all.iter().filter_map(|t| t.accept_after_s).collect();
+            if real.is_empty() {
+                return Err(SimError::Input("--think-s data: these trips carry no accept times".into()));
+            }
+            Think::Sampled(real)
+        }
+    };
+    if !(0.0..=1.0).contains(&flags.accept) || !(0.0..=1.0).contains(&flags.accept_spread) {
+        return Err(SimError::Input("--accept and --accept-spread are from 0 to 1".into()));
+    }
     let sizes = flags.sweep_drivers.clone().map_or_else(|| vec![flags.drivers], |s| s.0);
     let policies: Vec<&str> = flags.compare.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
     let mut rows: Vec<(String, Kpis)> = Vec::new();
@@ -107,13 +147,16 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
                 speed_mps: flags.speed_mps,
                 detour: flags.detour,
                 accept: flags.accept,
-                think_s: flags.think_s,
+                accept_spread: flags.accept_spread,
+                think: think.clone(),
                 seed: flags.seed,
                 ..World::default()
             };
             world.engine.max_pickup_distance_m = flags.radius_m;
             world.engine.search_timeout_ms = flags.patience_s.max(1) * 1_000;
-            world.engine.matching = policy.parse().map_err(SimError::Input)?;
+            let (matching, weight) = policy_and_weight(policy, flags.accept_weight_m)?;
+            world.engine.matching = matching;
+            world.engine.accept_weight_m = weight;
             world.engine.batch_unmatched_m = flags.unmatched_m;
             world.engine.batch_unmatched_per_s_m = flags.unmatched_per_s_m;
             let kpis = world::run(&world, &all, &seeds, flags.from, flags.to)?;
@@ -121,6 +164,11 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
         }
     }
     let io = |e: std::io::Error| SimError::Input(format!("output: {e}"));
+    if let Some(dir) = &flags.plot {
+        for written in plot::all(dir, &rows)? {
+            writeln!(std::io::stderr(), "wrote {}", written.display()).map_err(io)?;
+        }
+    }
     if flags.json {
         for (policy, kpis) in &rows {
             let mut value = serde_json::to_value(kpis).map_err(|e| SimError::Input(e.to_string()))?;
@@ -131,7 +179,7 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
     }
     writeln!(
         out,
-        "{:<12} {:>7} {:>8} {:>7} {:>9} {:>9} {:>10} {:>9} {:>9} {:>6} {:>9} {:>7} {:>8}",
+        "{:<22} {:>7} {:>8} {:>7} {:>9} {:>9} {:>10} {:>9} {:>9} {:>6} {:>9} {:>7} {:>8}",
         "policy",
         "drivers",
         "requests",
@@ -150,7 +198,7 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
     for (policy, k) in &rows {
         writeln!(
             out,
-            "{:<12} {:>7} {:>8} {:>6.1}% {:>8.1}s {:>8.1}s {:>10.0} {:>9.0} {:>8.0}s {:>5.1}% {:>9.0} {:>7.2} {:>7.1}%",
+            "{:<22} {:>7} {:>8} {:>6.1}% {:>8.1}s {:>8.1}s {:>10.0} {:>9.0} {:>8.0}s {:>5.1}% {:>9.0} {:>7.2} {:>7.1}%",
             policy,
             k.drivers,
             k.requests,
@@ -167,7 +215,46 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
         )
         .map_err(io)?;
     }
+    // Against the first policy of the same fleet size, as ratios.
+    if policies.len() > 1 {
+        writeln!(out).map_err(io)?;
+        for (policy, k) in &rows {
+            let Some((base_name, base)) = rows.iter().find(|(_, b)| b.drivers == k.drivers) else { continue };
+            if std::ptr::eq(base, k) {
+                continue;
+            }
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+            writeln!(
+                out,
+                "{} drivers: {policy} vs {base_name}: match {:+.1} points, pickup x{:.2}, wait p90 {:+.1} s, \
+                 empty km x{:.2}, offers per request x{:.2}",
+                k.drivers,
+                (k.match_rate - base.match_rate) * 100.0,
+                ratio(k.pickup_mean_m, base.pickup_mean_m),
+                k.wait_p90_s - base.wait_p90_s,
+                ratio(k.empty_km, base.empty_km),
+                ratio(k.offers_per_trip, base.offers_per_trip),
+            )
+            .map_err(io)?;
+        }
+    }
     Ok(())
+}
+
+/// `POLICY[+accept:M]`: the policy, and its acceptance weight (the flag's
+/// when not given).
+fn policy_and_weight(s: &str, default_weight: f64) -> Result<(dispatch_core::engine::Policies, f64), SimError> {
+    let (policy, weight) = match s.split_once("+accept:") {
+        Some((policy, m)) => {
+            let m = m.parse::<f64>().map_err(|e| SimError::Input(format!("{s:?}: {e}")))?;
+            (policy, m)
+        }
+        None => (s, default_weight),
+    };
+    if !(0.0..=1_000_000.0).contains(&weight) {
+        return Err(SimError::Input(format!("{s:?}: an acceptance weight is 0 to 1,000,000 metres")));
+    }
+    Ok((policy.parse().map_err(SimError::Input)?, weight))
 }
 
 fn main() -> ExitCode {

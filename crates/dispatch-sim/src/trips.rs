@@ -19,6 +19,9 @@ pub struct TripRow {
     pub pickup: LatLng,
     /// Where the rider got out.
     pub dropoff: LatLng,
+    /// Seconds from the request to a driver's accept, where the data has
+    /// it (Austin).
+    pub accept_after_s: Option<f64>,
 }
 
 /// The layouts read.
@@ -26,8 +29,17 @@ pub struct TripRow {
 pub enum Format {
     /// NYC TLC 2013 (`pickup_time, dropoff_time, distance_miles,
     /// pickup_lat, pickup_lon, dropoff_lat, dropoff_lon`), GPS points, local
-    /// time.
+    /// time. NREL HIVE's RideAustin files (`hive_aus_*.csv`) have the same
+    /// columns and are read the same way.
     Nyc,
+    /// RideAustin 2017 as shipped by the City of Toronto's triplinker
+    /// (`request_datetime, driver_accept_datetime, ..., pickup_latitude,
+    /// pickup_longitude, ..., dropoff_latitude, dropoff_longitude`):
+    /// requests at their request time (seconds since midnight of the
+    /// first day, so the day's last hours past midnight run on past 24:00),
+    /// from the pickup point (the request columns are garbage upstream), and
+    /// the real request-to-accept interval of each.
+    Austin,
     /// City of Chicago taxi trips (`trip_start_timestamp` in Unix seconds
     /// holding local time, rounded to 15 minutes; community-area
     /// centroids). Four years are folded onto one day by time of day, each
@@ -39,7 +51,9 @@ impl Format {
     /// The format a data folder's file is in, from its name.
     pub fn guess(path: &Path) -> Option<Self> {
         let name = path.to_string_lossy().to_lowercase();
-        if name.contains("nyc") {
+        if name.contains("triplinker") {
+            Some(Self::Austin)
+        } else if name.contains("nyc") || name.contains("hive_aus") {
             Some(Self::Nyc)
         } else if name.contains("chicago") {
             Some(Self::Chicago)
@@ -56,6 +70,16 @@ struct NycRow {
     pickup_lon: f64,
     dropoff_lat: f64,
     dropoff_lon: f64,
+}
+
+#[derive(Deserialize)]
+struct AustinRow {
+    request_datetime: String,
+    driver_accept_datetime: String,
+    pickup_latitude: f64,
+    pickup_longitude: f64,
+    dropoff_latitude: f64,
+    dropoff_longitude: f64,
 }
 
 #[derive(Deserialize)]
@@ -88,8 +112,33 @@ pub fn read(path: &Path, format: Format, rng: &mut impl Rng) -> Result<Vec<TripR
                 if let (Some(pickup), Some(dropoff)) =
                     (point(row.pickup_lat, row.pickup_lon), point(row.dropoff_lat, row.dropoff_lon))
                 {
-                    trips.push(TripRow { at_s, pickup, dropoff });
+                    trips.push(TripRow { at_s, pickup, dropoff, accept_after_s: None });
                 }
+            }
+        }
+        Format::Austin => {
+            let time = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok();
+            let mut rows = Vec::new();
+            for row in reader.deserialize::<AustinRow>().flatten() {
+                let (Some(asked), Some(accepted)) = (time(&row.request_datetime), time(&row.driver_accept_datetime))
+                else {
+                    continue;
+                };
+                if let (Some(pickup), Some(dropoff)) = (
+                    point(row.pickup_latitude, row.pickup_longitude),
+                    point(row.dropoff_latitude, row.dropoff_longitude),
+                ) {
+                    let accept_after_s = (accepted - asked).num_seconds() as f64;
+                    rows.push((asked, pickup, dropoff, (accept_after_s >= 0.0).then_some(accept_after_s)));
+                }
+            }
+            let Some(day) = rows.iter().map(|r| r.0.date()).min() else {
+                return Err(SimError::Data(format!("{}: no usable trips", path.display())));
+            };
+            let midnight = day.and_time(chrono::NaiveTime::MIN);
+            for (asked, pickup, dropoff, accept_after_s) in rows {
+                let at_s = (asked - midnight).num_seconds() as f64;
+                trips.push(TripRow { at_s, pickup, dropoff, accept_after_s });
             }
         }
         Format::Chicago => {
@@ -106,7 +155,7 @@ pub fn read(path: &Path, format: Format, rng: &mut impl Rng) -> Result<Vec<TripR
                 let slot = at.rem_euclid(86_400) as f64;
                 let at_s = slot + rng.random_range(0.0..900.0);
                 if let (Some(pickup), Some(dropoff)) = (point(plat, plng), point(dlat, dlng)) {
-                    trips.push(TripRow { at_s, pickup, dropoff });
+                    trips.push(TripRow { at_s, pickup, dropoff, accept_after_s: None });
                 }
             }
         }

@@ -32,10 +32,13 @@ pub struct World {
     pub speed_mps: f64,
     /// Road distance over straight-line distance.
     pub detour: f64,
-    /// The chance a driver accepts an offer.
+    /// The chance a driver accepts an offer, on average over drivers.
     pub accept: f64,
-    /// Seconds a driver takes to answer, drawn uniformly from this range.
-    pub think_s: (f64, f64),
+    /// Drivers differ: each driver's own chance is drawn uniformly from
+    /// `accept ± accept_spread` (within 0..=1) and kept for the run.
+    pub accept_spread: f64,
+    /// Seconds a driver takes to answer.
+    pub think: Think,
     /// Seconds between a driver's position reports.
     pub ping_s: f64,
     /// The engine's rules (radius, timeouts, policy).
@@ -51,10 +54,31 @@ impl Default for World {
             speed_mps: 8.0,
             detour: 1.3,
             accept: 1.0,
-            think_s: (0.0, 0.0),
+            accept_spread: 0.0,
+            think: Think::Uniform(0.0, 0.0),
             ping_s: 5.0,
             engine: Config { search_timeout_ms: 60_000, ..Config::default() },
             seed: 1,
+        }
+    }
+}
+
+/// How long drivers take to answer an offer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Think {
+    /// Drawn uniformly from `MIN..MAX` seconds.
+    Uniform(f64, f64),
+    /// Drawn from these seconds (real request-to-accept intervals).
+    Sampled(Vec<f64>),
+}
+
+impl Think {
+    fn draw(&self, rng: &mut impl Rng) -> f64 {
+        match self {
+            Self::Uniform(lo, hi) if hi > lo => rng.random_range(*lo..*hi),
+            Self::Uniform(lo, _) => *lo,
+            Self::Sampled(all) if all.is_empty() => 0.0,
+            Self::Sampled(all) => all[rng.random_range(0..all.len())],
         }
     }
 }
@@ -107,6 +131,8 @@ struct Sim<'a> {
     queue: BinaryHeap<Reverse<(i64, u64, Event)>>,
     seq: u64,
     legs: Vec<Leg>,
+    /// Each driver's chance of accepting an offer.
+    accepts: Vec<f64>,
     /// Which replayed request each trip is.
     request_of: HashMap<TripId, usize>,
     rng: ChaCha8Rng,
@@ -141,9 +167,8 @@ impl Sim<'_> {
                 Effect::Driver { session, event: DriverEvent::Offer(offer) } => {
                     let driver = (session.0 - 1) as usize;
                     self.tally.offers += 1;
-                    let (lo, hi) = self.world.think_s;
-                    let think = if hi > lo { self.rng.random_range(lo..hi) } else { lo };
-                    let accept = self.rng.random::<f64>() < self.world.accept;
+                    let think = self.world.think.draw(&mut self.rng);
+                    let accept = self.rng.random::<f64>() < self.accepts[driver];
                     let at = self.now + (think * 1_000.0) as i64;
                     self.at(at, Event::Reply { driver, offer: offer.id, accept });
                 }
@@ -245,6 +270,7 @@ pub fn run(
         queue: BinaryHeap::new(),
         seq: 0,
         legs: Vec::with_capacity(world.drivers),
+        accepts: Vec::with_capacity(world.drivers),
         request_of: HashMap::new(),
         rng: ChaCha8Rng::seed_from_u64(world.seed ^ 0xacce97),
         tally: Tally::default(),
@@ -252,6 +278,9 @@ pub fn run(
     for d in 0..world.drivers {
         let at = seed_points[rng.random_range(0..seed_points.len())];
         sim.legs.push(Leg::still(at));
+        let spread = world.accept_spread.abs();
+        let own = if spread > 0.0 { world.accept + rng.random_range(-spread..spread) } else { world.accept };
+        sim.accepts.push(own.clamp(0.0, 1.0));
         let driver = DriverId::new(&format!("d{d}")).map_err(|e| SimError::Data(e.to_string()))?;
         let hello = DriverHello {
             driver,
