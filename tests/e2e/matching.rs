@@ -75,3 +75,54 @@ async fn a_broadcast_goes_to_three_drivers_and_the_first_accept_wins() {
     let stats = server.stats_until("three free, one on a trip", |s| s.drivers_available == 3).await;
     assert_eq!((stats.drivers_on_trip, stats.offers_withdrawn), (1, 2));
 }
+
+/// Over gRPC, forward dispatch: a driver carrying a rider to a dropoff
+/// 200 m from a new pickup is offered it before a free driver 3 km away;
+/// the rider sees that driver and `queued`, and, when the ride in progress
+/// completes, the same driver on the way (`queued` false).
+#[tokio::test]
+async fn forward_dispatch_queues_the_next_ride_for_a_driver_finishing_nearby() {
+    let mut config = ServerConfig::default();
+    config.engine.forward_dispatch_m = 1_000.0;
+    let server = TestServer::with(config).await;
+    let mut busy = server.driver(hello("busy", 300.0)).await;
+    let first = server
+        .request_with(pb::RideRequest {
+            rider_id: "first".into(),
+            request_id: "first".into(),
+            pickup: Some(north(300.0)),
+            dropoff: Some(north(200.0)),
+            ..Default::default()
+        })
+        .await;
+    let offer = busy.expect_offer().await;
+    busy.reply(&offer, true).await;
+    busy.expect_trip(pb::TripStatus::DriverAssigned).await;
+    for status in [pb::TripStatus::DriverArrived, pb::TripStatus::InProgress] {
+        busy.progress(&first.trip_id, status).await;
+        busy.expect_trip(status).await;
+    }
+    let mut far = server.driver(hello("far", 3_000.0)).await;
+    server.stats_until("the far driver is available", |s| s.drivers_available == 1).await;
+    let mut rider = server.request("second", "k2").await;
+    let offer = busy.expect_offer().await;
+    assert_eq!(offer.trip.as_ref().map(|t| t.trip_id.as_str()), Some(rider.trip_id.as_str()));
+    assert_eq!(far.next_before_barrier().await, None, "the free driver 3 km away is not asked");
+    busy.reply(&offer, true).await;
+    let queued = busy.expect_trip(pb::TripStatus::DriverAssigned).await;
+    assert!(queued.queued && queued.trip_id == rider.trip_id, "{queued:?}");
+    let seen = rider.until(pb::TripStatus::DriverAssigned).await;
+    assert_eq!((seen.driver_id.as_str(), seen.queued), ("busy", true));
+    assert!((seen.pickup_distance_m - 300.0).abs() < 5.0, "100 m to the dropoff and 200 m on: {seen:?}");
+    // The queued pickup cannot be reached before the ride ends.
+    busy.progress(&rider.trip_id, pb::TripStatus::DriverArrived).await;
+    busy.expect_rejected(tonic::Code::FailedPrecondition).await;
+    busy.progress(&first.trip_id, pb::TripStatus::Completed).await;
+    busy.expect_trip(pb::TripStatus::Completed).await;
+    let started = busy.expect_trip(pb::TripStatus::DriverAssigned).await;
+    assert!(!started.queued && started.trip_id == rider.trip_id, "{started:?}");
+    let seen = rider.next().await;
+    assert_eq!((seen.status(), seen.queued, seen.driver_id.as_str()), (pb::TripStatus::DriverAssigned, false, "busy"));
+    busy.progress(&rider.trip_id, pb::TripStatus::DriverArrived).await;
+    busy.expect_trip(pb::TripStatus::DriverArrived).await;
+}

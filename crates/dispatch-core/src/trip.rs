@@ -112,4 +112,8 @@ pub struct Trip {
     pub updated_at: Timestamp,
     /// Why it was cancelled, if it was.
     pub cancel_reason: Option<String>,
+    /// Forward dispatch: assigned to a driver who first finishes a ride
+    /// whose dropoff is near this pickup; `pickup_distance_m` then runs via
+    /// that dropoff. Cleared when the driver sets off for this pickup.
+    pub queued: bool,
 }

@@ -253,6 +253,7 @@ impl From<&Trip> for pb::Trip {
             requested_at_ms: t.requested_at.0,
             updated_at_ms: t.updated_at.0,
             cancel_reason: t.cancel_reason.clone().unwrap_or_default(),
+            queued: t.queued,
         }
     }
 }

@@ -134,6 +134,9 @@ pub struct StoredTrip {
     /// The fleet that speaks for the driver, if one does.
     #[prost(string, optional, tag = "18")]
     pub driver_fleet: Option<String>,
+    /// Queued behind the driver's current ride (forward dispatch).
+    #[prost(bool, tag = "19")]
+    pub queued: bool,
 }
 
 /// A stored record the engine's types refuse (a bug or corruption that
@@ -192,6 +195,7 @@ impl From<&TripRecord> for StoredTrip {
             tried: r.tried.iter().map(|d| d.to_string()).collect(),
             search_deadline_ms: r.search_deadline.0,
             driver_fleet: r.driver_fleet.as_ref().map(|f| f.to_string()),
+            queued: t.queued,
         }
     }
 }
@@ -240,6 +244,7 @@ impl TryFrom<StoredTrip> for TripRecord {
             requested_at: Timestamp(s.requested_at_ms),
             updated_at: Timestamp(s.updated_at_ms),
             cancel_reason: s.cancel_reason,
+            queued: s.queued,
         };
         Ok(TripRecord {
             trip,

@@ -41,6 +41,7 @@ fn record(id: u64, status: TripStatus) -> TripRecord {
             requested_at: Timestamp(1_000),
             updated_at: Timestamp(2_000 + id as i64),
             cancel_reason: None,
+            queued: false,
         },
         radius_m: 3_000.0,
         tried: vec![DriverId::new("x").unwrap_or_else(|e| panic!("{e}"))],

@@ -176,6 +176,12 @@ struct Flags {
     /// farther (half of them, half as much); 0 ranks by distance alone.
     #[arg(long, env = "DISPATCH_ACCEPT_WEIGHT_M", default_value_t = 0.0, value_parser = metres_or_zero)]
     accept_weight_m: f64,
+    /// Forward dispatch: a driver whose ride in progress ends within this
+    /// many metres of a new pickup may be offered it next (queued), when
+    /// the rest of the ride plus the drive on is shorter than every free
+    /// driver's pickup; 0 turns it off.
+    #[arg(long, env = "DISPATCH_FORWARD_DISPATCH_M", default_value_t = 0.0, value_parser = metres_or_zero)]
+    forward_dispatch_m: f64,
     /// Cluster mode: the NATS servers (JetStream) this node joins,
     /// comma-separated (`nats://127.0.0.1:4222,nats://127.0.0.1:4223`). The
     /// trip log is then a replicated stream, not `--data-dir`, and one node
@@ -315,6 +321,7 @@ impl Flags {
         config.engine.batch_unmatched_m = self.batch_unmatched_m;
         config.engine.batch_unmatched_per_s_m = self.batch_unmatched_per_s_m;
         config.engine.accept_weight_m = self.accept_weight_m;
+        config.engine.forward_dispatch_m = self.forward_dispatch_m;
         config.max_fleet_batch = self.max_fleet_batch;
         config.max_sessions = self.max_sessions;
         config.max_message_bytes = self.max_message_bytes;

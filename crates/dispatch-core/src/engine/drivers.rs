@@ -293,6 +293,7 @@ impl Engine {
 
     pub(super) fn forget_driver(&mut self, key: DriverKey) {
         self.index.remove(key);
+        self.forward.remove(key);
         if let Some(driver) = self.drivers.remove(key) {
             self.driver_keys.remove(&driver.id);
         }

@@ -16,6 +16,8 @@ impl Engine {
     /// Returns what is broken, if anything.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut drivers_on_trips = HashMap::new();
+        let mut drivers_queued = HashMap::new();
+        let mut forward_expected = 0;
         for (id, state) in self.trips.iter() {
             let trip = &state.trip;
             if trip.id != *id {
@@ -30,13 +32,27 @@ impl Engine {
                 let Some(driver) = &trip.driver else {
                     return Err(format!("trip {id} is {:?} without a driver", trip.status));
                 };
-                if let Some(other) = drivers_on_trips.insert(driver.clone(), *id) {
+                // One trip per driver, but for one ride explicitly queued
+                // behind a ride in progress (forward dispatch).
+                let held = if trip.queued { &mut drivers_queued } else { &mut drivers_on_trips };
+                if let Some(other) = held.insert(driver.clone(), *id) {
                     return Err(format!("driver {driver} has two trips: {other} and {id}"));
                 }
                 let key = self.driver_keys.get(driver).ok_or(format!("trip {id}: driver {driver} unknown"))?;
-                if self.driver(*key).trip != Some(*id) {
-                    return Err(format!("trip {id} names {driver}, whose trip is {:?}", self.driver(*key).trip));
+                let d = self.driver(*key);
+                if trip.queued {
+                    let current = d.trip.and_then(|t| self.trips.get(&t)).map(|t| t.trip.status);
+                    if d.next != Some(*id) || trip.status != TripStatus::DriverAssigned {
+                        return Err(format!("trip {id} is queued for {driver}, whose next is {:?}", d.next));
+                    }
+                    if current != Some(TripStatus::InProgress) {
+                        return Err(format!("trip {id} is queued behind a trip {current:?}, not one in progress"));
+                    }
+                } else if d.trip != Some(*id) {
+                    return Err(format!("trip {id} names {driver}, whose trip is {:?}", d.trip));
                 }
+            } else if trip.queued {
+                return Err(format!("trip {id} is queued while {:?}", trip.status));
             }
             let fanout = self.config.matching.of(trip.service).fanout();
             if state.offers.len() > fanout {
@@ -69,8 +85,16 @@ impl Engine {
             if driver.offer != Some(*offer_id) {
                 return Err(format!("offer {offer_id} is to {}, whose offer is {:?}", driver.id, driver.offer));
             }
-            if driver.trip.is_some() {
-                return Err(format!("driver {} has an offer and a trip", driver.id));
+            // An offer to a driver with a trip is a forward dispatch: the
+            // ride in progress, nothing queued yet.
+            if let Some(trip) = driver.trip {
+                let status = self.trips.get(&trip).map(|t| t.trip.status);
+                if self.config.forward_dispatch_m <= 0.0
+                    || driver.next.is_some()
+                    || status != Some(TripStatus::InProgress)
+                {
+                    return Err(format!("driver {} has an offer and trip {trip} ({status:?})", driver.id));
+                }
             }
             match self.trips.get(&offer.trip) {
                 Some(state) if state.offers.contains(offer_id) => {}
@@ -91,6 +115,18 @@ impl Engine {
             {
                 return Err(format!("driver {} holds a closed offer {offer}", driver.id));
             }
+            if let Some(next) = driver.next
+                && (drivers_queued.get(&driver.id) != Some(&next) || driver.trip.is_none())
+            {
+                return Err(format!("driver {} thinks {next} is queued, which does not name it", driver.id));
+            }
+            let current = driver.trip.and_then(|t| self.trips.get(&t)).map(|t| &t.trip);
+            let dropoff = current.filter(|t| t.status == TripStatus::InProgress).and_then(|t| t.dropoff);
+            let should = dropoff.filter(|_| self.config.forward_dispatch_m > 0.0 && driver.next.is_none());
+            if should.is_some_and(|at| !self.forward.holds_at(key, at)) {
+                return Err(format!("driver {} is not in the dropoff index at its dropoff", driver.id));
+            }
+            forward_expected += usize::from(should.is_some());
             if driver.session.is_none() && driver.trip.is_none() {
                 return Err(format!("driver {} has neither a session nor a trip", driver.id));
             }
@@ -104,6 +140,9 @@ impl Engine {
                     return Err(format!("driver {}'s session {session} does not speak for it", driver.id));
                 }
             }
+        }
+        if self.forward.len() != forward_expected {
+            return Err(format!("{} in the dropoff index, {forward_expected} expected", self.forward.len()));
         }
         if self.index.len() != self.drivers.iter().filter(|(_, d)| d.position.is_some()).count() {
             return Err("the index and the positioned drivers differ".into());

@@ -50,6 +50,11 @@ pub struct Config {
     /// metres farther; one who missed half, half as much. 0 ranks by
     /// distance alone.
     pub accept_weight_m: f64,
+    /// Forward dispatch: a driver whose ride in progress ends within this
+    /// many metres of a new pickup may be offered that ride next, when the
+    /// rest of the ride plus the drive from its dropoff is shorter than
+    /// every free driver's pickup. 0 turns it off.
+    pub forward_dispatch_m: f64,
 }
 
 /// The most drivers a trip may be offered to, whatever the configuration:
@@ -81,6 +86,7 @@ impl Default for Config {
             batch_unmatched_m: 2_000.0,
             batch_unmatched_per_s_m: 100.0,
             accept_weight_m: 0.0,
+            forward_dispatch_m: 0.0,
         }
     }
 }

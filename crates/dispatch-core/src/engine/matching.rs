@@ -108,6 +108,16 @@ impl Engine {
         // A broadcast never takes a trip past its limit of drivers tried.
         let want = policy.fanout().min(most - state.tried.len());
         let found = self.ranked_offerable(state.trip.pickup, state.trip.service, state.radius_m, &state.tried, want);
+        // Forward dispatch, for a ride offered to one driver at a time: a
+        // driver finishing a ride nearby, if that is quicker than any free
+        // driver (by distance driven).
+        if want == 1
+            && let Some((key, route_m)) = self.forward_candidate(state.trip.pickup, state.trip.service, &state.tried)
+            && found.first().is_none_or(|&(_, free_m)| route_m < free_m)
+        {
+            self.offer_to(now, trip_id, key, route_m);
+            return;
+        }
         if found.is_empty() {
             match batch {
                 Some(window_ms) => self.hold_for_batch(now, trip_id, window_ms),
@@ -245,11 +255,17 @@ impl Engine {
         }
     }
 
-    /// Gives `trip` to `key`: the driver is told, and so is the rider.
+    /// Gives `trip` to `key`: the driver is told, and so is the rider. A
+    /// driver with a ride in progress (forward dispatch) gets it queued.
     pub(super) fn assign(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey, distance_m: f64) {
         let mut driver = self.drivers.row(key);
         driver.offer = None;
-        driver.trip = Some(trip_id);
+        let queued = driver.trip.is_some();
+        if queued {
+            driver.next = Some(trip_id);
+        } else {
+            driver.trip = Some(trip_id);
+        }
         let (driver_id, position, session) = (driver.id.clone(), driver.position, driver.session);
         drop(driver);
         let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
@@ -262,8 +278,10 @@ impl Engine {
         trip.driver_position = position;
         trip.pickup_distance_m = Some(distance_m);
         trip.updated_at = now;
+        trip.queued = queued;
         let trip = trip.clone();
         drop(state);
+        self.refresh_forward(key);
         self.trip_changed(trip_id);
         if let Some(session) = session {
             self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip) });
@@ -338,6 +356,7 @@ impl Engine {
         state.trip.cancel_reason = reason;
         // The rider sees where the driver is only while the driver is theirs.
         state.trip.driver_position = None;
+        state.trip.queued = false;
         drop(state);
         self.finished.push_back((now, trip_id));
         self.trip_changed(trip_id);

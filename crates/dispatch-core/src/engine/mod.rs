@@ -8,6 +8,7 @@
 
 mod batch;
 mod drivers;
+mod forward;
 mod invariants;
 mod io;
 mod map;
@@ -47,6 +48,9 @@ pub(super) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub struct Engine {
     config: Config,
     index: DriverIndex,
+    /// Forward dispatch: drivers with a ride in progress and nothing queued,
+    /// at that ride's dropoff.
+    forward: DriverIndex,
     /// Driver records by slot, counted by state as they change.
     drivers: DriverTable,
     driver_keys: Map<DriverId, DriverKey>,
@@ -93,6 +97,7 @@ impl Engine {
     pub fn new(config: Config) -> Self {
         Self {
             index: DriverIndex::with_slack(config.index_slack_m),
+            forward: DriverIndex::with_slack(0.0),
             drivers: DriverTable::with_slack(config.index_slack_m),
             driver_keys: Map::default(),
             sessions: Map::default(),

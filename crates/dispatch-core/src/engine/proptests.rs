@@ -19,24 +19,64 @@ const DRIVERS: usize = 6;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Hello { driver: usize, north_m: u16, available: bool, auto_accept: bool, premium: bool },
-    FleetUpdate { driver: usize, north_m: u16, available: Option<bool> },
-    Ping { driver: usize, north_m: u16 },
-    Availability { driver: usize, available: bool },
-    Request { rider: u8, key: u8, premium: bool, radius_m: Option<u16> },
-    Reply { pick: usize, accept: bool },
-    Progress { driver: usize, status: u8 },
-    Cancel { pick: usize },
-    Close { driver: usize },
+    Hello {
+        driver: usize,
+        north_m: u16,
+        available: bool,
+        auto_accept: bool,
+        premium: bool,
+    },
+    FleetUpdate {
+        driver: usize,
+        north_m: u16,
+        available: Option<bool>,
+    },
+    Ping {
+        driver: usize,
+        north_m: u16,
+    },
+    Availability {
+        driver: usize,
+        available: bool,
+    },
+    Request {
+        rider: u8,
+        key: u8,
+        premium: bool,
+        radius_m: Option<u16>,
+        dropoff_m: Option<u16>,
+    },
+    Reply {
+        pick: usize,
+        accept: bool,
+    },
+    Progress {
+        driver: usize,
+        status: u8,
+    },
+    /// Arrives and starts every trip the driver holds, in one go (and
+    /// completes it, with `finish`).
+    Drive {
+        driver: usize,
+        finish: bool,
+    },
+    Cancel {
+        pick: usize,
+    },
+    Close {
+        driver: usize,
+    },
     CloseFleet,
-    Tick { ms: u16 },
+    Tick {
+        ms: u16,
+    },
     Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let d = 0..DRIVERS;
     prop_oneof![
-        (d.clone(), 0..6_000u16, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        1 => (d.clone(), 0..6_000u16, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
             |(driver, north_m, available, auto_accept, premium)| Op::Hello {
                 driver,
                 north_m,
@@ -45,19 +85,20 @@ fn op() -> impl Strategy<Value = Op> {
                 premium
             }
         ),
-        (d.clone(), 0..6_000u16, proptest::option::of(any::<bool>()))
+        1 => (d.clone(), 0..6_000u16, proptest::option::of(any::<bool>()))
             .prop_map(|(driver, north_m, available)| Op::FleetUpdate { driver, north_m, available }),
-        (d.clone(), 0..6_000u16).prop_map(|(driver, north_m)| Op::Ping { driver, north_m }),
-        (d.clone(), any::<bool>()).prop_map(|(driver, available)| Op::Availability { driver, available }),
-        (0..4u8, 0..3u8, any::<bool>(), proptest::option::of(100..8_000u16))
-            .prop_map(|(rider, key, premium, radius_m)| Op::Request { rider, key, premium, radius_m }),
-        (any::<usize>(), any::<bool>()).prop_map(|(pick, accept)| Op::Reply { pick, accept }),
-        (d.clone(), 0..8u8).prop_map(|(driver, status)| Op::Progress { driver, status }),
-        any::<usize>().prop_map(|pick| Op::Cancel { pick }),
-        d.prop_map(|driver| Op::Close { driver }),
-        Just(Op::CloseFleet),
-        (0..15_000u16).prop_map(|ms| Op::Tick { ms }),
-        Just(Op::Restart),
+        1 => (d.clone(), 0..6_000u16).prop_map(|(driver, north_m)| Op::Ping { driver, north_m }),
+        1 => (d.clone(), any::<bool>()).prop_map(|(driver, available)| Op::Availability { driver, available }),
+        1 => (0..4u8, 0..3u8, any::<bool>(), proptest::option::of(100..8_000u16), proptest::option::of(0..6_000u16))
+            .prop_map(|(rider, key, premium, radius_m, dropoff_m)| Op::Request { rider, key, premium, radius_m, dropoff_m }),
+        3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, accept)| Op::Reply { pick, accept }),
+        1 => (d.clone(), 0..8u8).prop_map(|(driver, status)| Op::Progress { driver, status }),
+        3 => (d.clone(), any::<bool>()).prop_map(|(driver, finish)| Op::Drive { driver, finish }),
+        1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+        1 => d.prop_map(|driver| Op::Close { driver }),
+        1 => Just(Op::CloseFleet),
+        1 => (0..15_000u16).prop_map(|ms| Op::Tick { ms }),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -187,12 +228,12 @@ fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), T
                     let _ = engine.set_availability(now, s, available);
                 }
             }
-            Op::Request { rider, key, premium, radius_m } => {
+            Op::Request { rider, key, premium, radius_m, dropoff_m } => {
                 let request = RideRequest {
                     rider: RiderId::new(&format!("r{rider}")).unwrap_or_else(|e| panic!("{e}")),
                     request_id: RequestId::new(&format!("k{key}")).unwrap_or_else(|e| panic!("{e}")),
                     pickup: point(0),
-                    dropoff: None,
+                    dropoff: dropoff_m.map(point),
                     service: if premium { ServiceType::Premium } else { ServiceType::Taxi },
                     max_pickup_distance_m: radius_m.map(f64::from),
                 };
@@ -212,6 +253,21 @@ fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), T
                     let session = seen.driver_sessions.get(&driver).copied().unwrap_or(fleet);
                     let fleet_driver = (session == fleet).then(|| fleet_driver_id(driver));
                     let _ = engine.trip_progress(now, session, fleet_driver.as_ref(), trip, status(s));
+                }
+            }
+            Op::Drive { driver, finish } => {
+                let trips: Vec<TripId> = seen.statuses.keys().copied().collect();
+                let session = seen.driver_sessions.get(&driver).copied().unwrap_or(fleet);
+                let fleet_driver = (session == fleet).then(|| fleet_driver_id(driver));
+                for trip in trips {
+                    let steps: &[TripStatus] = if finish {
+                        &[TripStatus::Completed]
+                    } else {
+                        &[TripStatus::DriverArrived, TripStatus::InProgress]
+                    };
+                    for &s in steps {
+                        let _ = engine.trip_progress(now, session, fleet_driver.as_ref(), trip, s);
+                    }
                 }
             }
             Op::Cancel { pick } => {
@@ -242,7 +298,17 @@ fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), T
                 );
                 for (id, live) in before.trips.iter() {
                     let back = engine.trip(*id).map(|t| Trip { driver_position: None, updated_at: now, ..t.clone() });
-                    let live = Trip { driver_position: None, updated_at: now, ..live.trip.clone() };
+                    let mut live = Trip { driver_position: None, updated_at: now, ..live.trip.clone() };
+                    if live.queued {
+                        // A ride queued behind another searches again.
+                        live = Trip {
+                            status: TripStatus::Searching,
+                            driver: None,
+                            pickup_distance_m: None,
+                            queued: false,
+                            ..live
+                        };
+                    }
                     prop_assert_eq!(back, Some(live), "trip {} came back different", id);
                 }
                 prop_assert!(engine.next_trip >= before.next_trip, "trip ids would be reused");
@@ -292,5 +358,22 @@ proptest! {
             c.max_offers_per_trip = 4;
             c.accept_weight_m = 1_500.0;
         })?;
+    }
+
+}
+
+proptest! {
+    // More cases: a forward dispatch needs a ride in progress, a request
+    // near its dropoff, an accept, then the ride's end, in that order.
+    #![proptest_config(ProptestConfig { cases: 1_500, ..ProptestConfig::default() })]
+
+    /// Nearest-first with forward dispatch: a driver whose ride in progress
+    /// ends near a pickup may be offered it next; still one driver per
+    /// trip, and one trip per driver but for one explicitly queued behind a
+    /// ride in progress, whatever is cancelled, declined, dropped or
+    /// restarted.
+    #[test]
+    fn invariants_hold_under_any_sequence_with_forward_dispatch(ops in proptest::collection::vec(op(), 1..120)) {
+        run(ops, "nearest,premium=broadcast:2", |c| c.forward_dispatch_m = 3_000.0)?;
     }
 }

@@ -15,8 +15,15 @@ impl Engine {
     /// period runs out.
     pub(super) fn hold_for_return(&mut self, now: Timestamp, key: DriverKey, trip: TripId) {
         let until = now + self.config.driver_grace_ms;
-        self.drivers.row(key).grace_until = Some(until);
+        let mut driver = self.drivers.row(key);
+        driver.grace_until = Some(until);
+        let next = driver.next;
+        drop(driver);
         self.timers.insert((until, Timer::DriverGrace(trip)));
+        // A ride queued behind it has not started either: the same hold.
+        if let Some(next) = next {
+            self.timers.insert((until, Timer::DriverGrace(next)));
+        }
     }
 
     /// A disconnected driver did not come back in time: a trip not yet in
@@ -29,7 +36,8 @@ impl Engine {
         }
         let Some(key) = state.trip.driver.as_ref().and_then(|d| self.driver_keys.get(d).copied()) else { return };
         let driver = self.driver(key);
-        if driver.session.is_some() || driver.grace_until != Some(until) || driver.trip != Some(trip_id) {
+        let holds = driver.trip == Some(trip_id) || driver.next == Some(trip_id);
+        if driver.session.is_some() || driver.grace_until != Some(until) || !holds {
             return;
         }
         self.reassign(now, trip_id, key);
@@ -83,6 +91,10 @@ impl Engine {
             let id = trip.id;
             engine.by_request.insert((trip.rider.clone(), trip.request_id.clone()), id);
             let status = trip.status;
+            // A ride queued behind another (forward dispatch) is not put
+            // back on its driver: it searches again, like one whose driver
+            // has another trip.
+            let queued = trip.queued;
             let driver = trip.driver.clone().filter(|_| status.has_driver());
             let position = trip.driver_position;
             engine.trips.insert(
@@ -100,7 +112,7 @@ impl Engine {
             if status.is_terminal() {
                 engine.finished.push_back((ended_at, id));
             } else if let Some(driver) = driver {
-                if engine.driver_keys.contains_key(&driver) {
+                if engine.driver_keys.contains_key(&driver) || queued {
                     // Two live trips for one driver cannot come from a log
                     // this engine wrote; keep the first, search for the other.
                     searching.push((id, true));
@@ -113,6 +125,7 @@ impl Engine {
                 if status != TripStatus::InProgress {
                     engine.hold_for_return(now, key, id);
                 }
+                engine.refresh_forward(key);
             } else {
                 searching.push((id, false));
             }
@@ -131,6 +144,7 @@ impl Engine {
                 state.trip.driver = None;
                 state.trip.driver_position = None;
                 state.trip.pickup_distance_m = None;
+                state.trip.queued = false;
                 state.trip.updated_at = now;
             }
             // The new deadline is logged, so a second restart counts from

@@ -39,6 +39,7 @@ impl Engine {
             requested_at: now,
             updated_at: now,
             cancel_reason: None,
+            queued: false,
         };
         let radius_m = request.max_pickup_distance_m.unwrap_or(self.config.max_pickup_distance_m);
         self.trips.insert(
@@ -105,7 +106,7 @@ impl Engine {
         self.stats.trips_cancelled += 1;
         self.finish(now, trip_id, TripStatus::Cancelled, Some(reason));
         if let Some(key) = driver.filter(|_| status.has_driver()) {
-            self.release_driver(key, trip_id);
+            self.release_driver(now, key, trip_id);
         }
         Ok(())
     }
@@ -125,7 +126,7 @@ impl Engine {
             self.stats.offers_accepted += 1;
             self.drivers.row(key).answers.note(false);
             let trip = self.trips.get(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
-            let distance_m = self.driver(key).position.map_or(0.0, |p| p.distance_m(trip.trip.pickup));
+            let distance_m = self.pickup_route_m(key, trip.trip.pickup);
             self.assign(now, trip_id, key, distance_m);
         } else {
             self.stats.offers_declined += 1;
@@ -184,11 +185,17 @@ impl Engine {
             return Err(EngineError::NotADriverReport(report));
         }
         let key = self.session_driver(session, fleet_driver)?;
-        if self.driver(key).trip != Some(trip_id) {
+        let queued = self.driver(key).next == Some(trip_id);
+        if self.driver(key).trip != Some(trip_id) && !queued {
             return Err(EngineError::NotDriversTrip(trip_id));
         }
         let state = self.trips.get(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
         let from = state.trip.status;
+        if queued && report != TripStatus::Cancelled {
+            // Nothing happens at a queued pickup before the ride in
+            // progress ends; giving it up is the one report allowed.
+            return Err(EngineError::OutOfOrder { trip: trip_id, from, to: report });
+        }
         let to = from.after_driver_report(report).ok_or(EngineError::OutOfOrder { trip: trip_id, from, to: report })?;
         match to {
             TripStatus::Completed | TripStatus::Cancelled => {
@@ -199,7 +206,7 @@ impl Engine {
                 }
                 let reason = (to == TripStatus::Cancelled).then(|| "cancelled by driver".to_owned());
                 self.finish(now, trip_id, to, reason);
-                self.release_driver(key, trip_id);
+                self.release_driver(now, key, trip_id);
             }
             TripStatus::Searching => self.reassign(now, trip_id, key),
             _ => {
@@ -212,6 +219,7 @@ impl Engine {
                 if let Some(session) = self.driver(key).session {
                     self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip) });
                 }
+                self.refresh_forward(key);
             }
         }
         Ok(())
@@ -233,33 +241,54 @@ impl Engine {
         trip.driver = None;
         trip.driver_position = None;
         trip.pickup_distance_m = None;
+        trip.queued = false;
         trip.updated_at = now;
         state.search_deadline = now + self.config.search_timeout_ms;
         drop(state);
         self.trip_changed(trip_id);
-        self.free_driver_of(key, driver_view);
+        self.free_driver_of(now, key, driver_view);
         self.start_search(now, trip_id);
     }
 
-    /// The trip ended for the driver: they get it as it ended and are free.
-    pub(super) fn release_driver(&mut self, key: DriverKey, trip_id: TripId) {
+    /// The trip ended for the driver: they get it as it ended and are free
+    /// (or go on to the ride queued behind it).
+    pub(super) fn release_driver(&mut self, now: Timestamp, key: DriverKey, trip_id: TripId) {
         if let Some(trip) = self.trip(trip_id).cloned() {
-            self.free_driver_of(key, trip);
+            self.free_driver_of(now, key, trip);
         }
     }
 
-    fn free_driver_of(&mut self, key: DriverKey, trip_seen: Trip) {
-        self.freed.push(key);
+    /// `trip_seen` is over for the driver, who is told. If it was the ride
+    /// queued behind their current one, they keep the current one; if it
+    /// was the current one, the queued ride (if any) starts; else they are
+    /// free.
+    fn free_driver_of(&mut self, now: Timestamp, key: DriverKey, trip_seen: Trip) {
         let mut driver = self.drivers.row(key);
-        driver.trip = None;
         let session = driver.session;
+        let next = if driver.next == Some(trip_seen.id) {
+            driver.next = None;
+            None
+        } else {
+            let next = driver.next.take();
+            driver.trip = next;
+            next
+        };
+        let free = driver.trip.is_none();
         drop(driver);
         if let Some(session) = session {
             self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip_seen) });
-        } else {
-            // Nobody speaks for this driver any more and its trip is over:
-            // forget it, as if its session had just ended.
-            self.forget_driver(key);
+        }
+        if let Some(next) = next {
+            self.start_queued(now, key, next);
+        }
+        self.refresh_forward(key);
+        if free {
+            self.freed.push(key);
+            if session.is_none() {
+                // Nobody speaks for this driver any more and its trip is
+                // over: forget it, as if its session had just ended.
+                self.forget_driver(key);
+            }
         }
     }
 }

@@ -24,6 +24,9 @@ pub(super) struct Driver {
     pub auto_accept: bool,
     pub offer: Option<OfferId>,
     pub trip: Option<TripId>,
+    /// Forward dispatch: the ride queued behind `trip`, which is in
+    /// progress; it becomes `trip` when that one ends.
+    pub next: Option<TripId>,
     /// Set while the session is gone and a trip is held for the driver's
     /// return: when the hold ends. Tells the current grace timer from one
     /// left over from an earlier drop.
@@ -76,6 +79,7 @@ impl Driver {
             auto_accept: false,
             offer: None,
             trip: None,
+            next: None,
             grace_until: None,
             fleet: None,
             answers: Answers::default(),

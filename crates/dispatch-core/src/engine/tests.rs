@@ -1218,3 +1218,131 @@ fn a_driver_who_ignores_offers_is_ranked_behind_one_who_takes_them() {
     assert_eq!(run(0.0), "ignorer");
     assert_eq!(run(1_000.0), "keen");
 }
+
+/// A world with forward dispatch on, and a driver "busy" 300 m north of the
+/// pickup carrying a rider to a dropoff 200 m north of it.
+fn forward_world() -> (World, SessionId, TripId) {
+    let mut w = World::with(Config { forward_dispatch_m: 1_000.0, ..Config::default() });
+    let busy = w.driver("busy", 300.0);
+    let request = RideRequest {
+        rider: RiderId::new("first").unwrap_or_else(|e| panic!("{e}")),
+        request_id: RequestId::new("first").unwrap_or_else(|e| panic!("{e}")),
+        pickup: north_of_pickup(300.0),
+        dropoff: Some(north_of_pickup(200.0)),
+        service: ServiceType::Taxi,
+        max_pickup_distance_m: None,
+    };
+    w.engine.request_ride(w.now, request);
+    let (_, offer, _) = only_offer(&w.drain());
+    w.engine.offer_reply(w.now, busy, offer, true).unwrap_or_else(|e| panic!("{e}"));
+    let first = w.engine.trips().find(|t| t.rider.as_str() == "first").map(|t| t.id).unwrap_or_else(|| panic!());
+    for status in [TripStatus::DriverArrived, TripStatus::InProgress] {
+        w.engine.trip_progress(w.now, busy, None, first, status).unwrap_or_else(|e| panic!("{e}"));
+    }
+    w.drain();
+    (w, busy, first)
+}
+
+/// Forward dispatch: a free driver 2 km away loses to the driver whose
+/// ride ends 200 m from the pickup (100 m to go + 200 m on); once accepted
+/// the trip is queued (the rider sees the driver, queued, 300 m); when the
+/// ride in progress completes the driver sets off for it.
+#[test]
+fn a_driver_finishing_a_ride_nearby_gets_the_next_one_queued() {
+    let (mut w, busy, first) = forward_world();
+    w.driver("far", 2_000.0);
+    let trip = w.request("r2");
+    let effects = w.drain();
+    let (session, offer, driver) = only_offer(&effects);
+    assert_eq!((session, driver.as_str()), (busy, "busy"));
+    assert!(w.engine.check_invariants().is_ok(), "{:?}", w.engine.check_invariants());
+    w.engine.offer_reply(w.now, busy, offer, true).unwrap_or_else(|e| panic!("{e}"));
+    w.drain();
+    let queued = w.engine.trip(trip).cloned().unwrap_or_else(|| panic!());
+    assert_eq!(
+        (queued.status, queued.driver.as_ref().map(|d| d.as_str()), queued.queued),
+        (TripStatus::DriverAssigned, Some("busy"), true)
+    );
+    assert!((queued.pickup_distance_m.unwrap_or_default() - 300.0).abs() < 1.0, "{queued:?}");
+    assert!(w.engine.check_invariants().is_ok(), "{:?}", w.engine.check_invariants());
+    // Nothing happens at the queued pickup before the ride ends.
+    assert!(w.engine.trip_progress(w.now, busy, None, trip, TripStatus::DriverArrived).is_err());
+    // A third rider is not offered to the busy driver again (one queued).
+    w.request("r3");
+    assert_eq!(only_offer(&w.drain()).2, "far");
+    w.engine.trip_progress(w.now, busy, None, first, TripStatus::Completed).unwrap_or_else(|e| panic!("{e}"));
+    let effects = w.drain();
+    let started = w.engine.trip(trip).cloned().unwrap_or_else(|| panic!());
+    assert_eq!((started.status, started.queued), (TripStatus::DriverAssigned, false));
+    let told: Vec<(TripId, TripStatus, bool)> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Driver { session, event: DriverEvent::Trip(t) } if *session == busy => {
+                Some((t.id, t.status, t.queued))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, [(first, TripStatus::Completed, false), (trip, TripStatus::DriverAssigned, false)]);
+    assert!(rider_statuses(&effects).contains(&TripStatus::DriverAssigned), "the rider is told it is on its way");
+    assert!(w.engine.check_invariants().is_ok(), "{:?}", w.engine.check_invariants());
+    w.engine.trip_progress(w.now, busy, None, trip, TripStatus::DriverArrived).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Off by default; and a free driver nearer than the route via the dropoff
+/// wins.
+#[test]
+fn forward_dispatch_only_when_on_and_shorter_than_every_free_driver() {
+    let (mut w, _, _) = forward_world();
+    w.driver("near", 250.0);
+    w.request("r2");
+    assert_eq!(only_offer(&w.drain()).2, "near");
+
+    let mut off = World::new();
+    let busy = off.driver("busy", 300.0);
+    off.request("first");
+    let (_, offer, _) = only_offer(&off.drain());
+    off.engine.offer_reply(off.now, busy, offer, true).unwrap_or_else(|e| panic!("{e}"));
+    off.request("r2");
+    assert!(offers(&off.drain()).is_empty(), "no forward dispatch unless asked for");
+}
+
+/// A queued ride given up by the driver, or cancelled by its rider, leaves
+/// the ride in progress alone; the rider of a queued ride whose driver's
+/// current ride is cancelled by an operator gets the driver at once.
+#[test]
+fn a_queued_ride_ends_or_starts_cleanly() {
+    let (mut w, busy, first) = forward_world();
+    let trip = w.request("r2");
+    let (_, offer, _) = only_offer(&w.drain());
+    w.engine.offer_reply(w.now, busy, offer, true).unwrap_or_else(|e| panic!("{e}"));
+    w.drain();
+    w.engine.trip_progress(w.now, busy, None, trip, TripStatus::Cancelled).unwrap_or_else(|e| panic!("{e}"));
+    w.drain();
+    assert_eq!(w.status(trip), TripStatus::Searching);
+    assert_eq!(w.status(first), TripStatus::InProgress);
+    assert!(w.engine.check_invariants().is_ok(), "{:?}", w.engine.check_invariants());
+    // Searching again, not offered to the driver who gave it up: a new
+    // rider is offered to the busy driver, then cancels.
+    w.advance(Config::default().search_timeout_ms);
+    let third = w.request("r3");
+    let (_, offer, _) = only_offer(&w.drain());
+    w.engine.offer_reply(w.now, busy, offer, true).unwrap_or_else(|e| panic!("{e}"));
+    w.engine.cancel_ride(w.now, third, "").unwrap_or_else(|e| panic!("{e}"));
+    w.drain();
+    assert_eq!((w.status(third), w.status(first)), (TripStatus::Cancelled, TripStatus::InProgress));
+    assert!(w.engine.check_invariants().is_ok(), "{:?}", w.engine.check_invariants());
+    // Queued again; the operator ends the ride in progress: the queued
+    // ride starts.
+    let fourth = w.request("r4");
+    let (_, offer, _) = only_offer(&w.drain());
+    w.engine.offer_reply(w.now, busy, offer, true).unwrap_or_else(|e| panic!("{e}"));
+    w.engine.cancel_by_operator(w.now, first, "stuck").unwrap_or_else(|e| panic!("{e}"));
+    w.drain();
+    let started = w.engine.trip(fourth).cloned().unwrap_or_else(|| panic!());
+    assert_eq!(
+        (started.status, started.queued, started.driver.map(|d| d.to_string())),
+        (TripStatus::DriverAssigned, false, Some("busy".to_owned()))
+    );
+    assert!(w.engine.check_invariants().is_ok(), "{:?}", w.engine.check_invariants());
+}
