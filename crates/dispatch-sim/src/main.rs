@@ -34,7 +34,9 @@ struct Flags {
     sweep_drivers: Option<Sizes>,
     /// Policies to compare side by side, comma-separated (`nearest`,
     /// `batch:2s`, `batch:500ms`, `broadcast:3`); a policy may carry its own
-    /// acceptance weight after a `+` (`nearest+accept:1500`).
+    /// acceptance weight and forward dispatch radius after `+`
+    /// (`nearest+accept:1500`, `nearest+forward:1000`,
+    /// `batch:2s+accept:800+forward:500`).
     #[arg(long, default_value = "nearest")]
     compare: String,
     /// Straight-line speed, metres a second.
@@ -57,6 +59,10 @@ struct Flags {
     /// their recent offers ranks like one this many metres farther.
     #[arg(long, default_value_t = 0.0)]
     accept_weight_m: f64,
+    /// Forward dispatch for every policy: a driver whose ride ends within
+    /// this many metres of a pickup may be offered it next.
+    #[arg(long, default_value_t = 0.0)]
+    forward_dispatch_m: f64,
     /// Write SVG plots of the runs into this directory.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -154,9 +160,10 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
             };
             world.engine.max_pickup_distance_m = flags.radius_m;
             world.engine.search_timeout_ms = flags.patience_s.max(1) * 1_000;
-            let (matching, weight) = policy_and_weight(policy, flags.accept_weight_m)?;
-            world.engine.matching = matching;
-            world.engine.accept_weight_m = weight;
+            let spec = policy_spec(policy, flags)?;
+            world.engine.matching = spec.matching;
+            world.engine.accept_weight_m = spec.accept_weight_m;
+            world.engine.forward_dispatch_m = spec.forward_dispatch_m;
             world.engine.batch_unmatched_m = flags.unmatched_m;
             world.engine.batch_unmatched_per_s_m = flags.unmatched_per_s_m;
             let kpis = world::run(&world, &all, &seeds, flags.from, flags.to)?;
@@ -241,20 +248,33 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
     Ok(())
 }
 
-/// `POLICY[+accept:M]`: the policy, and its acceptance weight (the flag's
-/// when not given).
-fn policy_and_weight(s: &str, default_weight: f64) -> Result<(dispatch_core::engine::Policies, f64), SimError> {
-    let (policy, weight) = match s.split_once("+accept:") {
-        Some((policy, m)) => {
-            let m = m.parse::<f64>().map_err(|e| SimError::Input(format!("{s:?}: {e}")))?;
-            (policy, m)
+/// One entry of `--compare`.
+struct Spec {
+    matching: dispatch_core::engine::Policies,
+    accept_weight_m: f64,
+    forward_dispatch_m: f64,
+}
+
+/// `POLICY[+accept:M][+forward:M]`: the policy, its acceptance weight and
+/// its forward dispatch radius (the flags' when not given).
+fn policy_spec(s: &str, flags: &Flags) -> Result<Spec, SimError> {
+    let mut parts = s.split('+');
+    let matching = parts.next().unwrap_or_default().parse().map_err(SimError::Input)?;
+    let mut spec =
+        Spec { matching, accept_weight_m: flags.accept_weight_m, forward_dispatch_m: flags.forward_dispatch_m };
+    for part in parts {
+        let (name, metres) = part.split_once(':').ok_or_else(|| SimError::Input(format!("{s:?}: {part:?}")))?;
+        let metres = metres.parse::<f64>().map_err(|e| SimError::Input(format!("{s:?}: {e}")))?;
+        if !(0.0..=1_000_000.0).contains(&metres) {
+            return Err(SimError::Input(format!("{s:?}: {name} is 0 to 1,000,000 metres")));
         }
-        None => (s, default_weight),
-    };
-    if !(0.0..=1_000_000.0).contains(&weight) {
-        return Err(SimError::Input(format!("{s:?}: an acceptance weight is 0 to 1,000,000 metres")));
+        match name {
+            "accept" => spec.accept_weight_m = metres,
+            "forward" => spec.forward_dispatch_m = metres,
+            other => return Err(SimError::Input(format!("{s:?}: unknown {other:?} (accept or forward)"))),
+        }
     }
-    Ok((policy.parse().map_err(SimError::Input)?, weight))
+    Ok(spec)
 }
 
 fn main() -> ExitCode {

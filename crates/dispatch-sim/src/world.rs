@@ -135,6 +135,9 @@ struct Sim<'a> {
     accepts: Vec<f64>,
     /// Which replayed request each trip is.
     request_of: HashMap<TripId, usize>,
+    /// Trips whose assignment is counted (a queued one is counted when
+    /// queued, not again when its driver sets off).
+    counted: std::collections::HashSet<TripId>,
     rng: ChaCha8Rng,
     tally: Tally,
 }
@@ -173,13 +176,31 @@ impl Sim<'_> {
                     self.at(at, Event::Reply { driver, offer: offer.id, accept });
                 }
                 Effect::Driver { session, event: DriverEvent::Trip(trip) }
+                    if trip.status == TripStatus::DriverAssigned && trip.queued =>
+                {
+                    // Forward dispatch: the driver finishes the ride under
+                    // way (its leg ends at that dropoff), then drives on.
+                    let driver = (session.0 - 1) as usize;
+                    let leg = self.legs[driver];
+                    let on = self.drive_ms(leg.to, trip.pickup);
+                    if let Some(&n) = self.request_of.get(&trip.id) {
+                        let waited = self.now - (self.trips[n].at_s * 1_000.0) as i64;
+                        let eta = (leg.arrive_ms - self.now).max(0) + on;
+                        let route = trip.pickup_distance_m.unwrap_or_default();
+                        self.tally.assigned(waited, route, eta, leg.to.distance_m(trip.pickup) * self.world.detour);
+                        self.counted.insert(trip.id);
+                    }
+                }
+                Effect::Driver { session, event: DriverEvent::Trip(trip) }
                     if trip.status == TripStatus::DriverAssigned =>
                 {
                     let driver = (session.0 - 1) as usize;
                     let from = self.legs[driver].at(self.now);
                     let drive = self.drive_ms(from, trip.pickup);
                     self.legs[driver] = Leg { from, to: trip.pickup, depart_ms: self.now, arrive_ms: self.now + drive };
-                    if let Some(&n) = self.request_of.get(&trip.id) {
+                    if let Some(&n) = self.request_of.get(&trip.id)
+                        && self.counted.insert(trip.id)
+                    {
                         let waited = self.now - (self.trips[n].at_s * 1_000.0) as i64;
                         let straight = from.distance_m(trip.pickup);
                         self.tally.assigned(waited, straight, drive, straight * self.world.detour);
@@ -272,6 +293,7 @@ pub fn run(
         legs: Vec::with_capacity(world.drivers),
         accepts: Vec::with_capacity(world.drivers),
         request_of: HashMap::new(),
+        counted: std::collections::HashSet::new(),
         rng: ChaCha8Rng::seed_from_u64(world.seed ^ 0xacce97),
         tally: Tally::default(),
     };

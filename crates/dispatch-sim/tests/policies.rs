@@ -120,3 +120,24 @@ fn the_plots_show_every_policy() {
         assert!(svg.contains("<polyline"), "{}: no lines drawn", path.display());
     }
 }
+
+/// Short of drivers, forward dispatch queues rides behind drivers about to
+/// drop off nearby instead of sending free drivers from far away: more
+/// rides matched, sooner, with fewer kilometres driven empty. (Not a
+/// shorter mean pickup here: the rides it adds are those nearest-first
+/// could not serve at all, from up to the radius away.)
+#[test]
+fn on_a_tight_city_forward_dispatch_beats_nearest_first() {
+    let trips = city(3, 3_000);
+    let seeds: Vec<LatLng> = trips.iter().map(|t| t.pickup).collect();
+    let run = |forward_m: f64| {
+        let mut w = World { drivers: 350, ..World::default() };
+        w.engine.forward_dispatch_m = forward_m;
+        world::run(&w, &trips, &seeds, 3_600.0, 7_200.0).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (nearest, forward) = (run(0.0), run(1_500.0));
+    assert!(forward.match_rate > nearest.match_rate + 0.03, "nearest {nearest:?}\nforward {forward:?}");
+    assert!(forward.wait_mean_s < nearest.wait_mean_s, "nearest {nearest:?}\nforward {forward:?}");
+    assert!(forward.empty_km < nearest.empty_km, "nearest {nearest:?}\nforward {forward:?}");
+    assert!(forward.completed <= forward.matched, "{forward:?}");
+}

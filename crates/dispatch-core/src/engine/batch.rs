@@ -141,15 +141,24 @@ impl Engine {
             };
             let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
             let found = self.drivers.free().nearest_k(state.trip.pickup, state.radius_m, CANDIDATES, offerable, by_id);
+            let mut found: Vec<(DriverKey, f64, f64)> =
+                found.into_iter().map(|n| (n.key, n.distance_m, self.rank_cost(n.key, n.distance_m))).collect();
+            // Forward dispatch: the best driver finishing a ride nearby is
+            // one more candidate, costed by the route via its dropoff.
+            if let Some((key, route_m)) =
+                self.forward_candidate(state.trip.pickup, service, state.radius_m, &state.tried)
+            {
+                found.push((key, route_m, self.rank_cost(key, route_m)));
+            }
             let mut candidates = Vec::with_capacity(found.len());
             let mut metres = Vec::with_capacity(found.len());
-            for neighbor in found {
-                let col = *column_of.entry(neighbor.key).or_insert_with(|| {
-                    columns.push(neighbor.key);
+            for (key, distance_m, cost) in found {
+                let col = *column_of.entry(key).or_insert_with(|| {
+                    columns.push(key);
                     columns.len() - 1
                 });
-                candidates.push((col, self.rank_cost(neighbor.key, neighbor.distance_m).round() as i64));
-                metres.push(neighbor.distance_m);
+                candidates.push((col, cost.round() as i64));
+                metres.push(distance_m);
             }
             // Leaving a request out costs as much as a pickup of
             // `unmatched_m`, plus `unmatched_per_s_m` for every second it

@@ -62,11 +62,13 @@ impl Engine {
     /// The best driver to offer a ride at `pickup` next, by forward
     /// dispatch: among those whose dropoff is within
     /// `Config::forward_dispatch_m` of it (the nearest few), the shortest
-    /// route via the dropoff, with its length.
+    /// route via the dropoff, with its length; never a route longer than
+    /// `radius_m`, the farthest a free driver could be sent from.
     pub(super) fn forward_candidate(
         &self,
         pickup: LatLng,
         service: ServiceType,
+        radius_m: f64,
         tried: &HashSet<DriverId>,
     ) -> Option<(DriverKey, f64)> {
         let radius = self.config.forward_dispatch_m;
@@ -86,6 +88,7 @@ impl Engine {
         let near = self.forward.nearest_k(pickup, radius, CANDIDATES, eligible, by_id);
         near.into_iter()
             .map(|n| (n.key, self.pickup_route_m(n.key, pickup)))
+            .filter(|&(_, route_m)| route_m <= radius_m)
             .min_by(|a, b| a.1.total_cmp(&b.1).then_with(|| by_id(a.0, b.0)))
     }
 

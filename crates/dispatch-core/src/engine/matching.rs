@@ -112,7 +112,8 @@ impl Engine {
         // driver finishing a ride nearby, if that is quicker than any free
         // driver (by distance driven).
         if want == 1
-            && let Some((key, route_m)) = self.forward_candidate(state.trip.pickup, state.trip.service, &state.tried)
+            && let Some((key, route_m)) =
+                self.forward_candidate(state.trip.pickup, state.trip.service, state.radius_m, &state.tried)
             && found.first().is_none_or(|&(_, free_m)| route_m < free_m)
         {
             self.offer_to(now, trip_id, key, route_m);

@@ -367,13 +367,14 @@ proptest! {
     // near its dropoff, an accept, then the ride's end, in that order.
     #![proptest_config(ProptestConfig { cases: 1_500, ..ProptestConfig::default() })]
 
-    /// Nearest-first with forward dispatch: a driver whose ride in progress
+    /// Nearest-first (taxis) and batches (premium) with forward dispatch: a
+    /// driver whose ride in progress
     /// ends near a pickup may be offered it next; still one driver per
     /// trip, and one trip per driver but for one explicitly queued behind a
     /// ride in progress, whatever is cancelled, declined, dropped or
     /// restarted.
     #[test]
     fn invariants_hold_under_any_sequence_with_forward_dispatch(ops in proptest::collection::vec(op(), 1..120)) {
-        run(ops, "nearest,premium=broadcast:2", |c| c.forward_dispatch_m = 3_000.0)?;
+        run(ops, "nearest,premium=batch:1s", |c| c.forward_dispatch_m = 3_000.0)?;
     }
 }
