@@ -39,12 +39,14 @@ struct Cars {
     cars: Vec<Car>,
     by_id: HashMap<String, usize>,
     rng: ChaCha8Rng,
+    /// Offers lately withdrawn as taken, oldest first.
+    taken: std::collections::VecDeque<String>,
 }
 
 impl Cars {
     fn new(cars: Vec<Car>, seed: u64) -> Self {
         let by_id = cars.iter().enumerate().map(|(i, c)| (c.driver_id.clone(), i)).collect();
-        Self { cars, by_id, rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self { cars, by_id, rng: ChaCha8Rng::seed_from_u64(seed), taken: std::collections::VecDeque::new() }
     }
 
     /// Reacts to a server event; returns what to say back.
@@ -77,10 +79,30 @@ impl Cars {
                 Vec::new()
             }
             Event::Rejected(r) => {
-                run.metrics.error(Code::from_i32(r.code));
+                // An accept that crossed a broadcast's "taken" on the
+                // wire is refused as expected, not an error.
+                let names = |o: &String| r.message.split_whitespace().any(|word| word == o.as_str());
+                let late = r.code == Code::NotFound as i32 && self.taken.iter().any(names);
+                if late {
+                    self.taken.retain(|o| !names(o));
+                } else {
+                    run.metrics.error(Code::from_i32(r.code));
+                }
                 Vec::new()
             }
-            Event::SessionStarted(_) | Event::OfferWithdrawn(_) => Vec::new(),
+            Event::OfferWithdrawn(w) => {
+                if w.reason == "taken" {
+                    Metrics::add(&run.metrics.offers_taken, 1);
+                    // Bounded: the few offers whose late accept may still
+                    // be refused.
+                    if self.taken.len() >= 64 {
+                        self.taken.pop_front();
+                    }
+                    self.taken.push_back(w.offer_id);
+                }
+                Vec::new()
+            }
+            Event::SessionStarted(_) => Vec::new(),
         }
     }
 

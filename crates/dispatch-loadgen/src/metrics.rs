@@ -19,6 +19,9 @@ pub struct Metrics {
     pub requests_sent: AtomicU64,
     /// Offers that reached a simulated driver.
     pub offers: AtomicU64,
+    /// Offers withdrawn because another driver of a broadcast took the
+    /// ride first (the late accepts that follow are not errors).
+    pub offers_taken: AtomicU64,
     /// Rides the riders saw assigned.
     pub assigned: AtomicU64,
     /// Rides that ended without a driver.
@@ -65,6 +68,7 @@ impl Default for Metrics {
             updates_sent: AtomicU64::new(0),
             requests_sent: AtomicU64::new(0),
             offers: AtomicU64::new(0),
+            offers_taken: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
             no_driver: AtomicU64::new(0),
             completed: AtomicU64::new(0),

@@ -32,6 +32,8 @@ pub struct Report {
     pub requests_skipped: u64,
     /// Offers the simulated drivers received.
     pub offers: u64,
+    /// Of those, withdrawn because another driver took the ride first.
+    pub offers_taken: u64,
     /// Rides the riders saw assigned.
     pub assigned: u64,
     /// `assigned / requests_sent`.
@@ -151,6 +153,7 @@ impl Report {
             requests_per_s: requests_sent as f64 / seconds,
             requests_skipped: Metrics::get(&m.requests_skipped),
             offers: Metrics::get(&m.offers),
+            offers_taken: Metrics::get(&m.offers_taken),
             assigned,
             match_rate: if requests_sent == 0 { 0.0 } else { assigned as f64 / requests_sent as f64 },
             no_driver: Metrics::get(&m.no_driver),
@@ -197,6 +200,7 @@ impl Report {
                 "ride requests",
                 format!("{} ({:.1}/s), {} skipped", self.requests_sent, self.requests_per_s, self.requests_skipped),
             ),
+            ("offers", format!("{} ({} taken first by another driver)", self.offers, self.offers_taken)),
             ("assigned", format!("{} (match rate {:.1}%)", self.assigned, self.match_rate * 100.0)),
             ("no driver found", self.no_driver.to_string()),
             ("trips completed", self.completed.to_string()),
