@@ -78,8 +78,9 @@ async fn a_broadcast_goes_to_three_drivers_and_the_first_accept_wins() {
 
 /// Over gRPC, forward dispatch: a driver carrying a rider to a dropoff
 /// 200 m from a new pickup is offered it before a free driver 3 km away;
-/// the rider sees that driver and `queued`, and, when the ride in progress
-/// completes, the same driver on the way (`queued` false).
+/// the rider sees that driver, `queued` and the estimated time to the door,
+/// and, when the ride in progress completes, the same driver on the way
+/// (`queued` false).
 #[tokio::test]
 async fn forward_dispatch_queues_the_next_ride_for_a_driver_finishing_nearby() {
     let mut config = ServerConfig::default();
@@ -114,6 +115,8 @@ async fn forward_dispatch_queues_the_next_ride_for_a_driver_finishing_nearby() {
     let seen = rider.until(pb::TripStatus::DriverAssigned).await;
     assert_eq!((seen.driver_id.as_str(), seen.queued), ("busy", true));
     assert!((seen.pickup_distance_m - 300.0).abs() < 5.0, "100 m to the dropoff and 200 m on: {seen:?}");
+    // And the time to the door, at the default 22 km/h: about 49 s.
+    assert!((seen.pickup_eta_s - seen.pickup_distance_m / (22.0 / 3.6)).abs() < 0.01, "{seen:?}");
     // The queued pickup cannot be reached before the ride ends.
     busy.progress(&rider.trip_id, pb::TripStatus::DriverArrived).await;
     busy.expect_rejected(tonic::Code::FailedPrecondition).await;

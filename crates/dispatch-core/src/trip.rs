@@ -106,6 +106,9 @@ pub struct Trip {
     pub driver_position: Option<LatLng>,
     /// Great-circle metres from the driver to the pickup when assigned.
     pub pickup_distance_m: Option<f64>,
+    /// The estimated time to the pickup when assigned, in milliseconds: the
+    /// pickup distance at `Config::eta_speed_kmh`.
+    pub pickup_eta_ms: Option<i64>,
     /// When the rider asked.
     pub requested_at: Timestamp,
     /// When anything about the trip last changed.

@@ -254,6 +254,7 @@ impl From<&Trip> for pb::Trip {
             updated_at_ms: t.updated_at.0,
             cancel_reason: t.cancel_reason.clone().unwrap_or_default(),
             queued: t.queued,
+            pickup_eta_s: t.pickup_eta_ms.map_or(0.0, |ms| ms as f64 / 1_000.0),
         }
     }
 }

@@ -137,6 +137,9 @@ pub struct StoredTrip {
     /// Queued behind the driver's current ride (forward dispatch).
     #[prost(bool, tag = "19")]
     pub queued: bool,
+    /// The estimated time to the pickup when assigned, ms.
+    #[prost(int64, optional, tag = "20")]
+    pub pickup_eta_ms: Option<i64>,
 }
 
 /// A stored record the engine's types refuse (a bug or corruption that
@@ -196,6 +199,7 @@ impl From<&TripRecord> for StoredTrip {
             search_deadline_ms: r.search_deadline.0,
             driver_fleet: r.driver_fleet.as_ref().map(|f| f.to_string()),
             queued: t.queued,
+            pickup_eta_ms: t.pickup_eta_ms,
         }
     }
 }
@@ -245,6 +249,7 @@ impl TryFrom<StoredTrip> for TripRecord {
             updated_at: Timestamp(s.updated_at_ms),
             cancel_reason: s.cancel_reason,
             queued: s.queued,
+            pickup_eta_ms: s.pickup_eta_ms,
         };
         Ok(TripRecord {
             trip,

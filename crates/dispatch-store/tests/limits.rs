@@ -48,6 +48,7 @@ fn huge_record(id_bytes: usize, tried: usize) -> TripRecord {
             updated_at: Timestamp(i64::MAX),
             cancel_reason: Some(reason),
             queued: true,
+            pickup_eta_ms: Some(i64::MAX),
         },
         radius_m: f64::MAX,
         tried: (0..tried).map(|n| DriverId::new(&id_of(id_bytes, n + 10)).unwrap_or_else(|e| panic!("{e}"))).collect(),

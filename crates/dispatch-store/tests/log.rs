@@ -42,6 +42,7 @@ fn record(id: u64, status: TripStatus) -> TripRecord {
             updated_at: Timestamp(2_000 + id as i64),
             cancel_reason: None,
             queued: false,
+            pickup_eta_ms: status.has_driver().then_some(133_000),
         },
         radius_m: 3_000.0,
         tried: vec![DriverId::new("x").unwrap_or_else(|e| panic!("{e}"))],

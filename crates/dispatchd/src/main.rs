@@ -174,7 +174,7 @@ struct Flags {
     /// Acceptance-aware ranking: a driver who missed (declined or let
     /// lapse) all of their last 20 offers ranks like one this many metres
     /// farther (half of them, half as much); 0 ranks by distance alone.
-    #[arg(long, env = "DISPATCH_ACCEPT_WEIGHT_M", default_value_t = 0.0, value_parser = metres_or_zero)]
+    #[arg(long, alias = "accept-weight", env = "DISPATCH_ACCEPT_WEIGHT_M", default_value_t = 0.0, value_parser = metres_or_zero)]
     accept_weight_m: f64,
     /// Forward dispatch: a driver whose ride in progress ends within this
     /// many metres of a new pickup may be offered it next (queued), when
@@ -182,6 +182,11 @@ struct Flags {
     /// driver's pickup; 0 turns it off.
     #[arg(long, env = "DISPATCH_FORWARD_DISPATCH_M", default_value_t = 0.0, value_parser = metres_or_zero)]
     forward_dispatch_m: f64,
+    /// The straight-line speed at which a rider's estimated time to the
+    /// pickup is reckoned from the distance (city driving, detours
+    /// included).
+    #[arg(long, env = "DISPATCH_ETA_SPEED_KMH", default_value_t = 22.0, value_parser = speed_kmh)]
+    eta_speed_kmh: f64,
     /// Cluster mode: the NATS servers (JetStream) this node joins,
     /// comma-separated (`nats://127.0.0.1:4222,nats://127.0.0.1:4223`). The
     /// trip log is then a replicated stream, not `--data-dir`, and one node
@@ -298,6 +303,13 @@ fn positive_metres(s: &str) -> Result<f64, String> {
     }
 }
 
+fn speed_kmh(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (1.0..=300.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a speed from 1 to 300 km/h")),
+    }
+}
+
 fn metres_or_zero(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(m) if m.is_finite() && (0.0..=1_000_000.0).contains(&m) => Ok(m),
@@ -322,6 +334,7 @@ impl Flags {
         config.engine.batch_unmatched_per_s_m = self.batch_unmatched_per_s_m;
         config.engine.accept_weight_m = self.accept_weight_m;
         config.engine.forward_dispatch_m = self.forward_dispatch_m;
+        config.engine.eta_speed_kmh = self.eta_speed_kmh;
         config.max_fleet_batch = self.max_fleet_batch;
         config.max_sessions = self.max_sessions;
         config.max_message_bytes = self.max_message_bytes;

@@ -102,6 +102,7 @@ impl Engine {
         state.trip.updated_at = now;
         state.trip.driver_position = position;
         state.trip.pickup_distance_m = position.map(|p| p.distance_m(state.trip.pickup));
+        state.trip.pickup_eta_ms = state.trip.pickup_distance_m.map(|m| self.config.eta_ms(m));
         state.last_position_push = now;
         let trip = state.trip.clone();
         drop(state);

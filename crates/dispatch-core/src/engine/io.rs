@@ -55,6 +55,9 @@ pub struct Config {
     /// rest of the ride plus the drive from its dropoff is shorter than
     /// every free driver's pickup. 0 turns it off.
     pub forward_dispatch_m: f64,
+    /// The speed, over the straight line, at which a pickup's estimated
+    /// time is reckoned from its distance (city driving with its detours).
+    pub eta_speed_kmh: f64,
 }
 
 /// The most drivers a trip may be offered to, whatever the configuration:
@@ -87,7 +90,17 @@ impl Default for Config {
             batch_unmatched_per_s_m: 100.0,
             accept_weight_m: 0.0,
             forward_dispatch_m: 0.0,
+            eta_speed_kmh: 22.0,
         }
+    }
+}
+
+impl Config {
+    /// The estimated milliseconds to drive `metres` (straight line) at
+    /// `eta_speed_kmh`.
+    pub fn eta_ms(&self, metres: f64) -> i64 {
+        let mps = self.eta_speed_kmh.max(1.0) / 3.6;
+        (metres.max(0.0) / mps * 1_000.0).round().min(i64::MAX as f64) as i64
     }
 }
 

@@ -278,6 +278,7 @@ impl Engine {
         trip.driver = Some(driver_id);
         trip.driver_position = position;
         trip.pickup_distance_m = Some(distance_m);
+        trip.pickup_eta_ms = Some(self.config.eta_ms(distance_m));
         trip.updated_at = now;
         trip.queued = queued;
         let trip = trip.clone();

@@ -305,6 +305,7 @@ fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), T
                             status: TripStatus::Searching,
                             driver: None,
                             pickup_distance_m: None,
+                            pickup_eta_ms: None,
                             queued: false,
                             ..live
                         };

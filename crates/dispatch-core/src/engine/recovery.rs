@@ -144,6 +144,7 @@ impl Engine {
                 state.trip.driver = None;
                 state.trip.driver_position = None;
                 state.trip.pickup_distance_m = None;
+                state.trip.pickup_eta_ms = None;
                 state.trip.queued = false;
                 state.trip.updated_at = now;
             }

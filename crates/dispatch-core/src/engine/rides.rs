@@ -36,6 +36,7 @@ impl Engine {
             dropoff: request.dropoff,
             driver_position: None,
             pickup_distance_m: None,
+            pickup_eta_ms: None,
             requested_at: now,
             updated_at: now,
             cancel_reason: None,
@@ -241,6 +242,7 @@ impl Engine {
         trip.driver = None;
         trip.driver_position = None;
         trip.pickup_distance_m = None;
+        trip.pickup_eta_ms = None;
         trip.queued = false;
         trip.updated_at = now;
         state.search_deadline = now + self.config.search_timeout_ms;
