@@ -1,7 +1,8 @@
 //! The matcher against a brute-force oracle: in a seeded city where drivers
 //! differ in availability, service types and busy-ness, every ride request
 //! must be offered to the driver the oracle picks (nearest eligible by
-//! haversine, ties by id), or to nobody when the oracle finds nobody.
+//! haversine, ties by id), or to nobody when the oracle finds nobody; under
+//! `broadcast:3`, to exactly the oracle's three nearest, in that order.
 
 use std::collections::HashMap;
 
@@ -22,19 +23,28 @@ struct OracleDriver {
     busy: bool,
 }
 
-fn oracle_pick(drivers: &[OracleDriver], pickup: LatLng, service: ServiceType, radius: f64) -> Option<DriverId> {
-    drivers
+/// The `k` nearest eligible drivers within `radius`, nearest first, ties by
+/// id.
+fn oracle_pick(drivers: &[OracleDriver], pickup: LatLng, service: ServiceType, radius: f64, k: usize) -> Vec<DriverId> {
+    let mut found: Vec<(f64, &DriverId)> = drivers
         .iter()
         .filter(|d| d.available && !d.busy && d.services.contains(service))
         .map(|d| (d.position.distance_m(pickup), &d.id))
         .filter(|(dist, _)| *dist <= radius)
-        .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)))
-        .map(|(_, id)| id.clone())
+        .collect();
+    found.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    found.into_iter().take(k).map(|(_, id)| id.clone()).collect()
 }
 
 fn run(seed: u64, city: CityShape, drivers: usize, requests: usize) {
+    run_policy(seed, city, drivers, requests, "nearest");
+}
+
+fn run_policy(seed: u64, city: CityShape, drivers: usize, requests: usize, policy: &str) {
     let mut rng = rng(seed);
-    let mut engine = Engine::new(Config::default());
+    let matching = policy.parse().unwrap_or_else(|e: String| panic!("{e}"));
+    let k = Config { matching, ..Config::default() }.matching.default.fanout();
+    let mut engine = Engine::new(Config { matching, ..Config::default() });
     let now = Timestamp(1_700_000_000_000);
     let mut oracle: Vec<OracleDriver> = Vec::new();
     let mut sessions = HashMap::new();
@@ -64,7 +74,7 @@ fn run(seed: u64, city: CityShape, drivers: usize, requests: usize) {
         }
         let radius = [500.0, 2_000.0, 5_000.0][n % 3];
         request.max_pickup_distance_m = Some(radius);
-        let want = oracle_pick(&oracle, request.pickup, request.service, radius);
+        let want = oracle_pick(&oracle, request.pickup, request.service, radius, k);
         engine.request_ride(now, request.clone());
         let effects: Vec<Effect> = engine.drain_effects().collect();
         let Some(trip) = effects.iter().find_map(|e| match e {
@@ -80,8 +90,8 @@ fn run(seed: u64, city: CityShape, drivers: usize, requests: usize) {
                 _ => None,
             })
             .collect();
-        let got = offers.first().map(|o| o.driver.clone());
-        assert_eq!(got, want, "seed {seed}, request {n} at {}", request.pickup);
+        let got: Vec<DriverId> = offers.iter().map(|o| o.driver.clone()).collect();
+        assert_eq!(got, want, "seed {seed}, {policy}, request {n} at {}", request.pickup);
         let Some(offer) = offers.first() else {
             let _ = engine.cancel_ride(now, trip.id, "");
             continue;
@@ -111,6 +121,14 @@ fn run(seed: u64, city: CityShape, drivers: usize, requests: usize) {
 #[test]
 fn matcher_agrees_with_brute_force_in_seoul() {
     run(11, CityShape::seoul(), 3_000, 1_500);
+}
+
+/// A broadcast goes to the three nearest eligible drivers, nearest first;
+/// the nearest accepts (or the rider cancels), and the other two are free
+/// for the next request.
+#[test]
+fn a_broadcast_goes_to_the_brute_force_three_nearest_in_seoul() {
+    run_policy(14, CityShape::seoul(), 3_000, 1_500, "broadcast:3");
 }
 
 #[test]
