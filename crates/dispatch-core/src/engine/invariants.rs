@@ -72,7 +72,9 @@ impl Engine {
             {
                 return Err(format!("trip {id} is held for a batch while {:?} / {:?}", trip.status, state.offers));
             }
-            if self.batch_pool.contains(id) && self.next_batch.is_none() {
+            if self.batch_pool.contains(id)
+                && (self.next_batch.is_none() || !self.batch_due.contains_key(&super::batch::region_of(trip.pickup)))
+            {
                 return Err(format!("trip {id} is held for a batch that is never due"));
             }
             if self.unmatched.contains(id) && (trip.status != TripStatus::Searching || !state.offers.is_empty()) {

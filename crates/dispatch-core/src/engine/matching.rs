@@ -149,26 +149,35 @@ impl Engine {
     fn hold_for_batch(&mut self, now: Timestamp, trip_id: TripId, window_ms: i64) {
         self.unmatched.remove(&trip_id);
         self.batch_pool.insert(trip_id);
-        let due = now + window_ms;
+        let Some(state) = self.trips.get(&trip_id) else { return };
+        let region = super::batch::region_of(state.trip.pickup);
+        let due = super::batch::due_in(now, region, window_ms);
+        let at = self.batch_due.entry(region).or_insert(due);
+        *at = (*at).min(due);
         self.next_batch = Some(self.next_batch.map_or(due, |at| at.min(due)));
     }
 
-    /// After a batch: the next one for whatever is still held, a window of
-    /// the shortest policy among them from now.
+    /// After a batch: each region still holding requests gets its next
+    /// turn (on its own phase, of the shortest window among them), and the
+    /// engine's next batch is the earliest of those.
     pub(super) fn schedule_batch(&mut self, now: Timestamp) {
-        let window = self
+        let held: Vec<(TripId, i64)> = self
             .batch_pool
             .iter()
-            .filter_map(|id| self.trips.get(id))
-            .filter_map(|state| match self.config.matching.of(state.trip.service) {
-                Matching::Batch { window_ms } => Some(window_ms),
+            .filter_map(|id| Some((*id, self.trips.get(id)?)))
+            .filter_map(|(id, state)| match self.config.matching.of(state.trip.service) {
+                Matching::Batch { window_ms } => Some((id, window_ms)),
                 Matching::Nearest | Matching::Broadcast { .. } => None,
             })
-            .min();
-        if let Some(window_ms) = window {
-            let due = now + window_ms;
-            self.next_batch = Some(self.next_batch.map_or(due, |at| at.min(due)));
+            .collect();
+        for (trip_id, window_ms) in held {
+            let Some(state) = self.trips.get(&trip_id) else { continue };
+            let region = super::batch::region_of(state.trip.pickup);
+            let due = super::batch::due_in(now, region, window_ms);
+            let at = self.batch_due.entry(region).or_insert(due);
+            *at = (*at).min(due);
         }
+        self.next_batch = self.batch_due.values().min().copied();
     }
 
     /// Offers `trip` to `key` (or assigns it, for an auto-accept driver).

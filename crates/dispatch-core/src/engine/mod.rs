@@ -65,6 +65,10 @@ pub struct Engine {
     /// Searching trips with no offer out whose service is matched in
     /// batches: held for the next batch (`next_batch`), oldest first.
     batch_pool: BTreeSet<TripId>,
+    /// The regions holding requests, each with when its batch is due
+    /// (regions take turns, each on its own phase of the window).
+    batch_due: std::collections::BTreeMap<tables::CellKey, Timestamp>,
+    /// The earliest of `batch_due`.
     next_batch: Option<Timestamp>,
     /// When a batch-matched request last came: a request after a quiet
     /// window is matched at once rather than held for nothing.
@@ -107,6 +111,7 @@ impl Engine {
             offers: Map::default(),
             unmatched: BTreeSet::new(),
             batch_pool: BTreeSet::new(),
+            batch_due: std::collections::BTreeMap::new(),
             next_batch: None,
             last_batch_request: None,
             timers: BTreeSet::new(),
