@@ -77,7 +77,9 @@ impl Engine {
         }
         let eligible = |key| {
             let d = self.driver(key);
+            // Where the driver is must be known to reckon the route.
             d.session.is_some()
+                && d.position.is_some()
                 && d.available
                 && d.offer.is_none()
                 && d.next.is_none()

@@ -19,8 +19,9 @@ impl Engine {
     /// `Config::accept_weight_m` ranks drivers who miss offers lower), ties
     /// broken by the smaller id.
     ///
-    /// Cost: O(log n) to the nearest driver, plus O(log n) for each nearer
-    /// driver who cannot take the ride (busy, off duty, other service).
+    /// Cost: O(log n) to the nearest driver in the index of free drivers,
+    /// plus O(log n) for each nearer free driver who cannot take this ride
+    /// (another service); busy and off-duty drivers are not in that index.
     pub fn nearest_offerable_driver(
         &self,
         pickup: LatLng,
