@@ -33,6 +33,8 @@ pub fn trip(t: &pb::Trip) -> Value {
         "driver": if t.driver_id.is_empty() { Value::Null } else { json!(t.driver_id) },
         "driver_position": point(t.driver_position.as_ref()),
         "pickup_distance_m": t.pickup_distance_m,
+        "pickup_eta_s": t.pickup_eta_s,
+        "queued": t.queued,
         "requested_at_ms": t.requested_at_ms,
         "updated_at_ms": t.updated_at_ms,
     })

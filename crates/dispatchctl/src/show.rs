@@ -18,7 +18,13 @@ pub fn trip(out: &mut (dyn Write + Send), t: &pb::Trip, as_json: bool) -> std::i
     if !t.driver_id.is_empty() {
         line.push_str(&format!(" driver {} at {}", t.driver_id, point(t.driver_position.as_ref())));
         if t.pickup_distance_m > 0.0 {
-            line.push_str(&format!(" ({:.0} m from the pickup when assigned)", t.pickup_distance_m));
+            line.push_str(&format!(
+                " ({:.0} m, about {:.0} s, from the pickup when assigned)",
+                t.pickup_distance_m, t.pickup_eta_s
+            ));
+        }
+        if t.queued {
+            line.push_str(" queued behind the driver's ride in progress");
         }
     }
     line.push_str(&format!(" pickup {} dropoff {}", point(t.pickup.as_ref()), point(t.dropoff.as_ref())));
