@@ -189,7 +189,7 @@ async fn view(State(shared): State<Shared>, headers: HeaderMap, Query(p): Query<
 /// there is none.
 async fn lookup(app: &App, q: &str) -> Result<Option<Value>, tonic::Status> {
     if let Ok(trip) = q.parse::<TripId>() {
-        return Ok(app.operator.trip(trip).map(|t| {
+        return Ok(app.operator.trip(trip).await?.map(|t| {
             let mut value = json::trip(&t);
             value["kind"] = json!("trip");
             value
@@ -200,7 +200,9 @@ async fn lookup(app: &App, q: &str) -> Result<Option<Value>, tonic::Status> {
     let Some(found) = found else { return Ok(None) };
     let mut value = json::driver(&found);
     value["kind"] = json!("driver");
-    if let Some(trip) = found.trip.and_then(|t| app.operator.trip(t)) {
+    if let Some(trip) = found.trip
+        && let Some(trip) = app.operator.trip(trip).await?
+    {
         value["trip_detail"] = json::trip(&trip);
     }
     Ok(Some(value))

@@ -38,8 +38,8 @@ impl Operator {
     }
 
     /// The latest state of a trip, as `GetTrip` answers.
-    pub fn trip(&self, id: TripId) -> Option<pb::Trip> {
-        self.engine.trip(id)
+    pub async fn trip(&self, id: TripId) -> Result<Option<pb::Trip>, Status> {
+        self.engine.trip(id).await
     }
 
     /// Every trip change from now on.

@@ -321,7 +321,13 @@ impl Outbound {
 
     fn publish(&mut self, trip: &Trip) {
         let snapshot = pb::Trip::from(trip);
-        let before = self.trips.insert(trip.id, snapshot.clone()).map(|old| old.status);
+        let terminal = trip.status.is_terminal();
+        // Open trips only: an ended one is the engine's alone from now on.
+        let before = if terminal {
+            self.trips.remove(&trip.id).map(|(_, old)| old.status)
+        } else {
+            self.trips.insert(trip.id, snapshot.clone()).map(|old| old.status)
+        };
         // Measured once per assignment, not at every later change of an
         // assigned trip.
         if trip.status == TripStatus::DriverAssigned && before != Some(pb::TripStatus::DriverAssigned as i32) {
@@ -334,7 +340,6 @@ impl Outbound {
         if self.changes.receiver_count() > 0 {
             let _ = self.changes.send(snapshot.clone());
         }
-        let terminal = trip.status.is_terminal();
         if terminal {
             self.awaiting_first_offer.remove(&trip.id);
         }
@@ -400,6 +405,34 @@ mod tests {
         let (changes, _) = broadcast::channel(1);
         let privacy = Privacy { hide_dropoff: ServiceSet::EMPTY, drivers_see_rider_id: false };
         Outbound::new(None, Arc::new(DashMap::new()), None, cut_off, fatal, changes, privacy)
+    }
+
+    #[test]
+    fn an_ended_trip_leaves_the_table_of_open_trips() {
+        let mut stage = stage();
+        let at = |lat| dispatch_core::geo::LatLng::new(lat, 127.0).unwrap_or_else(|e| panic!("{e}"));
+        let mut trip = Trip {
+            id: TripId(1),
+            rider: dispatch_core::ids::RiderId::new("r").unwrap_or_else(|e| panic!("{e}")),
+            request_id: dispatch_core::ids::RequestId::new("q").unwrap_or_else(|e| panic!("{e}")),
+            driver: None,
+            status: TripStatus::Searching,
+            service: dispatch_core::service::ServiceType::Taxi,
+            pickup: at(37.5),
+            dropoff: None,
+            driver_position: None,
+            pickup_distance_m: None,
+            pickup_eta_ms: None,
+            requested_at: Timestamp(0),
+            updated_at: Timestamp(0),
+            cancel_reason: None,
+            queued: false,
+        };
+        stage.deliver(Out::Rider(trip.clone()));
+        assert!(stage.trips.contains_key(&trip.id), "an open trip is answered from the table");
+        trip.status = TripStatus::NoDriverFound;
+        stage.deliver(Out::Rider(trip.clone()));
+        assert!(stage.trips.is_empty(), "an ended trip is kept by the engine alone");
     }
 
     #[test]

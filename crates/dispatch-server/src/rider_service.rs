@@ -109,6 +109,7 @@ impl RiderService for RiderSvc {
         // ids cannot be probed.
         self.engine
             .trip(id)
+            .await?
             .filter(|t| caller.may_see_trip(&t.rider_id, &t.driver_id))
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("trip {id} not found")))

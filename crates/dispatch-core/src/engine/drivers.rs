@@ -65,7 +65,7 @@ impl Engine {
             self.apply_fix(now, key, Ping { position, timestamp: None });
         }
         self.freed.push(key);
-        let current_trip = self.driver(key).trip.and_then(|trip| self.trip(trip).cloned());
+        let current_trip = self.driver(key).trip.and_then(|trip| self.trip(trip));
         let driver = Some(self.driver(key).id.clone());
         self.effects.push(Effect::SessionStarted { session, driver, fleet: None, current_trip });
         Ok(())
@@ -88,7 +88,7 @@ impl Engine {
             drivers = moved.drivers;
         }
         let trips: Vec<Trip> =
-            drivers.iter().filter_map(|&key| self.driver(key).trip).filter_map(|t| self.trip(t).cloned()).collect();
+            drivers.iter().filter_map(|&key| self.driver(key).trip).filter_map(|t| self.trip(t)).collect();
         let started = Effect::SessionStarted { session, driver: None, fleet: Some(fleet.clone()), current_trip: None };
         self.effects.push(started);
         for trip in trips {

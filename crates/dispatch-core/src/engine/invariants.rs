@@ -23,6 +23,12 @@ impl Engine {
             if trip.id != *id {
                 return Err(format!("trip {id} is filed under another id {}", trip.id));
             }
+            if trip.status.is_terminal() {
+                return Err(format!("trip {id} is {:?} but still filed as open", trip.status));
+            }
+            if self.trips.ended(id).is_some() {
+                return Err(format!("trip {id} is filed both open and ended"));
+            }
             // What bounds the size of its record in the trip log.
             let most = self.config.max_offers_per_trip.min(super::MAX_OFFERS_PER_TRIP);
             if state.tried.len() > most {
@@ -162,8 +168,27 @@ impl Engine {
             }
         }
         self.check_counts()?;
+        self.check_ended()?;
         if self.freed.is_empty() && !self.drivers_moved {
             self.check_no_missed_match()?;
+        }
+        Ok(())
+    }
+
+    /// Every ended trip is packed, waits its turn to be forgotten, and is
+    /// what its request id leads to.
+    fn check_ended(&self) -> Result<(), String> {
+        let waiting: std::collections::HashSet<_> = self.finished.iter().map(|(_, id)| *id).collect();
+        for (id, ended) in self.trips.ended_rows() {
+            if !ended.status.is_terminal() {
+                return Err(format!("trip {id} is filed as ended while {:?}", ended.status));
+            }
+            if !waiting.contains(&id) {
+                return Err(format!("ended trip {id} is never forgotten"));
+            }
+            if self.by_request.get(&(ended.rider.clone(), ended.request_id.clone())) != Some(&id) {
+                return Err(format!("ended trip {id} is not found by its request id"));
+            }
         }
         Ok(())
     }

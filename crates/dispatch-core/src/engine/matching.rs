@@ -372,6 +372,7 @@ impl Engine {
         drop(state);
         self.finished.push_back((now, trip_id));
         self.trip_changed(trip_id);
+        self.trips.end(trip_id);
     }
 
     /// A trip's state changed: log it, then tell the rider.

@@ -138,13 +138,14 @@ impl Engine {
     }
 
     /// A trip by id, ended ones included until their retention runs out.
-    pub fn trip(&self, id: TripId) -> Option<&Trip> {
-        self.trips.get(&id).map(|t| &t.trip)
+    /// A copy: an ended trip is kept packed.
+    pub fn trip(&self, id: TripId) -> Option<Trip> {
+        self.trips.trip(id)
     }
 
     /// Every trip kept, ended ones included.
-    pub fn trips(&self) -> impl Iterator<Item = &Trip> {
-        self.trips.values().map(|t| &t.trip)
+    pub fn trips(&self) -> impl Iterator<Item = Trip> + '_ {
+        self.trips.trips()
     }
 
     /// Open driver and fleet sessions.
@@ -199,8 +200,8 @@ impl Engine {
                 break;
             }
             self.finished.pop_front();
-            if let Some(state) = self.trips.remove(&trip) {
-                self.by_request.remove(&(state.trip.rider, state.trip.request_id));
+            if let Some(ended) = self.trips.forget_ended(&trip) {
+                self.by_request.remove(&(ended.rider, ended.request_id));
                 self.effects.push(Effect::TripForgotten(trip));
             }
         }

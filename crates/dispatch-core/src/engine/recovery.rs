@@ -91,6 +91,11 @@ impl Engine {
             let id = trip.id;
             engine.by_request.insert((trip.rider.clone(), trip.request_id.clone()), id);
             let status = trip.status;
+            if status.is_terminal() {
+                engine.trips.insert_ended(trip);
+                engine.finished.push_back((ended_at, id));
+                continue;
+            }
             // A ride queued behind another (forward dispatch) is not put
             // back on its driver: it searches again, like one whose driver
             // has another trip.
@@ -109,9 +114,7 @@ impl Engine {
                     offered_once: true,
                 },
             );
-            if status.is_terminal() {
-                engine.finished.push_back((ended_at, id));
-            } else if let Some(driver) = driver {
+            if let Some(driver) = driver {
                 if engine.driver_keys.contains_key(&driver) || queued {
                     // Two live trips for one driver cannot come from a log
                     // this engine wrote; keep the first, search for the other.

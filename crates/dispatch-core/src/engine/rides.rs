@@ -19,8 +19,8 @@ impl Engine {
     /// there is one.
     pub fn request_ride(&mut self, now: Timestamp, request: RideRequest) {
         let key = (request.rider.clone(), request.request_id.clone());
-        if let Some(state) = self.by_request.get(&key).and_then(|id| self.trips.get(id)) {
-            self.effects.push(Effect::RideRequested { trip: state.trip.clone(), created: false });
+        if let Some(trip) = self.by_request.get(&key).and_then(|&id| self.trips.trip(id)) {
+            self.effects.push(Effect::RideRequested { trip, created: false });
             return;
         }
         let id = TripId(self.next_trip);
@@ -90,11 +90,14 @@ impl Engine {
         default_reason: &str,
         may_cancel: impl Fn(TripStatus) -> bool,
     ) -> Result<(), EngineError> {
-        let state = self.trips.get(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
+        let Some(state) = self.trips.get(&trip_id) else {
+            let ended = self.trips.ended(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
+            return match ended.status {
+                TripStatus::Cancelled => Ok(()),
+                status => Err(EngineError::TooLateToCancel { trip: trip_id, status }),
+            };
+        };
         let status = state.trip.status;
-        if status == TripStatus::Cancelled {
-            return Ok(());
-        }
         if !may_cancel(status) {
             return Err(EngineError::TooLateToCancel { trip: trip_id, status });
         }
@@ -255,7 +258,7 @@ impl Engine {
     /// The trip ended for the driver: they get it as it ended and are free
     /// (or go on to the ride queued behind it).
     pub(super) fn release_driver(&mut self, now: Timestamp, key: DriverKey, trip_id: TripId) {
-        if let Some(trip) = self.trip(trip_id).cloned() {
+        if let Some(trip) = self.trip(trip_id) {
             self.free_driver_of(now, key, trip);
         }
     }

@@ -12,11 +12,11 @@
 
 use std::ops::{Deref, DerefMut};
 
-use super::state::{Driver, TripState};
+use super::state::{Driver, EndedTrip, TripState};
 use crate::geo::LatLng;
 use crate::ids::TripId;
 use crate::index::{DriverIndex, DriverKey};
-use crate::trip::TripStatus;
+use crate::trip::{Trip, TripStatus};
 
 /// Live counts of drivers and trips by state.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -408,7 +408,8 @@ impl DriverTable {
 /// The slot trips pass to [`Tracked`]: a trip is never in the free index.
 const NO_SLOT: DriverKey = DriverKey(u32::MAX);
 
-/// Trips by id, ended ones included until their retention runs out.
+/// Trips by id: open ones as a row the engine matches and moves on, ended
+/// ones packed ([`EndedTrip`]) until their retention runs out.
 ///
 /// Rows are boxed: the table grows to hundreds of thousands of trips, and
 /// growing a hash table moves every row at once. Moving a pointer instead
@@ -417,10 +418,13 @@ const NO_SLOT: DriverKey = DriverKey(u32::MAX);
 #[derive(Default)]
 pub(super) struct TripTable {
     rows: super::Map<TripId, Box<TripState>>,
+    ended: super::Map<TripId, Box<EndedTrip>>,
     tally: Tally,
 }
 
 impl TripTable {
+    /// An open trip (or one ended in the command under way, until
+    /// [`TripTable::end`]).
     pub fn get(&self, id: &TripId) -> Option<&TripState> {
         self.rows.get(id).map(|row| &**row)
     }
@@ -430,7 +434,7 @@ impl TripTable {
         Some(Tracked::new(NO_SLOT, &mut **row, &mut self.tally))
     }
 
-    /// Files a trip, replacing any row under the same id.
+    /// Files an open trip, replacing any row under the same id.
     pub fn insert(&mut self, id: TripId, state: TripState) {
         self.tally.add(NO_SLOT, &state);
         if let Some(old) = self.rows.insert(id, Box::new(state)) {
@@ -438,16 +442,53 @@ impl TripTable {
         }
     }
 
-    pub fn remove(&mut self, id: &TripId) -> Option<TripState> {
-        let state = self.rows.remove(id)?;
-        self.tally.sub(NO_SLOT, &*state);
-        Some(*state)
+    /// Files a trip that ended, packed.
+    pub fn insert_ended(&mut self, trip: Trip) {
+        self.ended.insert(trip.id, Box::new(EndedTrip::pack(trip)));
     }
 
+    /// Packs a trip that just ended (its status is terminal): from now on
+    /// only [`TripTable::trip`] and [`TripTable::ended`] find it.
+    pub fn end(&mut self, id: TripId) {
+        let Some(state) = self.rows.remove(&id) else { return };
+        self.tally.sub(NO_SLOT, &*state);
+        self.insert_ended(state.trip);
+    }
+
+    /// An ended trip.
+    pub fn ended(&self, id: &TripId) -> Option<&EndedTrip> {
+        self.ended.get(id).map(|row| &**row)
+    }
+
+    /// Forgets an ended trip (its retention ran out).
+    pub fn forget_ended(&mut self, id: &TripId) -> Option<EndedTrip> {
+        self.ended.remove(id).map(|row| *row)
+    }
+
+    /// Any trip kept, open or ended, as the rider sees it.
+    pub fn trip(&self, id: TripId) -> Option<Trip> {
+        match self.rows.get(&id) {
+            Some(row) => Some(row.trip.clone()),
+            None => self.ended.get(&id).map(|row| row.unpack(id)),
+        }
+    }
+
+    /// Every trip kept, open ones first.
+    pub fn trips(&self) -> impl Iterator<Item = Trip> + '_ {
+        self.rows.values().map(|row| row.trip.clone()).chain(self.ended.iter().map(|(id, row)| row.unpack(*id)))
+    }
+
+    /// Every ended trip.
+    pub fn ended_rows(&self) -> impl Iterator<Item = (TripId, &EndedTrip)> {
+        self.ended.iter().map(|(id, row)| (*id, &**row))
+    }
+
+    /// Open trips.
     pub fn iter(&self) -> impl Iterator<Item = (&TripId, &TripState)> {
         self.rows.iter().map(|(id, row)| (id, &**row))
     }
 
+    /// Open trips.
     pub fn values(&self) -> impl Iterator<Item = &TripState> {
         self.rows.values().map(|row| &**row)
     }

@@ -955,7 +955,7 @@ fn an_operator_can_end_a_ride_in_progress_whose_driver_never_came_back() {
     // The rider may not, an operator may.
     assert!(w.engine.cancel_ride(w.now, trip, "").is_err());
     w.engine.cancel_by_operator(w.now, trip, "driver unreachable").unwrap_or_else(|e| panic!("{e}"));
-    let ended = w.engine.trip(trip).cloned().unwrap_or_else(|| panic!("{trip} forgotten"));
+    let ended = w.engine.trip(trip).unwrap_or_else(|| panic!("{trip} forgotten"));
     assert_eq!(ended.status, TripStatus::Cancelled);
     assert_eq!(ended.cancel_reason.as_deref(), Some("driver unreachable"));
     // The detached driver is forgotten: the engine holds nothing for it.
@@ -965,7 +965,7 @@ fn an_operator_can_end_a_ride_in_progress_whose_driver_never_came_back() {
     let other = w.request("r2");
     let long = "x".repeat(MAX_REASON_BYTES * 4);
     w.engine.cancel_ride(w.now, other, &long).unwrap_or_else(|e| panic!("{e}"));
-    let ended = w.engine.trip(other).cloned().unwrap_or_else(|| panic!("{other} forgotten"));
+    let ended = w.engine.trip(other).unwrap_or_else(|| panic!("{other} forgotten"));
     assert_eq!(ended.cancel_reason.map(|r| r.len()), Some(MAX_REASON_BYTES));
 }
 
@@ -1258,7 +1258,7 @@ fn a_driver_finishing_a_ride_nearby_gets_the_next_one_queued() {
     assert!(w.engine.check_invariants().is_ok(), "{:?}", w.engine.check_invariants());
     w.engine.offer_reply(w.now, busy, offer, true).unwrap_or_else(|e| panic!("{e}"));
     w.drain();
-    let queued = w.engine.trip(trip).cloned().unwrap_or_else(|| panic!());
+    let queued = w.engine.trip(trip).unwrap_or_else(|| panic!());
     assert_eq!(
         (queued.status, queued.driver.as_ref().map(|d| d.as_str()), queued.queued),
         (TripStatus::DriverAssigned, Some("busy"), true)
@@ -1272,7 +1272,7 @@ fn a_driver_finishing_a_ride_nearby_gets_the_next_one_queued() {
     assert_eq!(only_offer(&w.drain()).2, "far");
     w.engine.trip_progress(w.now, busy, None, first, TripStatus::Completed).unwrap_or_else(|e| panic!("{e}"));
     let effects = w.drain();
-    let started = w.engine.trip(trip).cloned().unwrap_or_else(|| panic!());
+    let started = w.engine.trip(trip).unwrap_or_else(|| panic!());
     assert_eq!((started.status, started.queued), (TripStatus::DriverAssigned, false));
     let told: Vec<(TripId, TripStatus, bool)> = effects
         .iter()
@@ -1339,7 +1339,7 @@ fn a_queued_ride_ends_or_starts_cleanly() {
     w.engine.offer_reply(w.now, busy, offer, true).unwrap_or_else(|e| panic!("{e}"));
     w.engine.cancel_by_operator(w.now, first, "stuck").unwrap_or_else(|e| panic!("{e}"));
     w.drain();
-    let started = w.engine.trip(fourth).cloned().unwrap_or_else(|| panic!());
+    let started = w.engine.trip(fourth).unwrap_or_else(|| panic!());
     assert_eq!(
         (started.status, started.queued, started.driver.map(|d| d.to_string())),
         (TripStatus::DriverAssigned, false, Some("busy".to_owned()))

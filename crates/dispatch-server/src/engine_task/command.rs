@@ -51,6 +51,10 @@ pub enum Command {
     Nearby { query: NearbyQuery, reply: oneshot::Sender<Nearby> },
     /// An operator's stats query.
     Stats { reply: oneshot::Sender<pb::Stats> },
+    /// A trip the table of open trips does not hold: ended (the engine
+    /// alone keeps ended trips), or too new to be durable yet. Answered
+    /// once what came before is durable.
+    Trip { trip: TripId, reply: oneshot::Sender<Option<pb::Trip>> },
     /// What the operators' map shows of a viewport.
     Map { query: MapQuery, reply: oneshot::Sender<MapView> },
     /// One driver, as the map shows it.

@@ -30,11 +30,13 @@ pub struct EngineHandle {
     pub(super) queued_updates: Arc<AtomicU64>,
     pub(super) max_queued_updates: u64,
     pub(super) next_session: Arc<AtomicU64>,
-    /// The latest state of every trip the engine still keeps, as told, for
-    /// `GetTrip`: a `DashMap` so many readers never queue behind the
-    /// engine's commands (or each other). Only the outbound stage writes it,
-    /// after the change is in the trip log and as it tells the rider, so a
-    /// reader never sees a state that is not durable.
+    /// The latest state of every open trip, as told, for `GetTrip`: a
+    /// `DashMap` so many readers never queue behind the engine's commands
+    /// (or each other). Only the outbound stage writes it, after the change
+    /// is in the trip log and as it tells the rider, so a reader never sees
+    /// a state that is not durable. A trip leaves it when it ends: ended
+    /// trips, kept for a day, are the engine's alone (packed), and asked of
+    /// it.
     pub(super) trips: Arc<DashMap<TripId, pb::Trip>>,
     /// Every trip change as riders see it, for operators watching; sent to
     /// only while someone watches.
@@ -107,9 +109,14 @@ impl EngineHandle {
         SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// The latest state of a trip.
-    pub fn trip(&self, id: TripId) -> Option<pb::Trip> {
-        self.trips.get(&id).map(|t| t.clone())
+    /// The latest durable state of a trip: an open one from the table,
+    /// without waiting; an ended one (or one not yet durable) from the
+    /// engine.
+    pub async fn trip(&self, id: TripId) -> Result<Option<pb::Trip>, Status> {
+        if let Some(open) = self.trips.get(&id) {
+            return Ok(Some(open.clone()));
+        }
+        self.ask(|reply| Command::Trip { trip: id, reply }).await
     }
 
     /// The engine's counts, with what only the shell knows: queue depths

@@ -225,10 +225,17 @@ impl EngineTask {
                 } else {
                     self.engine.cancel_ride(now, trip, &reason)
                 }
-                .and_then(|()| self.engine.trip(trip).cloned().ok_or(EngineError::UnknownTrip(trip)));
+                .and_then(|()| self.engine.trip(trip).ok_or(EngineError::UnknownTrip(trip)));
                 self.carry_out();
                 self.batch.outs.push(Out::Reply(Box::new(move || {
                     let _ = reply.send(result);
+                })));
+                return;
+            }
+            Command::Trip { trip, reply } => {
+                let trip = self.engine.trip(trip);
+                self.batch.outs.push(Out::Reply(Box::new(move || {
+                    let _ = reply.send(trip.as_ref().map(pb::Trip::from));
                 })));
                 return;
             }

@@ -84,15 +84,15 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
                 first_offer,
             );
             store.retain(&mut |id| engine.trip(id).is_some());
-            for trip in engine.trips() {
-                trips.insert(trip.id, pb::Trip::from(trip));
+            for trip in engine.trips().filter(|t| !t.status.is_terminal()) {
+                trips.insert(trip.id, pb::Trip::from(&trip));
             }
             let stats = engine.stats();
             info!(
                 records,
                 searching = stats.trips_searching,
                 with_driver = stats.trips_active,
-                kept = trips.len(),
+                open = trips.len(),
                 "trips recovered from the log"
             );
             (Some(store), engine)
