@@ -151,6 +151,15 @@ pub struct BadRecord {
     what: String,
 }
 
+impl StoredTrip {
+    /// Whether the trip had ended (completed, cancelled, no driver found).
+    pub fn ended(&self) -> bool {
+        [TripStatus::Completed, TripStatus::Cancelled, TripStatus::NoDriverFound]
+            .iter()
+            .any(|&s| status_code(s) == self.status)
+    }
+}
+
 fn status_code(s: TripStatus) -> u32 {
     match s {
         TripStatus::Searching => 1,

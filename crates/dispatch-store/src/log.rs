@@ -2,7 +2,7 @@
 //! compaction. Synchronous file I/O; the server runs it on a thread of its
 //! own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -32,12 +32,28 @@ type Frozen = Vec<(u64, LiveTrip)>;
 struct LiveTrip {
     whole: Arc<[u8]>,
     tried_since: Vec<u8>,
+    /// The trip had ended (only between opening and [`TripLog::retain`]:
+    /// a trip that ends while the log is open is not held here at all).
+    ended: bool,
 }
 
 impl LiveTrip {
-    fn new(whole: Vec<u8>) -> Self {
-        Self { whole: whole.into(), tried_since: Vec::new() }
+    fn new(whole: Vec<u8>, ended: bool) -> Self {
+        Self { whole: whole.into(), tried_since: Vec::new(), ended }
     }
+}
+
+/// Where a snapshot's trips come from besides those held in memory, which
+/// win over both: the trips of the snapshot in place, and those that ended
+/// in the logs written since it; but for the trips forgotten since.
+///
+/// So ended trips, most of a day's, are never held in the log's memory:
+/// each is read back from disk once per compaction instead.
+struct Sources {
+    /// Logs written since the snapshot in place, oldest first.
+    logs: Vec<PathBuf>,
+    /// Trips forgotten since that snapshot was begun.
+    forgotten: HashSet<u64>,
 }
 
 /// The log as it was when a background snapshot began; removed once the
@@ -113,10 +129,15 @@ pub struct TripLog {
     /// Compact once the log is past this many bytes (and past the size of
     /// the last snapshot, so the work stays in proportion to the growth).
     compact_after: u64,
-    /// The latest encoded record of every trip still kept: what the next
-    /// snapshot holds. Kept here, not asked of the engine, so compacting
-    /// never stalls dispatch.
+    /// The latest encoded record of every open trip: what the next
+    /// snapshot holds, with the snapshot in place and the trips that ended
+    /// in the log since (see [`Sources`]). Kept here, not asked of the
+    /// engine, so compacting never stalls dispatch. Ended trips are not
+    /// held here: the engine alone keeps them in memory.
     live: HashMap<u64, LiveTrip>,
+    /// Trips forgotten (or dropped after recovery) since the snapshot in
+    /// place was begun: the next one leaves them out.
+    forgotten: HashSet<u64>,
     next_trip: u64,
     boot: u64,
     /// Appended since the last commit.
@@ -170,6 +191,7 @@ impl TripLog {
             snapshot_bytes,
             compact_after,
             live,
+            forgotten: HashSet::new(),
             next_trip,
             boot,
             unsynced: false,
@@ -209,7 +231,16 @@ impl TripLog {
                 let stored = StoredTrip::from(record);
                 self.next_trip = self.next_trip.max(stored.id + 1);
                 self.write_entry(Entry::Trip(stored.clone()))?;
-                self.live.insert(stored.id, LiveTrip::new(stored.encode_to_vec()));
+                // A record newer than the forget (ids are never reused by
+                // the engine; a test may).
+                self.forgotten.remove(&stored.id);
+                if record.trip.status.is_terminal() {
+                    // In the log file until the next snapshot reads it
+                    // from there; the engine keeps it in memory.
+                    self.live.remove(&stored.id);
+                } else {
+                    self.live.insert(stored.id, LiveTrip::new(stored.encode_to_vec(), false));
+                }
             }
             LogRecord::Tried { trip, driver } => {
                 self.write_entry(Entry::Tried(TriedEntry { trip: trip.0, driver: driver.to_string() }))?;
@@ -225,11 +256,28 @@ impl TripLog {
     /// leaves it out.
     pub fn forget(&mut self, trip: TripId) {
         self.live.remove(&trip.0);
+        self.forgotten.insert(trip.0);
     }
 
-    /// Keeps in the next snapshot only the trips `keep` says yes to.
+    /// After recovery: keeps in the next snapshot only the trips `keep` says
+    /// yes to, then lets go of the ended trips read back (each is in the
+    /// snapshot or the log on disk, where the next snapshot finds it).
     pub fn retain(&mut self, mut keep: impl FnMut(TripId) -> bool) {
-        self.live.retain(|id, _| keep(TripId(*id)));
+        let forgotten = &mut self.forgotten;
+        self.live.retain(|id, trip| {
+            let kept = keep(TripId(*id));
+            if !kept {
+                forgotten.insert(*id);
+            }
+            kept && !trip.ended
+        });
+        self.live.shrink_to_fit();
+    }
+
+    /// Trip records held in memory for the next snapshot: the open trips
+    /// (and, from opening until [`TripLog::retain`], the ended ones read).
+    pub fn live_trips(&self) -> usize {
+        self.live.len()
     }
 
     /// Makes everything appended so far durable: one write and (with
@@ -267,12 +315,13 @@ impl TripLog {
         fs::rename(&log, &previous).map_err(io_err("rename", &log))?;
         self.start_fresh_log()?;
         let (header, mut trips) = self.frozen();
+        let from = Sources { logs: vec![previous.clone()], forgotten: std::mem::take(&mut self.forgotten) };
         let (dir, fsync) = (self.dir.clone(), self.fsync);
         let spawned = std::thread::Builder::new().name("trip-snapshot".into()).spawn(move || {
             let started = std::time::Instant::now();
             // Sorted here, not on the thread that appends and delivers.
             trips.sort_unstable_by_key(|(id, _)| *id);
-            let bytes = write_snapshot(&dir, fsync, &header, &trips)?;
+            let bytes = write_snapshot(&dir, fsync, header, &trips, &from)?;
             fs::remove_file(&previous).map_err(io_err("remove", &previous))?;
             sync_dir(&dir, fsync)?;
             let took_ms = started.elapsed().as_millis();
@@ -319,8 +368,10 @@ impl TripLog {
         self.commit()?;
         let (header, mut trips) = self.frozen();
         trips.sort_unstable_by_key(|(id, _)| *id);
-        let bytes = write_snapshot(&self.dir, self.fsync, &header, &trips)?;
         let previous = self.dir.join(PREVIOUS_LOG);
+        let logs = [previous.clone(), self.dir.join(LOG)].into_iter().filter(|p| p.exists()).collect();
+        let from = Sources { logs, forgotten: std::mem::take(&mut self.forgotten) };
+        let bytes = write_snapshot(&self.dir, self.fsync, header, &trips, &from)?;
         if previous.exists() {
             fs::remove_file(&previous).map_err(io_err("remove", &previous))?;
         }
@@ -371,16 +422,55 @@ impl TripLog {
     }
 }
 
-/// Writes `trips` as the snapshot: to a temporary file, synced, renamed
-/// into place, directory synced. Returns its size.
-fn write_snapshot(dir: &Path, fsync: Fsync, header: &SnapshotHeader, trips: &Frozen) -> Result<u64, StoreError> {
+/// Writes the snapshot: `trips` (sorted by id), and the trips of the
+/// snapshot in place and of the logs since (see [`Sources`]); to a
+/// temporary file, synced, renamed into place, directory synced. Returns
+/// its size.
+fn write_snapshot(
+    dir: &Path,
+    fsync: Fsync,
+    mut header: SnapshotHeader,
+    trips: &Frozen,
+    from: &Sources,
+) -> Result<u64, StoreError> {
     let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
     let path = dir.join(SNAPSHOT);
+    let held = |id: u64| trips.binary_search_by_key(&id, |(t, _)| *t).is_ok() || from.forgotten.contains(&id);
+    // The logs since the snapshot in place: which record of each trip is
+    // its latest, and whether the trip had ended by then.
+    let since = snapshot_lsn(&path)?;
+    let mut latest: HashMap<u64, (u64, bool)> = HashMap::new();
+    for log in &from.logs {
+        for_each_log_trip(log, since, &mut |lsn, trip| {
+            latest.insert(trip.id, (lsn, trip.ended()));
+        })?;
+    }
+    latest.retain(|id, (_, ended)| *ended && !held(*id));
+    let carried = |id: u64| !held(id) && !latest.contains_key(&id);
+    // The header comes first and counts the trips: one pass over the
+    // snapshot to count those carried over, one to copy them.
+    let mut count = 0u64;
+    for_each_snapshot_trip(&path, &mut |id, _| count += u64::from(carried(id)))?;
+    header.trips = trips.len() as u64 + count + latest.len() as u64;
     let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
     let mut out = BufWriter::with_capacity(1 << 20, Paced { file, fsync, unsynced: 0 });
     let mut bytes = SNAPSHOT_MAGIC.len() as u64;
     out.write_all(SNAPSHOT_MAGIC).map_err(io_err("write", &tmp))?;
     bytes += frame::write(&mut out, &[&header.encode_to_vec()]).map_err(io_err("write", &tmp))?;
+    let mut written = Ok(());
+    for_each_snapshot_trip(&path, &mut |id, payload| {
+        if written.is_ok() && carried(id) {
+            written = frame::write(&mut out, &[payload]).map(|n| bytes += n);
+        }
+    })?;
+    for log in &from.logs {
+        for_each_log_trip(log, since, &mut |lsn, trip| {
+            if written.is_ok() && latest.get(&trip.id).is_some_and(|(at, _)| *at == lsn) {
+                written = frame::write(&mut out, &[&trip.encode_to_vec()]).map(|n| bytes += n);
+            }
+        })?;
+    }
+    written.map_err(io_err("write", &tmp))?;
     for (_, trip) in trips {
         bytes += frame::write(&mut out, &[&trip.whole, &trip.tried_since]).map_err(io_err("write", &tmp))?;
     }
@@ -392,6 +482,83 @@ fn write_snapshot(dir: &Path, fsync: Fsync, header: &SnapshotHeader, trips: &Fro
     fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
     sync_dir(dir, fsync)?;
     Ok(bytes)
+}
+
+/// The last sequence number the snapshot at `path` covers (0 without one).
+fn snapshot_lsn(path: &Path) -> Result<u64, StoreError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("open", path)(e)),
+    };
+    let mut input = BufReader::new(file);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).map_err(io_err("read", path))?;
+    match frame::read(&mut input).map_err(io_err("read", path))? {
+        Next::Frame(payload) if &magic == SNAPSHOT_MAGIC => SnapshotHeader::decode(payload.as_slice())
+            .map(|h| h.lsn)
+            .map_err(|_| damaged(path, "unreadable snapshot header")),
+        _ => Err(damaged(path, "snapshot header changed since it was read")),
+    }
+}
+
+/// Hands every whole trip record of the log at `path` after sequence
+/// number `after` to `each`, in order. Logs read here were written (and
+/// read, or committed whole) by this run: damage in one now is an error.
+fn for_each_log_trip(path: &Path, after: u64, each: &mut dyn FnMut(u64, StoredTrip)) -> Result<(), StoreError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).map_err(io_err("read", path))?;
+    if &magic != LOG_MAGIC {
+        return Err(damaged(path, "log magic changed since it was read"));
+    }
+    loop {
+        match frame::read(&mut input).map_err(io_err("read", path))? {
+            Next::End => return Ok(()),
+            Next::Frame(payload) => {
+                let entry = LogEntry::decode(payload.as_slice()).map_err(|_| damaged(path, "unreadable entry"))?;
+                if let (true, Some(Entry::Trip(trip))) = (entry.lsn > after, entry.entry) {
+                    each(entry.lsn, trip);
+                }
+            }
+            Next::Bad(bad) => return Err(damaged(path, bad.why())),
+        }
+    }
+}
+
+fn damaged(path: &Path, what: &str) -> StoreError {
+    io_err("read", path)(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
+}
+
+/// Hands every trip of the snapshot at `path` (if there is one) to `each`,
+/// with its id. It is one this run wrote or read whole at start, so damage
+/// in it now is an error: the compaction stops and the file stays.
+fn for_each_snapshot_trip(path: &Path, each: &mut dyn FnMut(u64, &[u8])) -> Result<(), StoreError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("open", path)(e)),
+    };
+    let damaged = |what: &str| damaged(path, what);
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).map_err(io_err("read", path))?;
+    if &magic != SNAPSHOT_MAGIC {
+        return Err(damaged("snapshot magic changed since it was read"));
+    }
+    let mut first = true;
+    loop {
+        match frame::read(&mut input).map_err(io_err("read", path))? {
+            Next::End => return Ok(()),
+            Next::Frame(_) if first => first = false,
+            Next::Frame(payload) => {
+                let id = StoredTrip::decode(payload.as_slice()).map_err(|_| damaged("unreadable trip"))?.id;
+                each(id, &payload);
+            }
+            Next::Bad(bad) => return Err(damaged(bad.why())),
+        }
+    }
 }
 
 /// A snapshot file written a chunk at a time: every `PACE_CHUNK` bytes are
@@ -446,8 +613,9 @@ impl Replay {
     fn trip(&mut self, payload: Vec<u8>) -> bool {
         let Some(record) = decode_trip(&payload, &mut self.recovered) else { return false };
         let id = record.trip.id.0;
+        let ended = record.trip.status.is_terminal();
         self.latest.insert(id, record);
-        self.live.insert(id, LiveTrip::new(payload));
+        self.live.insert(id, LiveTrip::new(payload, ended));
         true
     }
 
