@@ -71,6 +71,13 @@ macro_rules! client_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// An id checked before, kept as text since (a packed ended
+            /// trip): not checked again.
+            #[allow(dead_code)]
+            pub(crate) fn rechecked(id: &str) -> Self {
+                Self(Arc::from(id))
+            }
         }
 
         impl fmt::Display for $name {

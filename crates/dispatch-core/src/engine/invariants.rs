@@ -175,8 +175,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Every ended trip is packed, waits its turn to be forgotten, and is
-    /// what its request id leads to.
+    /// Every ended trip is packed and waits its turn to be forgotten; every
+    /// kept trip is what its request id leads to, and nothing else is filed.
     fn check_ended(&self) -> Result<(), String> {
         let waiting: std::collections::HashSet<_> = self.finished.iter().map(|(_, id)| *id).collect();
         for (id, ended) in self.trips.ended_rows() {
@@ -186,9 +186,19 @@ impl Engine {
             if !waiting.contains(&id) {
                 return Err(format!("ended trip {id} is never forgotten"));
             }
-            if self.by_request.get(&(ended.rider.clone(), ended.request_id.clone())) != Some(&id) {
+            let trip = ended.unpack(id);
+            if self.trips.by_request(&trip.rider, &trip.request_id) != Some(id) {
                 return Err(format!("ended trip {id} is not found by its request id"));
             }
+        }
+        for (&id, state) in self.trips.iter() {
+            if self.trips.by_request(&state.trip.rider, &state.trip.request_id) != Some(id) {
+                return Err(format!("trip {id} is not found by its request id"));
+            }
+        }
+        let kept = self.trips.iter().count() + self.trips.ended_rows().count();
+        if self.trips.indexed_requests() != kept {
+            return Err(format!("{} request keys filed for {kept} trips", self.trips.indexed_requests()));
         }
         Ok(())
     }

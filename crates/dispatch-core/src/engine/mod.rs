@@ -31,7 +31,7 @@ pub use tables::{CELL_DEG, CellCounts, Shade};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use crate::ids::{DriverId, OfferId, RequestId, RiderId, SessionId, TripId};
+use crate::ids::{DriverId, OfferId, SessionId, TripId};
 use crate::index::{DriverIndex, DriverKey};
 use crate::time::Timestamp;
 use crate::trip::Trip;
@@ -57,7 +57,6 @@ pub struct Engine {
     sessions: Map<SessionId, Session>,
     fleet_sessions: Map<crate::ids::FleetId, SessionId>,
     trips: TripTable,
-    by_request: Map<(RiderId, RequestId), TripId>,
     offers: Map<OfferId, OpenOffer>,
     /// Searching trips with no offer out, oldest request first: when drivers
     /// are scarce, earlier requests are served first.
@@ -107,7 +106,6 @@ impl Engine {
             sessions: Map::default(),
             fleet_sessions: Map::default(),
             trips: TripTable::default(),
-            by_request: Map::default(),
             offers: Map::default(),
             unmatched: BTreeSet::new(),
             batch_pool: BTreeSet::new(),
@@ -200,8 +198,7 @@ impl Engine {
                 break;
             }
             self.finished.pop_front();
-            if let Some(ended) = self.trips.forget_ended(&trip) {
-                self.by_request.remove(&(ended.rider, ended.request_id));
+            if self.trips.forget_ended(trip) {
                 self.effects.push(Effect::TripForgotten(trip));
             }
         }

@@ -89,7 +89,6 @@ impl Engine {
                 continue;
             }
             let id = trip.id;
-            engine.by_request.insert((trip.rider.clone(), trip.request_id.clone()), id);
             let status = trip.status;
             if status.is_terminal() {
                 engine.trips.insert_ended(trip);

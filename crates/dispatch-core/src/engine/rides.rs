@@ -18,8 +18,9 @@ impl Engine {
     /// A new trip is offered at once to the nearest offerable driver, if
     /// there is one.
     pub fn request_ride(&mut self, now: Timestamp, request: RideRequest) {
-        let key = (request.rider.clone(), request.request_id.clone());
-        if let Some(trip) = self.by_request.get(&key).and_then(|&id| self.trips.trip(id)) {
+        if let Some(trip) =
+            self.trips.by_request(&request.rider, &request.request_id).and_then(|id| self.trips.trip(id))
+        {
             self.effects.push(Effect::RideRequested { trip, created: false });
             return;
         }
@@ -55,7 +56,6 @@ impl Engine {
                 offered_once: false,
             },
         );
-        self.by_request.insert(key, id);
         self.stats.ride_requests += 1;
         self.effects.push(Effect::RideRequested { trip, created: true });
         self.trip_changed(id);

@@ -10,11 +10,12 @@
 //! computations and a compare. `Engine::check_invariants` recounts both by
 //! brute force and compares.
 
+use std::hash::BuildHasher;
 use std::ops::{Deref, DerefMut};
 
 use super::state::{Driver, EndedTrip, TripState};
 use crate::geo::LatLng;
-use crate::ids::TripId;
+use crate::ids::{RequestId, RiderId, TripId};
 use crate::index::{DriverIndex, DriverKey};
 use crate::trip::{Trip, TripStatus};
 
@@ -415,14 +416,65 @@ const NO_SLOT: DriverKey = DriverKey(u32::MAX);
 /// growing a hash table moves every row at once. Moving a pointer instead
 /// of a ~300-byte row keeps that pause (on the engine's thread, where every
 /// ride waits) at milliseconds rather than hundreds of them.
+///
+/// Trips are also found by their rider's idempotency key: an index of
+/// trip ids alone, hashed by the key and compared with the rider and
+/// request id the row holds, so no key is stored twice (a `HashMap` keyed by
+/// the two ids would hold 40 bytes more per kept trip).
 #[derive(Default)]
 pub(super) struct TripTable {
     rows: super::Map<TripId, Box<TripState>>,
     ended: super::Map<TripId, Box<EndedTrip>>,
+    by_request: hashbrown::HashTable<TripId>,
+    /// Seeded at random per table, like the maps: a client choosing ids
+    /// cannot aim them at one bucket.
+    hasher: foldhash::fast::RandomState,
     tally: Tally,
 }
 
+type Rows = super::Map<TripId, Box<TripState>>;
+type Ended = super::Map<TripId, Box<EndedTrip>>;
+
+/// The rider and request id a kept trip was asked with.
+fn key_of<'a>(rows: &'a Rows, ended: &'a Ended, id: TripId) -> Option<(&'a str, &'a str)> {
+    match rows.get(&id) {
+        Some(row) => Some((row.trip.rider.as_str(), row.trip.request_id.as_str())),
+        None => ended.get(&id).map(|row| row.key()),
+    }
+}
+
+fn hash_key(hasher: &foldhash::fast::RandomState, (rider, request): (&str, &str)) -> u64 {
+    hasher.hash_one((rider, request))
+}
+
 impl TripTable {
+    /// The trip asked for with this rider's request id, if it is kept.
+    pub fn by_request(&self, rider: &RiderId, request: &RequestId) -> Option<TripId> {
+        let key = (rider.as_str(), request.as_str());
+        let hash = hash_key(&self.hasher, key);
+        let (rows, ended) = (&self.rows, &self.ended);
+        self.by_request.find(hash, |&id| key_of(rows, ended, id) == Some(key)).copied()
+    }
+
+    /// Files `id` under its request key (its row is filed already).
+    fn index_request(&mut self, id: TripId) {
+        let (rows, ended, hasher) = (&self.rows, &self.ended, &self.hasher);
+        let Some(key) = key_of(rows, ended, id) else { return };
+        let hash = hash_key(hasher, key);
+        let rehash = |&id: &TripId| key_of(rows, ended, id).map_or(0, |key| hash_key(hasher, key));
+        match self.by_request.entry(hash, |&other| key_of(rows, ended, other) == Some(key), rehash) {
+            hashbrown::hash_table::Entry::Occupied(mut entry) => *entry.get_mut() = id,
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                entry.insert(id);
+            }
+        }
+    }
+
+    /// How many trips the request index holds (every kept trip).
+    pub fn indexed_requests(&self) -> usize {
+        self.by_request.len()
+    }
+
     /// An open trip (or one ended in the command under way, until
     /// [`TripTable::end`]).
     pub fn get(&self, id: &TripId) -> Option<&TripState> {
@@ -434,25 +486,30 @@ impl TripTable {
         Some(Tracked::new(NO_SLOT, &mut **row, &mut self.tally))
     }
 
-    /// Files an open trip, replacing any row under the same id.
+    /// Files a new open trip (a new id: the engine mints them), found by
+    /// its request key too.
     pub fn insert(&mut self, id: TripId, state: TripState) {
         self.tally.add(NO_SLOT, &state);
         if let Some(old) = self.rows.insert(id, Box::new(state)) {
             self.tally.sub(NO_SLOT, &*old);
         }
+        self.index_request(id);
     }
 
-    /// Files a trip that ended, packed.
+    /// Files a trip that ended, packed, found by its request key too.
     pub fn insert_ended(&mut self, trip: Trip) {
-        self.ended.insert(trip.id, Box::new(EndedTrip::pack(trip)));
+        let id = trip.id;
+        self.ended.insert(id, Box::new(EndedTrip::pack(trip)));
+        self.index_request(id);
     }
 
     /// Packs a trip that just ended (its status is terminal): from now on
-    /// only [`TripTable::trip`] and [`TripTable::ended`] find it.
+    /// only [`TripTable::trip`] and [`TripTable::ended`] find it. Its
+    /// request key stays filed (the index holds the id alone).
     pub fn end(&mut self, id: TripId) {
         let Some(state) = self.rows.remove(&id) else { return };
         self.tally.sub(NO_SLOT, &*state);
-        self.insert_ended(state.trip);
+        self.ended.insert(id, Box::new(EndedTrip::pack(state.trip)));
     }
 
     /// An ended trip.
@@ -460,9 +517,15 @@ impl TripTable {
         self.ended.get(id).map(|row| &**row)
     }
 
-    /// Forgets an ended trip (its retention ran out).
-    pub fn forget_ended(&mut self, id: &TripId) -> Option<EndedTrip> {
-        self.ended.remove(id).map(|row| *row)
+    /// Forgets an ended trip (its retention ran out), and its request key.
+    pub fn forget_ended(&mut self, id: TripId) -> bool {
+        let Some(row) = self.ended.get(&id) else { return false };
+        let hash = hash_key(&self.hasher, row.key());
+        if let Ok(entry) = self.by_request.find_entry(hash, |&other| other == id) {
+            entry.remove();
+        }
+        self.ended.remove(&id);
+        true
     }
 
     /// Any trip kept, open or ended, as the rider sees it.
