@@ -57,6 +57,92 @@ fn main() {
         drop((engine, placed));
     }
     ended_trips(&mut out, 100_000);
+    open_trips(&mut out, 100_000);
+}
+
+/// Bytes a bounded channel of `T` holds from the moment it is made (as a
+/// rider's stream or a session's outbox is): its first block of slots.
+fn channel_bytes<T>(n: usize) -> usize {
+    let before = LIVE.load(Ordering::Relaxed);
+    let channels: Vec<_> = (0..n).map(|_| tokio::sync::mpsc::channel::<T>(256)).collect();
+    let held = LIVE.load(Ordering::Relaxed) - before - channels.capacity() * std::mem::size_of_val(&channels[0]);
+    drop(channels);
+    held / n
+}
+
+/// `n` rides in progress, each with its driver connected and its rider
+/// following it, and where each holds memory: the engine's row, the server's
+/// table of open trips (`pb::Trip`, for `GetTrip`), the trip log's copy for
+/// its next snapshot, and the channel behind the rider's stream.
+fn open_trips(out: &mut impl Write, n: usize) {
+    let city = CityShape::seoul();
+    let mut rng = dispatch_testkit::rng(4);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut log, _) = TripLog::open(dir.path(), Fsync::Never, u64::MAX).unwrap_or_else(|e| panic!("{e}"));
+    let mut engine = Engine::new(Config::default());
+    let mut hellos = Vec::with_capacity(n);
+    for i in 0..n {
+        let hello = DriverHello { auto_accept: true, ..driver_hello(&mut rng, &city, i) };
+        engine.connect_driver(Timestamp(0), SessionId(i as u64 + 1), hello.clone()).unwrap_or_else(|e| panic!("{e}"));
+        hellos.push(hello);
+    }
+    engine.drain_effects().for_each(drop);
+    let requests: Vec<RideRequest> = hellos
+        .iter()
+        .enumerate()
+        .map(|(i, h)| RideRequest { pickup: h.position.unwrap_or(city.centre), ..ride_request(&mut rng, &city, i) })
+        .collect();
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut records = Vec::new();
+    let mut trips = Vec::with_capacity(n);
+    for (i, request) in requests.into_iter().enumerate() {
+        let session = SessionId(i as u64 + 1);
+        engine.request_ride(Timestamp(1), request);
+        let Some(trip) = engine.drain_effects().find_map(|e| match e {
+            Effect::RideRequested { trip, .. } => Some(trip.id),
+            _ => None,
+        }) else {
+            panic!("no RideRequested")
+        };
+        for status in [TripStatus::DriverArrived, TripStatus::InProgress] {
+            engine.trip_progress(Timestamp(1), session, None, trip, status).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let at = LIVE.load(Ordering::Relaxed);
+        records.extend(engine.drain_effects().filter_map(|e| match e {
+            Effect::Persist(record) => Some(record),
+            _ => None,
+        }));
+        // Held here for the log's turn, not by the engine.
+        LIVE.fetch_sub(LIVE.load(Ordering::Relaxed) - at, Ordering::Relaxed);
+        trips.push(trip);
+    }
+    let in_engine = LIVE.load(Ordering::Relaxed) - before;
+    let before = LIVE.load(Ordering::Relaxed);
+    let table: dashmap::DashMap<_, _> = dashmap::DashMap::with_shard_amount(64);
+    for trip in trips.iter().filter_map(|&id| engine.trip(id)) {
+        table.insert(trip.id, dispatch_proto::pb::Trip::from(&trip));
+    }
+    let in_table = LIVE.load(Ordering::Relaxed) - before;
+    let before = LIVE.load(Ordering::Relaxed);
+    for record in &records {
+        log.append(record).unwrap_or_else(|e| panic!("{e}"));
+    }
+    log.commit().unwrap_or_else(|e| panic!("{e}"));
+    let in_log = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    let rider_stream = channel_bytes::<dispatch_server::RiderUpdate>(n);
+    let rider_stream_inline = channel_bytes::<Result<dispatch_proto::pb::Trip, tonic::Status>>(n);
+    let _ = writeln!(
+        out,
+        "open_trips/{n} (in progress, rider following): engine {} B, table of open trips {} B, trip log {} B, \
+         rider stream's channel {rider_stream} B ({rider_stream_inline} B with trips inline) per trip",
+        in_engine / n,
+        in_table / n,
+        in_log / n,
+    );
+    let session = channel_bytes::<Box<dispatch_proto::pb::DriverEvent>>(n);
+    let session_inline = channel_bytes::<dispatch_proto::pb::DriverEvent>(n);
+    let _ = writeln!(out, "driver session's outbox channel: {session} B ({session_inline} B with events inline)");
+    drop((engine, table, log, records));
 }
 
 /// Runs `n` rides through to the end (a driver connects, is assigned,

@@ -51,6 +51,7 @@ use tracing::info;
 pub use config::{Fsync, Keys, RateLimits, ServerConfig, TlsFiles, TripLogConfig};
 pub use engine_task::OpenedLog;
 pub use operator::Operator;
+pub use outbound::RiderUpdate;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]

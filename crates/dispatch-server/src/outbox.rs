@@ -18,9 +18,13 @@ use tonic::Status;
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DriverEvent, Status>> + Send>>;
 
 /// The sending side of one session's stream. Cheap to clone.
+///
+/// Events are boxed in the channel: its first block of 32 slots is
+/// allocated when the session opens, and 32 events inline (an offer holds
+/// a whole trip) would cost every session ~10 KB however quiet it is.
 #[derive(Clone)]
 pub struct Outbox {
-    events: mpsc::Sender<pb::DriverEvent>,
+    events: mpsc::Sender<Box<pb::DriverEvent>>,
     /// Taken by whoever ends the stream first; a `std` mutex because it is
     /// held only to `take()` and never across an await.
     end: Arc<Mutex<Option<oneshot::Sender<Status>>>>,
@@ -43,13 +47,13 @@ impl Outbox {
         let (events, rx) = mpsc::channel(capacity.max(1));
         let (end, end_rx) = oneshot::channel::<Status>();
         let ended = futures::stream::once(end_rx).filter_map(|r| r.ok().map(Err));
-        let stream = ReceiverStream::new(rx).map(Ok).merge(ended);
+        let stream = ReceiverStream::new(rx).map(|event: Box<pb::DriverEvent>| Ok(*event)).merge(ended);
         (Outbox { events, end: Arc::new(Mutex::new(Some(end))) }, Box::pin(stream))
     }
 
     /// Queues an event without waiting.
     pub fn try_send(&self, event: pb::DriverEvent) -> Result<(), SendError> {
-        self.events.try_send(event).map_err(|e| match e {
+        self.events.try_send(Box::new(event)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
         })

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use crate::auth::{Gate, peer_of};
 use crate::engine_task::{Command, EngineHandle};
 use crate::limits::{Budget, Limiters};
+use crate::outbound::RiderUpdate;
 use crate::status::{engine_status, input_status};
 
 use dispatch_core::engine::MAX_REASON_BYTES;
@@ -56,13 +57,13 @@ impl RiderService for RiderSvc {
         if !self.limiter.allow(Budget::RiderRequest, request.rider.as_str()) {
             return Err(Status::resource_exhausted("rate limit: too many ride requests; try again in a minute"));
         }
-        let (watcher, updates) = mpsc::channel(self.queue.max(2));
+        let (watcher, updates) = mpsc::channel::<RiderUpdate>(self.queue.max(2));
         self.engine.ask(|reply| Command::RequestRide { request, watcher, received, reply }).await?;
         // Counted as a rider following for as long as the stream lives.
         let guard = self.engine.rider_stream();
         let updates = ReceiverStream::new(updates).map(move |item| {
             let _counted = &guard;
-            item
+            item.map(|trip| *trip).map_err(|status| *status)
         });
         let Some(expires_at) = caller.expires_at() else { return Ok(Response::new(Box::pin(updates))) };
         let left = expires_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();

@@ -7,9 +7,8 @@ use dispatch_core::engine::{
 use dispatch_core::ids::{DriverId, FleetId, OfferId, RiderId, SessionId, TripId};
 use dispatch_core::trip::{Trip, TripStatus};
 use dispatch_proto::pb;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tonic::Status;
 
 use crate::outbox::Outbox;
 
@@ -34,7 +33,7 @@ pub enum Command {
     /// A rider asks for a ride (or re-attaches to one with the same key).
     RequestRide {
         request: RideRequest,
-        watcher: mpsc::Sender<Result<pb::Trip, Status>>,
+        watcher: crate::outbound::Watcher,
         received: Instant,
         reply: oneshot::Sender<Trip>,
     },
