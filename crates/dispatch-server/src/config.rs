@@ -54,8 +54,9 @@ pub struct ServerConfig {
     /// session's close waits for room).
     pub command_queue: usize,
     /// Location updates (pings and fleet batch entries) waiting for the
-    /// engine task, at most; past that, updates are shed (about a second of
-    /// 250,000 drivers).
+    /// engine task, at most; past that, updates are shed (a second of
+    /// updates at 1,000,000 a second, so a burst or a moment the engine
+    /// thread waits for a core is absorbed, not shed).
     pub max_queued_updates: usize,
     /// Events waiting to be read by one driver's session, at most; a session
     /// that falls this far behind is ended with `RESOURCE_EXHAUSTED`.
@@ -98,7 +99,7 @@ impl Default for ServerConfig {
         Self {
             engine: dispatch_core::engine::Config::default(),
             command_queue: 65_536,
-            max_queued_updates: 262_144,
+            max_queued_updates: 1 << 20,
             driver_session_queue: 256,
             fleet_session_queue: 65_536,
             rider_queue: 256,

@@ -132,6 +132,12 @@ struct Flags {
     /// The most driver and fleet sessions open at once.
     #[arg(long, env = "DISPATCH_MAX_SESSIONS", default_value_t = 1_000_000)]
     max_sessions: usize,
+    /// The most location updates queued for the engine; past it updates
+    /// are shed (counted, and `Rejected RESOURCE_EXHAUSTED`). The default
+    /// holds a second of updates at 1,000,000 a second (~70 MB when full).
+    #[arg(long, env = "DISPATCH_MAX_QUEUED_UPDATES", default_value_t = 1 << 20,
+        value_parser = clap::value_parser!(u64).range(1..=1 << 26))]
+    max_queued_updates: u64,
     /// The largest message a client may send, in bytes.
     #[arg(long, env = "DISPATCH_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
     max_message_bytes: usize,
@@ -337,6 +343,8 @@ impl Flags {
         config.engine.eta_speed_kmh = self.eta_speed_kmh;
         config.max_fleet_batch = self.max_fleet_batch;
         config.max_sessions = self.max_sessions;
+        // Fits: the parser caps it at 2^26.
+        config.max_queued_updates = self.max_queued_updates as usize;
         config.max_message_bytes = self.max_message_bytes;
         config.max_streams_per_connection = self.max_streams_per_connection;
         let mut log = TripLogConfig::new(&self.data_dir);
