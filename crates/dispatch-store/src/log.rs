@@ -321,11 +321,17 @@ impl TripLog {
             let started = std::time::Instant::now();
             // Sorted here, not on the thread that appends and delivers.
             trips.sort_unstable_by_key(|(id, _)| *id);
-            let bytes = write_snapshot(&dir, fsync, header, &trips, &from)?;
+            let (bytes, kept) = write_snapshot(&dir, fsync, header, &trips, &from)?;
             fs::remove_file(&previous).map_err(io_err("remove", &previous))?;
             sync_dir(&dir, fsync)?;
             let took_ms = started.elapsed().as_millis();
-            info!(trips = trips.len(), snapshot_bytes = bytes, took_ms, "trip log compacted in the background");
+            info!(
+                trips = kept,
+                open = trips.len(),
+                snapshot_bytes = bytes,
+                took_ms,
+                "trip log compacted in the background"
+            );
             Ok(bytes)
         });
         self.compacting = Some(spawned.map_err(io_err("spawn a thread for", &self.dir))?);
@@ -371,7 +377,7 @@ impl TripLog {
         let previous = self.dir.join(PREVIOUS_LOG);
         let logs = [previous.clone(), self.dir.join(LOG)].into_iter().filter(|p| p.exists()).collect();
         let from = Sources { logs, forgotten: std::mem::take(&mut self.forgotten) };
-        let bytes = write_snapshot(&self.dir, self.fsync, header, &trips, &from)?;
+        let (bytes, kept) = write_snapshot(&self.dir, self.fsync, header, &trips, &from)?;
         if previous.exists() {
             fs::remove_file(&previous).map_err(io_err("remove", &previous))?;
         }
@@ -379,7 +385,7 @@ impl TripLog {
         self.start_fresh_log()?;
         self.snapshot_bytes = bytes;
         let took_ms = started.elapsed().as_millis();
-        info!(trips = trips.len(), snapshot_bytes = bytes, took_ms, "trip log compacted");
+        info!(trips = kept, from_memory = trips.len(), snapshot_bytes = bytes, took_ms, "trip log compacted");
         Ok(())
     }
 
@@ -425,14 +431,14 @@ impl TripLog {
 /// Writes the snapshot: `trips` (sorted by id), and the trips of the
 /// snapshot in place and of the logs since (see [`Sources`]); to a
 /// temporary file, synced, renamed into place, directory synced. Returns
-/// its size.
+/// its size and how many trips it holds.
 fn write_snapshot(
     dir: &Path,
     fsync: Fsync,
     mut header: SnapshotHeader,
     trips: &Frozen,
     from: &Sources,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, u64), StoreError> {
     let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
     let path = dir.join(SNAPSHOT);
     let held = |id: u64| trips.binary_search_by_key(&id, |(t, _)| *t).is_ok() || from.forgotten.contains(&id);
@@ -481,7 +487,7 @@ fn write_snapshot(
     drop(file);
     fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
     sync_dir(dir, fsync)?;
-    Ok(bytes)
+    Ok((bytes, header.trips))
 }
 
 /// The last sequence number the snapshot at `path` covers (0 without one).
