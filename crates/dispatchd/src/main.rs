@@ -134,7 +134,7 @@ struct Flags {
     max_sessions: usize,
     /// The most location updates queued for the engine; past it updates
     /// are shed (counted, and `Rejected RESOURCE_EXHAUSTED`). The default
-    /// holds a second of updates at 1,000,000 a second (~70 MB when full).
+    /// holds a second of updates at 1,000,000 a second (~100 MB when full).
     #[arg(long, env = "DISPATCH_MAX_QUEUED_UPDATES", default_value_t = 1 << 20,
         value_parser = clap::value_parser!(u64).range(1..=1 << 26))]
     max_queued_updates: u64,
