@@ -304,3 +304,36 @@ async fn only_drivers_of_the_requested_service_type_are_offered() {
     assert_eq!(van.expect_offer().await.driver_id, "van");
     assert_eq!(taxi.next_before_barrier().await, None);
 }
+
+#[tokio::test]
+async fn an_ended_trip_is_read_whole_from_the_engine_and_its_request_id_still_finds_it() {
+    let server = TestServer::start().await;
+    let mut d = server.driver(hello("d1", 1_000.0)).await;
+    let mut rider = server.request("r1", "q1").await;
+    let offer = d.expect_offer().await;
+    d.reply(&offer, true).await;
+    let assigned = d.expect_trip(pb::TripStatus::DriverAssigned).await;
+    for status in [pb::TripStatus::DriverArrived, pb::TripStatus::InProgress, pb::TripStatus::Completed] {
+        d.progress(&rider.trip_id, status).await;
+        d.expect_trip(status).await;
+    }
+    rider.until(pb::TripStatus::Completed).await;
+    // Ended, the trip is no longer in the table of open trips: GetTrip is
+    // answered by the engine, from its packed copy, with nothing lost.
+    let ended = server.get_trip(&rider.trip_id).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (ended.status(), ended.driver_id.as_str(), ended.rider_id.as_str()),
+        (pb::TripStatus::Completed, "d1", "r1")
+    );
+    assert_eq!(ended.pickup_distance_m, assigned.pickup_distance_m);
+    assert!(ended.pickup_distance_m > 900.0, "{ended:?}");
+    assert_eq!(ended.pickup_eta_s, assigned.pickup_eta_s);
+    assert_eq!(ended.dropoff, Some(north(3_000.0)));
+    assert_eq!(ended.driver_position, None, "an ended trip shows no driver position");
+    // A retry of the same request finds the ended trip, not a new ride.
+    let mut again = server.request("r1", "q1").await;
+    assert_eq!(again.trip_id, rider.trip_id);
+    // Its one update was the trip as it ended; then the stream ends.
+    again.expect_end().await;
+    assert_eq!(server.stats().await.ride_requests, 1);
+}
