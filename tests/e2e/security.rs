@@ -466,3 +466,33 @@ async fn tls_serves_clients_that_trust_the_certificate_and_no_one_in_plaintext()
     let _ = stop.send(());
     let _ = within("server stop", server).await;
 }
+
+#[tokio::test]
+async fn reads_of_trips_not_open_are_limited_per_caller_and_reads_of_open_ones_are_not() {
+    // Each read of a trip not open (ended, or a made-up id) is a command to
+    // the engine: a flood of them must not fill the queue rides use.
+    let limits = RateLimits { trip_reads_per_s: 1, ..RateLimits::default() };
+    let server =
+        TestServer::with(ServerConfig { auth: Some(keys()), rate_limits: limits, ..ServerConfig::default() }).await;
+    let prober = token(Role::Rider, "prober");
+    let rider = server.request_as(Some(&prober), "prober", "q1").await.unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..10 {
+        assert_eq!(code(get_trip(&server, Some(&prober), &rider.trip_id).await), Code::Ok, "an open trip's read");
+    }
+    let mut answers = Vec::new();
+    for n in 0..10 {
+        let answer = code(get_trip(&server, Some(&prober), &format!("t-{}", 900_000 + n)).await);
+        answers.push(answer);
+        if answer == Code::ResourceExhausted {
+            break;
+        }
+    }
+    assert_eq!(answers.first(), Some(&Code::NotFound), "{answers:?}");
+    assert_eq!(answers.last(), Some(&Code::ResourceExhausted), "a flood of made-up ids was never limited: {answers:?}");
+    // Another caller's budget is untouched, and operators are not limited.
+    assert_eq!(code(get_trip(&server, Some(&token(Role::Rider, "calm")), "t-900000").await), Code::NotFound);
+    let admin = token(Role::Admin, "ops");
+    for n in 0..10 {
+        assert_eq!(code(get_trip(&server, Some(&admin), &format!("t-{}", 900_000 + n)).await), Code::NotFound);
+    }
+}

@@ -105,6 +105,16 @@ impl Caller {
         }
     }
 
+    /// Whose budget a caller's reads draw on: a rider's or a driver's
+    /// token's subject. Operators (an admin token, or anyone on an open
+    /// server, which listens on loopback only) are trusted, and not limited.
+    pub fn read_budget(&self) -> Option<&str> {
+        match self {
+            Caller::Token(c) if c.role != Role::Admin => Some(&c.sub),
+            Caller::Token(_) | Caller::Open => None,
+        }
+    }
+
     /// When the token stops being valid: open streams end then.
     pub fn expires_at(&self) -> Option<SystemTime> {
         match self {

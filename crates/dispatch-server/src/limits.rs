@@ -1,6 +1,6 @@
 //! Per-identity rate limits (token buckets, `governor`): location updates
 //! and other messages per driver, batches and other messages per fleet,
-//! ride requests per rider. Excess is refused with `RESOURCE_EXHAUSTED` (on
+//! ride requests per rider, reads of trips that are not open per caller. Excess is refused with `RESOURCE_EXHAUSTED` (on
 //! a stream, a `Rejected` event) and touches nobody else's budget.
 //!
 //! Buckets are keyed by the identity (the driver, fleet or rider id), not by
@@ -28,6 +28,12 @@ pub struct RateLimits {
     pub fleet_batches_per_s: u32,
     /// Offer replies and trip progress reports one fleet may send per second.
     pub fleet_messages_per_s: u32,
+    /// `GetTrip`s of a trip that is not open (ended, or unknown) one rider or
+    /// driver token may make per second: each is a command to the engine,
+    /// so a flood of made-up ids would otherwise fill the queue that ride
+    /// requests use. Reads of open trips are answered without the engine,
+    /// and operators are trusted: neither is counted.
+    pub trip_reads_per_s: u32,
 }
 
 impl Default for RateLimits {
@@ -42,6 +48,7 @@ impl Default for RateLimits {
             rider_requests_per_min: 30,
             fleet_batches_per_s: 100,
             fleet_messages_per_s: 2_000,
+            trip_reads_per_s: 20,
         }
     }
 }
@@ -71,7 +78,7 @@ impl Buckets {
 
 /// Every budget the server keeps. Cheap to clone: the buckets are shared.
 #[derive(Clone)]
-pub struct Limiters(Arc<[Buckets; 5]>);
+pub struct Limiters(Arc<[Buckets; 6]>);
 
 /// Which budget a message draws on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +93,8 @@ pub enum Budget {
     FleetBatch = 3,
     /// A fleet's offer reply or trip progress.
     FleetMessage = 4,
+    /// A read of a trip that is not open, by one caller.
+    TripRead = 5,
 }
 
 impl Limiters {
@@ -98,6 +107,7 @@ impl Limiters {
             Buckets::new(limits.rider_requests_per_min, Duration::from_secs(60)),
             Buckets::new(limits.fleet_batches_per_s, second),
             Buckets::new(limits.fleet_messages_per_s, second),
+            Buckets::new(limits.trip_reads_per_s, second),
         ]))
     }
 

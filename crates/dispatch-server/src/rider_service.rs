@@ -107,11 +107,16 @@ impl RiderService for RiderSvc {
         caller.require(&[Role::Rider, Role::Driver, Role::Admin], call, &peer)?;
         let id = convert::trip_id(&request.get_ref().trip_id).map_err(|e| input_status(&e))?;
         // Someone else's trip answers exactly like a missing one, so trip
-        // ids cannot be probed.
-        self.engine
-            .trip(id)
-            .await?
-            .filter(|t| caller.may_see_trip(&t.rider_id, &t.driver_id))
+        // ids cannot be probed. A trip not open is asked of the engine, so
+        // riders' and drivers' reads of those are rate-limited.
+        let trip = match self.engine.open_trip(id) {
+            Some(open) => Some(open),
+            None if caller.read_budget().is_some_and(|who| !self.limiter.allow(Budget::TripRead, who)) => {
+                return Err(Status::resource_exhausted("rate limit: too many reads of ended trips; slow down"));
+            }
+            None => self.engine.kept_trip(id).await?,
+        };
+        trip.filter(|t| caller.may_see_trip(&t.rider_id, &t.driver_id))
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("trip {id} not found")))
     }

@@ -327,7 +327,7 @@ impl TripLog {
             let took_ms = started.elapsed().as_millis();
             info!(
                 trips = kept,
-                open = trips.len(),
+                from_memory = trips.len(),
                 snapshot_bytes = bytes,
                 took_ms,
                 "trip log compacted in the background"

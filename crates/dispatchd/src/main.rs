@@ -72,6 +72,11 @@ struct Flags {
     /// driver may send per second (also the burst).
     #[arg(long, env = "DISPATCH_RATE_DRIVER_MESSAGES_PER_S", default_value_t = 10)]
     rate_driver_messages_per_s: u32,
+    /// GetTrips of a trip that is not open (ended, or unknown) one rider or
+    /// driver token may make per second (also the burst); reads of open
+    /// trips, admin tokens and an open server are not counted.
+    #[arg(long, env = "DISPATCH_RATE_TRIP_READS_PER_S", default_value_t = 20)]
+    rate_trip_reads_per_s: u32,
     /// Services whose offers do not show the dropoff, comma-separated
     /// (`taxi,premium,van,designated-driver`), or `none`.
     #[arg(long, env = "DISPATCH_OFFER_HIDES_DROPOFF", default_value = "premium", value_parser = service_set)]
@@ -360,6 +365,7 @@ impl Flags {
             fleet_batches_per_s: self.rate_fleet_batches_per_s,
             fleet_messages_per_s: self.rate_fleet_messages_per_s,
             driver_messages_per_s: self.rate_driver_messages_per_s,
+            trip_reads_per_s: self.rate_trip_reads_per_s,
         };
         config.offer_hides_dropoff = self.offer_hides_dropoff;
         config.drivers_see_rider_id = self.drivers_see_rider_id;

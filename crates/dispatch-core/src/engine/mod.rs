@@ -146,6 +146,17 @@ impl Engine {
         self.trips.trips()
     }
 
+    /// The trips not ended yet, without copying them.
+    pub fn open_trips(&self) -> impl Iterator<Item = &Trip> {
+        self.trips.values().map(|row| &row.trip)
+    }
+
+    /// Whether a trip is kept (open, or ended within its retention),
+    /// without unpacking it.
+    pub fn keeps(&self, id: TripId) -> bool {
+        self.trips.get(&id).is_some() || self.trips.ended(&id).is_some()
+    }
+
     /// Open driver and fleet sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.len()

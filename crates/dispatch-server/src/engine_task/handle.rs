@@ -113,9 +113,20 @@ impl EngineHandle {
     /// without waiting; an ended one (or one not yet durable) from the
     /// engine.
     pub async fn trip(&self, id: TripId) -> Result<Option<pb::Trip>, Status> {
-        if let Some(open) = self.trips.get(&id) {
-            return Ok(Some(open.clone()));
+        match self.open_trip(id) {
+            Some(open) => Ok(Some(open)),
+            None => self.kept_trip(id).await,
         }
+    }
+
+    /// An open trip, from the table, without the engine.
+    pub fn open_trip(&self, id: TripId) -> Option<pb::Trip> {
+        self.trips.get(&id).map(|t| t.clone())
+    }
+
+    /// A trip as the engine keeps it (ended ones included), once what came
+    /// before is durable: a command to the engine task.
+    pub async fn kept_trip(&self, id: TripId) -> Result<Option<pb::Trip>, Status> {
         self.ask(|reply| Command::Trip { trip: id, reply }).await
     }
 

@@ -83,9 +83,9 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
                 recovered.next_trip,
                 first_offer,
             );
-            store.retain(&mut |id| engine.trip(id).is_some());
-            for trip in engine.trips().filter(|t| !t.status.is_terminal()) {
-                trips.insert(trip.id, pb::Trip::from(&trip));
+            store.retain(&mut |id| engine.keeps(id));
+            for trip in engine.open_trips() {
+                trips.insert(trip.id, pb::Trip::from(trip));
             }
             let stats = engine.stats();
             info!(
