@@ -122,7 +122,7 @@ pub struct Marker {
     pub epoch: u64,
 }
 
-/// The open replicated log of one shard, for the owner's outbound stage.
+/// The open replicated log of one shard, for the owner's commit stage.
 pub struct ReplicatedLog {
     js: jetstream::Context,
     stream: stream::Stream,

@@ -5,15 +5,16 @@
 //! - `engine`: from there to the end of the engine's round that made the
 //!   offer (the rest of the round, and any rounds the trip waited for a
 //!   driver);
-//! - `commit_wait`: the round's batch waiting for the outbound stage (busy
-//!   with the previous group's sync or deliveries);
+//! - `commit_wait`: the round's batch waiting for the commit stage (busy
+//!   with the previous group's sync);
 //! - `commit`: appending the group's records and `fdatasync`;
-//! - `deliver`: deliveries ahead of the offer in the same group.
+//! - `deliver`: the outbound stage finishing earlier groups, and the
+//!   deliveries ahead of the offer in its own.
 //!
 //! Each has a histogram, as does their sum (`total`, the figure `GetStats`
 //! has always called the match latency) and every group commit on its own
 //! (`log_commit`, whether or not an offer waited on it). Written on the
-//! outbound stage's thread, read for `GetStats`: a `std` mutex held only to
+//! commit and outbound stages' threads, read for `GetStats`: a `std` mutex held only to
 //! record or read, never across an await.
 
 use std::collections::VecDeque;
@@ -41,7 +42,7 @@ pub struct Marks {
 pub struct GroupMarks {
     /// The round that made the offer handed its batch over.
     pub flushed: Instant,
-    /// The outbound stage began appending the group.
+    /// The commit stage began appending the group.
     pub commit_start: Instant,
     /// The group was durable.
     pub commit_end: Instant,
@@ -60,7 +61,8 @@ struct Histograms {
 /// How many seconds `recent` covers.
 const WINDOW_S: u64 = 60;
 
-/// The latency histograms, shared between the outbound stage and `GetStats`.
+/// The latency histograms, shared between the commit and outbound stages
+/// and `GetStats`.
 #[derive(Clone)]
 pub struct Latency(Arc<Mutex<Histograms>>);
 

@@ -24,6 +24,7 @@
 
 mod admin_service;
 mod auth;
+mod commit;
 pub mod config;
 mod driver_service;
 mod engine_task;

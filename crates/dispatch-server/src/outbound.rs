@@ -1,13 +1,13 @@
-//! The outbound stage: makes trip changes durable, then tells people.
+//! The outbound stage: tells people of trip changes once they are durable.
 //!
 //! The engine task hands over one [`Batch`] per round: the trip records it
 //! produced and everything it wants sent (events to sessions, trips to
-//! riders, replies to callers), in order. This stage, on a thread of its
-//! own, appends the records of every batch waiting, commits them with one
-//! `fdatasync`, and only then carries out the batches' deliveries, in
-//! order. So nobody hears of a change the log could lose (group commit: one
-//! sync covers every change that queued up behind the last one), and the
-//! engine goes on matching while the disk syncs.
+//! riders, replies to callers), in order. The commit stage
+//! ([`crate::commit`]) makes the records of each group of batches durable
+//! and passes the group here; this stage, on a thread of its own, carries
+//! out the batches' deliveries in order. So nobody hears of a change the
+//! log could lose, the engine goes on matching while the disk syncs, and
+//! the next group syncs while this one is delivered.
 //!
 //! It owns the open sessions' outboxes and the riders' streams, since it is
 //! the only one that sends to them.
@@ -25,12 +25,12 @@ use dispatch_core::service::ServiceSet;
 use dispatch_core::time::Timestamp;
 use dispatch_core::trip::{Trip, TripStatus};
 use dispatch_proto::{convert, pb};
-use dispatch_store::TripStore;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tonic::Status;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
+use crate::commit::Committed;
 use crate::latency::{GroupMarks, Latency, Marks};
 use crate::meters::{self, Hot};
 use crate::outbox::{Outbox, SendError};
@@ -110,7 +110,6 @@ struct SessionEntry {
 
 /// The stage's state; lives on its thread.
 pub struct Outbound {
-    log: Option<Box<dyn TripStore>>,
     trips: Arc<DashMap<TripId, pb::Trip>>,
     latency: Option<Latency>,
     hot: Hot,
@@ -119,16 +118,12 @@ pub struct Outbound {
     /// Sessions this stage cut off for falling behind: the engine task must
     /// close them (an offer out to one counts as declined).
     cut_off: mpsc::UnboundedSender<SessionId>,
-    /// Set when the log fails: the server stops, since it can no longer
-    /// promise that what it says is durable.
-    fatal: watch::Sender<Option<String>>,
     privacy: Privacy,
     sessions: HashMap<SessionId, SessionEntry>,
     watchers: HashMap<TripId, Vec<Watcher>>,
     awaiting_first_offer: HashMap<TripId, Marks>,
     /// When the group being delivered was flushed and committed.
     group: Option<GroupMarks>,
-    failed: bool,
 }
 
 /// What drivers are not shown.
@@ -140,98 +135,49 @@ pub struct Privacy {
     pub drivers_see_rider_id: bool,
 }
 
-/// The most batches committed together.
-const GROUP: usize = 256;
-
 impl Outbound {
-    /// A stage over `log` (`None`: nothing is kept across restarts).
+    /// A stage sending to sessions and riders, keeping `trips` (the open
+    /// ones) as they change.
     pub fn new(
-        log: Option<Box<dyn TripStore>>,
         trips: Arc<DashMap<TripId, pb::Trip>>,
         latency: Option<Latency>,
         cut_off: mpsc::UnboundedSender<SessionId>,
-        fatal: watch::Sender<Option<String>>,
         changes: broadcast::Sender<pb::Trip>,
         privacy: Privacy,
     ) -> Self {
         Self {
             privacy,
-            log,
             trips,
             latency,
             hot: Hot::register(),
             changes,
             cut_off,
-            fatal,
             sessions: HashMap::new(),
             watchers: HashMap::new(),
             awaiting_first_offer: HashMap::new(),
             group: None,
-            failed: false,
         }
     }
 
-    /// Runs until the engine task hangs up, then makes the log durable one
-    /// last time.
-    pub fn run(mut self, batches: std_mpsc::Receiver<Batch>) {
-        let mut group = Vec::with_capacity(GROUP);
-        while let Ok(first) = batches.recv() {
-            group.push(first);
-            while group.len() < GROUP
-                && let Ok(batch) = batches.try_recv()
-            {
-                group.push(batch);
-            }
-            if self.failed {
-                // Nothing more is acknowledged: dropping the replies tells
-                // their callers the server is going away.
-                group.clear();
-                continue;
-            }
-            let commit_start = Instant::now();
-            if let Err(cause) = self.commit(&group) {
-                self.fail(&cause);
-                group.clear();
-                continue;
-            }
-            let commit_end = Instant::now();
-            if let (Some(latency), Some(_)) = (&self.latency, &self.log) {
-                latency.commit(commit_end - commit_start);
-                meters::seconds(&self.hot.log_commit, commit_end - commit_start);
-            }
-            for batch in group.drain(..) {
-                self.group = batch.flushed.map(|flushed| GroupMarks { flushed, commit_start, commit_end });
-                for out in batch.outs {
-                    self.deliver(out);
+    /// Delivers each group the commit stage made durable, in order, until
+    /// that stage hangs up.
+    pub fn run(mut self, durable: std_mpsc::Receiver<Committed>) {
+        while let Ok(committed) = durable.recv() {
+            match committed {
+                Committed::Group { batches, commit_start, commit_end } => {
+                    for batch in batches {
+                        self.group = batch.flushed.map(|flushed| GroupMarks { flushed, commit_start, commit_end });
+                        for out in batch.outs {
+                            self.deliver(out);
+                        }
+                    }
+                }
+                Committed::LogFailed => {
+                    self.end_everything(Status::unavailable("the server cannot write its trip log"))
                 }
             }
-            if let Some(log) = &mut self.log
-                && let Err(cause) = log.maintain()
-            {
-                self.fail(&cause);
-            }
         }
-        if let Some(log) = &mut self.log
-            && let Err(cause) = log.close()
-        {
-            error!(%cause, "trip log: last commit at shutdown failed");
-        }
-        info!("outbound stage stopped; trip log closed");
-    }
-
-    fn commit(&mut self, group: &[Batch]) -> Result<(), dispatch_store::StoreError> {
-        let Some(log) = &mut self.log else { return Ok(()) };
-        for record in group.iter().flat_map(|b| &b.records) {
-            log.append(record)?;
-        }
-        log.commit()
-    }
-
-    fn fail(&mut self, cause: &dispatch_store::StoreError) {
-        error!(%cause, "trip log failed: stopping, since changes can no longer be made durable");
-        self.failed = true;
-        let _ = self.fatal.send(Some(cause.to_string()));
-        self.end_everything(Status::unavailable("the server cannot write its trip log"));
+        info!("outbound stage stopped");
     }
 
     fn deliver(&mut self, out: Out) {
@@ -291,11 +237,9 @@ impl Outbound {
                     meters::seconds(&self.hot.request_to_offer, delivered.saturating_duration_since(marks.received));
                 }
             }
+            // The commit stage tells the log.
             Out::Forget(trip) => {
                 self.trips.remove(&trip);
-                if let Some(log) = &mut self.log {
-                    log.forget(trip);
-                }
             }
             Out::Reply(reply) => reply(),
             Out::Shutdown => self.end_everything(Status::unavailable("the server is shutting down")),
@@ -406,10 +350,9 @@ mod tests {
 
     fn stage() -> Outbound {
         let (cut_off, _) = mpsc::unbounded_channel();
-        let (fatal, _) = watch::channel(None);
         let (changes, _) = broadcast::channel(1);
         let privacy = Privacy { hide_dropoff: ServiceSet::EMPTY, drivers_see_rider_id: false };
-        Outbound::new(None, Arc::new(DashMap::new()), None, cut_off, fatal, changes, privacy)
+        Outbound::new(Arc::new(DashMap::new()), None, cut_off, changes, privacy)
     }
 
     #[test]

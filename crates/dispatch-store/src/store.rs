@@ -7,7 +7,7 @@ use dispatch_core::ids::TripId;
 
 use crate::StoreError;
 
-/// A trip log as the server's outbound stage uses it, on a thread of its
+/// A trip log as the server's commit stage uses it, on a thread of its
 /// own: records appended, then made durable by one [`TripStore::commit`]
 /// before anyone is told of them.
 pub trait TripStore: Send {

@@ -5,8 +5,8 @@
 //! thread of its own, empties the urgent queue first and takes location
 //! updates one command at a time between; it runs each command against the
 //! engine with the current time ([`clock`]), ticks the engine, and hands the
-//! round's effects in order to the outbound stage, which logs what must be
-//! durable and only then tells anyone. One owner means no lock around the
+//! round's effects in order to the commit stage, which logs what must be
+//! durable, and then to the outbound stage, which tells people. One owner means no lock around the
 //! index or the trips and no two requests can ever win the same driver: they
 //! are simply taken in turn.
 //!
@@ -46,7 +46,7 @@ use clock::Clock;
 struct EngineTask {
     engine: Engine,
     clock: Clock,
-    /// What this round produced, for the outbound stage.
+    /// What this round produced, for the commit and outbound stages.
     batch: Batch,
     batches: std_mpsc::SyncSender<Batch>,
     /// Sessions the outbound stage ended for falling behind.
@@ -79,8 +79,8 @@ enum Pending {
 const URGENT_BATCH: usize = 512;
 
 /// How long position refreshes alone may wait to go out together with
-/// what comes next: each batch handed over wakes the outbound stage, and a
-/// slice of a fleet batch makes one every ~100 µs.
+/// what comes next: each batch handed over wakes the commit and outbound
+/// stages, and a slice of a fleet batch makes one every ~100 µs.
 const SOFT_FLUSH_EVERY: Duration = Duration::from_millis(1);
 
 /// The most location updates of one fleet batch applied before the urgent
@@ -332,7 +332,7 @@ impl EngineTask {
         }
     }
 
-    /// Hands this round's batch to the outbound stage.
+    /// Hands this round's batch to the commit stage.
     fn flush(&mut self) {
         if self.batch.is_empty() {
             return;

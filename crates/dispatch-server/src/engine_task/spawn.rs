@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::ServerError;
+use crate::commit::Committer;
 use crate::config::ServerConfig;
 use crate::outbound::{Batch, Outbound, Privacy};
 
@@ -24,11 +25,15 @@ use super::{EngineHandle, EngineTask};
 /// an offer from before a restart never matches a new one.
 const OFFER_IDS_PER_BOOT: u64 = 1_000_000_000_000;
 
+/// Durable groups that may wait for the outbound stage before the commit
+/// stage waits for it in turn.
+const DURABLE_GROUPS: usize = 64;
+
 /// What `run` gets back from [`spawn`].
 pub struct Spawned {
     /// How handlers reach the engine.
     pub handle: EngineHandle,
-    /// Resolves once the engine and the outbound stage have stopped and the
+    /// Resolves once the engine, commit and outbound stages have stopped and the
     /// log is closed.
     pub stopped: oneshot::Receiver<()>,
     /// Becomes `Some(cause)` if the trip log fails.
@@ -47,7 +52,7 @@ pub struct OpenedLog {
 /// Opens the trip log (or takes `opened`) and rebuilds the engine from it, then starts the
 /// engine task on a thread of its own (with its own single-threaded
 /// runtime for timers, so the engine is never queued behind stream decoding
-/// on a shared worker) and the outbound stage on another. They end after
+/// on a shared worker), and the commit and outbound stages on two others. They end after
 /// [`Command::Shutdown`] or when every handle is dropped.
 pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned, ServerError> {
     let (urgent, urgent_rx) = mpsc::channel(config.command_queue.max(1));
@@ -116,21 +121,27 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
     let (cut_off, cut_off_rx) = mpsc::unbounded_channel();
     let (fatal_tx, fatal) = watch::channel(None);
     let latency = crate::latency::Latency::new();
+    let committer = Committer::new(log, latency.clone(), fatal_tx);
     let outbound = Outbound::new(
-        log,
         trips,
         latency.clone(),
         cut_off,
-        fatal_tx,
         changes,
         Privacy { hide_dropoff: config.offer_hides_dropoff, drivers_see_rider_id: config.drivers_see_rider_id },
     );
     // Bounded: if the disk cannot keep up, the engine waits for it, its
     // queues fill, and callers are refused instead of memory growing.
     let (batches, batches_rx) = std_mpsc::sync_channel(config.outbound_queue.max(1));
+    // Groups made durable, waiting to be delivered: while one is delivered
+    // the next is synced.
+    let (durable, durable_rx) = std_mpsc::sync_channel(DURABLE_GROUPS);
     let outbound = std::thread::Builder::new()
         .name("dispatch-outbound".into())
-        .spawn(move || outbound.run(batches_rx))
+        .spawn(move || outbound.run(durable_rx))
+        .map_err(ServerError::Thread)?;
+    let committer = std::thread::Builder::new()
+        .name("dispatch-commit".into())
+        .spawn(move || committer.run(batches_rx, durable))
         .map_err(ServerError::Thread)?;
     let mut task = EngineTask {
         engine,
@@ -158,8 +169,10 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
         .name("dispatch-engine".into())
         .spawn(move || {
             runtime.block_on(task.run(urgent_rx, bulk_rx));
-            // The task is gone, and with it the sender: the outbound stage
-            // drains what is left, commits and stops.
+            // The task is gone, and with it the sender: the commit stage
+            // commits what is left and closes the log, and the outbound
+            // stage delivers it and stops.
+            let _ = committer.join();
             let _ = outbound.join();
             let _ = done.send(());
         })
