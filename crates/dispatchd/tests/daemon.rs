@@ -224,3 +224,45 @@ fn json_logs_are_one_object_per_line() {
     assert!(object["fields"]["addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{object}");
     child.stop();
 }
+
+/// Each thread of process `pid`: its name and the CPU slice it runs with
+/// (`se.slice` in `/proc/PID/task/TID/sched`, in nanoseconds).
+fn slices(pid: u32) -> Vec<(String, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap_or_else(|e| panic!("{e}"));
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).ok()?.trim().to_owned();
+            Some((name, slice_in(&std::fs::read_to_string(task.path().join("sched")).ok()?)?))
+        })
+        .collect()
+}
+
+fn slice_in(sched: &str) -> Option<u64> {
+    let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
+    line.split(':').nth(1)?.trim().parse().ok()
+}
+
+#[test]
+fn every_thread_of_the_server_runs_with_the_cpu_slice_it_asked_for() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (child, _addr) = common::start_in(dir.path(), &[], &[]);
+    let running = common::Running(Some(child));
+    let pid = running.0.as_ref().map_or(0, Child::id);
+    let threads = slices(pid);
+    for name in ["dispatch-engine", "dispatch-commit", "dispatch-outbou", "tokio-rt-worker"] {
+        assert!(threads.iter().any(|(n, _)| n == name), "no thread {name} in {threads:?}");
+    }
+    assert!(threads.iter().all(|(_, slice)| *slice == 100_000), "{threads:?}");
+    running.stop();
+
+    // 0 leaves the kernel's own, as this test's threads have it.
+    let own = slice_in(&std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default());
+    let (child, _addr) = common::start_in(dir.path(), &["--sched-slice-us", "0"], &[]);
+    let running = common::Running(Some(child));
+    let threads = slices(running.0.as_ref().map_or(0, Child::id));
+    let engine = threads.iter().find(|(n, _)| n == "dispatch-engine").map(|(_, slice)| *slice);
+    assert!(own.is_some_and(|own| own != 100_000), "the test runs with a slice of {own:?}");
+    assert_eq!(engine, own, "{threads:?}");
+    running.stop();
+}
