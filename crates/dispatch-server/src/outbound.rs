@@ -124,6 +124,20 @@ pub struct Outbound {
     awaiting_first_offer: HashMap<TripId, Marks>,
     /// When the group being delivered was flushed and committed.
     group: Option<GroupMarks>,
+    /// The group's position refreshes, held back until the rest of it is
+    /// delivered: (its place in the group, the refresh).
+    refreshes: Vec<(usize, Refresh)>,
+    /// Trips the group carried a whole snapshot of (a change, a rider
+    /// attaching): the place of the last one, which supersedes any
+    /// refresh before it.
+    snapshots: HashMap<TripId, usize>,
+}
+
+/// A driver's new position on a trip.
+struct Refresh {
+    trip: TripId,
+    position: LatLng,
+    at: Timestamp,
 }
 
 /// What drivers are not shown.
@@ -156,6 +170,8 @@ impl Outbound {
             watchers: HashMap::new(),
             awaiting_first_offer: HashMap::new(),
             group: None,
+            refreshes: Vec::new(),
+            snapshots: HashMap::new(),
         }
     }
 
@@ -165,12 +181,7 @@ impl Outbound {
         while let Ok(committed) = durable.recv() {
             match committed {
                 Committed::Group { batches, commit_start, commit_end } => {
-                    for batch in batches {
-                        self.group = batch.flushed.map(|flushed| GroupMarks { flushed, commit_start, commit_end });
-                        for out in batch.outs {
-                            self.deliver(out);
-                        }
-                    }
+                    self.deliver_group(batches, commit_start, commit_end);
                 }
                 Committed::LogFailed => {
                     self.end_everything(Status::unavailable("the server cannot write its trip log"))
@@ -178,6 +189,39 @@ impl Outbound {
             }
         }
         info!("outbound stage stopped");
+    }
+
+    /// Delivers a durable group: everything in order, except that drivers'
+    /// position refreshes (about one per trip under way every second,
+    /// soft state) go after the rest, so offers, trip changes and replies
+    /// do not queue behind them. A refresh a later snapshot of the same
+    /// trip supersedes (it already shows a position at least as new) is
+    /// dropped, so a trip's riders never see its driver go back.
+    fn deliver_group(&mut self, batches: Vec<Batch>, commit_start: Instant, commit_end: Instant) {
+        let mut place = 0;
+        for batch in batches {
+            self.group = batch.flushed.map(|flushed| GroupMarks { flushed, commit_start, commit_end });
+            for out in batch.outs {
+                place += 1;
+                match out {
+                    Out::Moved { trip, position, at } => self.refreshes.push((place, Refresh { trip, position, at })),
+                    out => {
+                        if let Out::Rider(Trip { id, .. }) | Out::Watch { trip: id, .. } = &out {
+                            self.snapshots.insert(*id, place);
+                        }
+                        self.deliver(out);
+                    }
+                }
+            }
+        }
+        let mut refreshes = std::mem::take(&mut self.refreshes);
+        for (place, Refresh { trip, position, at }) in refreshes.drain(..) {
+            if self.snapshots.get(&trip).is_none_or(|snapshot| *snapshot < place) {
+                self.moved(trip, position, at);
+            }
+        }
+        self.refreshes = refreshes;
+        self.snapshots.clear();
     }
 
     fn deliver(&mut self, out: Out) {
@@ -381,6 +425,77 @@ mod tests {
         trip.status = TripStatus::NoDriverFound;
         stage.deliver(Out::Rider(trip.clone()));
         assert!(stage.trips.is_empty(), "an ended trip is kept by the engine alone");
+    }
+
+    #[test]
+    fn position_refreshes_go_after_the_rest_of_their_group_and_a_later_snapshot_supersedes_them() {
+        let mut stage = stage();
+        let at = |lat| dispatch_core::geo::LatLng::new(lat, 127.0).unwrap_or_else(|e| panic!("{e}"));
+        let mut trip = Trip {
+            id: TripId(7),
+            rider: dispatch_core::ids::RiderId::new("r").unwrap_or_else(|e| panic!("{e}")),
+            request_id: dispatch_core::ids::RequestId::new("q").unwrap_or_else(|e| panic!("{e}")),
+            driver: None,
+            status: TripStatus::DriverAssigned,
+            service: dispatch_core::service::ServiceType::Taxi,
+            pickup: at(37.5),
+            dropoff: None,
+            driver_position: Some(at(37.40)),
+            pickup_distance_m: None,
+            pickup_eta_ms: None,
+            requested_at: Timestamp(0),
+            updated_at: Timestamp(0),
+            cancel_reason: None,
+            queued: false,
+        };
+        let (watcher, mut updates) = mpsc::channel(16);
+        stage.deliver(Out::Watch { trip: trip.id, watcher, resume: None, marks: None });
+        stage.deliver(Out::Rider(trip.clone()));
+        let lat_of = |t: &pb::Trip| t.driver_position.map(|p| p.lat);
+        let shown = |stage: &Outbound| stage.trips.get(&TripId(7)).and_then(|t| lat_of(&t));
+        let mut seen = || {
+            let mut seen = Vec::new();
+            while let Ok(Ok(t)) = updates.try_recv() {
+                seen.push((t.status(), lat_of(&t)));
+            }
+            seen
+        };
+        assert_eq!(seen(), [(pb::TripStatus::DriverAssigned, Some(37.40))]);
+
+        // A refresh, a reply, then the trip's next change (which shows a
+        // newer position): the reply goes before the refresh, and the
+        // refresh, older than the change, is dropped.
+        let (told, heard) = std::sync::mpsc::channel();
+        let trips = stage.trips.clone();
+        trip.status = TripStatus::DriverArrived;
+        trip.driver_position = Some(at(37.42));
+        let batch = Batch {
+            records: Vec::new(),
+            outs: vec![
+                Out::Moved { trip: trip.id, position: at(37.41), at: Timestamp(1) },
+                Out::Reply(Box::new(move || {
+                    let _ = told.send(trips.get(&TripId(7)).and_then(|t| lat_of(&t)));
+                })),
+                Out::Rider(trip.clone()),
+            ],
+            flushed: None,
+        };
+        let now = Instant::now();
+        stage.deliver_group(vec![batch], now, now);
+        assert_eq!(heard.try_recv().ok(), Some(Some(37.40)), "the reply waited for a position refresh");
+        assert_eq!(seen(), [(pb::TripStatus::DriverArrived, Some(37.42))], "the rider saw the driver go back");
+        assert_eq!(shown(&stage), Some(37.42));
+
+        // A refresh after the change is newer: it is applied and sent.
+        trip.status = TripStatus::InProgress;
+        let batch = Batch {
+            records: Vec::new(),
+            outs: vec![Out::Rider(trip.clone()), Out::Moved { trip: trip.id, position: at(37.43), at: Timestamp(2) }],
+            flushed: None,
+        };
+        stage.deliver_group(vec![batch], now, now);
+        assert_eq!(seen(), [(pb::TripStatus::InProgress, Some(37.42)), (pb::TripStatus::InProgress, Some(37.43))]);
+        assert_eq!(shown(&stage), Some(37.43));
     }
 
     #[test]
