@@ -174,6 +174,23 @@ mod tests {
         }
     }
 
+    /// A commit stage over `log`, running on a thread of its own.
+    struct Started {
+        batches: std_mpsc::SyncSender<Batch>,
+        durable_rx: std_mpsc::Receiver<Committed>,
+        stage: std::thread::JoinHandle<()>,
+        fatal_rx: watch::Receiver<Option<String>>,
+    }
+
+    fn start(log: &Noted) -> Started {
+        let (fatal, fatal_rx) = watch::channel(None);
+        let committer = Committer::new(Some(Box::new(log.clone())), None, fatal);
+        let (batches, batches_rx) = std_mpsc::sync_channel(16);
+        let (durable, durable_rx) = std_mpsc::sync_channel(4);
+        let stage = std::thread::spawn(move || committer.run(batches_rx, durable));
+        Started { batches, durable_rx, stage, fatal_rx }
+    }
+
     /// A round with one record and a reply that says how many records were
     /// durable when it was carried out.
     fn round(n: u64, durable: &Arc<Mutex<usize>>, told: &std_mpsc::Sender<(u64, usize)>) -> Batch {
@@ -212,11 +229,7 @@ mod tests {
     #[test]
     fn a_group_is_passed_on_only_once_durable_and_the_next_syncs_while_it_is_delivered() {
         let log = Noted::default();
-        let (fatal, _) = watch::channel(None);
-        let committer = Committer::new(Some(Box::new(log.clone())), None, fatal);
-        let (batches, batches_rx) = std_mpsc::sync_channel(16);
-        let (durable, durable_rx) = std_mpsc::sync_channel(4);
-        let stage = std::thread::spawn(move || committer.run(batches_rx, durable));
+        let Started { batches, durable_rx, stage, .. } = start(&log);
         let (told, heard) = std_mpsc::channel();
 
         batches.send(round(1, &log.durable, &told)).unwrap_or_else(|e| panic!("{e}"));
@@ -242,11 +255,7 @@ mod tests {
     #[test]
     fn a_failed_commit_stops_the_server_and_nothing_after_it_is_told() {
         let log = Noted { fail_from: Some(1), ..Noted::default() };
-        let (fatal, mut fatal_rx) = watch::channel(None);
-        let committer = Committer::new(Some(Box::new(log.clone())), None, fatal);
-        let (batches, batches_rx) = std_mpsc::sync_channel(16);
-        let (durable, durable_rx) = std_mpsc::sync_channel(4);
-        let stage = std::thread::spawn(move || committer.run(batches_rx, durable));
+        let Started { batches, durable_rx, stage, mut fatal_rx } = start(&log);
         let (told, heard) = std_mpsc::channel();
         batches.send(round(1, &log.durable, &told)).unwrap_or_else(|e| panic!("{e}"));
         deliver_all(durable_rx.recv().unwrap_or_else(|e| panic!("{e}")));

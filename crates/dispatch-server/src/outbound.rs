@@ -399,27 +399,35 @@ mod tests {
         Outbound::new(Arc::new(DashMap::new()), None, cut_off, changes, privacy)
     }
 
-    #[test]
-    fn an_ended_trip_leaves_the_table_of_open_trips() {
-        let mut stage = stage();
-        let at = |lat| dispatch_core::geo::LatLng::new(lat, 127.0).unwrap_or_else(|e| panic!("{e}"));
-        let mut trip = Trip {
-            id: TripId(1),
+    fn at(lat: f64) -> LatLng {
+        LatLng::new(lat, 127.0).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Trip `id` in `status`, its driver at `driver_position`.
+    fn trip(id: u64, status: TripStatus, driver_position: Option<LatLng>) -> Trip {
+        Trip {
+            id: TripId(id),
             rider: dispatch_core::ids::RiderId::new("r").unwrap_or_else(|e| panic!("{e}")),
             request_id: dispatch_core::ids::RequestId::new("q").unwrap_or_else(|e| panic!("{e}")),
             driver: None,
-            status: TripStatus::Searching,
+            status,
             service: dispatch_core::service::ServiceType::Taxi,
             pickup: at(37.5),
             dropoff: None,
-            driver_position: None,
+            driver_position,
             pickup_distance_m: None,
             pickup_eta_ms: None,
             requested_at: Timestamp(0),
             updated_at: Timestamp(0),
             cancel_reason: None,
             queued: false,
-        };
+        }
+    }
+
+    #[test]
+    fn an_ended_trip_leaves_the_table_of_open_trips() {
+        let mut stage = stage();
+        let mut trip = trip(1, TripStatus::Searching, None);
         stage.deliver(Out::Rider(trip.clone()));
         assert!(stage.trips.contains_key(&trip.id), "an open trip is answered from the table");
         trip.status = TripStatus::NoDriverFound;
@@ -430,24 +438,7 @@ mod tests {
     #[test]
     fn position_refreshes_go_after_the_rest_of_their_group_and_a_later_snapshot_supersedes_them() {
         let mut stage = stage();
-        let at = |lat| dispatch_core::geo::LatLng::new(lat, 127.0).unwrap_or_else(|e| panic!("{e}"));
-        let mut trip = Trip {
-            id: TripId(7),
-            rider: dispatch_core::ids::RiderId::new("r").unwrap_or_else(|e| panic!("{e}")),
-            request_id: dispatch_core::ids::RequestId::new("q").unwrap_or_else(|e| panic!("{e}")),
-            driver: None,
-            status: TripStatus::DriverAssigned,
-            service: dispatch_core::service::ServiceType::Taxi,
-            pickup: at(37.5),
-            dropoff: None,
-            driver_position: Some(at(37.40)),
-            pickup_distance_m: None,
-            pickup_eta_ms: None,
-            requested_at: Timestamp(0),
-            updated_at: Timestamp(0),
-            cancel_reason: None,
-            queued: false,
-        };
+        let mut trip = trip(7, TripStatus::DriverAssigned, Some(at(37.40)));
         let (watcher, mut updates) = mpsc::channel(16);
         stage.deliver(Out::Watch { trip: trip.id, watcher, resume: None, marks: None });
         stage.deliver(Out::Rider(trip.clone()));
