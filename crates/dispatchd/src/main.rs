@@ -146,8 +146,9 @@ struct Flags {
     max_queued_updates: u64,
     /// The CPU slice every thread of the server asks the kernel for, in
     /// microseconds: a thread with work waits at most about this long for
-    /// a busy core (Linux 6.12 and later; no privilege needed; the share of
-    /// CPU is unchanged). 0 leaves the kernel's own (1.4 ms on two cores).
+    /// a busy core (Linux 6.12 and later takes 100 to 100,000; no privilege
+    /// needed; the share of CPU is unchanged). 0 leaves the kernel's own
+    /// (1.4 ms on two cores).
     #[arg(long, env = "DISPATCH_SCHED_SLICE_US", default_value_t = 100,
         value_parser = clap::value_parser!(u64).range(0..=100_000))]
     sched_slice_us: u64,
@@ -494,7 +495,7 @@ fn ask_for_slice(us: u64) {
             warn!(
                 asked_us = us,
                 slice_us = ns / 1_000,
-                "the kernel keeps its own CPU slice (per-thread slices need Linux 6.12)"
+                "the kernel gave another CPU slice (it takes 100 µs to 100 ms per thread, from Linux 6.12)"
             );
         }
         Ok(sched::Outcome::OtherPolicy(policy)) => {
