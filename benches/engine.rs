@@ -163,6 +163,44 @@ fn fleet_batch(c: &mut Criterion) {
     group.finish();
 }
 
+/// A fleet gateway's first seconds: 250,000 drivers the server has never
+/// seen, each registered by its first update (an id, a row, a place in the
+/// R-tree), from an empty engine.
+fn fleet_first_batch(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fleet_batch");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(250_000));
+    let city = CityShape::seoul();
+    let mut rng = rng(14);
+    let batch: Vec<FleetDriverUpdate> = (0..250_000)
+        .map(|n| FleetDriverUpdate {
+            driver: DriverId::new(&format!("bench/{}", driver_id(n))).unwrap_or_else(|e| panic!("{e}")),
+            position: Some(Ping { position: city.point(&mut rng), timestamp: None }),
+            services: None,
+            available: Some(true),
+            auto_accept: false,
+        })
+        .collect();
+    let fleet = SessionId(u64::MAX);
+    group.bench_function("250k_new_drivers", |b| {
+        b.iter_batched(
+            || {
+                let mut engine = dispatch_core::Engine::new(Config::default());
+                engine.connect_fleet(fleet, FleetId::new("bench").unwrap_or_else(|e| panic!("{e}")));
+                (engine, batch.clone())
+            },
+            |(mut engine, batch)| {
+                for update in batch {
+                    black_box(engine.fleet_update(Timestamp(0), fleet, update)).ok();
+                }
+                engine
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
 /// Live counts for `GetStats`, with 20,000 trips kept: the tables keep
 /// their counts as rows change, so this does not grow with the drivers.
 fn stats(c: &mut Criterion) {
@@ -311,6 +349,6 @@ fn batch_assign(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = update, nearest, request_to_offer, fleet_batch, stats, scarce, mass_reconnect, map_view, batch_assign
+    targets = update, nearest, request_to_offer, fleet_batch, fleet_first_batch, stats, scarce, mass_reconnect, map_view, batch_assign
 }
 criterion_main!(benches);

@@ -356,6 +356,33 @@ impl DriverSet {
     }
 }
 
+/// [`DriverIndex::nearest_k_bounded`] over several indexes that hold
+/// different drivers (say, the free ones and the busy ones), as if they
+/// were one: the `k` nearest accepted across all of them, exact within the
+/// least distance any one of them is exact to. Each index examines at most
+/// `max_examined` entries.
+pub fn nearest_k_bounded_in(
+    indexes: &[&DriverIndex],
+    at: LatLng,
+    max_distance_m: f64,
+    k: usize,
+    max_examined: usize,
+    mut accept: impl FnMut(DriverKey) -> bool,
+    tie: impl Fn(DriverKey, DriverKey) -> Ordering,
+) -> Nearest {
+    let mut merged = Nearest { neighbors: Vec::new(), exact_within_m: max_distance_m };
+    for index in indexes {
+        let found = index.nearest_k_bounded(at, max_distance_m, k, max_examined, &mut accept, &tie);
+        merged.exact_within_m = merged.exact_within_m.min(found.exact_within_m);
+        merged.neighbors.extend(found.neighbors);
+    }
+    let exact = merged.exact_within_m;
+    merged.neighbors.retain(|n| n.distance_m <= exact);
+    merged.neighbors.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then_with(|| tie(a.key, b.key)));
+    merged.neighbors.truncate(k);
+    merged
+}
+
 /// The answer of [`DriverIndex::nearest_k_bounded`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nearest {

@@ -11,7 +11,7 @@ use super::{
 use crate::error::EngineError;
 use crate::geo::MAX_DISTANCE_M;
 use crate::ids::{DriverId, FLEET_SEPARATOR, FleetId, SessionId};
-use crate::index::DriverKey;
+use crate::index::{DriverIndex, DriverKey, nearest_k_bounded_in};
 use crate::time::Timestamp;
 use crate::trip::Trip;
 
@@ -163,11 +163,13 @@ impl Engine {
         if new_services.is_some() {
             self.freed.push(key);
         }
-        if let Some(ping) = update.position {
-            self.apply_fix(now, key, ping);
-        }
+        // Availability before the position: a new driver's first fix then
+        // files it straight in the index it belongs in.
         if let Some(available) = update.available {
             self.set_available(now, key, available);
+        }
+        if let Some(ping) = update.position {
+            self.apply_fix(now, key, ping);
         }
         Ok(())
     }
@@ -222,7 +224,10 @@ impl Engine {
         };
         let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
         let radius = query.radius_m.unwrap_or(MAX_DISTANCE_M);
-        let found = self.index.nearest_k_bounded(query.center, radius, query.limit, NEARBY_MAX_EXAMINED, wanted, by_id);
+        let indexes: &[&DriverIndex] =
+            if query.available_only { &[self.drivers.free()] } else { &[self.drivers.free(), self.drivers.busy()] };
+        let found =
+            nearest_k_bounded_in(indexes, query.center, radius, query.limit, NEARBY_MAX_EXAMINED, wanted, by_id);
         let drivers = found
             .neighbors
             .into_iter()
@@ -292,7 +297,6 @@ impl Engine {
     }
 
     pub(super) fn forget_driver(&mut self, key: DriverKey) {
-        self.index.remove(key);
         self.forward.remove(key);
         if let Some(driver) = self.drivers.remove(key) {
             self.driver_keys.remove(&driver.id);
@@ -332,7 +336,6 @@ impl Engine {
             driver.last_fix = ping.timestamp.or(driver.last_fix);
             driver.position = Some(ping.position);
         }
-        self.index.locate_mut(key, ping.position);
         self.stats.location_updates += 1;
         if first_fix {
             self.freed.push(key);

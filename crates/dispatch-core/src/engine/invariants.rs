@@ -152,8 +152,15 @@ impl Engine {
         if self.forward.len() != forward_expected {
             return Err(format!("{} in the dropoff index, {forward_expected} expected", self.forward.len()));
         }
-        if self.index.len() != self.drivers.iter().filter(|(_, d)| d.position.is_some()).count() {
-            return Err("the index and the positioned drivers differ".into());
+        let indexed = self.drivers.free().len() + self.drivers.busy().len();
+        if indexed != self.drivers.iter().filter(|(_, d)| d.position.is_some()).count() {
+            return Err("the indexes and the positioned drivers differ".into());
+        }
+        for (key, driver) in self.drivers.iter() {
+            let Some(at) = driver.position else { continue };
+            if !driver.is_offerable() && !self.drivers.busy().holds_at(key, at) {
+                return Err(format!("driver {} is not offerable but not in the busy index where it is", driver.id));
+            }
         }
         // The free index holds exactly the offerable drivers, each findable
         // at its position.

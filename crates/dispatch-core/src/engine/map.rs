@@ -170,8 +170,10 @@ impl Engine {
     fn fill_drivers(&self, query: &MapQuery, view: &mut MapView) {
         // The cells over-count (they stick out of the box), so the index
         // is asked for somewhat more than will be shown.
-        let keys = self.index.in_box(query.south_west, query.north_east, query.max_drivers.saturating_mul(2));
-        for key in keys {
+        let limit = query.max_drivers.saturating_mul(2);
+        let free = self.drivers.free().in_box(query.south_west, query.north_east, limit);
+        let busy = self.drivers.busy().in_box(query.south_west, query.north_east, limit);
+        for key in free.into_iter().chain(busy) {
             let driver = self.driver(key);
             let Some(position) = driver.position.filter(|p| query.contains(*p)) else { continue };
             let trip = driver.trip.or_else(|| driver.offer.and_then(|o| self.offers.get(&o)).map(|o| o.trip));

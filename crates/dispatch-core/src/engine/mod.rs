@@ -47,11 +47,11 @@ pub(super) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// The dispatch engine. See the module docs.
 pub struct Engine {
     config: Config,
-    index: DriverIndex,
     /// Forward dispatch: drivers with a ride in progress and nothing queued,
     /// at that ride's dropoff.
     forward: DriverIndex,
-    /// Driver records by slot, counted by state as they change.
+    /// Driver records by slot, counted by state as they change, and the
+    /// positioned ones in two spatial indexes (free, busy).
     drivers: DriverTable,
     driver_keys: Map<DriverId, DriverKey>,
     sessions: Map<SessionId, Session>,
@@ -99,7 +99,6 @@ impl Engine {
     /// An empty engine.
     pub fn new(config: Config) -> Self {
         Self {
-            index: DriverIndex::with_slack(config.index_slack_m),
             forward: DriverIndex::with_slack(0.0),
             drivers: DriverTable::with_slack(config.index_slack_m),
             driver_keys: Map::default(),

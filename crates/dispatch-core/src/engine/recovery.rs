@@ -121,9 +121,6 @@ impl Engine {
                     continue;
                 }
                 let key = engine.insert_driver(Driver::detached(driver, id, position, driver_fleet));
-                if let Some(at) = position {
-                    engine.index.locate_mut(key, at);
-                }
                 if status != TripStatus::InProgress {
                     engine.hold_for_return(now, key, id);
                 }

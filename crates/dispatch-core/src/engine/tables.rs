@@ -156,37 +156,62 @@ impl Density {
     }
 }
 
+/// Which of the driver table's two spatial indexes a positioned driver is
+/// filed in: each driver is in exactly one, so a ping that moves it past
+/// the slack, or a first fix, moves one tree entry, not two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shelf {
+    /// Could take an offer now: what matching searches.
+    Free,
+    /// Has a position but cannot take an offer now (offered, on a trip,
+    /// unavailable, or disconnected and held for its trip).
+    Busy,
+}
+
 /// The counts a table keeps: by state, and by map cell; for drivers, also
-/// the index of those who could take an offer now.
+/// the positioned drivers, in two indexes by whether they could take an
+/// offer now (the trip table's stay empty).
 #[derive(Default)]
 pub(super) struct Tally {
     counts: Counts,
     density: Density,
-    /// Offerable drivers at their positions (the driver table's only; the
-    /// trip table's stays empty).
     free: DriverIndex,
+    busy: DriverIndex,
 }
 
 impl Tally {
     fn add<T: Counted>(&mut self, slot: DriverKey, row: &T) {
         self.counts.add(row.counts());
         self.density.shift(None, row.place());
-        self.refile(slot, None, row.free_at());
+        self.refile(slot, None, row.filed_at());
     }
 
     fn sub<T: Counted>(&mut self, slot: DriverKey, row: &T) {
         self.counts.sub(row.counts());
         self.density.shift(row.place(), None);
-        self.refile(slot, row.free_at(), None);
+        self.refile(slot, row.filed_at(), None);
     }
 
-    /// Keeps the free index in step with a row that was free at `from` and
-    /// is now free at `to` (`None`: not free).
-    fn refile(&mut self, slot: DriverKey, from: Option<LatLng>, to: Option<LatLng>) {
-        match (from, to) {
-            (_, Some(at)) if from != to => self.free.locate_mut(slot, at),
-            (Some(_), None) => self.free.remove(slot),
-            _ => {}
+    fn shelf(&mut self, shelf: Shelf) -> &mut DriverIndex {
+        match shelf {
+            Shelf::Free => &mut self.free,
+            Shelf::Busy => &mut self.busy,
+        }
+    }
+
+    /// Keeps the indexes in step with a row that was filed at `from` and is
+    /// now filed at `to` (`None`: no position).
+    fn refile(&mut self, slot: DriverKey, from: Option<(Shelf, LatLng)>, to: Option<(Shelf, LatLng)>) {
+        if from == to {
+            return;
+        }
+        if let Some((was, _)) = from
+            && to.is_none_or(|(shelf, _)| shelf != was)
+        {
+            self.shelf(was).remove(slot);
+        }
+        if let Some((shelf, at)) = to {
+            self.shelf(shelf).locate_mut(slot, at);
         }
     }
 }
@@ -197,14 +222,19 @@ pub(super) trait Counted {
     fn counts(&self) -> Counts;
     /// Where the row shows on the map, and as what.
     fn place(&self) -> Option<(CellKey, Shade)>;
-    /// Where the row is, if it belongs in the free index (an offerable
+    /// Which driver index the row belongs in, and where (a positioned
     /// driver).
-    fn free_at(&self) -> Option<LatLng> {
+    fn filed_at(&self) -> Option<(Shelf, LatLng)> {
         None
     }
 }
 
 impl Driver {
+    /// Which driver index the driver belongs in once it has a position.
+    fn shelf(&self) -> Shelf {
+        if self.is_offerable() { Shelf::Free } else { Shelf::Busy }
+    }
+
     /// What the driver shows as on the map (and in the counts).
     pub fn shade(&self) -> Shade {
         if self.trip.is_some() {
@@ -240,8 +270,8 @@ impl Counted for Driver {
         Some((CellKey::of(self.position?), self.shade()))
     }
 
-    fn free_at(&self) -> Option<LatLng> {
-        self.position.filter(|_| self.is_offerable())
+    fn filed_at(&self) -> Option<(Shelf, LatLng)> {
+        Some((self.shelf(), self.position?))
     }
 }
 
@@ -267,17 +297,17 @@ impl Counted for TripState {
 pub(super) struct Tracked<'a, T: Counted> {
     row: &'a mut T,
     tally: &'a mut Tally,
-    /// The row's slot, for the free index.
+    /// The row's slot, for the driver indexes.
     slot: DriverKey,
     counts: Counts,
     place: Option<(CellKey, Shade)>,
-    free_at: Option<LatLng>,
+    filed_at: Option<(Shelf, LatLng)>,
 }
 
 impl<'a, T: Counted> Tracked<'a, T> {
     fn new(slot: DriverKey, row: &'a mut T, tally: &'a mut Tally) -> Self {
-        let (counts, place, free_at) = (row.counts(), row.place(), row.free_at());
-        Self { row, tally, slot, counts, place, free_at }
+        let (counts, place, filed_at) = (row.counts(), row.place(), row.filed_at());
+        Self { row, tally, slot, counts, place, filed_at }
     }
 }
 
@@ -302,14 +332,16 @@ impl<T: Counted> Drop for Tracked<'_, T> {
             self.tally.counts.add(counts);
         }
         self.tally.density.shift(self.place, self.row.place());
-        self.tally.refile(self.slot, self.free_at, self.row.free_at());
+        self.tally.refile(self.slot, self.filed_at, self.row.filed_at());
     }
 }
 
-/// Driver records by slot, with free slots reused, and the index of the
-/// drivers who could take an offer now: matching searches that, so its
-/// cost does not grow with the busy drivers around a pickup (at a peak,
-/// most of them), and a retry of hundreds of waiting trips stays cheap.
+/// Driver records by slot, with free slots reused, and every positioned
+/// driver in one of two indexes: those who could take an offer now
+/// (matching searches that, so its cost does not grow with the busy drivers
+/// around a pickup, at a peak most of them, and a retry of hundreds of
+/// waiting trips stays cheap) and the rest (operators' searches and map
+/// look at both).
 #[derive(Default)]
 pub(super) struct DriverTable {
     slots: Vec<Option<Driver>>,
@@ -323,10 +355,15 @@ impl DriverTable {
         self.slots.get(key.0 as usize).and_then(Option::as_ref)
     }
 
-    /// An empty table whose free index lags by up to `slack_m` (see
+    /// An empty table whose indexes lag by up to `slack_m` (see
     /// [`DriverIndex::with_slack`]).
     pub fn with_slack(slack_m: f64) -> Self {
-        Self { tally: Tally { free: DriverIndex::with_slack(slack_m), ..Tally::default() }, ..Self::default() }
+        let tally = Tally {
+            free: DriverIndex::with_slack(slack_m),
+            busy: DriverIndex::with_slack(slack_m),
+            ..Tally::default()
+        };
+        Self { tally, ..Self::default() }
     }
 
     pub fn get_mut(&mut self, key: DriverKey) -> Option<Tracked<'_, Driver>> {
@@ -339,6 +376,11 @@ impl DriverTable {
         &self.tally.free
     }
 
+    /// The positioned drivers who cannot take an offer now, by position.
+    pub fn busy(&self) -> &DriverIndex {
+        &self.tally.busy
+    }
+
     /// Moves a driver that already has a position, and notes its fix time:
     /// the ping path. Its counts cannot change (they depend on having a
     /// position, not on where), so only its map cell is looked at. Returns
@@ -349,9 +391,8 @@ impl DriverTable {
         let Some(old) = row.position else { return false };
         row.position = Some(at);
         row.last_fix = fix.or(row.last_fix);
-        if row.is_offerable() {
-            self.tally.free.locate_mut(key, at);
-        }
+        let shelf = row.shelf();
+        self.tally.shelf(shelf).locate_mut(key, at);
         let (from, to) = (CellKey::of(old), CellKey::of(at));
         if from != to {
             let shade = row.shade();
@@ -406,7 +447,7 @@ impl DriverTable {
     }
 }
 
-/// The slot trips pass to [`Tracked`]: a trip is never in the free index.
+/// The slot trips pass to [`Tracked`]: a trip is never in a driver index.
 const NO_SLOT: DriverKey = DriverKey(u32::MAX);
 
 /// Trips by id: open ones as a row the engine matches and moves on, ended

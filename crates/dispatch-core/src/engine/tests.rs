@@ -671,21 +671,48 @@ fn nearby_lists_connected_drivers_nearest_first_with_filters() {
 #[test]
 fn nearby_examines_a_bounded_number_of_drivers() {
     let mut w = World::new();
-    // Many busy (off-duty) drivers nearer than the only available one.
+    // Many free taxis nearer than the only van.
     for n in 0..NEARBY_MAX_EXAMINED + 500 {
-        let session = w.driver(&format!("busy-{n}"), n as f64 * 0.1);
-        w.engine.set_availability(w.now, session, false).unwrap_or_else(|e| panic!("{e}"));
+        w.driver(&format!("taxi-{n}"), n as f64 * 0.1);
     }
-    w.driver("free", 5_000.0);
-    let anywhere =
-        NearbyQuery { center: p(PICKUP.0, PICKUP.1), limit: 10, radius_m: None, service: None, available_only: true };
+    w.driver_with("van", 5_000.0, ServiceSet::EMPTY.with(ServiceType::Van), false);
+    let anywhere = NearbyQuery {
+        center: p(PICKUP.0, PICKUP.1),
+        limit: 10,
+        radius_m: None,
+        service: Some(ServiceType::Van),
+        available_only: true,
+    };
     let cut = w.engine.nearby(&anywhere);
     assert!(cut.drivers.is_empty(), "{:?}", cut.drivers);
     assert!(cut.exact_within_m < 1_100.0, "exact within {} m", cut.exact_within_m);
     // Without the filter the nearest are found at once, exact everywhere.
-    let all = w.engine.nearby(&NearbyQuery { available_only: false, ..anywhere });
+    let all = w.engine.nearby(&NearbyQuery { service: None, ..anywhere });
     assert_eq!(all.drivers.len(), 10);
     assert_eq!(all.exact_within_m, crate::geo::MAX_DISTANCE_M);
+}
+
+#[test]
+fn nearby_finds_the_free_driver_behind_many_busy_ones_and_merges_both_indexes() {
+    let mut w = World::new();
+    // Many off-duty drivers nearer than the only available one: the free
+    // index alone is searched for available drivers, so none is examined.
+    for n in 0..NEARBY_MAX_EXAMINED + 500 {
+        let session = w.driver(&format!("busy-{n}"), 1.0 + n as f64 * 0.1);
+        w.engine.set_availability(w.now, session, false).unwrap_or_else(|e| panic!("{e}"));
+    }
+    w.driver("free", 5_000.0);
+    w.driver("nearest", 0.0);
+    let query =
+        NearbyQuery { center: p(PICKUP.0, PICKUP.1), limit: 3, radius_m: None, service: None, available_only: true };
+    let free = w.engine.nearby(&query);
+    let ids: Vec<_> = free.drivers.iter().map(|d| d.driver.as_str().to_owned()).collect();
+    assert_eq!(ids, ["nearest", "free"]);
+    assert_eq!(free.exact_within_m, crate::geo::MAX_DISTANCE_M);
+    // Everyone: the nearest of both indexes, in distance order.
+    let all = w.engine.nearby(&NearbyQuery { available_only: false, ..query });
+    let ids: Vec<_> = all.drivers.iter().map(|d| (d.driver.as_str().to_owned(), d.available)).collect();
+    assert_eq!(ids, [("nearest".to_owned(), true), ("busy-0".to_owned(), false), ("busy-1".to_owned(), false)]);
 }
 
 #[test]
