@@ -121,6 +121,21 @@ fn request_to_offer(c: &mut Criterion) {
     group.finish();
 }
 
+/// Fleet updates for drivers `numbers`, each available somewhere in the
+/// city; a fleet names its drivers in its own namespace, `bench/...`.
+fn fleet_updates(city: &CityShape, seed: u64, numbers: std::ops::Range<usize>) -> Vec<FleetDriverUpdate> {
+    let mut rng = rng(seed);
+    numbers
+        .map(|n| FleetDriverUpdate {
+            driver: DriverId::new(&format!("bench/{}", driver_id(n))).unwrap_or_else(|e| panic!("{e}")),
+            position: Some(Ping { position: city.point(&mut rng), timestamp: None }),
+            services: None,
+            available: Some(true),
+            auto_accept: false,
+        })
+        .collect()
+}
+
 /// A batch of 10,000 fleet updates applied (drivers already registered).
 fn fleet_batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("fleet_batch");
@@ -129,17 +144,7 @@ fn fleet_batch(c: &mut Criterion) {
     let (mut engine, _) = engine_with_drivers(7, &city, 240_000, Config::default());
     let fleet = SessionId(u64::MAX);
     engine.connect_fleet(fleet, FleetId::new("bench").unwrap_or_else(|e| panic!("{e}")));
-    let mut rng = rng(8);
-    // A fleet names its drivers in its own namespace, `bench/...`.
-    let batch: Vec<FleetDriverUpdate> = (1_000_000..1_010_000)
-        .map(|n| FleetDriverUpdate {
-            driver: DriverId::new(&format!("bench/{}", driver_id(n))).unwrap_or_else(|e| panic!("{e}")),
-            position: Some(Ping { position: city.point(&mut rng), timestamp: None }),
-            services: None,
-            available: Some(true),
-            auto_accept: false,
-        })
-        .collect();
+    let batch = fleet_updates(&city, 8, 1_000_000..1_010_000);
     let mut now = Timestamp(0);
     // Registers them, and makes sure the bench times applied updates, not
     // refusals.
@@ -171,16 +176,7 @@ fn fleet_first_batch(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(250_000));
     let city = CityShape::seoul();
-    let mut rng = rng(14);
-    let batch: Vec<FleetDriverUpdate> = (0..250_000)
-        .map(|n| FleetDriverUpdate {
-            driver: DriverId::new(&format!("bench/{}", driver_id(n))).unwrap_or_else(|e| panic!("{e}")),
-            position: Some(Ping { position: city.point(&mut rng), timestamp: None }),
-            services: None,
-            available: Some(true),
-            auto_accept: false,
-        })
-        .collect();
+    let batch = fleet_updates(&city, 14, 0..250_000);
     let fleet = SessionId(u64::MAX);
     group.bench_function("250k_new_drivers", |b| {
         b.iter_batched(
