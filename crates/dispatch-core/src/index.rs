@@ -411,4 +411,35 @@ mod tests {
         assert!(index.is_empty());
         assert!(index.nearest_k(p, 1e9, 10, |_| true, |a, b| a.cmp(&b)).is_empty());
     }
+
+    proptest::proptest! {
+        /// Drivers split between two indexes are found as if they were in
+        /// one: the same drivers at the same distances, in the same order,
+        /// and a walk cut short is exact to the nearer of the two cuts.
+        #[test]
+        fn two_indexes_answer_as_one(
+            drivers in proptest::collection::vec((37.4f64..37.7, 126.8f64..127.2, proptest::bool::ANY), 0..300),
+            k in 1usize..20,
+            max_examined in 1usize..400,
+            odd_only in proptest::bool::ANY,
+        ) {
+            let (mut free, mut busy, mut all) = (DriverIndex::new(), DriverIndex::new(), DriverIndex::new());
+            for (n, (lat, lng, is_free)) in drivers.iter().enumerate() {
+                let at = LatLng::new(*lat, *lng).unwrap_or_else(|e| panic!("{e}"));
+                let key = DriverKey(n as u32);
+                if *is_free { free.locate_mut(key, at) } else { busy.locate_mut(key, at) }
+                all.locate_mut(key, at);
+            }
+            let at = LatLng::new(37.55, 127.0).unwrap_or_else(|e| panic!("{e}"));
+            let accept = |key: DriverKey| !odd_only || key.0 % 2 == 1;
+            let tie = |a: DriverKey, b: DriverKey| a.cmp(&b);
+            let both = nearest_k_bounded_in(&[&free, &busy], at, 30_000.0, k, usize::MAX, accept, tie);
+            let one = all.nearest_k_bounded(at, 30_000.0, k, usize::MAX, accept, tie);
+            proptest::prop_assert_eq!(&both, &one);
+            // Cut short: whatever is within the exact distance is the same.
+            let cut = nearest_k_bounded_in(&[&free, &busy], at, 30_000.0, k, max_examined, accept, tie);
+            let within: Vec<_> = one.neighbors.iter().filter(|n| n.distance_m <= cut.exact_within_m).collect();
+            proptest::prop_assert_eq!(cut.neighbors.iter().collect::<Vec<_>>(), within);
+        }
+    }
 }
