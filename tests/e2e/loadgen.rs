@@ -24,6 +24,11 @@ async fn the_smoke_scenario_runs_clean() {
     let stages: Vec<&str> = report.server_stages.iter().map(|s| s.stage.as_str()).collect();
     assert_eq!(stages, ["queue", "engine", "commit_wait", "commit", "deliver", "log_commit"], "{report:#?}");
     assert!(report.server_stages.iter().all(|s| s.count >= report.assigned && s.p99_us >= s.p50_us), "{report:#?}");
+    // How late a sleeping thread woke is measured throughout the run (a
+    // 1 ms nap after another for 5 s), over it and per window.
+    let wake = &report.wake_late_us;
+    assert!(wake.count >= 500 && wake.p50 <= wake.p99 && wake.p99 <= wake.max, "{report:#?}");
+    assert!(report.windows.iter().all(|w| w.wake_late_us.count > 0), "{report:#?}");
     let stats = server.stats().await;
     assert!(stats.trips_completed > 0 && stats.offers_accepted >= report.assigned, "{stats:?}");
 }

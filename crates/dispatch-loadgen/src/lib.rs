@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod report;
 pub mod riders;
 pub mod sim;
+mod wake;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,6 +158,7 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
         targets: targets.clone(),
     });
     let config = &run.config;
+    let probe = wake::spawn(run.clone());
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
     let cars: Vec<Car> =
@@ -218,6 +220,10 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
     let after = stats(&admin, run.config.credentials.as_ref()).await?;
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    if let Some(probe) = probe {
+        // It stops at the deadline, a nap after at most.
+        let _ = tokio::task::spawn_blocking(move || probe.join()).await;
     }
     windows.push(report::Window::new(elapsed, run.metrics.take_window(), &window_stats, &after));
     let mut report = Report::new(&run, elapsed, &before, &after, fleet_cars.len(), solo_cars.len());

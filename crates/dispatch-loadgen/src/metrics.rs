@@ -40,6 +40,10 @@ pub struct Metrics {
     /// The same since the last [`Metrics::take_window`].
     window_to_assigned: Mutex<Histogram<u64>>,
     pickup_distance: Mutex<Histogram<u64>>,
+    /// How much longer than asked a sleeping thread slept (see `wake`),
+    /// over the run and since the last [`Metrics::take_window`].
+    wake_late: Mutex<Histogram<u64>>,
+    window_wake_late: Mutex<Histogram<u64>>,
     /// For request-to-offer: the rider learns the trip id and the driver
     /// gets the offer in either order; whoever comes second records.
     pending: DashMap<String, Instant>,
@@ -79,6 +83,8 @@ impl Default for Metrics {
             request_to_assigned: histogram(),
             window_to_assigned: histogram(),
             pickup_distance: histogram(),
+            wake_late: histogram(),
+            window_wake_late: histogram(),
             pending: DashMap::new(),
         }
     }
@@ -164,11 +170,27 @@ impl Metrics {
         record(&self.pickup_distance, distance_m.max(0.0).round() as u64);
     }
 
-    /// Request-to-assigned (µs) since the last call, and starts over.
-    pub fn take_window(&self) -> Percentiles {
-        let window = percentiles(&self.window_to_assigned);
-        self.window_to_assigned.lock().unwrap_or_else(|p| p.into_inner()).reset();
-        window
+    /// A thread that asked to sleep woke `late` after the time it asked
+    /// for.
+    pub fn woke_late(&self, late: Duration) {
+        record(&self.wake_late, micros(late));
+        record(&self.window_wake_late, micros(late));
+    }
+
+    /// Request-to-assigned and wake-up lateness (µs) since the last call,
+    /// and starts over.
+    pub fn take_window(&self) -> (Percentiles, Percentiles) {
+        let take = |h: &Mutex<Histogram<u64>>| {
+            let window = percentiles(h);
+            h.lock().unwrap_or_else(|p| p.into_inner()).reset();
+            window
+        };
+        (take(&self.window_to_assigned), take(&self.window_wake_late))
+    }
+
+    /// Wake-up lateness over the run, µs.
+    pub fn wake_late(&self) -> Percentiles {
+        percentiles(&self.wake_late)
     }
 
     /// Request-to-offer (µs), request-to-assigned (µs), pickup distance (m).

@@ -58,6 +58,10 @@ pub struct Report {
     pub updates_shed: u64,
     /// Driver to pickup at assignment, metres.
     pub pickup_distance_m: Percentiles,
+    /// How much longer than 1 ms a thread of the harness that asked for
+    /// 1 ms of sleep slept, µs: how long a waking thread waited for a core
+    /// on this machine during the run (a noisy hour shows here).
+    pub wake_late_us: Percentiles,
     /// Failed calls, broken streams and rejections, by gRPC code.
     pub errors: BTreeMap<String, u64>,
     /// Calls and streams that failed when they should not have.
@@ -87,13 +91,21 @@ pub struct Window {
     pub updates_applied: u64,
     /// Location updates the server shed in this window.
     pub updates_shed: u64,
+    /// Wake-up lateness in this window, µs (see [`Report::wake_late_us`]).
+    pub wake_late_us: Percentiles,
 }
 
 impl Window {
     /// A window ending `at` into the run; `start` is the server's stats
     /// when it began, `end` at its end.
-    pub fn new(at: Duration, request_to_assigned_us: Percentiles, start: &pb::Stats, end: &pb::Stats) -> Self {
+    pub fn new(
+        at: Duration,
+        (request_to_assigned_us, wake_late_us): (Percentiles, Percentiles),
+        start: &pb::Stats,
+        end: &pb::Stats,
+    ) -> Self {
         Self {
+            wake_late_us,
             end_s: at.as_secs(),
             request_to_assigned_us,
             trips_open: end.trips_searching + end.trips_active,
@@ -175,6 +187,7 @@ impl Report {
                 .collect(),
             updates_shed: after.location_updates_shed.saturating_sub(before.location_updates_shed),
             pickup_distance_m,
+            wake_late_us: m.wake_late(),
             errors: m.errors(),
             protocol_errors: run.protocol_errors(),
             reconnects: Metrics::get(&m.reconnects),
@@ -219,6 +232,7 @@ impl Report {
         }
         rows.extend([
             ("pickup distance", p(&self.pickup_distance_m, "m")),
+            ("wake-up late (this machine)", p(&self.wake_late_us, "µs")),
             ("errors", if self.errors.is_empty() { "none".into() } else { format!("{:?}", self.errors) }),
             ("protocol errors", self.protocol_errors.to_string()),
             ("reconnects", self.reconnects.to_string()),
@@ -239,7 +253,7 @@ impl Report {
             writeln!(
                 out,
                 "{:<32} assigned p50 {} p99 {} max {} µs (n={}); {} trips open; server p99 so far {} µs; \
-                 updates applied {}, shed {}",
+                 updates applied {}, shed {}; wake-up late p99 {} max {} µs",
                 format!("  {start:>4}-{:<4} s", w.end_s),
                 a.p50,
                 a.p99,
@@ -248,7 +262,9 @@ impl Report {
                 w.trips_open,
                 w.server_match_p99_us,
                 w.updates_applied,
-                w.updates_shed
+                w.updates_shed,
+                w.wake_late_us.p99,
+                w.wake_late_us.max
             )?;
             start = w.end_s;
         }
