@@ -238,6 +238,22 @@ fn slices(pid: u32) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// [`slices`] once every thread in `names` is there: a new thread takes
+/// its name when it first runs, and on a busy machine that can be a while
+/// after the server says it is listening (until then it shows its
+/// creator's name).
+fn slices_once_named(pid: u32, names: &[&str]) -> Vec<(String, u64)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let threads = slices(pid);
+        let named = names.iter().all(|name| threads.iter().any(|(n, _)| n == name));
+        if named || std::time::Instant::now() > deadline {
+            return threads;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn slice_in(sched: &str) -> Option<u64> {
     let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
     line.split(':').nth(1)?.trim().parse().ok()
@@ -249,8 +265,9 @@ fn every_thread_of_the_server_runs_with_the_cpu_slice_it_asked_for() {
     let (child, _addr) = common::start_in(dir.path(), &[], &[]);
     let running = common::Running(Some(child));
     let pid = running.0.as_ref().map_or(0, Child::id);
-    let threads = slices(pid);
-    for name in ["dispatch-engine", "dispatch-commit", "dispatch-outbou", "tokio-rt-worker"] {
+    let names = ["dispatch-engine", "dispatch-commit", "dispatch-outbou", "tokio-rt-worker"];
+    let threads = slices_once_named(pid, &names);
+    for name in names {
         assert!(threads.iter().any(|(n, _)| n == name), "no thread {name} in {threads:?}");
     }
     assert!(threads.iter().all(|(_, slice)| *slice == 100_000), "{threads:?}");
@@ -260,7 +277,7 @@ fn every_thread_of_the_server_runs_with_the_cpu_slice_it_asked_for() {
     let own = slice_in(&std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default());
     let (child, _addr) = common::start_in(dir.path(), &["--sched-slice-us", "0"], &[]);
     let running = common::Running(Some(child));
-    let threads = slices(running.0.as_ref().map_or(0, Child::id));
+    let threads = slices_once_named(running.0.as_ref().map_or(0, Child::id), &["dispatch-engine"]);
     let engine = threads.iter().find(|(n, _)| n == "dispatch-engine").map(|(_, slice)| *slice);
     assert!(own.is_some_and(|own| own != 100_000), "the test runs with a slice of {own:?}");
     assert_eq!(engine, own, "{threads:?}");
