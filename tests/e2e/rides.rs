@@ -337,3 +337,44 @@ async fn an_ended_trip_is_read_whole_from_the_engine_and_its_request_id_still_fi
     again.expect_end().await;
     assert_eq!(server.stats().await.ride_requests, 1);
 }
+
+#[tokio::test]
+async fn the_rider_position_interval_sets_how_often_a_rider_sees_the_car_move() {
+    let same = |seen: Option<pb::LatLng>, at: &pb::LatLng| {
+        seen.is_some_and(|p| (p.lat - at.lat).abs() < 1e-9 && (p.lng - at.lng).abs() < 1e-9)
+    };
+    // 0: every ping reaches the rider, however close together.
+    let mut config = dispatch_server::ServerConfig::default();
+    config.engine.rider_position_interval_ms = 0;
+    let server = TestServer::with(config).await;
+    let mut d = server.driver(auto_hello("d1", 1_000.0)).await;
+    let mut rider = server.request("r1", "q1").await;
+    d.expect_trip(pb::TripStatus::DriverAssigned).await;
+    rider.until(pb::TripStatus::DriverAssigned).await;
+    for i in 1..=3 {
+        let at = north(1_000.0 - f64::from(i) * 100.0);
+        d.ping(at).await;
+        let seen = rider.next().await;
+        assert_eq!(seen.status(), pb::TripStatus::DriverAssigned);
+        assert!(same(seen.driver_position, &at), "ping {i}: {:?}", seen.driver_position);
+    }
+    server.shutdown().await;
+
+    // An hour: no ping reaches the rider by itself; the next change (the
+    // car arriving) shows where the car is.
+    let mut config = dispatch_server::ServerConfig::default();
+    config.engine.rider_position_interval_ms = 3_600_000;
+    let server = TestServer::with(config).await;
+    let mut d = server.driver(auto_hello("d1", 1_000.0)).await;
+    let mut rider = server.request("r1", "q1").await;
+    d.expect_trip(pb::TripStatus::DriverAssigned).await;
+    rider.until(pb::TripStatus::DriverAssigned).await;
+    let before = server.stats().await.location_updates;
+    let at = north(100.0);
+    d.ping(at).await;
+    server.stats_until("the ping to be applied", |s| s.location_updates > before).await;
+    d.progress(&rider.trip_id, pb::TripStatus::DriverArrived).await;
+    let seen = rider.next().await;
+    assert_eq!(seen.status(), pb::TripStatus::DriverArrived, "a position update came first: {seen:?}");
+    assert!(same(seen.driver_position, &at), "{:?}", seen.driver_position);
+}

@@ -110,6 +110,12 @@ struct Flags {
     /// in milliseconds, before it goes to another driver.
     #[arg(long, env = "DISPATCH_DRIVER_GRACE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(i64).range(0..))]
     driver_grace_ms: i64,
+    /// The least time between two updates of the car's position to a rider
+    /// following a trip, in milliseconds (0: every ping). Each is a message
+    /// on the rider's stream: longer means fewer on a loaded node.
+    #[arg(long, env = "DISPATCH_RIDER_POSITION_INTERVAL_MS", default_value_t = 1_000,
+        value_parser = clap::value_parser!(i64).range(0..=3_600_000))]
+    rider_position_interval_ms: i64,
     /// How many drivers a ride is offered to (declined, lapsed or given
     /// back) before it ends NO_DRIVER_FOUND; at most 5,000, so every trip
     /// record fits the trip log's frame limit.
@@ -345,6 +351,7 @@ impl Flags {
         config.engine.max_pickup_distance_m = self.max_pickup_distance_m;
         config.engine.trip_retention_ms = self.trip_retention;
         config.engine.driver_grace_ms = self.driver_grace_ms;
+        config.engine.rider_position_interval_ms = self.rider_position_interval_ms;
         // Fits: the parser caps it at MAX_OFFERS_PER_TRIP.
         config.engine.max_offers_per_trip = self.max_offers_per_trip as usize;
         config.engine.max_drivers = self.max_drivers;

@@ -129,7 +129,8 @@ fn a_config_file_sits_under_the_environment_and_the_flags() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let file = dir.path().join("dispatch.toml");
     let settings = "offer-timeout-ms = 7000\nsearch_timeout_ms = 30000\nlisten = \"127.0.0.1:1\"\n\
-                    offer-hides-dropoff = [\"premium\", \"van\"]\ndrivers-see-rider-id = true\nhttp-listen = \"off\"\n";
+                    offer-hides-dropoff = [\"premium\", \"van\"]\ndrivers-see-rider-id = true\nhttp-listen = \"off\"\n\
+                    rider-position-interval-ms = 3000\n";
     std::fs::write(&file, settings).unwrap_or_else(|e| panic!("{e}"));
     let output = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
         .arg("--config")
@@ -150,6 +151,7 @@ fn a_config_file_sits_under_the_environment_and_the_flags() {
         ("offer-hides-dropoff", "\"premium,van\"", "config file"),
         ("drivers-see-rider-id", "true", "config file"),
         ("max-drivers", "\"2000000\"", "default"),
+        ("rider-position-interval-ms", "\"3000\"", "config file"),
     ] {
         let l = line(key);
         assert!(l.contains(&format!("= {value} ")) && l.trim_end().ends_with(&format!("# {source}")), "{l}");
