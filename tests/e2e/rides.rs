@@ -338,19 +338,26 @@ async fn an_ended_trip_is_read_whole_from_the_engine_and_its_request_id_still_fi
     assert_eq!(server.stats().await.ride_requests, 1);
 }
 
+/// A server whose riders hear of the car moving at most every
+/// `interval_ms`, with a trip assigned to a driver 1 km away.
+async fn assigned_with_position_interval(interval_ms: i64) -> (TestServer, DriverConn, RiderConn) {
+    let mut config = dispatch_server::ServerConfig::default();
+    config.engine.rider_position_interval_ms = interval_ms;
+    let server = TestServer::with(config).await;
+    let mut d = server.driver(auto_hello("d1", 1_000.0)).await;
+    let mut rider = server.request("r1", "q1").await;
+    d.expect_trip(pb::TripStatus::DriverAssigned).await;
+    rider.until(pb::TripStatus::DriverAssigned).await;
+    (server, d, rider)
+}
+
 #[tokio::test]
 async fn the_rider_position_interval_sets_how_often_a_rider_sees_the_car_move() {
     let same = |seen: Option<pb::LatLng>, at: &pb::LatLng| {
         seen.is_some_and(|p| (p.lat - at.lat).abs() < 1e-9 && (p.lng - at.lng).abs() < 1e-9)
     };
     // 0: every ping reaches the rider, however close together.
-    let mut config = dispatch_server::ServerConfig::default();
-    config.engine.rider_position_interval_ms = 0;
-    let server = TestServer::with(config).await;
-    let mut d = server.driver(auto_hello("d1", 1_000.0)).await;
-    let mut rider = server.request("r1", "q1").await;
-    d.expect_trip(pb::TripStatus::DriverAssigned).await;
-    rider.until(pb::TripStatus::DriverAssigned).await;
+    let (server, d, mut rider) = assigned_with_position_interval(0).await;
     for i in 1..=3 {
         let at = north(1_000.0 - f64::from(i) * 100.0);
         d.ping(at).await;
@@ -362,13 +369,7 @@ async fn the_rider_position_interval_sets_how_often_a_rider_sees_the_car_move() 
 
     // An hour: no ping reaches the rider by itself; the next change (the
     // car arriving) shows where the car is.
-    let mut config = dispatch_server::ServerConfig::default();
-    config.engine.rider_position_interval_ms = 3_600_000;
-    let server = TestServer::with(config).await;
-    let mut d = server.driver(auto_hello("d1", 1_000.0)).await;
-    let mut rider = server.request("r1", "q1").await;
-    d.expect_trip(pb::TripStatus::DriverAssigned).await;
-    rider.until(pb::TripStatus::DriverAssigned).await;
+    let (server, d, mut rider) = assigned_with_position_interval(3_600_000).await;
     let before = server.stats().await.location_updates;
     let at = north(100.0);
     d.ping(at).await;
