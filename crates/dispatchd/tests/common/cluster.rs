@@ -59,40 +59,82 @@ pub struct Nats {
     pub servers: Vec<Option<Child>>,
     ports: Vec<u16>,
     cluster_ports: Vec<u16>,
-    pub dir: tempfile::TempDir,
+    /// The servers' JetStream storage and logs.
+    dir: tempfile::TempDir,
 }
 
 impl Nats {
+    /// Starts three servers on fresh ports. A server that exits or does not
+    /// listen (say a port taken between choosing it and binding it) sets the
+    /// whole attempt aside: all three start again on new ports, up to three
+    /// times, and the last failure's log is in the panic.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let ports = (0..3).map(|_| free_port()).collect();
-        let cluster_ports = (0..3).map(|_| free_port()).collect();
-        let mut nats = Self { servers: (0..3).map(|_| None).collect(), ports, cluster_ports, dir };
-        for i in 0..3 {
-            nats.start_server(i);
+        let mut failures = Vec::new();
+        for attempt in 0..3 {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+            let ports = (0..3).map(|_| free_port()).collect();
+            let cluster_ports = (0..3).map(|_| free_port()).collect();
+            let mut nats = Self { servers: (0..3).map(|_| None).collect(), ports, cluster_ports, dir };
+            match (0..3).try_for_each(|i| nats.try_start_server(i)) {
+                Ok(()) => return nats,
+                // Dropping `nats` kills the servers that did start.
+                Err(why) => {
+                    eprintln!("nats cluster attempt {attempt} failed, trying new ports: {why}");
+                    failures.push(why);
+                }
+            }
         }
-        nats
+        panic!("no nats cluster in three attempts:\n{}", failures.join("\n"));
     }
 
-    /// Starts server `i` (again, after a kill: same ports, same storage).
+    /// Starts server `i` again after a kill: same ports, same storage.
     pub fn start_server(&mut self, i: usize) {
+        if let Err(why) = self.try_start_server(i) {
+            panic!("{why}");
+        }
+    }
+
+    fn try_start_server(&mut self, i: usize) -> Result<(), String> {
         let routes: Vec<String> =
             (0..3).filter(|j| *j != i).map(|j| format!("nats://127.0.0.1:{}", self.cluster_ports[j])).collect();
-        let child = Command::new(nats_binary())
+        // The log is appended to across restarts: read only this start's part.
+        let log = self.dir.path().join(format!("nats{i}.log"));
+        let before = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+        let this_start = || std::fs::read(&log).map(|all| String::from_utf8_lossy(&all[before..]).into_owned());
+        let mut child = Command::new(nats_binary())
             .args(["-a", "127.0.0.1", "-p", &self.ports[i].to_string(), "-n", &format!("nats{i}"), "-js", "-sd"])
             .arg(self.dir.path().join(format!("nats{i}")))
             .args(["--cluster_name", "dispatch", "--cluster", &format!("nats://127.0.0.1:{}", self.cluster_ports[i])])
             .args(["--routes", &routes.join(",")])
+            .arg("-l")
+            .arg(&log)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn nats-server: {e}"));
-        self.servers[i] = Some(child);
+        // Ready once it says it listens for routes (it opens that port after
+        // the client port) and is still running.
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "nats-server {i} did not listen");
+        let failed = loop {
+            let listening = this_start().is_ok_and(|text| text.contains("Listening for route connections"));
+            match child.try_wait() {
+                Ok(Some(status)) => break format!("exited ({status})"),
+                Ok(None) if listening => {
+                    self.servers[i] = Some(child);
+                    return Ok(());
+                }
+                _ => {}
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                kill(&mut child);
+                break "did not listen within 30 s".to_owned();
+            }
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        let text = this_start().unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        Err(format!("nats-server {i} (client port {}) {failed}; its log ends:\n{tail}", self.ports[i]))
     }
 
     pub fn kill_server(&mut self, i: usize) {
