@@ -2,9 +2,11 @@
 //! before anyone is told of it, so a crash never loses a trip a rider or a
 //! driver saw.
 //!
-//! Two files live in the data directory:
+//! The files in the data directory:
 //!
-//! - `trips.log`: the magic `DSPTLOG1`, then frames, each one record.
+//! - `trips.log`: the magic `DSPTLOG1`, then frames, each one record; in a
+//!   pre-zeroed log (`trips.log.next`, written ahead and taken at a
+//!   compaction), zeros after them to the end of the file.
 //! - `trips.snapshot`: the magic `DSPSNAP1`, a frame holding the header
 //!   (the last log sequence number it covers, the next trip id, the boot
 //!   count), then one frame per retained trip. Written whole to a temporary
@@ -14,9 +16,10 @@
 //!
 //! A frame is `u32` little-endian payload length, `u32` little-endian
 //! CRC-32 (IEEE) of the payload, then the payload: a protobuf message (see
-//! [`format`](mod@format)). The reader stops at the first frame that is short or fails
-//! its checksum, cuts the log there and says so in the log; it never refuses
-//! to start.
+//! [`format`](mod@format)). A log never holds an empty frame (whose header
+//! is all zeros): reading a log, one is where its zeros begin. Only a torn
+//! tail is cut; other damage is set aside whole and read past (see
+//! [`TripLog::open`]); it never refuses to start.
 //!
 //! # Layout
 //!

@@ -47,8 +47,9 @@ impl TripStore for crate::TripLog {
     }
 
     fn maintain(&mut self) -> Result<(), StoreError> {
-        // Snapshots are written on a thread of their own: appends and
-        // deliveries go on meanwhile.
+        // Snapshots and spare log files are written on threads of their
+        // own: appends and deliveries go on meanwhile.
+        self.maintain_spare()?;
         match self.poll_compaction()? {
             false if self.compaction_due() => self.start_compaction(),
             _ => Ok(()),

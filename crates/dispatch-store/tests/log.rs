@@ -121,6 +121,38 @@ fn a_torn_tail_is_cut_at_the_last_whole_record_at_every_byte() {
     assert_eq!(unreported, 1, "only the one clean boundary goes unreported");
 }
 
+#[test]
+fn a_write_torn_into_a_pre_zeroed_log_is_cut_at_the_last_whole_record_at_every_byte() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let records: Vec<TripRecord> = (1..=4).map(|id| record(id, TripStatus::DriverAssigned)).collect();
+    write(dir.path(), &records[..3]);
+    let path = dir.path().join("trips.log");
+    let before_last = fs::metadata(&path).map(|m| m.len()).unwrap_or_else(|e| panic!("{e}"));
+    write(dir.path(), &records[3..]);
+    let full = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+    // The same writes into a pre-zeroed file: a crash leaves the first
+    // `len` bytes of them, then the zeros that were there.
+    let mut unreported = 0;
+    for len in before_last as usize + 1..full.len() {
+        let torn = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = full[..len].to_vec();
+        bytes.resize(full.len() + 64 * 1024, 0);
+        fs::write(torn.path().join("trips.log"), &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let (mut log, back) = open(torn.path());
+        let ids: Vec<u64> = back.records.iter().map(|r| r.trip.id.0).collect();
+        assert_eq!(ids, [1, 2, 3], "len {len}");
+        assert!(back.set_aside.is_empty(), "len {len}: a torn write set the log aside");
+        unreported += usize::from(back.cut.is_none());
+        append(&mut log, &record(9, TripStatus::Completed));
+        log.commit().unwrap_or_else(|e| panic!("{e}"));
+        drop(log);
+        let (_, after) = open(torn.path());
+        assert_eq!(after.cut, None);
+        assert_eq!(after.records.last().map(|r| r.trip.id.0), Some(9));
+    }
+    assert_eq!(unreported, 1, "only the one clean boundary goes unreported");
+}
+
 /// Writes trips 1 to 5 (searching), damages the log with `damage` (given
 /// the bytes and the offsets of its frames: boot, then the five trips),
 /// reopens it; returns the damaged bytes and what came back.
@@ -492,5 +524,117 @@ proptest! {
         drop(log);
         let (_, back) = open(dir.path());
         check(&back, &kept, &ghosts)?;
+    }
+}
+
+/// A log with `Fsync::Always` that has moved into a pre-zeroed file
+/// (`trips.log.next` taken as `trips.log`), holding trips 1 to N (N over 7,000); the
+/// records written, latest per trip.
+fn pre_zeroed_log(dir: &Path) -> (TripLog, Vec<TripRecord>) {
+    use dispatch_store::TripStore;
+    let (mut log, _) = TripLog::open(dir, Fsync::Always, 2 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let mut all = Vec::new();
+    // Appends and housekeeping, as the server does them, until the log has
+    // passed a MiB (the size at which a spare is made), the spare is
+    // written on its thread, and the log has moved into it.
+    let start = std::time::Instant::now();
+    let mut id = 0;
+    while !log.preallocated() {
+        for _ in 0..100 {
+            id += 1;
+            all.push(record(id, TripStatus::DriverAssigned));
+            append(&mut log, all.last().unwrap_or_else(|| panic!("empty")));
+        }
+        log.commit().unwrap_or_else(|e| panic!("{e}"));
+        log.maintain().unwrap_or_else(|e| panic!("{e}"));
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "the log never moved into a spare");
+    }
+    assert!(id > 7_000, "moved into a spare after {id} records, before the log passed a MiB");
+    log.finish_compaction().unwrap_or_else(|e| panic!("{e}"));
+    for id in id - 10..=id + 10 {
+        all.push(record(id, TripStatus::InProgress));
+        append(&mut log, all.last().unwrap_or_else(|| panic!("empty")));
+    }
+    log.commit().unwrap_or_else(|e| panic!("{e}"));
+    (log, latest(&all))
+}
+
+fn open_synced(dir: &Path) -> (TripLog, Recovered) {
+    TripLog::open(dir, Fsync::Always, 2 << 20).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_busy_log_moves_into_a_pre_zeroed_file_and_a_restart_keeps_it_so() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (log, all) = pre_zeroed_log(dir.path());
+    let path = dir.path().join("trips.log");
+    let size = fs::metadata(&path).unwrap_or_else(|e| panic!("{e}")).len();
+    // Compaction at 2 MiB: a spare of 2.5 MiB.
+    assert_eq!(size, 5 << 19, "the log is the spare's size (the records end well before)");
+    assert!(log.log_bytes() < size);
+    drop(log);
+    let (mut log, back) = open_synced(dir.path());
+    assert_eq!(latest(&back.records), all);
+    assert_eq!(back.cut, None);
+    assert!(back.set_aside.is_empty());
+    assert!(log.preallocated(), "a restart cut the zeros off");
+    assert_eq!(fs::metadata(&path).unwrap_or_else(|e| panic!("{e}")).len(), size);
+    // Appends go on where the records end, not at the file's end.
+    let more = record(1_000_000, TripStatus::Completed);
+    append(&mut log, &more);
+    log.commit().unwrap_or_else(|e| panic!("{e}"));
+    drop(log);
+    let (_, again) = open_synced(dir.path());
+    let mut expected = all;
+    expected.push(more);
+    assert_eq!(latest(&again.records), latest(&expected));
+    assert_eq!(fs::metadata(&path).unwrap_or_else(|e| panic!("{e}")).len(), size);
+}
+
+#[test]
+fn a_write_torn_into_the_zeros_of_a_pre_zeroed_log_is_cut_not_set_aside() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (log, all) = pre_zeroed_log(dir.path());
+    let end = log.log_bytes();
+    drop(log);
+    // What a crash mid-write leaves in a pre-zeroed file: a frame header
+    // and the first part of its payload, then the zeros that were there.
+    let path = dir.path().join("trips.log");
+    let mut bytes = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+    let at = usize::try_from(end).unwrap_or_else(|e| panic!("{e}"));
+    bytes[at..at + 4].copy_from_slice(&300u32.to_le_bytes());
+    bytes[at + 4..at + 8].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+    bytes[at + 8..at + 120].fill(0xab);
+    fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    let (_, back) = open_synced(dir.path());
+    assert_eq!(latest(&back.records), all, "a committed record was lost");
+    assert!(back.cut.is_some(), "the torn write was not cut");
+    assert!(back.set_aside.is_empty(), "a torn write is not damage: {:?}", back.set_aside);
+}
+
+#[test]
+fn damage_inside_a_pre_zeroed_log_is_set_aside_and_the_records_after_it_come_back() {
+    for zero_header in [false, true] {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (log, all) = pre_zeroed_log(dir.path());
+        drop(log);
+        let path = dir.path().join("trips.log");
+        let mut bytes = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        // The second frame after the magic (the first is the boot entry).
+        let first_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+        let second = 8 + 8 + first_len;
+        if zero_header {
+            // A zero header with records after it is not where the zeros begin.
+            bytes[second..second + 8].fill(0);
+        } else {
+            bytes[second + 12] ^= 0x40;
+        }
+        fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let (_, back) = open_synced(dir.path());
+        assert_eq!(back.cut, None, "damage before the end is not a torn tail");
+        assert_eq!(back.set_aside, [dir.path().join("trips.log.corrupt.1")]);
+        // Only the damaged frame's record is missing.
+        let lost: Vec<_> = all.iter().filter(|r| !back.records.contains(r)).collect();
+        assert_eq!(lost.len(), 1, "zero header {zero_header}: lost {lost:?}");
     }
 }
