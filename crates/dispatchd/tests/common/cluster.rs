@@ -100,7 +100,8 @@ impl Nats {
         // The log is appended to across restarts: read only this start's part.
         let log = self.dir.path().join(format!("nats{i}.log"));
         let before = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
-        let this_start = || std::fs::read(&log).map(|all| String::from_utf8_lossy(&all[before..]).into_owned());
+        let this_start =
+            || std::fs::read(&log).map(|all| String::from_utf8_lossy(all.get(before..).unwrap_or(&all)).into_owned());
         let mut child = Command::new(nats_binary())
             .args(["-a", "127.0.0.1", "-p", &self.ports[i].to_string(), "-n", &format!("nats{i}"), "-js", "-sd"])
             .arg(self.dir.path().join(format!("nats{i}")))
