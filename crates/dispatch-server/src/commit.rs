@@ -201,6 +201,7 @@ mod tests {
             outs: vec![Out::Reply(Box::new(move || {
                 let _ = told.send((n, durable.lock().map_or(0, |d| *d)));
             }))],
+            moves: Vec::new(),
             flushed: Some(Instant::now()),
         }
     }

@@ -11,8 +11,15 @@
 //!
 //! It owns the open sessions' outboxes and the riders' streams, since it is
 //! the only one that sends to them.
+//!
+//! Drivers' positions on trips (about one refresh per trip under way every
+//! second, soft state) wait in [`Moves`], one per trip: delivered after
+//! the rest of their group, and only while no newer group waits, so offers
+//! and replies never queue behind them; a stage behind sends each trip's
+//! newest position once instead of every one it missed.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
@@ -59,8 +66,6 @@ pub enum Out {
     Closed(SessionId),
     /// A trip changed: update `GetTrip`, tell riders.
     Rider(Trip),
-    /// A trip's driver moved: update `GetTrip`, tell riders.
-    Moved { trip: TripId, position: LatLng, at: Timestamp },
     /// A rider follows a trip. `resume` is the trip as it is, for a rider
     /// re-attaching; `marks` are when a new request arrived and was taken,
     /// to measure the time to its first offer.
@@ -91,6 +96,10 @@ pub struct Batch {
     pub records: Vec<LogRecord>,
     /// Then these, in order.
     pub outs: Vec<Out>,
+    /// Drivers' new positions on trips (see [`Moves`]), in order, kept
+    /// apart from `outs` since they are most of what a round sends and
+    /// small.
+    pub moves: Vec<Move>,
     /// When the engine task handed it over.
     pub flushed: Option<Instant>,
 }
@@ -98,9 +107,86 @@ pub struct Batch {
 impl Batch {
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.outs.is_empty()
+        self.records.is_empty() && self.outs.is_empty() && self.moves.is_empty()
+    }
+
+    /// Notes that a trip's driver moved, after the outs so far.
+    pub fn moved(&mut self, trip: TripId, position: LatLng, at: Timestamp) {
+        let after = u32::try_from(self.outs.len()).unwrap_or(u32::MAX);
+        self.moves.push(Move { trip, position, at, after });
     }
 }
+
+/// A trip's driver moved: update `GetTrip`, tell riders.
+#[derive(Debug, Clone, Copy)]
+pub struct Move {
+    pub trip: TripId,
+    pub position: LatLng,
+    /// When (the trip's `updated_at` from now on).
+    pub at: Timestamp,
+    /// How many of its batch's outs came before it.
+    pub after: u32,
+}
+
+/// Drivers' positions waiting to be delivered: the newest per trip, in the
+/// order trips first had one waiting. A snapshot of the trip delivered
+/// after a position supersedes it (it shows a position at least as new),
+/// so a trip's riders never see its driver go back.
+#[derive(Default)]
+struct Moves {
+    newest: HashMap<TripId, (LatLng, Timestamp, u64)>,
+    /// Trips in the order their positions came, each with the number its
+    /// position was given; an entry whose number is not the trip's in
+    /// `newest` is stale (superseded, or come again since).
+    order: VecDeque<(TripId, u64)>,
+    next: u64,
+}
+
+impl Moves {
+    fn note(&mut self, trip: TripId, position: LatLng, at: Timestamp) {
+        match self.newest.entry(trip) {
+            Entry::Occupied(mut waiting) => {
+                let number = waiting.get().2;
+                waiting.insert((position, at, number));
+            }
+            Entry::Vacant(slot) => {
+                self.next += 1;
+                slot.insert((position, at, self.next));
+                self.order.push_back((trip, self.next));
+                // Stale entries are dropped before they outnumber the live
+                // ones, so the queue stays as small as the open trips.
+                if self.order.len() > 2 * self.newest.len() + 1024 {
+                    let newest = &self.newest;
+                    self.order.retain(|(trip, number)| newest.get(trip).is_some_and(|waiting| waiting.2 == *number));
+                }
+            }
+        }
+    }
+
+    fn supersede(&mut self, trip: TripId) {
+        self.newest.remove(&trip);
+    }
+
+    /// The next waiting position, oldest first.
+    fn pop(&mut self) -> Option<(TripId, LatLng, Timestamp)> {
+        while let Some((trip, number)) = self.order.pop_front() {
+            if let Entry::Occupied(waiting) = self.newest.entry(trip)
+                && waiting.get().2 == number
+            {
+                let (position, at, _) = waiting.remove();
+                return Some((trip, position, at));
+            }
+        }
+        None
+    }
+
+    fn is_empty(&self) -> bool {
+        self.newest.is_empty()
+    }
+}
+
+/// Positions delivered between two looks for a newer group.
+const MOVES_PER_LOOK: usize = 256;
 
 struct SessionEntry {
     outbox: Outbox,
@@ -124,20 +210,8 @@ pub struct Outbound {
     awaiting_first_offer: HashMap<TripId, Marks>,
     /// When the group being delivered was flushed and committed.
     group: Option<GroupMarks>,
-    /// The group's position refreshes, held back until the rest of it is
-    /// delivered: (its place in the group, the refresh).
-    refreshes: Vec<(usize, Refresh)>,
-    /// Trips the group carried a whole snapshot of (a change, a rider
-    /// attaching): the place of the last one, which supersedes any
-    /// refresh before it.
-    snapshots: HashMap<TripId, usize>,
-}
-
-/// A driver's new position on a trip.
-struct Refresh {
-    trip: TripId,
-    position: LatLng,
-    at: Timestamp,
+    /// Drivers' positions not delivered yet.
+    moves: Moves,
 }
 
 /// What drivers are not shown.
@@ -170,18 +244,33 @@ impl Outbound {
             watchers: HashMap::new(),
             awaiting_first_offer: HashMap::new(),
             group: None,
-            refreshes: Vec::new(),
-            snapshots: HashMap::new(),
+            moves: Moves::default(),
         }
     }
 
     /// Delivers each group the commit stage made durable, in order, until
-    /// that stage hangs up.
+    /// that stage hangs up; drivers' positions in between, at least
+    /// [`MOVES_PER_LOOK`] after each group (so they cannot pile up) and all
+    /// of them while no group waits.
     pub fn run(mut self, durable: std_mpsc::Receiver<Committed>) {
-        while let Ok(committed) = durable.recv() {
+        loop {
+            let committed = if self.moves.is_empty() {
+                durable.recv().ok()
+            } else {
+                match durable.try_recv() {
+                    Ok(committed) => Some(committed),
+                    Err(std_mpsc::TryRecvError::Empty) => {
+                        self.deliver_moves(MOVES_PER_LOOK);
+                        continue;
+                    }
+                    Err(std_mpsc::TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(committed) = committed else { break };
             match committed {
                 Committed::Group { batches, commit_start, commit_end } => {
                     self.deliver_group(batches, commit_start, commit_end);
+                    self.deliver_moves(MOVES_PER_LOOK);
                 }
                 Committed::LogFailed => {
                     self.end_everything(Status::unavailable("the server cannot write its trip log"))
@@ -191,37 +280,34 @@ impl Outbound {
         info!("outbound stage stopped");
     }
 
-    /// Delivers a durable group: everything in order, except that drivers'
-    /// position refreshes (about one per trip under way every second,
-    /// soft state) go after the rest, so offers, trip changes and replies
-    /// do not queue behind them. A refresh a later snapshot of the same
-    /// trip supersedes (it already shows a position at least as new) is
-    /// dropped, so a trip's riders never see its driver go back.
+    /// Delivers a durable group in order, except that drivers' positions
+    /// wait in [`Moves`]; a snapshot of a trip supersedes the positions
+    /// before it.
     fn deliver_group(&mut self, batches: Vec<Batch>, commit_start: Instant, commit_end: Instant) {
-        let mut place = 0;
         for batch in batches {
             self.group = batch.flushed.map(|flushed| GroupMarks { flushed, commit_start, commit_end });
-            for out in batch.outs {
-                place += 1;
-                match out {
-                    Out::Moved { trip, position, at } => self.refreshes.push((place, Refresh { trip, position, at })),
-                    out => {
-                        if let Out::Rider(Trip { id, .. }) | Out::Watch { trip: id, .. } = &out {
-                            self.snapshots.insert(*id, place);
-                        }
-                        self.deliver(out);
-                    }
+            let mut moves = batch.moves.into_iter().peekable();
+            for (place, out) in batch.outs.into_iter().enumerate() {
+                while let Some(Move { trip, position, at, .. }) = moves.next_if(|m| m.after as usize <= place) {
+                    self.moves.note(trip, position, at);
                 }
+                if let Out::Rider(Trip { id, .. }) | Out::Watch { trip: id, .. } | Out::Forget(id) = &out {
+                    self.moves.supersede(*id);
+                }
+                self.deliver(out);
+            }
+            for Move { trip, position, at, .. } in moves {
+                self.moves.note(trip, position, at);
             }
         }
-        let mut refreshes = std::mem::take(&mut self.refreshes);
-        for (place, Refresh { trip, position, at }) in refreshes.drain(..) {
-            if self.snapshots.get(&trip).is_none_or(|snapshot| *snapshot < place) {
-                self.moved(trip, position, at);
-            }
+    }
+
+    /// Delivers up to `most` waiting positions, oldest first.
+    fn deliver_moves(&mut self, most: usize) {
+        for _ in 0..most {
+            let Some((trip, position, at)) = self.moves.pop() else { return };
+            self.moved(trip, position, at);
         }
-        self.refreshes = refreshes;
-        self.snapshots.clear();
     }
 
     fn deliver(&mut self, out: Out) {
@@ -257,7 +343,6 @@ impl Outbound {
                 self.sessions.remove(&session);
             }
             Out::Rider(trip) => self.publish(&trip),
-            Out::Moved { trip, position, at } => self.moved(trip, position, at),
             Out::Watch { trip, watcher, resume, marks } => {
                 if let Some(marks) = marks {
                     self.awaiting_first_offer.insert(trip, marks);
@@ -339,7 +424,7 @@ impl Outbound {
         let Some(watchers) = self.watchers.get_mut(&trip.id) else { return };
         // A rider who stopped reading loses the stream (and may re-attach
         // with the same request id); the trip goes on.
-        watchers.retain(|w| w.try_send(Ok(Box::new(snapshot.clone()))).is_ok());
+        send_to_all(watchers, snapshot);
         if terminal || watchers.is_empty() {
             // Dropping the senders ends the streams after the last update.
             self.watchers.remove(&trip.id);
@@ -355,7 +440,7 @@ impl Outbound {
         let Some(watchers) = self.watchers.get_mut(&trip) else { return };
         let snapshot = entry.clone();
         drop(entry);
-        watchers.retain(|w| w.try_send(Ok(Box::new(snapshot.clone()))).is_ok());
+        send_to_all(watchers, snapshot);
         if watchers.is_empty() {
             self.watchers.remove(&trip);
         }
@@ -372,6 +457,20 @@ impl Outbound {
             }
         }
     }
+}
+
+/// Sends a trip to each of its riders' streams, dropping those whose
+/// readers stopped (a rider may re-attach with the same request id); the
+/// last gets the snapshot itself, not a copy.
+fn send_to_all(watchers: &mut Vec<Watcher>, snapshot: pb::Trip) {
+    let mut snapshot = Some(snapshot);
+    let last = watchers.len().saturating_sub(1);
+    let mut n = 0;
+    watchers.retain(|w| {
+        let copy = if n == last { snapshot.take() } else { snapshot.clone() };
+        n += 1;
+        copy.is_some_and(|copy| w.try_send(Ok(Box::new(copy))).is_ok())
+    });
 }
 
 /// Clears the rider's id from every trip in `event`.
@@ -436,7 +535,7 @@ mod tests {
     }
 
     #[test]
-    fn position_refreshes_go_after_the_rest_of_their_group_and_a_later_snapshot_supersedes_them() {
+    fn positions_go_after_the_rest_of_their_group_and_a_later_snapshot_supersedes_them() {
         let mut stage = stage();
         let mut trip = trip(7, TripStatus::DriverAssigned, Some(at(37.40)));
         let (watcher, mut updates) = mpsc::channel(16);
@@ -453,40 +552,87 @@ mod tests {
         };
         assert_eq!(seen(), [(pb::TripStatus::DriverAssigned, Some(37.40))]);
 
-        // A refresh, a reply, then the trip's next change (which shows a
-        // newer position): the reply goes before the refresh, and the
-        // refresh, older than the change, is dropped.
+        // A position, a reply, then the trip's next change (which shows a
+        // newer position): the reply goes before the position, and the
+        // position, older than the change, is dropped.
         let (told, heard) = std::sync::mpsc::channel();
         let trips = stage.trips.clone();
         trip.status = TripStatus::DriverArrived;
         trip.driver_position = Some(at(37.42));
-        let batch = Batch {
-            records: Vec::new(),
-            outs: vec![
-                Out::Moved { trip: trip.id, position: at(37.41), at: Timestamp(1) },
-                Out::Reply(Box::new(move || {
-                    let _ = told.send(trips.get(&TripId(7)).and_then(|t| lat_of(&t)));
-                })),
-                Out::Rider(trip.clone()),
-            ],
-            flushed: None,
-        };
+        let mut batch = Batch::default();
+        batch.moved(trip.id, at(37.41), Timestamp(1));
+        batch.outs.push(Out::Reply(Box::new(move || {
+            let _ = told.send(trips.get(&TripId(7)).and_then(|t| lat_of(&t)));
+        })));
+        batch.outs.push(Out::Rider(trip.clone()));
         let now = Instant::now();
         stage.deliver_group(vec![batch], now, now);
-        assert_eq!(heard.try_recv().ok(), Some(Some(37.40)), "the reply waited for a position refresh");
+        stage.deliver_moves(usize::MAX);
+        assert_eq!(heard.try_recv().ok(), Some(Some(37.40)), "the reply waited for a position");
         assert_eq!(seen(), [(pb::TripStatus::DriverArrived, Some(37.42))], "the rider saw the driver go back");
         assert_eq!(shown(&stage), Some(37.42));
 
-        // A refresh after the change is newer: it is applied and sent.
+        // A position after the change is newer: it is applied and sent,
+        // once the rest of the group is delivered.
         trip.status = TripStatus::InProgress;
-        let batch = Batch {
-            records: Vec::new(),
-            outs: vec![Out::Rider(trip.clone()), Out::Moved { trip: trip.id, position: at(37.43), at: Timestamp(2) }],
-            flushed: None,
-        };
+        let mut batch = Batch::default();
+        batch.outs.push(Out::Rider(trip.clone()));
+        batch.moved(trip.id, at(37.43), Timestamp(2));
         stage.deliver_group(vec![batch], now, now);
-        assert_eq!(seen(), [(pb::TripStatus::InProgress, Some(37.42)), (pb::TripStatus::InProgress, Some(37.43))]);
+        assert_eq!(seen(), [(pb::TripStatus::InProgress, Some(37.42))], "a position went before the next group");
+        stage.deliver_moves(usize::MAX);
+        assert_eq!(seen(), [(pb::TripStatus::InProgress, Some(37.43))]);
         assert_eq!(shown(&stage), Some(37.43));
+    }
+
+    #[test]
+    fn positions_waiting_behind_newer_groups_collapse_into_each_trips_newest_in_order() {
+        let mut stage = stage();
+        let mut riders = Vec::new();
+        for id in [1, 2] {
+            let trip = trip(id, TripStatus::InProgress, Some(at(37.0)));
+            let (watcher, updates) = mpsc::channel(16);
+            stage.deliver(Out::Watch { trip: trip.id, watcher, resume: None, marks: None });
+            stage.deliver(Out::Rider(trip));
+            riders.push(updates);
+        }
+        let now = Instant::now();
+        // Three groups arrive before any position is delivered: trip 1
+        // moves in each, trip 2 in the second only.
+        for (n, lat) in [37.1, 37.2, 37.3].into_iter().enumerate() {
+            let mut batch = Batch::default();
+            batch.moved(TripId(1), at(lat), Timestamp(n as i64));
+            if n == 1 {
+                batch.moved(TripId(2), at(lat), Timestamp(n as i64));
+            }
+            stage.deliver_group(vec![batch], now, now);
+        }
+        // The first waiting trip goes first, showing its newest position.
+        stage.deliver_moves(1);
+        let lats = |updates: &mut mpsc::Receiver<RiderUpdate>| {
+            let mut lats = Vec::new();
+            while let Ok(Ok(t)) = updates.try_recv() {
+                lats.push(t.driver_position.map(|p| p.lat));
+            }
+            lats
+        };
+        assert_eq!(lats(&mut riders[0]), [Some(37.0), Some(37.3)]);
+        assert_eq!(lats(&mut riders[1]), [Some(37.0)]);
+        stage.deliver_moves(usize::MAX);
+        assert_eq!(lats(&mut riders[0]), [], "a trip's position was sent twice");
+        assert_eq!(lats(&mut riders[1]), [Some(37.2)]);
+        assert!(stage.moves.is_empty());
+    }
+
+    #[test]
+    fn superseded_positions_do_not_pile_up_in_the_queue() {
+        let mut moves = Moves::default();
+        for n in 0..100_000 {
+            moves.note(TripId(n % 10), at(37.0), Timestamp(n as i64));
+            moves.supersede(TripId(n % 10));
+        }
+        assert!(moves.order.len() <= 1024 + 20, "{} queue entries for no position waiting", moves.order.len());
+        assert_eq!(moves.pop(), None);
     }
 
     #[test]

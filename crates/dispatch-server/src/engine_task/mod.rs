@@ -310,7 +310,10 @@ impl EngineTask {
                 }
                 Effect::Driver { session, event } => Out::Driver { session, event },
                 Effect::Rider(trip) => Out::Rider(trip),
-                Effect::DriverMoved { trip, position, at } => Out::Moved { trip, position, at },
+                Effect::DriverMoved { trip, position, at } => {
+                    self.batch.moved(trip, position, at);
+                    continue;
+                }
                 Effect::FirstOffer(trip) => Out::FirstOffer(trip),
                 Effect::TripForgotten(trip) => Out::Forget(trip),
                 Effect::EndSession { session, reason: SessionEnd::Replaced } => {
@@ -325,7 +328,8 @@ impl EngineTask {
     /// position refresh or a rejection of a location update, or the last
     /// hand-over was `SOFT_FLUSH_EVERY` ago; else it goes with the next.
     fn flush_soon(&mut self) {
-        let soft = |out: &Out| matches!(out, Out::Moved { .. } | Out::Rejected { .. });
+        let soft = |out: &Out| matches!(out, Out::Rejected { .. });
+        // Positions (`batch.moves`) are soft too.
         let urgent = !self.batch.records.is_empty() || !self.batch.outs.iter().all(soft);
         if urgent || self.last_flush.elapsed() >= SOFT_FLUSH_EVERY {
             self.flush();
