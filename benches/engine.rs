@@ -168,6 +168,60 @@ fn fleet_batch(c: &mut Criterion) {
     group.finish();
 }
 
+/// A batch of 10,000 fleet updates as in the korea scenario's steady state:
+/// a fleet of 100,000 drivers (its limit), 90,000 of them on trips (so
+/// nearly every update moves a driver whose rider follows), a batch every
+/// half second, so the riders of every other batch are due the driver's
+/// position. Each driver
+/// moves 10 m, within the index's slack: this times the ping's own
+/// bookkeeping, not R-tree moves (`update/*` times those).
+fn fleet_batch_on_trips(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fleet_batch");
+    group.throughput(Throughput::Elements(10_000));
+    let city = CityShape::seoul();
+    let mut engine = dispatch_core::Engine::new(Config::default());
+    let fleet = SessionId(u64::MAX);
+    engine.connect_fleet(fleet, FleetId::new("bench").unwrap_or_else(|e| panic!("{e}")));
+    let mut now = Timestamp(0);
+    let drivers: Vec<_> = fleet_updates(&city, 15, 0..100_000)
+        .into_iter()
+        .map(|update| FleetDriverUpdate { auto_accept: true, ..update })
+        .collect();
+    for update in drivers.iter().cloned() {
+        if let Err(e) = engine.fleet_update(now, fleet, update) {
+            panic!("{e}");
+        }
+    }
+    let mut rng = rng(16);
+    for n in 0..90_000 {
+        engine.request_ride(now, ride_request(&mut rng, &city, n));
+    }
+    engine.drain_effects().for_each(drop);
+    let on_trip = engine.stats().drivers_on_trip;
+    assert!(on_trip >= 85_000, "only {on_trip} drivers on trips");
+    let batch: Vec<_> = drivers[..10_000]
+        .iter()
+        .map(|update| {
+            let position = update.position.map(|p| Ping { position: destination(p.position, 0.0, 10.0), ..p });
+            FleetDriverUpdate { position, available: None, ..update.clone() }
+        })
+        .collect();
+    group.bench_function("10k_updates_on_trips/100k_drivers_90k_trips", |b| {
+        b.iter_batched(
+            || batch.clone(),
+            |batch| {
+                now = now + 500;
+                for update in batch {
+                    black_box(engine.fleet_update(now, fleet, update)).ok();
+                }
+                engine.drain_effects().count()
+            },
+            BatchSize::LargeInput,
+        );
+    });
+    group.finish();
+}
+
 /// A fleet gateway's first seconds: 250,000 drivers the server has never
 /// seen, each registered by its first update (an id, a row, a place in the
 /// R-tree), from an empty engine.
@@ -345,6 +399,6 @@ fn batch_assign(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = update, nearest, request_to_offer, fleet_batch, fleet_first_batch, stats, scarce, mass_reconnect, map_view, batch_assign
+    targets = update, nearest, request_to_offer, fleet_batch, fleet_batch_on_trips, fleet_first_batch, stats, scarce, mass_reconnect, map_view, batch_assign
 }
 criterion_main!(benches);

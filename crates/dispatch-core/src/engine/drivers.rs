@@ -328,7 +328,7 @@ impl Engine {
         {
             return;
         }
-        let (idle, trip) = (driver.is_idle(), driver.trip);
+        let (idle, trip, last_push) = (driver.is_idle(), driver.trip, driver.last_position_push);
         // A move keeps the driver's counts; only a first fix changes them.
         let first_fix = !self.drivers.relocate(key, ping.position, ping.timestamp);
         if first_fix {
@@ -342,14 +342,15 @@ impl Engine {
         } else if idle {
             self.drivers_moved = true;
         }
-        let Some(mut state) = trip.and_then(|t| self.trips.get_mut(&t)) else { return };
-        state.trip.driver_position = Some(ping.position);
-        if state.trip.status.has_driver()
-            && now.since(state.last_position_push) >= self.config.rider_position_interval_ms
-        {
-            state.last_position_push = now;
-            state.trip.updated_at = now;
-            self.effects.push(Effect::DriverMoved { trip: state.trip.id, position: ping.position, at: now });
+        // The trip is looked up only when its riders are due an update;
+        // a change of the trip shows the newest position anyway.
+        let Some(trip) = trip else { return };
+        if now.since(last_push) < self.config.rider_position_interval_ms {
+            return;
+        }
+        if self.trips.show_driver_at(trip, ping.position, Some(now)) {
+            self.drivers.pushed(key, now);
+            self.effects.push(Effect::DriverMoved { trip, position: ping.position, at: now });
         }
     }
 }

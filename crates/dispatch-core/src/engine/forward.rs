@@ -105,9 +105,9 @@ impl Engine {
         state.trip.driver_position = position;
         state.trip.pickup_distance_m = position.map(|p| p.distance_m(state.trip.pickup));
         state.trip.pickup_eta_ms = state.trip.pickup_distance_m.map(|m| self.config.eta_ms(m));
-        state.last_position_push = now;
         let trip = state.trip.clone();
         drop(state);
+        self.drivers.pushed(key, now);
         self.trip_changed(next);
         if let Some(session) = session {
             self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip) });

@@ -276,13 +276,13 @@ impl Engine {
             driver.next = Some(trip_id);
         } else {
             driver.trip = Some(trip_id);
+            driver.last_position_push = now;
         }
         let (driver_id, position, session) = (driver.id.clone(), driver.position, driver.session);
         drop(driver);
         let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
         // The other drivers of a broadcast, if any: told it is taken below.
         let others = std::mem::take(&mut state.offers);
-        state.last_position_push = now;
         let trip = &mut state.trip;
         trip.status = TripStatus::DriverAssigned;
         trip.driver = Some(driver_id);
@@ -377,9 +377,30 @@ impl Engine {
 
     /// A trip's state changed: log it, then tell the rider.
     pub(super) fn trip_changed(&mut self, trip_id: TripId) {
+        self.show_driver_position(trip_id);
         self.persist(trip_id);
         if let Some(state) = self.trips.get(&trip_id) {
             self.effects.push(Effect::Rider(state.trip.clone()));
+        }
+    }
+
+    /// Puts the driver's newest position on their trip: pings only do so
+    /// when its riders are due an update (`rider_position_interval_ms`),
+    /// and a change shows where the car is now.
+    fn show_driver_position(&mut self, trip_id: TripId) {
+        let Some(state) = self.trips.get(&trip_id) else { return };
+        if !state.trip.status.has_driver() {
+            return;
+        }
+        let Some(&key) = state.trip.driver.as_ref().and_then(|d| self.driver_keys.get(d)) else { return };
+        let driver = self.driver(key);
+        // A ride queued behind the driver's current one (forward
+        // dispatch) shows where the driver was when it was assigned.
+        if driver.trip != Some(trip_id) {
+            return;
+        }
+        if let Some(position) = driver.position {
+            self.trips.show_driver_at(trip_id, position, None);
         }
     }
 

@@ -109,7 +109,6 @@ impl Engine {
                     tried: tried.into_iter().collect(),
                     offers: Vec::new(),
                     search_deadline,
-                    last_position_push: now,
                     offered_once: true,
                 },
             );

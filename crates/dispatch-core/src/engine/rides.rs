@@ -52,7 +52,6 @@ impl Engine {
                 tried: HashSet::new(),
                 offers: Vec::new(),
                 search_deadline: now + self.config.search_timeout_ms,
-                last_position_push: now,
                 offered_once: false,
             },
         );

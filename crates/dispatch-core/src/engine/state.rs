@@ -37,6 +37,10 @@ pub(super) struct Driver {
     pub fleet: Option<FleetId>,
     /// How the driver answered its last offers.
     pub answers: Answers,
+    /// When the riders of `trip` were last sent the driver's position. On
+    /// the driver's row, which a ping reads anyway, so a ping with no
+    /// update due does not look the trip up.
+    pub last_position_push: Timestamp,
 }
 
 /// A driver's last [`Answers::KEPT`] answers to offers, for acceptance-aware
@@ -83,6 +87,7 @@ impl Driver {
             grace_until: None,
             fleet: None,
             answers: Answers::default(),
+            last_position_push: Timestamp(0),
         }
     }
 
@@ -137,8 +142,6 @@ pub(super) struct TripState {
     pub offers: Vec<OfferId>,
     /// When the current search ends without a driver.
     pub search_deadline: Timestamp,
-    /// When the rider was last sent the driver's position.
-    pub last_position_push: Timestamp,
     /// Whether an offer (or assignment) was ever made.
     pub offered_once: bool,
 }

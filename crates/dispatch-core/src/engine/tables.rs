@@ -381,6 +381,14 @@ impl DriverTable {
         &self.tally.busy
     }
 
+    /// Notes that the driver's position was just sent to their trip's
+    /// riders; what a driver counts as does not depend on it.
+    pub fn pushed(&mut self, key: DriverKey, now: crate::time::Timestamp) {
+        if let Some(Some(row)) = self.slots.get_mut(key.0 as usize) {
+            row.last_position_push = now;
+        }
+    }
+
     /// Moves a driver that already has a position, and notes its fix time:
     /// the ping path. Its counts cannot change (they depend on having a
     /// position, not on where), so only its map cell is looked at. Returns
@@ -529,6 +537,22 @@ impl TripTable {
     pub fn get_mut(&mut self, id: &TripId) -> Option<Tracked<'_, TripState>> {
         let row = self.rows.get_mut(id)?;
         Some(Tracked::new(NO_SLOT, &mut **row, &mut self.tally))
+    }
+
+    /// Puts the driver's position on an open trip that has a driver, and
+    /// with `at`, stamps the trip updated then. Neither changes what the
+    /// trip counts as, so no [`Tracked`] row is needed: this is the ping
+    /// path. Returns whether the trip has a driver.
+    pub fn show_driver_at(&mut self, id: TripId, position: LatLng, at: Option<crate::time::Timestamp>) -> bool {
+        let Some(row) = self.rows.get_mut(&id) else { return false };
+        if !row.trip.status.has_driver() {
+            return false;
+        }
+        row.trip.driver_position = Some(position);
+        if let Some(at) = at {
+            row.trip.updated_at = at;
+        }
+        true
     }
 
     /// Files a new open trip (a new id: the engine mints them), found by

@@ -542,6 +542,31 @@ fn riders_see_the_driver_move_at_most_once_a_second() {
 }
 
 #[test]
+fn a_change_of_the_trip_shows_the_newest_position_though_no_update_was_due() {
+    let mut w = World::new();
+    let s = w.driver_with("a", 1_000.0, ServiceSet::taxi(), true);
+    let trip = w.request("r1");
+    w.drain();
+    // Pings within the interval send nothing to the rider...
+    let at = north_of_pickup(20.0);
+    w.now = w.now + 400;
+    w.engine.ping(w.now, s, Ping { position: at, timestamp: None }).unwrap_or_else(|e| panic!("{e}"));
+    assert!(driver_moves(&w.drain()).is_empty());
+    // ...but the trip's next change shows where the car is, to the rider
+    // and in the log.
+    w.engine.trip_progress(w.now, s, None, trip, TripStatus::DriverArrived).unwrap_or_else(|e| panic!("{e}"));
+    let effects = w.drain();
+    let shown = effects.iter().find_map(|e| match e {
+        Effect::Rider(t) if t.status == TripStatus::DriverArrived => Some(t.driver_position),
+        _ => None,
+    });
+    assert_eq!(shown, Some(Some(at)));
+    let logged = persisted(&effects).last().map(|r| r.trip.driver_position);
+    assert_eq!(logged, Some(Some(at)));
+    assert_eq!(w.engine.trip(trip).and_then(|t| t.driver_position), Some(at));
+}
+
+#[test]
 fn an_older_fix_never_moves_a_driver_back() {
     let mut w = World::new();
     let s = w.driver("a", 9_000.0);
