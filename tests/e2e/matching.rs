@@ -64,7 +64,11 @@ async fn a_broadcast_goes_to_three_drivers_and_the_first_accept_wins() {
     for (who, event, offer) in [("near", near.next().await, &to_near), ("fleet", fleet.next().await, &to_fleet)] {
         match event {
             Event::OfferWithdrawn(w) => {
-                assert_eq!((w.offer_id.as_str(), w.reason.as_str()), (offer.offer_id.as_str(), "taken"), "{who}")
+                assert_eq!(
+                    (w.offer_id.as_str(), w.reason.as_str(), w.reason_code()),
+                    (offer.offer_id.as_str(), "taken", pb::WithdrawReason::Taken),
+                    "{who}"
+                )
             }
             other => panic!("{who}: expected the offer withdrawn, got {other:?}"),
         }

@@ -36,8 +36,9 @@ async fn nearby_drivers_are_exact_nearest_first_with_filters() {
         center: Some(pb::LatLng { lat: centre.lat(), lng: centre.lng() }),
         limit: 20,
         radius_m: 6_000.0,
-        service_type: pb::ServiceType::Van.into(),
+        service_types: vec![pb::ServiceType::Van.into()],
         available_only: true,
+        ..Default::default()
     };
     let got = server.admin().nearby_drivers(request).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
     assert_eq!(got.exact_within_m, 6_000.0, "500 drivers are far under the search's bound");
@@ -67,6 +68,26 @@ async fn nearby_drivers_are_exact_nearest_first_with_filters() {
         .into_inner();
     assert_eq!(all.drivers.len(), 10);
     assert_eq!(all.exact_within_m, dispatch_core::geo::MAX_DISTANCE_M);
+    // No services is any service, vans among them; UNSPECIFIED in the list
+    // is taxi, as in a ride request, so no van; the deprecated field reads
+    // UNSPECIFIED as any and a service as that service.
+    let is_van = |d: &pb::NearbyDriver| points.iter().any(|p| p.0 == d.driver_id && p.3);
+    let count = async |request: pb::NearbyRequest| {
+        let request = pb::NearbyRequest { center: Some(pickup()), limit: 500, ..request };
+        let got = server.admin().nearby_drivers(request).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
+        (got.drivers.len(), got.drivers.iter().filter(|d| is_van(d)).count())
+    };
+    assert_eq!(count(pb::NearbyRequest::default()).await, (500, 100));
+    let taxis = pb::NearbyRequest { service_types: vec![pb::ServiceType::Unspecified.into()], ..Default::default() };
+    assert_eq!(count(taxis).await, (400, 0));
+    let both = pb::NearbyRequest {
+        service_types: vec![pb::ServiceType::Taxi.into(), pb::ServiceType::Van.into()],
+        ..Default::default()
+    };
+    assert_eq!(count(both).await, (500, 100));
+    #[allow(deprecated)]
+    let legacy = pb::NearbyRequest { service_type: pb::ServiceType::Van.into(), ..Default::default() };
+    assert_eq!(count(legacy).await, (100, 100));
     let too_many = pb::NearbyRequest { center: Some(pickup()), limit: 1_000_000, ..Default::default() };
     assert_eq!(
         server.admin().nearby_drivers(too_many).await.map(|_| ()).map_err(|s| s.code()),

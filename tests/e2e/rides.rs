@@ -45,7 +45,10 @@ async fn a_decline_withdraws_the_offer_and_the_next_nearest_gets_it() {
     a.reply(&offer, false).await;
     match a.next().await {
         Event::OfferWithdrawn(w) => {
-            assert_eq!((w.offer_id.as_str(), w.reason.as_str()), (offer.offer_id.as_str(), "declined"))
+            assert_eq!(
+                (w.offer_id.as_str(), w.reason.as_str(), w.reason_code()),
+                (offer.offer_id.as_str(), "declined", pb::WithdrawReason::Declined)
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -65,7 +68,10 @@ async fn an_expired_offer_is_withdrawn_and_passed_on() {
     let offer = a.expect_offer().await;
     match a.next().await {
         Event::OfferWithdrawn(w) => {
-            assert_eq!((w.offer_id.as_str(), w.reason.as_str()), (offer.offer_id.as_str(), "expired"))
+            assert_eq!(
+                (w.offer_id.as_str(), w.reason.as_str(), w.reason_code()),
+                (offer.offer_id.as_str(), "expired", pb::WithdrawReason::Expired)
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -178,7 +184,10 @@ async fn a_rider_cancel_withdraws_the_offer_or_frees_the_driver() {
     let trip = cancel(rider.trip_id.clone()).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
     assert_eq!((trip.status(), trip.cancel_reason.as_str()), (pb::TripStatus::Cancelled, "late"));
     match d.next().await {
-        Event::OfferWithdrawn(w) => assert_eq!((w.offer_id, w.reason.as_str()), (offer.offer_id, "rider cancelled")),
+        Event::OfferWithdrawn(w) => assert_eq!(
+            (w.reason_code(), w.offer_id, w.reason.as_str()),
+            (pb::WithdrawReason::RiderCancelled, offer.offer_id, "rider cancelled")
+        ),
         other => panic!("{other:?}"),
     }
     rider.until(pb::TripStatus::Cancelled).await;

@@ -53,6 +53,18 @@ impl ServiceSet {
         self.0 & service.bit() != 0
     }
 
+    /// Whether the two sets share a service.
+    ///
+    /// ```
+    /// use dispatch_core::service::{ServiceSet, ServiceType};
+    /// let vans = ServiceSet::EMPTY.with(ServiceType::Van);
+    /// assert!(ServiceSet::taxi().with(ServiceType::Van).intersects(vans));
+    /// assert!(!ServiceSet::taxi().intersects(vans));
+    /// ```
+    pub fn intersects(self, other: ServiceSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// Whether the set is empty.
     pub fn is_empty(self) -> bool {
         self.0 == 0

@@ -91,7 +91,7 @@ impl Cars {
                 Vec::new()
             }
             Event::OfferWithdrawn(w) => {
-                if w.reason == "taken" {
+                if w.reason_code == dispatch_proto::pb::WithdrawReason::Taken as i32 {
                     Metrics::add(&run.metrics.offers_taken, 1);
                     // Bounded: the few offers whose late accept may still
                     // be refused.

@@ -7,6 +7,7 @@
 
 use dispatch_core::engine::{
     DriverEvent, DriverHello, FleetDriverUpdate, Nearby, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest, Stats,
+    WithdrawReason,
 };
 use dispatch_core::geo::{LatLng, checked_radius};
 use dispatch_core::ids::{DriverId, FleetId, OfferId, RequestId, RiderId, TripId};
@@ -193,15 +194,20 @@ impl TryFrom<&pb::NearbyRequest> for NearbyQuery {
         }
         let limit = if request.limit == 0 { DEFAULT_NEARBY_LIMIT } else { request.limit };
         let radius = checked_radius(request.radius_m).map_err(|e| bad("radius_m", e))?;
-        let service = match request.service_type {
-            0 => None,
-            value => Some(service_type("service_type", value)?),
+        // `service_types` is the filter (empty: any); the deprecated
+        // `service_type` reads UNSPECIFIED as any, as v1 first did.
+        #[allow(deprecated)]
+        let legacy = request.service_type;
+        let services = match (legacy, request.service_types.is_empty()) {
+            (0, _) => service_set(&request.service_types)?,
+            (value, true) => ServiceSet::EMPTY.with(service_type("service_type", value)?),
+            (_, false) => return Err(bad("service_type", "give service_types or service_type, not both")),
         };
         Ok(NearbyQuery {
             center: lat_lng("center", request.center.as_ref())?,
             limit: limit as usize,
             radius_m: (radius > 0.0).then_some(radius),
-            service,
+            services,
             available_only: request.available_only,
         })
     }
@@ -287,6 +293,18 @@ impl From<&Offer> for pb::Offer {
     }
 }
 
+impl From<WithdrawReason> for pb::WithdrawReason {
+    fn from(reason: WithdrawReason) -> Self {
+        match reason {
+            WithdrawReason::Declined => Self::Declined,
+            WithdrawReason::Expired => Self::Expired,
+            WithdrawReason::RiderCancelled => Self::RiderCancelled,
+            WithdrawReason::SearchTimedOut => Self::SearchTimedOut,
+            WithdrawReason::Taken => Self::Taken,
+        }
+    }
+}
+
 impl From<&DriverEvent> for pb::DriverEvent {
     fn from(event: &DriverEvent) -> Self {
         use pb::driver_event::Kind;
@@ -296,6 +314,7 @@ impl From<&DriverEvent> for pb::DriverEvent {
                 offer_id: offer.to_string(),
                 driver_id: driver.to_string(),
                 reason: reason.as_str().to_owned(),
+                reason_code: pb::WithdrawReason::from(*reason).into(),
             }),
             DriverEvent::Trip(trip) => Kind::Trip(trip.into()),
         };

@@ -65,6 +65,9 @@ pub enum Command {
         /// Only within this many metres.
         #[arg(long)]
         radius_m: Option<f64>,
+        /// Only drivers serving this service (default: any).
+        #[arg(long)]
+        service: Option<Service>,
         /// Only drivers who could take a ride now.
         #[arg(long)]
         available: bool,
@@ -106,6 +109,30 @@ pub enum Command {
     /// Plays a driver: takes rides, drives to the pickup and then the
     /// dropoff, and says so at each step.
     Drive(drive::DriveArgs),
+}
+
+/// A service, as operators name it.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Service {
+    /// An ordinary taxi.
+    Taxi,
+    /// A premium car.
+    Premium,
+    /// A van.
+    Van,
+    /// A driver who drives the rider's own car.
+    DesignatedDriver,
+}
+
+impl From<Service> for pb::ServiceType {
+    fn from(service: Service) -> Self {
+        match service {
+            Service::Taxi => Self::Taxi,
+            Service::Premium => Self::Premium,
+            Service::Van => Self::Van,
+            Service::DesignatedDriver => Self::DesignatedDriver,
+        }
+    }
 }
 
 /// Why a command failed.
@@ -205,13 +232,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), CtlError>
             let stats = client.admin().get_stats(client.request(pb::GetStatsRequest {})).await?.into_inner();
             show::stats(out, &stats, json)?;
         }
-        Command::Nearby { at, limit, radius_m, available } => {
+        Command::Nearby { at, limit, radius_m, service, available } => {
             let request = pb::NearbyRequest {
                 center: Some(at.into()),
                 limit,
                 radius_m: radius_m.unwrap_or(0.0),
-                service_type: 0,
+                service_types: service.into_iter().map(|s| pb::ServiceType::from(s) as i32).collect(),
                 available_only: available,
+                ..Default::default()
             };
             let nearby = client.admin().nearby_drivers(client.request(request)).await?.into_inner();
             show::nearby(out, &nearby, json)?;

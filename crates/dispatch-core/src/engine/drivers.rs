@@ -219,7 +219,7 @@ impl Engine {
         let wanted = |key| {
             let d = self.driver(key);
             d.session.is_some()
-                && query.service.is_none_or(|s| d.services.contains(s))
+                && (query.services.is_empty() || d.services.intersects(query.services))
                 && (!query.available_only || d.is_offerable())
         };
         let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);

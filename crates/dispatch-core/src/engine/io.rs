@@ -171,8 +171,8 @@ pub struct NearbyQuery {
     pub limit: usize,
     /// Within this many metres; `None` is anywhere.
     pub radius_m: Option<f64>,
-    /// Only drivers serving this.
-    pub service: Option<ServiceType>,
+    /// Only drivers serving at least one of these; empty: any service.
+    pub services: ServiceSet,
     /// Only drivers who could be offered a ride right now.
     pub available_only: bool,
 }

@@ -678,13 +678,18 @@ fn nearby_lists_connected_drivers_nearest_first_with_filters() {
     w.driver("d1", 100.0);
     w.driver("d2", 300.0);
     w.driver_with("d3", 200.0, ServiceSet::EMPTY.with(ServiceType::Van), false);
-    let query =
-        NearbyQuery { center: p(PICKUP.0, PICKUP.1), limit: 10, radius_m: None, service: None, available_only: false };
+    let query = NearbyQuery {
+        center: p(PICKUP.0, PICKUP.1),
+        limit: 10,
+        radius_m: None,
+        services: ServiceSet::EMPTY,
+        available_only: false,
+    };
     let names = |q: &NearbyQuery, w: &World| {
         w.engine.nearby(q).drivers.iter().map(|d| d.driver.to_string()).collect::<Vec<_>>()
     };
     assert_eq!(names(&query, &w), vec!["d1", "d3", "d2"]);
-    let vans = NearbyQuery { service: Some(ServiceType::Van), ..query.clone() };
+    let vans = NearbyQuery { services: ServiceSet::EMPTY.with(ServiceType::Van), ..query.clone() };
     assert_eq!(names(&vans, &w), vec!["d3"]);
     let close = NearbyQuery { radius_m: Some(250.0), limit: 1, ..query.clone() };
     assert_eq!(names(&close, &w), vec!["d1"]);
@@ -705,14 +710,14 @@ fn nearby_examines_a_bounded_number_of_drivers() {
         center: p(PICKUP.0, PICKUP.1),
         limit: 10,
         radius_m: None,
-        service: Some(ServiceType::Van),
+        services: ServiceSet::EMPTY.with(ServiceType::Van),
         available_only: true,
     };
     let cut = w.engine.nearby(&anywhere);
     assert!(cut.drivers.is_empty(), "{:?}", cut.drivers);
     assert!(cut.exact_within_m < 1_100.0, "exact within {} m", cut.exact_within_m);
     // Without the filter the nearest are found at once, exact everywhere.
-    let all = w.engine.nearby(&NearbyQuery { service: None, ..anywhere });
+    let all = w.engine.nearby(&NearbyQuery { services: ServiceSet::EMPTY, ..anywhere });
     assert_eq!(all.drivers.len(), 10);
     assert_eq!(all.exact_within_m, crate::geo::MAX_DISTANCE_M);
 }
@@ -728,8 +733,13 @@ fn nearby_finds_the_free_driver_behind_many_busy_ones_and_merges_both_indexes() 
     }
     w.driver("free", 5_000.0);
     w.driver("nearest", 0.0);
-    let query =
-        NearbyQuery { center: p(PICKUP.0, PICKUP.1), limit: 3, radius_m: None, service: None, available_only: true };
+    let query = NearbyQuery {
+        center: p(PICKUP.0, PICKUP.1),
+        limit: 3,
+        radius_m: None,
+        services: ServiceSet::EMPTY,
+        available_only: true,
+    };
     let free = w.engine.nearby(&query);
     let ids: Vec<_> = free.drivers.iter().map(|d| d.driver.as_str().to_owned()).collect();
     assert_eq!(ids, ["nearest", "free"]);
