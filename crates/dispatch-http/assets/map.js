@@ -229,9 +229,15 @@
   // ---------------------------------------------------------------- panel
 
   const fmtUs = (us) => (us >= 1000 ? (us / 1000).toFixed(1) + " ms" : us + " µs");
+  // A number is formatted, text (such as "1 / 20 / 3") shown as it is, and
+  // a value the server did not send as a dash, never "NaN" or "undefined".
+  const cell = (v) => {
+    if (typeof v === "number") return Number.isFinite(v) ? v.toLocaleString() : "–";
+    return v === undefined || v === null || v === "" ? "–" : String(v);
+  };
   const rows = (id, pairs) => {
     document.getElementById(id).innerHTML = pairs
-      .map(([k, v]) => `<tr><td>${k}</td><td class="n">${Number(v).toLocaleString()}</td></tr>`)
+      .map(([k, v]) => `<tr><td>${k}</td><td class="n">${cell(v)}</td></tr>`)
       .join("");
   };
 
@@ -260,7 +266,7 @@
     state.history.push({ t: now, requests: stats.ride_requests, updates: stats.location_updates, perS, p99: m.p99_us });
     if (state.history.length > 240) state.history.shift();
     rows("flow-table", [
-      ["ride requests/s", perS.toFixed(1)], ["location updates/s", Math.round(updS)],
+      ["ride requests/s", Math.round(perS * 10) / 10], ["location updates/s", Math.round(updS)],
       ["offers sent", stats.offers.sent], ["offers declined", stats.offers.declined],
       ["offers expired", stats.offers.expired], ["updates shed", stats.location_updates_shed],
       ["fleets / drivers / riders", `${stats.sessions.fleet} / ${stats.sessions.driver} / ${stats.sessions.rider}`],

@@ -361,6 +361,12 @@ async fn the_live_map_draws_cars_and_trips_in_a_real_browser() {
     until(&page, "the trip", &format!("window.dispatchMap.drawn.tripIds.includes({trip_id:?})")).await;
     until(&page, "the waiting rider", "window.dispatchMap.drawn.trips === 2").await;
     until(&page, "the counters", "document.getElementById('drivers-table').textContent.includes('on a trip')").await;
+    // The flow panel shows the sessions as numbers (0 fleets, 41 driver
+    // apps), and nothing on the page reads NaN or undefined.
+    until(&page, "the sessions", "document.getElementById('flow-table').textContent.includes('0 / 41 / ')").await;
+    let text = page.evaluate("document.body.innerText").await.ok().and_then(|v| v.into_value::<String>().ok());
+    let text = text.unwrap_or_else(|| panic!("the page has no text"));
+    assert!(!text.contains("NaN") && !text.contains("undefined"), "the page shows NaN or undefined:\n{text}");
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-map.png");
     let params = chromiumoxide::page::ScreenshotParams::builder().build();
     page.save_screenshot(params, &shot).await.unwrap_or_else(|e| panic!("screenshot: {e}"));
