@@ -1,7 +1,7 @@
 //! The configuration file (`--config dispatch.toml`), layered under the
 //! environment and the command line: defaults, then the file, then
 //! `DISPATCH_*` variables, then flags. Every flag has a key, its long name
-//! (`offer-timeout-ms = 5000`; `offer_timeout_ms` works too).
+//! (`offer-timeout = "5s"`; `offer_timeout` works too).
 //!
 //! The layering is clap's own: the file's keys become flags placed before
 //! the real ones (clap lets a later flag override an earlier one), and a
@@ -119,6 +119,10 @@ pub fn print(matches: &ArgMatches, command: &Command, from_file: &BTreeSet<Strin
         if matches!(long, "help" | "version" | "config") {
             continue;
         }
+        // An earlier spelling shows only where it was used.
+        if arg.is_hide_set() && matches.get_raw(id).is_none() {
+            continue;
+        }
         let source = source_name(from_file.contains(long), on_command_line.contains(long), matches.value_source(id));
         let line = if arg.get_action().takes_values() {
             match matches.get_raw(id) {
@@ -131,7 +135,8 @@ pub fn print(matches: &ArgMatches, command: &Command, from_file: &BTreeSet<Strin
         } else {
             format!("{long} = {}", matches.try_get_one::<bool>(id).ok().flatten().copied().unwrap_or(false))
         };
-        out.push_str(&format!("{line:<60} # {source}\n"));
+        let deprecated = if arg.is_hide_set() { " (an earlier spelling: see the warning at start)" } else { "" };
+        out.push_str(&format!("{line:<60} # {source}{deprecated}\n"));
     }
     out
 }

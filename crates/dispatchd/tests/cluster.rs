@@ -125,7 +125,7 @@ async fn until_status(stream: &mut tonic::Streaming<pb::Trip>, status: pb::TripS
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rules_hold_through_a_node_that_does_not_own_the_shard() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start(&["--offer-timeout-ms", "1500"]);
+    let cluster = Cluster::start(&["--offer-timeout", "1500ms"]);
     let owner = cluster.owner(Duration::from_secs(60)).await;
     let gateway = (owner + 1) % 3;
     let ch = cluster.channel(gateway);

@@ -273,7 +273,7 @@ async fn every_acknowledged_trip_survives_sigkill() {
     eprintln!("crash test seed {seed} (set CRASH_SEED to replay the same kill times)");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let flags = ["--driver-grace-ms", "600000", "--log-compact-after-bytes", "200000"];
+    let flags = ["--driver-grace", "10m", "--log-compact-after-bytes", "200000"];
     let mut total = 0;
     for round in 0..3u64 {
         let (mut child, addr) = common::start_in(dir.path(), &flags, &[]);

@@ -23,7 +23,7 @@ async fn next(events: &mut tonic::Streaming<pb::DriverEvent>) -> Result<Option<p
 
 #[tokio::test]
 async fn serves_a_ride_and_exits_cleanly_on_sigterm() {
-    let (mut child, addr, dir) = start(&[], &[("DISPATCH_OFFER_TIMEOUT_MS", "200")]);
+    let (mut child, addr, dir) = start(&[], &[("DISPATCH_OFFER_TIMEOUT", "200ms")]);
     assert!(dir.is_dir(), "the data dir is created");
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap_or_else(|e| panic!("{e}"))
@@ -67,11 +67,16 @@ async fn serves_a_ride_and_exits_cleanly_on_sigterm() {
 #[test]
 fn bad_flags_are_refused_with_a_message() {
     let output = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
-        .arg("--offer-timeout-ms=-5")
+        .arg("--offer-timeout=0s")
         .output()
         .unwrap_or_else(|e| panic!("spawn: {e}"));
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("offer-timeout-ms"));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("--offer-timeout") && said.contains("not a positive duration"), "{said}");
+    // A duration needs its unit.
+    let output = Command::new(env!("CARGO_BIN_EXE_dispatchd")).arg("--search-timeout=60").output();
+    let output = output.unwrap_or_else(|e| panic!("spawn: {e}"));
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("--search-timeout"));
 }
 
 #[tokio::test]
@@ -128,15 +133,15 @@ fn a_public_address_without_a_secret_is_refused_unless_insecure() {
 fn a_config_file_sits_under_the_environment_and_the_flags() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let file = dir.path().join("dispatch.toml");
-    let settings = "offer-timeout-ms = 7000\nsearch_timeout_ms = 30000\nlisten = \"127.0.0.1:1\"\n\
+    let settings = "offer-timeout = \"7s\"\nsearch_timeout = \"30s\"\nlisten = \"127.0.0.1:1\"\n\
                     offer-hides-dropoff = [\"premium\", \"van\"]\ndrivers-see-rider-id = true\nhttp-listen = \"off\"\n\
-                    rider-position-interval-ms = 3000\n";
+                    rider-position-interval = \"3s\"\n";
     std::fs::write(&file, settings).unwrap_or_else(|e| panic!("{e}"));
     let output = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
         .arg("--config")
         .arg(&file)
         .args(["--listen", "127.0.0.1:2", "config", "--print"])
-        .env("DISPATCH_SEARCH_TIMEOUT_MS", "45000")
+        .env("DISPATCH_SEARCH_TIMEOUT", "45s")
         .output()
         .unwrap_or_else(|e| panic!("spawn: {e}"));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -145,13 +150,14 @@ fn a_config_file_sits_under_the_environment_and_the_flags() {
         printed.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_else(|| panic!("no {key}:\n{printed}"))
     };
     for (key, value, source) in [
-        ("offer-timeout-ms", "\"7000\"", "config file"),
-        ("search-timeout-ms", "\"45000\"", "environment"),
+        ("offer-timeout", "\"7s\"", "config file"),
+        ("search-timeout", "\"45s\"", "environment"),
         ("listen", "\"127.0.0.1:2\"", "flag"),
         ("offer-hides-dropoff", "\"premium,van\"", "config file"),
         ("drivers-see-rider-id", "true", "config file"),
         ("max-drivers", "\"2000000\"", "default"),
-        ("rider-position-interval-ms", "\"3000\"", "config file"),
+        ("rider-position-interval", "\"3s\"", "config file"),
+        ("driver-grace", "\"30s\"", "default"),
     ] {
         let l = line(key);
         assert!(l.contains(&format!("= {value} ")) && l.trim_end().ends_with(&format!("# {source}")), "{l}");
@@ -163,7 +169,7 @@ fn a_config_file_sits_under_the_environment_and_the_flags() {
         .arg("--config")
         .arg(&again)
         .args(["config", "--print"])
-        .env("DISPATCH_SEARCH_TIMEOUT_MS", "45000")
+        .env("DISPATCH_SEARCH_TIMEOUT", "45s")
         .output()
         .unwrap_or_else(|e| panic!("spawn: {e}"));
     let reprinted = String::from_utf8_lossy(&reprinted.stdout).into_owned();
@@ -174,10 +180,10 @@ fn a_config_file_sits_under_the_environment_and_the_flags() {
     let bad = Command::new(env!("CARGO_BIN_EXE_dispatchd")).arg("--config").arg(&file).output();
     let bad = bad.unwrap_or_else(|e| panic!("{e}"));
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown setting \"bogus\""));
-    std::fs::write(&file, "offer-timeout-ms = -3\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, "offer-timeout = \"-3s\"\n").unwrap_or_else(|e| panic!("{e}"));
     let bad = Command::new(env!("CARGO_BIN_EXE_dispatchd")).arg("--config").arg(&file).output();
     let bad = bad.unwrap_or_else(|e| panic!("{e}"));
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("offer-timeout-ms"));
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("offer-timeout"));
 
     // And the running server takes it: the file turns the HTTP side off.
     std::fs::write(&file, "http-listen = \"off\"\nlisten = \"127.0.0.1:0\"\n").unwrap_or_else(|e| panic!("{e}"));
@@ -194,24 +200,60 @@ fn a_config_file_sits_under_the_environment_and_the_flags() {
 /// Starts dispatchd with exactly `args` and returns it with its
 /// "dispatchd listening" log line; the rest of its log is drained.
 fn spawn_until_listening(args: &[&str]) -> (common::Running, String) {
+    let (child, line, _) = spawn_until_listening_in(args, &[]);
+    (child, line)
+}
+
+/// [`spawn_until_listening`] with `env` set, also returning the lines
+/// logged before it.
+fn spawn_until_listening_in(args: &[&str], env: &[(&str, &str)]) -> (common::Running, String, Vec<String>) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
         .args(args)
+        .envs(env.iter().copied())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
     let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
     let child = common::Running(Some(child));
     let mut lines = BufReader::new(stderr).lines();
+    let mut before = Vec::new();
     let line = loop {
         match lines.next() {
             Some(Ok(line)) if line.contains("dispatchd listening") => break line,
-            Some(Ok(_)) => {}
-            other => panic!("dispatchd exited before listening: {other:?}"),
+            Some(Ok(line)) => before.push(line),
+            other => panic!("dispatchd exited before listening: {other:?}\n{}", before.join("\n")),
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    (child, line)
+    (child, line, before)
+}
+
+#[test]
+fn earlier_spellings_of_durations_still_work_and_say_what_to_write_now() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("old.toml");
+    std::fs::write(&file, "driver-grace-ms = 45000\n").unwrap_or_else(|e| panic!("{e}"));
+    let old = [("--offer-timeout-ms", "7000"), ("--config", &file.to_string_lossy())];
+    let mut args: Vec<&str> = old.iter().flat_map(|(k, v)| [*k, *v]).collect();
+    // What is in force: the earlier spelling's value, under today's name.
+    let printed = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .args(&args)
+        .arg("config")
+        .env("DISPATCH_SEARCH_TIMEOUT_MS", "45000")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let printed = String::from_utf8_lossy(&printed.stdout).into_owned();
+    assert!(printed.lines().any(|l| l.starts_with("offer-timeout-ms = \"7000\"")), "{printed}");
+    // The server applies them and says what to write instead.
+    let data = dir.path().join("d").to_string_lossy().into_owned();
+    args.extend(["--listen", "127.0.0.1:0", "--http-listen", "off", "--data-dir", &data]);
+    let (child, _, before) = spawn_until_listening_in(&args, &[("DISPATCH_SEARCH_TIMEOUT_MS", "45000")]);
+    let log = before.join("\n");
+    for advice in ["write --offer-timeout 7s", "write --search-timeout 45s", "write --driver-grace 45s"] {
+        assert!(log.contains(advice), "no {advice:?} in:\n{log}");
+    }
+    child.stop();
 }
 
 #[test]
@@ -277,7 +319,7 @@ fn every_thread_of_the_server_runs_with_the_cpu_slice_it_asked_for() {
 
     // 0 leaves the kernel's own, as this test's threads have it.
     let own = slice_in(&std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default());
-    let (child, _addr) = common::start_in(dir.path(), &["--sched-slice-us", "0"], &[]);
+    let (child, _addr) = common::start_in(dir.path(), &["--sched-slice", "0"], &[]);
     let running = common::Running(Some(child));
     let threads = slices_once_named(running.0.as_ref().map_or(0, Child::id), &["dispatch-engine"]);
     let engine = threads.iter().find(|(n, _)| n == "dispatch-engine").map(|(_, slice)| *slice);
