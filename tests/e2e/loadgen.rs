@@ -9,9 +9,14 @@ use crate::harness::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smoke_scenario_runs_clean() {
     let server = TestServer::start().await;
-    let config = Scenario::Smoke.config(format!("http://{}", server.addr));
+    let mut config = Scenario::Smoke.config(format!("http://{}", server.addr));
+    // The server runs in this process: its CPU is this process's.
+    config.server_pid = Some(std::process::id());
     let report = dispatch_loadgen::run(config, |_, _| {}).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.protocol_errors, 0, "{report:#?}");
+    let cpu = report.server_cpu.unwrap_or_else(|| panic!("no CPU figures: {report:#?}"));
+    assert!(cpu.seconds > 0.0 && cpu.cores > 0.0, "{cpu:?}");
+    assert!((cpu.per_million_updates_s - cpu.seconds / (report.updates_applied as f64 / 1e6)).abs() < 1e-6, "{cpu:?}");
     assert!(report.errors.is_empty(), "{report:#?}");
     assert_eq!(report.drivers_connected, 200, "{report:#?}");
     assert!(report.updates_applied >= 1_000, "{report:#?}");
@@ -52,4 +57,22 @@ async fn the_smoke_scenario_runs_against_a_secured_server_with_minted_tokens() {
     assert!(report.errors.is_empty(), "{report:#?}");
     assert_eq!(report.drivers_connected, 200, "{report:#?}");
     assert!(report.completed > 0, "{report:#?}");
+}
+
+/// The harness replays any city's trips: the example file's Seoul trips
+/// are requested where they were, with the drivers placed around them
+/// (none would be near if they stood in New York).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_seoul_trips_places_drivers_in_seoul_and_matches_them() {
+    let server = TestServer::start().await;
+    let mut config = Scenario::Smoke.config(format!("http://{}", server.addr));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/trips.csv");
+    config.demand = dispatch_loadgen::config::Demand::Replay { path, speedup: 120.0 };
+    config.duration = std::time::Duration::from_secs(6);
+    let report = dispatch_loadgen::run(config, |_, _| {}).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.protocol_errors, 0, "{report:#?}");
+    assert!(report.requests_sent >= 20, "20 minutes of trips at 120x is 10 s; 6 s sends most: {report:#?}");
+    // Within the 5 km pickup radius of Seoul's pickups: drivers placed in
+    // New York, as before, would match none.
+    assert!(report.match_rate > 0.9, "{report:#?}");
 }

@@ -29,9 +29,6 @@ pub const KOREA: [City; 6] = [
     City { lat: 35.1595, lng: 126.8526, radius_m: 10_000.0, weight: 8.0 },  // Gwangju
 ];
 
-/// Manhattan and around, for replaying the NYC trips.
-pub const NEW_YORK: City = City { lat: 40.7549, lng: -73.9840, radius_m: 12_000.0, weight: 1.0 };
-
 /// Where riders come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Demand {
@@ -97,6 +94,10 @@ pub struct LoadConfig {
     /// say hello again, riders re-attach with their request id), as apps
     /// do when a cluster node dies; counted, not a protocol error.
     pub reconnect: bool,
+    /// The CA certificate (PEM) of a TLS server (`https://` targets).
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
 }
 
 /// The named presets.
@@ -136,6 +137,8 @@ impl Scenario {
             credentials: None,
             server_pid: None,
             reconnect: false,
+            tls_ca_pem: None,
+            connect_timeout: Duration::from_secs(5),
         };
         match self {
             Scenario::Smoke => LoadConfig {

@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 
 use dispatch_proto::pb::{self, admin_service_client::AdminServiceClient};
 use rand::SeedableRng;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use config::{Demand, LoadConfig};
 use credentials::{Credentials, authorize};
 use dispatch_auth::Role;
 use metrics::Metrics;
 use report::Report;
-use sim::{Car, Point, random_point};
+use sim::{Car, random_point};
 
 /// Why a run could not be carried out at all.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +97,7 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(200)).await;
             *attempt += 1;
             let target = &self.targets[*attempt % self.targets.len().max(1)];
-            if let Ok(channel) = connect(target).await {
+            if let Ok(channel) = connect(target, &self.config).await {
                 return Some(channel);
             }
         }
@@ -105,17 +105,21 @@ impl Run {
     }
 }
 
-async fn connect(target: &str) -> Result<Channel, LoadError> {
-    let endpoint = Endpoint::from_shared(target.to_owned())
+async fn connect(target: &str, config: &LoadConfig) -> Result<Channel, LoadError> {
+    let mut endpoint = Endpoint::from_shared(target.to_owned())
         .map_err(|e| LoadError::Target(target.to_owned(), e.to_string()))?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(config.connect_timeout)
         // Riders hang up on their trip's stream while the server still
         // sends to it (as apps do). HTTP/2 remembers only 10 such streams by
         // default, and counts every later frame for a forgotten one towards
         // a limit of 1,024 that closes the connection: thousands of riders
         // a second share a connection here, so remember them all.
         .http2_max_concurrent_reset_streams(1 << 20);
+    if let Some(pem) = &config.tls_ca_pem {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).map_err(|e| LoadError::Target(target.to_owned(), e.to_string()))?;
+    }
     endpoint.connect().await.map_err(|e| LoadError::Connect(target.to_owned(), e))
 }
 
@@ -132,10 +136,16 @@ const WINDOW: Duration = Duration::from_secs(30);
 /// Runs the load described by `config` and reports. `on_tick` is called
 /// about once a second with the numbers so far (for a progress line).
 pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) -> Result<Report, LoadError> {
+    let mut config = config;
     let replay = match &config.demand {
         Demand::Replay { path, .. } => {
-            let centre = config.cities.first().copied().unwrap_or(config::NEW_YORK);
-            Some(riders::read_replay(path, Point { lat: centre.lat, lng: centre.lng }, centre.radius_m * 2.0)?)
+            let replay = riders::read_replay(path)?;
+            if replay.dropped.total() > 0 {
+                tracing::warn!(file = %path.display(), "{}", replay.dropped);
+            }
+            // The drivers are where the file's riders are, whatever city.
+            config.cities = vec![replay.city];
+            Some(replay.trips)
         }
         Demand::Poisson { .. } => None,
     };
@@ -147,8 +157,9 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
         targets.push(config.target.clone());
     }
     let target = |i: usize| targets[i % targets.len()].as_str();
-    let admin = connect(target(0)).await?;
+    let admin = connect(target(0), &config).await?;
     let before = stats(&admin, config.credentials.as_ref()).await?;
+    let cpu_before = config.server_pid.and_then(report::cpu_seconds);
     let started = Instant::now();
     let run = Arc::new(Run {
         deadline: started + config.duration,
@@ -168,7 +179,7 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
     let mut tasks = Vec::new();
     let fleets = config.fleets.max(1);
     for (f, share) in fleet_cars.chunks(fleet_cars.len().div_ceil(fleets).max(1)).enumerate() {
-        let channel = connect(target(f)).await?;
+        let channel = connect(target(f), config).await?;
         let fleet_id = format!("lg-fleet-{f}");
         // A fleet names its drivers in its own namespace, `FLEET_ID/...`.
         let share = share.iter().map(|car| car.in_fleet(&fleet_id)).collect();
@@ -182,7 +193,7 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
         )));
     }
     for (c, group) in solo_cars.chunks(config.sessions_per_connection.max(1)).enumerate() {
-        let channel = connect(target(fleets + c)).await?;
+        let channel = connect(target(fleets + c), config).await?;
         for (i, car) in group.iter().enumerate() {
             let seed = config.seed.wrapping_mul(31).wrapping_add((c * 1_000_003 + i) as u64);
             tasks.push(tokio::spawn(drivers::solo(run.clone(), channel.clone(), car.clone(), seed)));
@@ -191,7 +202,7 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
     // Riders start once every driver has reported at least once.
     let mut rider_channels = Vec::new();
     for r in 0..4.max(targets.len()) {
-        rider_channels.push(connect(target(r)).await?);
+        rider_channels.push(connect(target(r), config).await?);
     }
     let warm_up = config.ping_interval.min(Duration::from_secs(2));
     let riders_run = run.clone();
@@ -226,7 +237,7 @@ pub async fn run(config: LoadConfig, mut on_tick: impl FnMut(&Run, Duration)) ->
         let _ = tokio::task::spawn_blocking(move || probe.join()).await;
     }
     windows.push(report::Window::new(elapsed, run.metrics.take_window(), &window_stats, &after));
-    let mut report = Report::new(&run, elapsed, &before, &after, fleet_cars.len(), solo_cars.len());
+    let mut report = Report::new(&run, elapsed, &before, &after, fleet_cars.len(), solo_cars.len(), cpu_before);
     report.windows = windows;
     Ok(report)
 }

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use dispatch_loadgen::config::{Demand, NEW_YORK, Scenario};
+use dispatch_cli::{Connection, Dur};
+use dispatch_loadgen::config::{Demand, Scenario};
 use dispatch_loadgen::credentials::Credentials;
 use dispatch_loadgen::metrics::Metrics;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,10 +21,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Flags {
-    /// The server, or several (a cluster's nodes), comma-separated:
-    /// connections take them in turn.
-    #[arg(long, env = "DISPATCH_TARGET", default_value = "http://127.0.0.1:50051")]
-    target: String,
+    /// The server, or several (a cluster's nodes) comma-separated, each
+    /// `http://HOST:PORT` or `https://` (with `--tls-ca`): connections
+    /// take them in turn.
+    #[command(flatten, next_help_heading = "Connection")]
+    connection: Connection,
     /// A preset; the flags below override it.
     #[arg(long, value_enum, default_value = "smoke")]
     scenario: Scenario,
@@ -39,32 +41,33 @@ struct Flags {
     /// Updates per fleet batch.
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Milliseconds between two position reports of a driver.
-    #[arg(long)]
-    ping_interval_ms: Option<u64>,
-    /// Seconds the run lasts.
-    #[arg(long)]
-    duration_s: Option<u64>,
+    /// Time between two position reports of a driver (`1s`, `250ms`).
+    #[arg(long, value_parser = Dur::positive)]
+    ping_interval: Option<Dur>,
+    /// How long the run lasts (`30s`, `5m`).
+    #[arg(long, value_parser = Dur::positive)]
+    duration: Option<Dur>,
     /// Ride requests per second (Poisson arrivals).
     #[arg(long)]
     ride_rate: Option<f64>,
-    /// Replay real trips from this CSV (NYC TLC layout) instead of Poisson
-    /// arrivals; drivers are placed around New York.
+    /// Replay real trips from this CSV (NYC TLC layout, any city) instead
+    /// of Poisson arrivals; drivers are placed where its pickups are.
     #[arg(long)]
     replay: Option<PathBuf>,
     /// Time compression of the replay (10: ten minutes of trips a minute).
     #[arg(long, default_value_t = 10.0)]
     speedup: f64,
-    /// Milliseconds a driver thinks before accepting.
-    #[arg(long)]
-    think_ms: Option<u64>,
-    /// Drivers are assigned without offers.
-    #[arg(long)]
+    /// How long a driver thinks before accepting.
+    #[arg(long, value_parser = Dur::any)]
+    think: Option<Dur>,
+    /// Rides are assigned without offers (`--auto-accept`, or
+    /// `--auto-accept false` against a preset that has it).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     auto_accept: Option<bool>,
-    /// Seconds a ride lasts from pickup to dropoff, whatever its length
-    /// (time compression, for a steady state); 0: driven at car speed.
-    #[arg(long)]
-    trip_s: Option<f64>,
+    /// How long a ride lasts from pickup to dropoff, whatever its length
+    /// (time compression, for a steady state); `0s`: driven at car speed.
+    #[arg(long, value_parser = Dur::any)]
+    trip_duration: Option<Dur>,
     /// Per-driver sessions per HTTP/2 connection.
     #[arg(long)]
     sessions_per_connection: Option<usize>,
@@ -76,32 +79,86 @@ struct Flags {
     /// when a cluster node dies: for runs that kill nodes.
     #[arg(long)]
     reconnect: bool,
-    /// Also write the report as JSON here.
-    #[arg(long)]
+    /// The report as JSON on stdout instead of the table (`--json FILE`,
+    /// the earlier spelling, writes it to FILE beside the table).
+    #[arg(long, num_args = 0..=1, default_missing_value = "-")]
     json: Option<PathBuf>,
     /// The server's secret (its `--auth-secret-file`): every simulated
-    /// driver, fleet and rider gets a token minted for it.
+    /// driver, fleet and rider gets a token minted for it. (A harness plays
+    /// many identities, so it takes the secret or a tokens file rather
+    /// than one `--token`.)
     #[arg(long, env = "DISPATCH_AUTH_SECRET_FILE", conflicts_with = "tokens_file")]
     auth_secret_file: Option<PathBuf>,
     /// Ready-made tokens instead, one `role subject token` per line (from
     /// `dispatchd token`).
     #[arg(long)]
     tokens_file: Option<PathBuf>,
+
+    // ------------------------ earlier spellings, hidden (they still work)
+    #[arg(long, hide = true)]
+    ping_interval_ms: Option<u64>,
+    #[arg(long, hide = true)]
+    duration_s: Option<u64>,
+    #[arg(long, hide = true)]
+    think_ms: Option<u64>,
+    #[arg(long, hide = true)]
+    trip_s: Option<f64>,
+}
+
+impl Flags {
+    /// Takes the earlier spellings into today's flags, and says for each
+    /// what to write instead.
+    fn take_earlier_spellings(&mut self) -> Vec<String> {
+        let mut said = Vec::new();
+        let ms = |v: Option<u64>| v.map(|ms| Dur(Duration::from_millis(ms)));
+        let s = |v: Option<f64>| v.map(|s| Dur(Duration::from_secs_f64(s.max(0.0))));
+        for (old, new, value, into) in [
+            ("ping-interval-ms", "ping-interval", ms(self.ping_interval_ms), &mut self.ping_interval),
+            ("duration-s", "duration", ms(self.duration_s.map(|s| s.saturating_mul(1_000))), &mut self.duration),
+            ("think-ms", "think", ms(self.think_ms), &mut self.think),
+            ("trip-s", "trip-duration", s(self.trip_s), &mut self.trip_duration),
+        ] {
+            let Some(value) = value else { continue };
+            if into.is_some() {
+                said.push(format!("--{old} is ignored: --{new} is given too"));
+            } else {
+                *into = Some(value);
+                said.push(format!("--{old} is deprecated and will go: write --{new} {value}"));
+            }
+        }
+        if self.json.as_deref().is_some_and(|p| p != std::path::Path::new("-")) {
+            said.push("--json FILE writes the report to FILE beside the table; --json alone prints it instead".into());
+        }
+        said
+    }
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-    let flags = Flags::parse();
-    let mut config = flags.scenario.config(flags.target.clone());
+    let mut flags = Flags::parse();
+    for line in flags.take_earlier_spellings() {
+        tracing::warn!("{line}");
+    }
+    let mut config = flags.scenario.config(flags.connection.target.clone());
+    config.connect_timeout = flags.connection.timeout.0;
+    if let Some(ca) = &flags.connection.tls_ca {
+        match std::fs::read(ca) {
+            Ok(pem) => config.tls_ca_pem = Some(pem),
+            Err(e) => {
+                tracing::error!(cause = %e, path = %ca.display(), "cannot read the TLS CA certificate");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     config.drivers = flags.drivers.unwrap_or(config.drivers);
     config.fleet_share = flags.fleet_share.unwrap_or(config.fleet_share);
     config.fleets = flags.fleets.unwrap_or(config.fleets);
     config.batch_size = flags.batch_size.unwrap_or(config.batch_size);
-    config.ping_interval = flags.ping_interval_ms.map_or(config.ping_interval, Duration::from_millis);
-    config.duration = flags.duration_s.map_or(config.duration, Duration::from_secs);
-    config.think_time = flags.think_ms.map_or(config.think_time, Duration::from_millis);
+    config.ping_interval = flags.ping_interval.map_or(config.ping_interval, |d| d.0);
+    config.duration = flags.duration.map_or(config.duration, |d| d.0);
+    config.think_time = flags.think.map_or(config.think_time, |d| d.0);
     config.auto_accept = flags.auto_accept.unwrap_or(config.auto_accept);
-    config.trip_s = flags.trip_s.map_or(config.trip_s, |s| (s > 0.0).then_some(s));
+    config.trip_s = flags.trip_duration.map_or(config.trip_s, |d| (!d.0.is_zero()).then_some(d.0.as_secs_f64()));
     config.sessions_per_connection = flags.sessions_per_connection.unwrap_or(config.sessions_per_connection);
     config.server_pid = flags.server_pid;
     config.reconnect = flags.reconnect;
@@ -122,7 +179,6 @@ fn main() -> ExitCode {
     }
     if let Some(path) = flags.replay.clone() {
         config.demand = Demand::Replay { path, speedup: flags.speedup };
-        config.cities = vec![NEW_YORK];
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -155,10 +211,18 @@ fn main() -> ExitCode {
         }
     };
     let mut out = std::io::stdout().lock();
-    if let Err(e) = report.write_table(&mut out) {
+    let json_only = flags.json.as_deref() == Some(std::path::Path::new("-"));
+    let written = if json_only {
+        serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
+    } else {
+        report.write_table(&mut out)
+    };
+    if let Err(e) = written {
         tracing::error!(cause = %e, "cannot write the report");
     }
-    if let Some(path) = flags.json {
+    if let Some(path) = flags.json.filter(|_| !json_only) {
         let written =
             serde_json::to_vec_pretty(&report).map_err(std::io::Error::other).and_then(|j| std::fs::write(&path, j));
         if let Err(e) = written {

@@ -70,6 +70,9 @@ pub struct Report {
     pub reconnects: u64,
     /// The server's resident memory at the end, KiB, when its pid was given.
     pub server_rss_kib: Option<u64>,
+    /// The server's CPU over the run (user and system), when its pid was
+    /// given: what a unit of work costs, whatever the hour.
+    pub server_cpu: Option<ServerCpu>,
     /// Drivers connected at the end (from GetStats).
     pub drivers_connected: u64,
     /// Client request-to-assigned latency window by window (30 s each).
@@ -132,6 +135,31 @@ pub struct Stage {
     pub max_us: u64,
 }
 
+/// The server's CPU over a run, and per unit of work.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ServerCpu {
+    /// CPU seconds (user and system) over the run.
+    pub seconds: f64,
+    /// Cores busy on average.
+    pub cores: f64,
+    /// CPU seconds per million location updates applied.
+    pub per_million_updates_s: f64,
+    /// CPU seconds per thousand rides requested.
+    pub per_thousand_rides_s: f64,
+}
+
+/// CPU seconds process `pid` has used so far (user and system), from
+/// `/proc/PID/stat` in clock ticks of 100 a second (Linux's `USER_HZ`).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces) in parentheses: the
+    // 14th and 15th fields are utime and stime.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -147,6 +175,7 @@ impl Report {
         after: &pb::Stats,
         fleet_drivers: usize,
         session_drivers: usize,
+        cpu_before: Option<f64>,
     ) -> Self {
         let m = &run.metrics;
         let seconds = elapsed.as_secs_f64().max(1e-9);
@@ -192,6 +221,15 @@ impl Report {
             protocol_errors: run.protocol_errors(),
             reconnects: Metrics::get(&m.reconnects),
             server_rss_kib: run.config.server_pid.and_then(rss_kib),
+            server_cpu: run.config.server_pid.and_then(cpu_seconds).zip(cpu_before).map(|(end, start)| {
+                let used = (end - start).max(0.0);
+                ServerCpu {
+                    seconds: used,
+                    cores: used / seconds,
+                    per_million_updates_s: used / (updates_applied as f64 / 1e6).max(1e-9),
+                    per_thousand_rides_s: used / (requests_sent as f64 / 1e3).max(1e-9),
+                }
+            }),
             drivers_connected: after.drivers_connected,
             windows: Vec::new(),
         }
@@ -241,6 +279,15 @@ impl Report {
                 self.server_rss_kib.map_or("unknown (pass --server-pid)".into(), |kib| {
                     let per_driver = (kib * 1024) / (self.fleet_drivers + self.session_drivers).max(1) as u64;
                     format!("{} MiB ({per_driver} B per driver, all in)", kib / 1024)
+                }),
+            ),
+            (
+                "server CPU",
+                self.server_cpu.map_or("unknown (pass --server-pid)".into(), |c| {
+                    format!(
+                        "{:.2} cores: {:.2} s per million updates, {:.2} s per thousand rides",
+                        c.cores, c.per_million_updates_s, c.per_thousand_rides_s
+                    )
                 }),
             ),
         ]);

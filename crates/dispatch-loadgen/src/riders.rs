@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
 use crate::Run;
-use crate::config::Demand;
+use crate::config::{City, Demand};
 use crate::metrics::Metrics;
 use crate::sim::{Point, random_point};
 
@@ -45,37 +45,109 @@ pub enum ReplayError {
     #[error("{0}")]
     Csv(#[from] csv::Error),
     /// No usable trip in it.
-    #[error("no trips with real coordinates in the file")]
-    Empty,
+    #[error("no trips with real coordinates in the file ({0})")]
+    Empty(Dropped),
+}
+
+/// Rows of a replay file left out, by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Dropped {
+    /// Rows that are not the layout (a missing or unparsable column).
+    pub malformed: u64,
+    /// Rows whose pickup time is not `YYYY-MM-DD HH:MM:SS`.
+    pub bad_time: u64,
+    /// Rows with a 0/0 or out-of-range pickup or dropoff.
+    pub bad_position: u64,
+}
+
+impl Dropped {
+    /// Every row left out.
+    pub fn total(&self) -> u64 {
+        self.malformed + self.bad_time + self.bad_position
+    }
+}
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} rows left out: {} malformed, {} with a bad pickup time, {} with a 0/0 or impossible position",
+            self.total(),
+            self.malformed,
+            self.bad_time,
+            self.bad_position
+        )
+    }
+}
+
+/// A replay file read: its trips, sorted by pickup time, where they are,
+/// and the rows left out.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The trips, the first at 0 s.
+    pub trips: Vec<ReplayTrip>,
+    /// The area of their pickups, where the simulated drivers are placed.
+    pub city: City,
+    /// What was left out, and why.
+    pub dropped: Dropped,
+}
+
+fn real_point(lat: f64, lng: f64) -> Option<Point> {
+    let real = lat.is_finite() && lng.is_finite() && !(lat == 0.0 && lng == 0.0);
+    (real && (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng)).then_some(Point { lat, lng })
 }
 
 /// Reads trips in the NYC TLC layout (`pickup_time, dropoff_time,
-/// distance_miles, pickup_lat, pickup_lon, dropoff_lat, dropoff_lon`),
-/// drops rows with 0/0 or unparsable fields or points outside
-/// `within_m` of `centre`, and sorts them by pickup time (the files are not
-/// sorted).
-pub fn read_replay(path: &Path, centre: Point, within_m: f64) -> Result<Vec<ReplayTrip>, ReplayError> {
+/// distance_miles, pickup_lat, pickup_lon, dropoff_lat, dropoff_lon`), from
+/// any city: rows with 0/0 or impossible points or unparsable fields are
+/// left out and counted, the rest sorted by pickup time (the files are not
+/// sorted), and the area of the pickups found for the drivers.
+pub fn read_replay(path: &Path) -> Result<Replay, ReplayError> {
     let mut reader = csv::Reader::from_path(path)?;
     let mut trips: Vec<(chrono::NaiveDateTime, Point, Point)> = Vec::new();
+    let mut dropped = Dropped::default();
     for row in reader.deserialize::<Row>() {
-        let Ok(row) = row else { continue };
-        let Ok(at) = chrono::NaiveDateTime::parse_from_str(&row.pickup_time, "%Y-%m-%d %H:%M:%S") else { continue };
-        let pickup = Point { lat: row.pickup_lat, lng: row.pickup_lon };
-        let dropoff = Point { lat: row.dropoff_lat, lng: row.dropoff_lon };
-        if [pickup, dropoff].iter().all(|p| p.distance_m(centre) <= within_m) {
-            trips.push((at, pickup, dropoff));
+        let Ok(row) = row else {
+            dropped.malformed += 1;
+            continue;
+        };
+        let Ok(at) = chrono::NaiveDateTime::parse_from_str(&row.pickup_time, "%Y-%m-%d %H:%M:%S") else {
+            dropped.bad_time += 1;
+            continue;
+        };
+        match (real_point(row.pickup_lat, row.pickup_lon), real_point(row.dropoff_lat, row.dropoff_lon)) {
+            (Some(pickup), Some(dropoff)) => trips.push((at, pickup, dropoff)),
+            _ => dropped.bad_position += 1,
         }
     }
     trips.sort_by_key(|t| t.0);
-    let first = trips.first().map(|t| t.0).ok_or(ReplayError::Empty)?;
-    Ok(trips
+    let first = trips.first().map(|t| t.0).ok_or(ReplayError::Empty(dropped))?;
+    let city = area_of(trips.iter().map(|t| t.1));
+    let trips = trips
         .into_iter()
         .map(|(at, pickup, dropoff)| ReplayTrip {
             at_s: (at - first).num_milliseconds() as f64 / 1_000.0,
             pickup,
             dropoff,
         })
-        .collect())
+        .collect();
+    Ok(Replay { trips, city, dropped })
+}
+
+/// The circle around the middle of `points` holding nine in ten of them
+/// (at least a kilometre across): where a replay's drivers start.
+fn area_of(points: impl Iterator<Item = Point> + Clone) -> City {
+    let n = points.clone().count().max(1) as f64;
+    let lat = points.clone().map(|p| p.lat).sum::<f64>() / n;
+    // The mean of the directions, so a city across the antimeridian is
+    // not put on the other side of the Earth.
+    let (sin, cos) =
+        points.clone().fold((0.0, 0.0), |(s, c), p| (s + p.lng.to_radians().sin(), c + p.lng.to_radians().cos()));
+    let centre = Point { lat, lng: sin.atan2(cos).to_degrees() };
+    let mut distances: Vec<f64> = points.map(|p| p.distance_m(centre)).filter(|d| d.is_finite()).collect();
+    distances.sort_by(f64::total_cmp);
+    let nine_in_ten = distances.get(distances.len() * 9 / 10).copied().unwrap_or(0.0);
+    City { lat: centre.lat, lng: centre.lng, radius_m: nine_in_ten.max(1_000.0), weight: 1.0 }
 }
 
 /// Plays the configured demand until the run's deadline.

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use dispatch_cli::Dur;
+use dispatch_core::engine::MatchingSpec;
 use dispatch_sim::world::Think;
 use dispatch_sim::{Format, Kpis, SimError, World, clock, plot, seed_points, trips, world};
 use rand::SeedableRng;
@@ -17,7 +19,7 @@ struct Flags {
     /// A trip file, e.g. `../shared/data/nyc-2013-03-01-am/nyc_2013-03-01_8-12.csv`.
     #[arg(long)]
     data: PathBuf,
-    /// Its layout (guessed from the path when left out).
+    /// Its layout (read from its header when left out).
     #[arg(long)]
     format: Option<Format>,
     /// Replay the requests from this time of day (`HH:MM`).
@@ -32,16 +34,15 @@ struct Flags {
     /// Run each fleet size of `FROM..TO[:STEP]` instead (default step 100).
     #[arg(long, value_parser = sweep)]
     sweep_drivers: Option<Sizes>,
-    /// Policies to compare side by side, comma-separated (`nearest`,
-    /// `batch:2s`, `batch:500ms`, `broadcast:3`); a policy may carry its own
-    /// acceptance weight and forward dispatch radius after `+`
-    /// (`nearest+accept:1500`, `nearest+forward:1000`,
-    /// `batch:2s+accept:800+forward:500`).
-    #[arg(long, default_value = "nearest")]
-    compare: String,
-    /// Straight-line speed, metres a second.
-    #[arg(long, default_value_t = 8.0)]
-    speed_mps: f64,
+    /// Matching settings to compare side by side, each in `dispatchd
+    /// --matching`'s grammar (`nearest`, `batch:2s`, `broadcast:3`,
+    /// `batch:2s,premium=nearest`, with `+accept:M` and `+forward:M`), as
+    /// several values (`--compare nearest batch:2s+forward:1000`).
+    #[arg(long, num_args = 1.., default_value = "nearest")]
+    compare: Vec<String>,
+    /// Straight-line driving speed, km/h.
+    #[arg(long, default_value_t = 28.8)]
+    speed_kmh: f64,
     /// Road over straight-line distance.
     #[arg(long, default_value_t = 1.3)]
     detour: f64,
@@ -51,10 +52,11 @@ struct Flags {
     /// Drivers differ: each one's own chance is drawn from `accept ± this`.
     #[arg(long, default_value_t = 0.0)]
     accept_spread: f64,
-    /// Seconds a driver takes to answer: `MIN..MAX`, drawn uniformly, or
-    /// `data`: the real request-to-accept intervals of the data (Austin).
-    #[arg(long, default_value = "0..0", value_parser = think)]
-    think_s: ThinkFlag,
+    /// How long a driver takes to answer: `MIN..MAX` (`2s..12s`), drawn
+    /// uniformly, or `data`: the real request-to-accept intervals of the
+    /// data (Austin).
+    #[arg(long, default_value = "0s..0s", value_parser = think)]
+    think: ThinkFlag,
     /// Acceptance-aware ranking for every policy: a driver who missed all
     /// their recent offers ranks like one this many metres farther.
     #[arg(long, default_value_t = 0.0)]
@@ -68,22 +70,94 @@ struct Flags {
     plot: Option<PathBuf>,
     /// The pickup radius, metres.
     #[arg(long, default_value_t = 5_000.0)]
-    radius_m: f64,
-    /// How long a request searches before it gives up, seconds.
-    #[arg(long, default_value_t = 60)]
-    patience_s: i64,
+    max_pickup_distance_m: f64,
+    /// How long a request searches before it gives up.
+    #[arg(long, default_value = "60s", value_parser = Dur::positive)]
+    search_timeout: Dur,
     /// Batch: leaving a request unmatched costs like a pickup this long...
     #[arg(long, default_value_t = 2_000.0)]
-    unmatched_m: f64,
+    batch_unmatched_m: f64,
     /// ...plus this many metres per second waited.
     #[arg(long, default_value_t = 100.0)]
-    unmatched_per_s_m: f64,
+    batch_unmatched_per_s_m: f64,
     /// Seed for drivers' start points and answers.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// One JSON object per run instead of a table.
     #[arg(long)]
     json: bool,
+
+    // ------------------------ earlier spellings, hidden (they still work)
+    #[arg(long, hide = true)]
+    speed_mps: Option<f64>,
+    #[arg(long, hide = true, value_parser = think_seconds)]
+    think_s: Option<ThinkFlag>,
+    #[arg(long, hide = true)]
+    radius_m: Option<f64>,
+    #[arg(long, hide = true)]
+    patience_s: Option<u64>,
+    #[arg(long, hide = true)]
+    unmatched_m: Option<f64>,
+    #[arg(long, hide = true)]
+    unmatched_per_s_m: Option<f64>,
+}
+
+impl Flags {
+    /// Takes the earlier spellings into today's flags, and says for each
+    /// what to write instead.
+    fn take_earlier_spellings(&mut self, matches: &clap::ArgMatches) -> Vec<String> {
+        use dispatch_cli::earlier;
+        let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        let mut said = Vec::new();
+        let speed = self.speed_mps.map(|mps| mps * 3.6);
+        said.extend(earlier("speed-mps", "speed-kmh", speed, given("speed_kmh"), &mut self.speed_kmh));
+        said.extend(earlier("think-s", "think", self.think_s, given("think"), &mut self.think));
+        let radius = self.radius_m;
+        said.extend(earlier(
+            "radius-m",
+            "max-pickup-distance-m",
+            radius,
+            given("max_pickup_distance_m"),
+            &mut self.max_pickup_distance_m,
+        ));
+        let patience = self.patience_s.map(|s| Dur(std::time::Duration::from_secs(s)));
+        said.extend(earlier(
+            "patience-s",
+            "search-timeout",
+            patience,
+            given("search_timeout"),
+            &mut self.search_timeout,
+        ));
+        let unmatched = self.unmatched_m;
+        said.extend(earlier(
+            "unmatched-m",
+            "batch-unmatched-m",
+            unmatched,
+            given("batch_unmatched_m"),
+            &mut self.batch_unmatched_m,
+        ));
+        let per_s = self.unmatched_per_s_m;
+        said.extend(earlier(
+            "unmatched-per-s-m",
+            "batch-unmatched-per-s-m",
+            per_s,
+            given("batch_unmatched_per_s_m"),
+            &mut self.batch_unmatched_per_s_m,
+        ));
+        // The earlier `--compare a,b,c`: a list, where today a comma
+        // separates a policy's services (and needs `service=`).
+        if self.compare.len() == 1 && self.compare[0].contains(',') && !self.compare[0].contains('=') {
+            let list: Vec<String> =
+                self.compare[0].split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect();
+            said.push(format!(
+                "--compare {} is an earlier spelling: write --compare {}",
+                self.compare[0],
+                list.join(" ")
+            ));
+            self.compare = list;
+        }
+        said
+    }
 }
 
 /// Fleet sizes to sweep.
@@ -98,44 +172,62 @@ fn sweep(s: &str) -> Result<Sizes, String> {
     Ok(Sizes((a..=b).step_by(step).collect()))
 }
 
-/// `--think-s`: a range, or the data's own intervals.
-#[derive(Debug, Clone)]
+/// `--think`: a range of seconds, or the data's own intervals.
+#[derive(Debug, Clone, Copy)]
 enum ThinkFlag {
     Range(f64, f64),
     Data,
 }
 
+impl std::fmt::Display for ThinkFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dur = |s: f64| Dur(std::time::Duration::from_secs_f64(s));
+        match *self {
+            Self::Range(a, b) => write!(f, "{}..{}", dur(a), dur(b)),
+            Self::Data => f.write_str("data"),
+        }
+    }
+}
+
 fn think(s: &str) -> Result<ThinkFlag, String> {
+    let seconds = |v: &str| v.trim().parse::<Dur>().map(|d| d.0.as_secs_f64());
+    think_with(s, seconds)
+}
+
+/// The earlier `--think-s MIN..MAX`, in seconds.
+fn think_seconds(s: &str) -> Result<ThinkFlag, String> {
+    think_with(s, |v| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}")))
+}
+
+fn think_with(s: &str, seconds: impl Fn(&str) -> Result<f64, String>) -> Result<ThinkFlag, String> {
     if s == "data" {
         return Ok(ThinkFlag::Data);
     }
-    range_s(s).map(|(a, b)| ThinkFlag::Range(a, b))
-}
-
-fn range_s(s: &str) -> Result<(f64, f64), String> {
     let (a, b) = s.split_once("..").ok_or_else(|| format!("{s:?}: expected MIN..MAX"))?;
-    let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
-    let (a, b) = (parse(a)?, parse(b)?);
+    let (a, b) = (seconds(a)?, seconds(b)?);
     if !(0.0..=600.0).contains(&a) || b < a || b > 600.0 {
-        return Err(format!("{s:?}: need 0 <= MIN <= MAX <= 600"));
+        return Err(format!("{s:?}: need 0 <= MIN <= MAX <= 10m"));
     }
-    Ok((a, b))
+    Ok(ThinkFlag::Range(a, b))
 }
 
 fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
-    let format = flags
-        .format
-        .or_else(|| Format::guess(&flags.data))
-        .ok_or_else(|| SimError::Input(format!("cannot tell the format of {}; pass --format", flags.data.display())))?;
+    let format = match flags.format {
+        Some(format) => format,
+        None => Format::sniff(&flags.data)?,
+    };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(flags.seed);
-    let all = trips::read(&flags.data, format, &mut rng)?;
+    let (all, dropped) = trips::read(&flags.data, format, &mut rng)?;
+    if dropped.total() > 0 {
+        eprintln!("dispatch-sim: {}: {dropped}", flags.data.display());
+    }
     let seeds = seed_points(&all, flags.from);
-    let think = match flags.think_s {
+    let think = match flags.think {
         ThinkFlag::Range(lo, hi) => Think::Uniform(lo, hi),
         ThinkFlag::Data => {
             let real: Vec<f64> = all.iter().filter_map(|t| t.accept_after_s).collect();
             if real.is_empty() {
-                return Err(SimError::Input("--think-s data: these trips carry no accept times".into()));
+                return Err(SimError::Input("--think data: these trips carry no accept times".into()));
             }
             Think::Sampled(real)
         }
@@ -144,13 +236,13 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
         return Err(SimError::Input("--accept and --accept-spread are from 0 to 1".into()));
     }
     let sizes = flags.sweep_drivers.clone().map_or_else(|| vec![flags.drivers], |s| s.0);
-    let policies: Vec<&str> = flags.compare.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let policies: Vec<&str> = flags.compare.iter().map(|p| p.trim()).filter(|p| !p.is_empty()).collect();
     let mut rows: Vec<(String, Kpis)> = Vec::new();
     for &drivers in &sizes {
         for policy in &policies {
             let mut world = World {
                 drivers,
-                speed_mps: flags.speed_mps,
+                speed_mps: flags.speed_kmh / 3.6,
                 detour: flags.detour,
                 accept: flags.accept,
                 accept_spread: flags.accept_spread,
@@ -158,14 +250,14 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
                 seed: flags.seed,
                 ..World::default()
             };
-            world.engine.max_pickup_distance_m = flags.radius_m;
-            world.engine.search_timeout_ms = flags.patience_s.max(1) * 1_000;
-            let spec = policy_spec(policy, flags)?;
-            world.engine.matching = spec.matching;
-            world.engine.accept_weight_m = spec.accept_weight_m;
-            world.engine.forward_dispatch_m = spec.forward_dispatch_m;
-            world.engine.batch_unmatched_m = flags.unmatched_m;
-            world.engine.batch_unmatched_per_s_m = flags.unmatched_per_s_m;
+            world.engine.max_pickup_distance_m = flags.max_pickup_distance_m;
+            world.engine.search_timeout_ms = flags.search_timeout.as_ms();
+            let spec: MatchingSpec = policy.parse().map_err(SimError::Input)?;
+            world.engine.matching = spec.policies;
+            world.engine.accept_weight_m = spec.accept_weight_m.unwrap_or(flags.accept_weight_m);
+            world.engine.forward_dispatch_m = spec.forward_dispatch_m.unwrap_or(flags.forward_dispatch_m);
+            world.engine.batch_unmatched_m = flags.batch_unmatched_m;
+            world.engine.batch_unmatched_per_s_m = flags.batch_unmatched_per_s_m;
             let kpis = world::run(&world, &all, &seeds, flags.from, flags.to)?;
             rows.push(((*policy).to_owned(), kpis));
         }
@@ -248,37 +340,13 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
     Ok(())
 }
 
-/// One entry of `--compare`.
-struct Spec {
-    matching: dispatch_core::engine::Policies,
-    accept_weight_m: f64,
-    forward_dispatch_m: f64,
-}
-
-/// `POLICY[+accept:M][+forward:M]`: the policy, its acceptance weight and
-/// its forward dispatch radius (the flags' when not given).
-fn policy_spec(s: &str, flags: &Flags) -> Result<Spec, SimError> {
-    let mut parts = s.split('+');
-    let matching = parts.next().unwrap_or_default().parse().map_err(SimError::Input)?;
-    let mut spec =
-        Spec { matching, accept_weight_m: flags.accept_weight_m, forward_dispatch_m: flags.forward_dispatch_m };
-    for part in parts {
-        let (name, metres) = part.split_once(':').ok_or_else(|| SimError::Input(format!("{s:?}: {part:?}")))?;
-        let metres = metres.parse::<f64>().map_err(|e| SimError::Input(format!("{s:?}: {e}")))?;
-        if !(0.0..=1_000_000.0).contains(&metres) {
-            return Err(SimError::Input(format!("{s:?}: {name} is 0 to 1,000,000 metres")));
-        }
-        match name {
-            "accept" => spec.accept_weight_m = metres,
-            "forward" => spec.forward_dispatch_m = metres,
-            other => return Err(SimError::Input(format!("{s:?}: unknown {other:?} (accept or forward)"))),
-        }
-    }
-    Ok(spec)
-}
-
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Flags::command().get_matches();
+    let mut flags = Flags::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    for line in flags.take_earlier_spellings(&matches) {
+        let _ = writeln!(std::io::stderr(), "dispatch-sim: {line}");
+    }
     let mut out = std::io::stdout().lock();
     match run(&flags, &mut out) {
         Ok(()) => ExitCode::SUCCESS,

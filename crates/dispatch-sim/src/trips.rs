@@ -1,6 +1,7 @@
 //! Real trips, one reader per format: when each was asked for (seconds into
 //! the replay), where from and where to. Rows with 0/0 or unreadable fields
-//! are dropped, and rows come back sorted by time (no source file is).
+//! are left out and counted by why, and rows come back sorted by time (no
+//! source file is).
 
 use std::path::Path;
 
@@ -48,18 +49,55 @@ pub enum Format {
 }
 
 impl Format {
-    /// The format a data folder's file is in, from its name.
-    pub fn guess(path: &Path) -> Option<Self> {
-        let name = path.to_string_lossy().to_lowercase();
-        if name.contains("triplinker") {
-            Some(Self::Austin)
-        } else if name.contains("nyc") || name.contains("hive_aus") {
-            Some(Self::Nyc)
-        } else if name.contains("chicago") {
-            Some(Self::Chicago)
+    /// The format of a file, from the columns its header names.
+    pub fn sniff(path: &Path) -> Result<Self, SimError> {
+        let mut reader =
+            csv::Reader::from_path(path).map_err(|e| SimError::Data(format!("{}: {e}", path.display())))?;
+        let header = reader.headers().map_err(|e| SimError::Data(format!("{}: {e}", path.display())))?;
+        let has = |column: &str| header.iter().any(|h| h.trim() == column);
+        if has("pickup_time") && has("pickup_lat") {
+            Ok(Self::Nyc)
+        } else if has("request_datetime") && has("driver_accept_datetime") {
+            Ok(Self::Austin)
+        } else if has("trip_start_timestamp") {
+            Ok(Self::Chicago)
         } else {
-            None
+            Err(SimError::Input(format!(
+                "{}: its columns are none of the layouts read (nyc, austin, chicago); see --format",
+                path.display()
+            )))
         }
+    }
+}
+
+/// Rows of a trip file left out, by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Rows that are not the layout (a missing or unparsable column).
+    pub malformed: u64,
+    /// Rows without a readable time.
+    pub bad_time: u64,
+    /// Rows with a 0/0 or impossible pickup or dropoff.
+    pub bad_position: u64,
+}
+
+impl Dropped {
+    /// Every row left out.
+    pub fn total(&self) -> u64 {
+        self.malformed + self.bad_time + self.bad_position
+    }
+}
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} rows left out: {} malformed, {} without a readable time, {} with a 0/0 or impossible position",
+            self.total(),
+            self.malformed,
+            self.bad_time,
+            self.bad_position
+        )
     }
 }
 
@@ -98,14 +136,21 @@ fn point(lat: f64, lng: f64) -> Option<LatLng> {
     LatLng::new(lat, lng).ok()
 }
 
-/// Reads every usable trip of `path`, sorted by time.
-pub fn read(path: &Path, format: Format, rng: &mut impl Rng) -> Result<Vec<TripRow>, SimError> {
+/// Reads every usable trip of `path`, sorted by time, and counts the rows
+/// left out.
+pub fn read(path: &Path, format: Format, rng: &mut impl Rng) -> Result<(Vec<TripRow>, Dropped), SimError> {
     let mut reader = csv::Reader::from_path(path).map_err(|e| SimError::Data(format!("{}: {e}", path.display())))?;
     let mut trips = Vec::new();
+    let mut dropped = Dropped::default();
     match format {
         Format::Nyc => {
-            for row in reader.deserialize::<NycRow>().flatten() {
+            for row in reader.deserialize::<NycRow>() {
+                let Ok(row) = row else {
+                    dropped.malformed += 1;
+                    continue;
+                };
                 let Ok(at) = chrono::NaiveDateTime::parse_from_str(&row.pickup_time, "%Y-%m-%d %H:%M:%S") else {
+                    dropped.bad_time += 1;
                     continue;
                 };
                 let at_s = f64::from(chrono::Timelike::num_seconds_from_midnight(&at.time()));
@@ -113,15 +158,22 @@ pub fn read(path: &Path, format: Format, rng: &mut impl Rng) -> Result<Vec<TripR
                     (point(row.pickup_lat, row.pickup_lon), point(row.dropoff_lat, row.dropoff_lon))
                 {
                     trips.push(TripRow { at_s, pickup, dropoff, accept_after_s: None });
+                } else {
+                    dropped.bad_position += 1;
                 }
             }
         }
         Format::Austin => {
             let time = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok();
             let mut rows = Vec::new();
-            for row in reader.deserialize::<AustinRow>().flatten() {
+            for row in reader.deserialize::<AustinRow>() {
+                let Ok(row) = row else {
+                    dropped.malformed += 1;
+                    continue;
+                };
                 let (Some(asked), Some(accepted)) = (time(&row.request_datetime), time(&row.driver_accept_datetime))
                 else {
+                    dropped.bad_time += 1;
                     continue;
                 };
                 if let (Some(pickup), Some(dropoff)) = (
@@ -130,10 +182,12 @@ pub fn read(path: &Path, format: Format, rng: &mut impl Rng) -> Result<Vec<TripR
                 ) {
                     let accept_after_s = (accepted - asked).num_seconds() as f64;
                     rows.push((asked, pickup, dropoff, (accept_after_s >= 0.0).then_some(accept_after_s)));
+                } else {
+                    dropped.bad_position += 1;
                 }
             }
             let Some(day) = rows.iter().map(|r| r.0.date()).min() else {
-                return Err(SimError::Data(format!("{}: no usable trips", path.display())));
+                return Err(SimError::Data(format!("{}: no usable trips ({dropped})", path.display())));
             };
             let midnight = day.and_time(chrono::NaiveTime::MIN);
             for (asked, pickup, dropoff, accept_after_s) in rows {
@@ -142,27 +196,34 @@ pub fn read(path: &Path, format: Format, rng: &mut impl Rng) -> Result<Vec<TripR
             }
         }
         Format::Chicago => {
-            for row in reader.deserialize::<ChicagoRow>().flatten() {
-                let (Some(at), Some(plat), Some(plng), Some(dlat), Some(dlng)) = (
-                    row.trip_start_timestamp,
-                    row.pickup_latitude,
-                    row.pickup_longitude,
-                    row.dropoff_latitude,
-                    row.dropoff_longitude,
-                ) else {
+            for row in reader.deserialize::<ChicagoRow>() {
+                let Ok(row) = row else {
+                    dropped.malformed += 1;
+                    continue;
+                };
+                let Some(at) = row.trip_start_timestamp else {
+                    dropped.bad_time += 1;
+                    continue;
+                };
+                let (Some(plat), Some(plng), Some(dlat), Some(dlng)) =
+                    (row.pickup_latitude, row.pickup_longitude, row.dropoff_latitude, row.dropoff_longitude)
+                else {
+                    dropped.bad_position += 1;
                     continue;
                 };
                 let slot = at.rem_euclid(86_400) as f64;
                 let at_s = slot + rng.random_range(0.0..900.0);
                 if let (Some(pickup), Some(dropoff)) = (point(plat, plng), point(dlat, dlng)) {
                     trips.push(TripRow { at_s, pickup, dropoff, accept_after_s: None });
+                } else {
+                    dropped.bad_position += 1;
                 }
             }
         }
     }
     if trips.is_empty() {
-        return Err(SimError::Data(format!("{}: no usable trips", path.display())));
+        return Err(SimError::Data(format!("{}: no usable trips ({dropped})", path.display())));
     }
     trips.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
-    Ok(trips)
+    Ok((trips, dropped))
 }

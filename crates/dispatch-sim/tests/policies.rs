@@ -86,10 +86,11 @@ fn the_austin_reader_takes_pickups_accept_intervals_and_runs_past_midnight() {
         1,2017-03-15 04:00:06,2017-03-15 04:00:08,-97.745,-97.745,x,x,30.282,-97.747,x,30.264,-97.745,2799.0,554156\n\
         3,2017-03-15 05:00:00,2017-03-15 05:00:01,0,0,x,x,0,0,x,30.26,-97.75,100,8\n";
     std::fs::write(&path, csv).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(Format::guess(&path), Some(Format::Austin));
+    assert_eq!(Format::sniff(&path).ok(), Some(Format::Austin));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let rows = trips::read(&path, Format::Austin, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+    let (rows, dropped) = trips::read(&path, Format::Austin, &mut rng).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rows.len(), 2, "the 0/0 pickup is dropped: {rows:?}");
+    assert_eq!(dropped, trips::Dropped { bad_position: 1, ..Default::default() });
     assert_eq!((rows[0].at_s, rows[0].accept_after_s), (4.0 * 3_600.0 + 6.0, Some(2.0)));
     assert_eq!((rows[0].pickup.lat(), rows[0].pickup.lng()), (30.282, -97.747));
     assert_eq!((rows[1].at_s, rows[1].accept_after_s), (24.0 * 3_600.0 + 600.0, Some(9.0)));
@@ -140,4 +141,69 @@ fn on_a_tight_city_forward_dispatch_beats_nearest_first() {
     assert!(forward.wait_mean_s < nearest.wait_mean_s, "nearest {nearest:?}\nforward {forward:?}");
     assert!(forward.empty_km < nearest.empty_km, "nearest {nearest:?}\nforward {forward:?}");
     assert!(forward.completed <= forward.matched, "{forward:?}");
+}
+
+/// Rows that cannot be used are counted by why, not dropped silently, and a
+/// file is read by its columns whatever its name.
+#[test]
+fn rows_left_out_are_counted_by_why() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("seoul.csv");
+    let csv = "pickup_time,dropoff_time,distance_miles,pickup_lat,pickup_lon,dropoff_lat,dropoff_lon\n\
+        2024-05-01 08:00:05,2024-05-01 08:10:00,1.0,37.5665,126.978,37.55,126.99\n\
+        not a time,2024-05-01 08:10:00,1.0,37.5665,126.978,37.55,126.99\n\
+        2024-05-01 08:00:09,2024-05-01 08:10:00,1.0,0,0,37.55,126.99\n\
+        2024-05-01 08:00:09,2024-05-01 08:10:00,1.0,95.0,126.978,37.55,126.99\n\
+        2024-05-01 08:01:00,2024-05-01 08:10:00,1.0,north,126.978,37.55,126.99\n\
+        2024-05-01 08:00:01,2024-05-01 08:10:00,1.0,37.57,126.98,37.56,126.97\n";
+    std::fs::write(&path, csv).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(Format::sniff(&path).ok(), Some(Format::Nyc));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let (rows, dropped) = trips::read(&path, Format::Nyc, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows.iter().map(|r| r.at_s).collect::<Vec<_>>(), [8.0 * 3_600.0 + 1.0, 8.0 * 3_600.0 + 5.0]);
+    assert_eq!(dropped, trips::Dropped { malformed: 1, bad_time: 1, bad_position: 2 });
+    assert_eq!(dropped.total(), 4);
+}
+
+/// The binary on the example file, as the README runs it: every policy given
+/// is run on the same trips; the earlier spellings of its flags still work
+/// and say what to write now.
+#[test]
+fn the_binary_replays_the_example_trips_and_takes_earlier_spellings() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/trips.csv");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_dispatch-sim"))
+            .arg("--data")
+            .arg(&data)
+            .args(["--from", "08:00", "--to", "08:30", "--drivers", "20", "--json"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        let runs: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        (runs, stderr)
+    };
+    let (runs, _) = run(&["--compare", "nearest", "batch:2s,premium=nearest+forward:1000"]);
+    let policies: Vec<&str> = runs.iter().filter_map(|r| r["policy"].as_str()).collect();
+    assert_eq!(policies, ["nearest", "batch:2s,premium=nearest+forward:1000"]);
+    for r in &runs {
+        assert_eq!(r["requests"].as_u64(), Some(60), "{r}");
+        assert!(r["match_rate"].as_f64().is_some_and(|m| m > 0.5), "{r}");
+    }
+    let (old, said) =
+        run(&["--compare", "nearest,batch:2s", "--speed-mps", "8", "--think-s", "0..0", "--patience-s", "60"]);
+    assert_eq!(old.len(), 2, "{said}");
+    for advice in [
+        "write --compare nearest batch:2s",
+        "write --speed-kmh 28.8",
+        "write --think 0s..0s",
+        "write --search-timeout 1m",
+    ] {
+        assert!(said.contains(advice), "no {advice:?} in {said}");
+    }
+    assert_eq!(old[0]["match_rate"], runs[0]["match_rate"], "the same run either way");
 }

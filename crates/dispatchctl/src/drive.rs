@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
+use dispatch_cli::Dur;
+
 use crate::{Client, CtlError, show};
 
 /// Where the driver starts and how it behaves.
@@ -31,18 +33,53 @@ pub struct DriveArgs {
     /// Decline every offer instead of accepting it.
     #[arg(long, conflicts_with = "auto_accept")]
     pub decline_offers: bool,
-    /// How fast it drives, metres a second.
-    #[arg(long, default_value_t = 12.0)]
-    pub speed_mps: f64,
-    /// How often it moves and reports its position, in milliseconds.
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
-    pub tick_ms: u64,
-    /// How long the rider takes to get in, in milliseconds.
-    #[arg(long, default_value_t = 2_000)]
-    pub board_ms: u64,
+    /// How fast it drives, km/h.
+    #[arg(long, default_value_t = 43.2)]
+    pub speed_kmh: f64,
+    /// How often it moves and reports its position (at least 10ms).
+    #[arg(long, default_value = "1s", value_parser = tick)]
+    pub tick: Dur,
+    /// How long the rider takes to get in.
+    #[arg(long, default_value = "2s", value_parser = Dur::any)]
+    pub board: Dur,
     /// Go off duty and stop after this many completed trips.
     #[arg(long)]
     pub trips: Option<u64>,
+    // Earlier spellings, hidden: they still work.
+    #[arg(long, hide = true)]
+    #[doc(hidden)]
+    pub speed_mps: Option<f64>,
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(10..))]
+    #[doc(hidden)]
+    pub tick_ms: Option<u64>,
+    #[arg(long, hide = true)]
+    #[doc(hidden)]
+    pub board_ms: Option<u64>,
+}
+
+fn tick(s: &str) -> Result<Dur, String> {
+    match s.parse::<Dur>()? {
+        Dur(d) if d >= Duration::from_millis(10) => Ok(Dur(d)),
+        _ => Err(format!("{s:?} is shorter than 10ms")),
+    }
+}
+
+impl DriveArgs {
+    /// Takes the earlier spellings into today's flags; what to write
+    /// instead, for each given.
+    pub fn take_earlier_spellings(&mut self) -> Vec<String> {
+        use dispatch_cli::earlier;
+        // Today's flags have defaults: an earlier spelling given wins
+        // unless today's differs from its default.
+        let mut said = Vec::new();
+        let speed = self.speed_mps.map(|mps| mps * 3.6);
+        said.extend(earlier("speed-mps", "speed-kmh", speed, self.speed_kmh != 43.2, &mut self.speed_kmh));
+        let tick = self.tick_ms.map(|ms| Dur(Duration::from_millis(ms)));
+        said.extend(earlier("tick-ms", "tick", tick, self.tick != Dur::ms(1_000), &mut self.tick));
+        let board = self.board_ms.map(|ms| Dur(Duration::from_millis(ms)));
+        said.extend(earlier("board-ms", "board", board, self.board != Dur::ms(2_000), &mut self.board));
+        said
+    }
 }
 
 /// What the driver is doing.
@@ -137,8 +174,8 @@ pub async fn drive(client: &Client, args: DriveArgs, out: &mut (dyn Write + Send
     let mut me = Driver { tx, out, json, position: args.at };
     let mut phase = Phase::Idle;
     let mut done = 0;
-    let tick = Duration::from_millis(args.tick_ms);
-    let step_m = args.speed_mps * tick.as_secs_f64();
+    let tick = args.tick.0;
+    let step_m = args.speed_kmh / 3.6 * tick.as_secs_f64();
     let mut every = tokio::time::interval(tick);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -198,7 +235,7 @@ pub async fn drive(client: &Client, args: DriveArgs, out: &mut (dyn Write + Send
                         if there {
                             me.progress(&trip, pb::TripStatus::DriverArrived).await?;
                             let dropoff = dropoff.unwrap_or_else(|| somewhere_near(pickup));
-                            Phase::Boarding { trip, until: Instant::now() + Duration::from_millis(args.board_ms), dropoff }
+                            Phase::Boarding { trip, until: Instant::now() + args.board.0, dropoff }
                         } else {
                             Phase::ToPickup { trip, pickup, dropoff }
                         }

@@ -13,34 +13,26 @@
 mod drive;
 mod show;
 
+use std::future::Future;
 use std::io::Write;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dispatch_core::geo::LatLng;
 use dispatch_proto::pb;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 /// Talk to a dispatch server.
 #[derive(Debug, Parser)]
 #[command(name = "dispatchctl", version, about)]
 pub struct Cli {
-    /// The server's gRPC address.
-    #[arg(long, env = "DISPATCH_TARGET", default_value = "http://127.0.0.1:50051", global = true)]
-    pub target: String,
-    /// A bearer token (see `dispatchd token`).
-    #[arg(long, env = "DISPATCH_TOKEN", global = true, conflicts_with = "token_file")]
-    pub token: Option<String>,
-    /// A file holding the bearer token.
-    #[arg(long, env = "DISPATCH_TOKEN_FILE", global = true)]
-    pub token_file: Option<PathBuf>,
-    /// The CA certificate (PEM) that signed the server's, for an `https://`
-    /// target.
-    #[arg(long, env = "DISPATCH_TLS_CA", global = true)]
-    pub tls_ca: Option<PathBuf>,
+    /// Where the server is, and how long to wait for it.
+    #[command(flatten, next_help_heading = "Connection")]
+    pub connection: dispatch_cli::Connection,
+    /// Who is asking.
+    #[command(flatten, next_help_heading = "Connection")]
+    pub token: dispatch_cli::Token,
     /// One JSON object per line instead of text for people.
     #[arg(long, global = true)]
     pub json: bool,
@@ -109,6 +101,12 @@ pub enum Command {
     /// Plays a driver: takes rides, drives to the pickup and then the
     /// dropoff, and says so at each step.
     Drive(drive::DriveArgs),
+    /// Prints a shell completion script:
+    /// `dispatchctl completions bash > /etc/bash_completion.d/dispatchctl`.
+    Completions {
+        /// For which shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// A service, as operators name it.
@@ -149,6 +147,9 @@ pub enum CtlError {
     /// The server said no.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(#[from] Status),
+    /// The server did not answer within `--timeout`.
+    #[error("no answer within {0} (--timeout)")]
+    Timeout(dispatch_cli::Dur),
     /// A file could not be read, or the input made no sense.
     #[error("{0}")]
     Input(String),
@@ -171,34 +172,21 @@ fn lat_lng(s: &str) -> Result<LatLng, String> {
 pub(crate) struct Client {
     channel: Channel,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// How long a call may wait for its answer (a stream: for its start).
+    timeout: dispatch_cli::Dur,
 }
 
 impl Client {
     async fn connect(cli: &Cli) -> Result<Self, CtlError> {
-        let connect_error = |cause: String| CtlError::Connect { target: cli.target.clone(), cause };
-        let mut endpoint = Endpoint::from_shared(cli.target.clone())
-            .map_err(|e| connect_error(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(ca) = &cli.tls_ca {
-            let pem = std::fs::read(ca).map_err(|e| CtlError::Input(format!("cannot read {}: {e}", ca.display())))?;
-            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
-            endpoint = endpoint.tls_config(tls).map_err(|e| connect_error(e.to_string()))?;
-        }
+        let target = &cli.connection.target;
+        let connect_error = |cause: String| CtlError::Connect { target: target.clone(), cause };
+        let endpoint = cli.connection.endpoint(target).map_err(connect_error)?;
         let channel = endpoint.connect().await.map_err(|e| connect_error(e.to_string()))?;
-        let token = match (&cli.token, &cli.token_file) {
-            (Some(token), _) => Some(token.trim().to_owned()),
-            (None, Some(file)) => Some(
-                std::fs::read_to_string(file)
-                    .map_err(|e| CtlError::Input(format!("cannot read {}: {e}", file.display())))?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, None) => None,
-        };
+        let token = cli.token.read().map_err(CtlError::Input)?;
         let token = token
             .map(|t| format!("Bearer {t}").parse().map_err(|_| CtlError::Input("the token is not ASCII".into())))
             .transpose()?;
-        Ok(Self { channel, token })
+        Ok(Self { channel, token, timeout: cli.connection.timeout })
     }
 
     /// `message` with the token attached.
@@ -208,6 +196,14 @@ impl Client {
             request.metadata_mut().insert("authorization", token.clone());
         }
         request
+    }
+
+    /// Waits for `call` at most `--timeout`.
+    pub(crate) async fn answer<T>(&self, call: impl Future<Output = Result<T, Status>>) -> Result<T, CtlError> {
+        match tokio::time::timeout(self.timeout.0, call).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(CtlError::Timeout(self.timeout)),
+        }
     }
 
     fn admin(&self) -> pb::admin_service_client::AdminServiceClient<Channel> {
@@ -225,11 +221,19 @@ impl Client {
 
 /// Runs one command, writing what it shows to `out`.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), CtlError> {
-    let client = Client::connect(&cli).await?;
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "dispatchctl", out);
+        return Ok(());
+    }
+    let timeout = cli.connection.timeout;
+    let client =
+        tokio::time::timeout(timeout.0, Client::connect(&cli)).await.map_err(|_| CtlError::Timeout(timeout))??;
     let json = cli.json;
     match cli.command {
         Command::Stats => {
-            let stats = client.admin().get_stats(client.request(pb::GetStatsRequest {})).await?.into_inner();
+            let stats =
+                client.answer(client.admin().get_stats(client.request(pb::GetStatsRequest {}))).await?.into_inner();
             show::stats(out, &stats, json)?;
         }
         Command::Nearby { at, limit, radius_m, service, available } => {
@@ -241,20 +245,23 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), CtlError>
                 available_only: available,
                 ..Default::default()
             };
-            let nearby = client.admin().nearby_drivers(client.request(request)).await?.into_inner();
+            let nearby = client.answer(client.admin().nearby_drivers(client.request(request))).await?.into_inner();
             show::nearby(out, &nearby, json)?;
         }
         Command::Trip { id } => {
-            let trip = client.riders().get_trip(client.request(pb::GetTripRequest { trip_id: id })).await?;
+            let trip =
+                client.answer(client.riders().get_trip(client.request(pb::GetTripRequest { trip_id: id }))).await?;
             show::trip(out, &trip.into_inner(), json)?;
         }
         Command::Cancel { id, reason } => {
             let request = pb::CancelRideRequest { trip_id: id, reason };
-            let trip = client.riders().cancel_ride(client.request(request)).await?;
+            let trip = client.answer(client.riders().cancel_ride(client.request(request))).await?;
             show::trip(out, &trip.into_inner(), json)?;
         }
         Command::Watch { count } => {
-            let mut changes = client.admin().watch_trips(client.request(pb::WatchTripsRequest {})).await?.into_inner();
+            let mut admin = client.admin();
+            let mut changes =
+                client.answer(admin.watch_trips(client.request(pb::WatchTripsRequest {}))).await?.into_inner();
             let mut seen = 0;
             while count.is_none_or(|n| seen < n) {
                 let Some(trip) = changes.message().await? else { break };
@@ -275,12 +282,18 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), CtlError>
                 request_id,
                 max_pickup_distance_m: 0.0,
             };
-            let mut updates = client.riders().request_ride(client.request(request)).await?.into_inner();
+            let mut updates = client.answer(client.riders().request_ride(client.request(request))).await?.into_inner();
             while let Some(trip) = updates.message().await? {
                 show::trip(out, &trip, json)?;
             }
         }
-        Command::Drive(args) => drive::drive(&client, args, out, json).await?,
+        Command::Drive(mut args) => {
+            for line in args.take_earlier_spellings() {
+                tracing::warn!("{line}");
+            }
+            drive::drive(&client, args, out, json).await?
+        }
+        Command::Completions { .. } => {}
     }
     Ok(())
 }

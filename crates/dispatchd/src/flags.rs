@@ -5,15 +5,13 @@
 //! earlier releases (`--offer-timeout-ms 10000`) are hidden aliases that
 //! still work, with a warning.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{ArgMatches, Parser, parser::ValueSource};
 use dispatch_auth::Role;
-use dispatch_core::engine::{Config as EngineConfig, MAX_OFFERS_PER_TRIP, Policies};
+use dispatch_core::engine::{Config as EngineConfig, MAX_OFFERS_PER_TRIP, MatchingSpec};
 use dispatch_core::service::{ServiceSet, ServiceType};
 use dispatch_server::{Fsync, Keys, RateLimits, ServerConfig, TlsFiles, TripLogConfig};
 
@@ -63,9 +61,12 @@ pub struct Flags {
     /// nearest free driver), `batch:W` (requests gathered for a window
     /// such as `2s` or `250ms`, then one min-cost assignment) or
     /// `broadcast:K` (the K nearest at once, the first to accept wins), for
-    /// every service or per service: `batch:2s,premium=nearest`.
-    #[arg(long, env = "DISPATCH_MATCHING", default_value = "nearest", value_parser = policies, help_heading = MATCHING)]
-    pub matching: Policies,
+    /// every service or per service: `batch:2s,premium=nearest`; then
+    /// options for all, `+forward:M` and `+accept:M` (as
+    /// `--forward-dispatch-m` and `--accept-weight-m`). The grammar of
+    /// `dispatch-sim --compare`.
+    #[arg(long, env = "DISPATCH_MATCHING", default_value = "nearest", value_parser = matching_spec, help_heading = MATCHING)]
+    pub matching: MatchingSpec,
     /// How long a driver has to answer an offer.
     #[arg(long, env = "DISPATCH_OFFER_TIMEOUT", default_value_t = Dur::ms(engine().offer_timeout_ms),
         value_parser = Dur::positive, help_heading = MATCHING)]
@@ -121,7 +122,7 @@ pub struct Flags {
     /// following a trip (`0s`: every ping; at most `1h`). Each is a message
     /// on the rider's stream: longer means fewer on a loaded node.
     #[arg(long, env = "DISPATCH_RIDER_POSITION_INTERVAL", default_value_t = Dur::ms(engine().rider_position_interval_ms),
-        value_parser = Dur::up_to_an_hour, help_heading = MATCHING)]
+        value_parser = up_to_an_hour, help_heading = MATCHING)]
     pub rider_position_interval: Dur,
     /// Services whose offers do not show the dropoff, comma-separated
     /// (`taxi,premium,van,designated-driver`), or `none`.
@@ -293,7 +294,7 @@ pub struct Flags {
     /// (Linux 6.12 and later takes 100us to 100ms; no privilege needed; the
     /// share of CPU is unchanged). `0s` leaves the kernel's own (1.4 ms on
     /// two cores).
-    #[arg(long, env = "DISPATCH_SCHED_SLICE", default_value = "100us", value_parser = Dur::slice,
+    #[arg(long, env = "DISPATCH_SCHED_SLICE", default_value = "100us", value_parser = slice,
         help_heading = LOGGING)]
     pub sched_slice: Dur,
 
@@ -339,67 +340,19 @@ pub enum Subcommand {
     },
 }
 
-/// A duration on the command line: humantime (`10s`, `250ms`, `1h30m`), or
-/// `0` alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
+pub use dispatch_cli::Dur;
 
-impl Dur {
-    /// `ms` milliseconds (none if negative).
-    pub fn ms(ms: i64) -> Self {
-        Dur(Duration::from_millis(ms.max(0).unsigned_abs()))
-    }
-
-    /// In whole milliseconds, as the engine counts time.
-    pub fn as_ms(self) -> i64 {
-        i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
-    }
-
-    fn any(s: &str) -> Result<Self, String> {
-        s.parse()
-    }
-
-    fn positive(s: &str) -> Result<Self, String> {
-        match s.parse::<Dur>()? {
-            Dur(d) if d >= Duration::from_millis(1) => Ok(Dur(d)),
-            _ => Err(format!("{s:?} is not a positive duration (1ms or more)")),
-        }
-    }
-
-    fn up_to_an_hour(s: &str) -> Result<Self, String> {
-        match s.parse::<Dur>()? {
-            Dur(d) if d <= Duration::from_secs(3_600) => Ok(Dur(d)),
-            _ => Err(format!("{s:?} is longer than an hour")),
-        }
-    }
-
-    fn slice(s: &str) -> Result<Self, String> {
-        match s.parse::<Dur>()? {
-            Dur(d) if d <= Duration::from_millis(100) => Ok(Dur(d)),
-            _ => Err(format!("{s:?} is longer than the kernel's longest slice, 100ms")),
-        }
+fn up_to_an_hour(s: &str) -> Result<Dur, String> {
+    match s.parse::<Dur>()? {
+        Dur(d) if d <= Duration::from_secs(3_600) => Ok(Dur(d)),
+        _ => Err(format!("{s:?} is longer than an hour")),
     }
 }
 
-impl FromStr for Dur {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.trim() == "0" {
-            return Ok(Dur(Duration::ZERO));
-        }
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| format!("{s:?}: {e} (a duration such as 10s, 250ms, 24h)"))
-    }
-}
-
-impl fmt::Display for Dur {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_zero() {
-            return f.write_str("0s");
-        }
-        write!(f, "{}", humantime::format_duration(self.0))
+fn slice(s: &str) -> Result<Dur, String> {
+    match s.parse::<Dur>()? {
+        Dur(d) if d <= Duration::from_millis(100) => Ok(Dur(d)),
+        _ => Err(format!("{s:?} is longer than the kernel's longest slice, 100ms")),
     }
 }
 
@@ -452,7 +405,7 @@ fn service_set(s: &str) -> Result<ServiceSet, String> {
     Ok(set)
 }
 
-fn policies(s: &str) -> Result<Policies, String> {
+fn matching_spec(s: &str) -> Result<MatchingSpec, String> {
     s.parse()
 }
 
@@ -489,13 +442,7 @@ impl Flags {
     pub fn take_earlier_spellings(&mut self, matches: &ArgMatches) -> Vec<String> {
         let mut said = Vec::new();
         let mut take = |old: &str, new: &str, value: Option<Dur>, into: &mut Dur| {
-            let Some(value) = value else { return };
-            if given(matches, &new.replace('-', "_")) {
-                said.push(format!("--{old} is ignored: --{new} is given too"));
-            } else {
-                *into = value;
-                said.push(format!("--{old} is deprecated and will go: write --{new} {value}"));
-            }
+            said.extend(dispatch_cli::earlier(old, new, value, given(matches, &new.replace('-', "_")), into));
         };
         take("offer-timeout-ms", "offer-timeout", self.offer_timeout_ms.map(Dur::ms), &mut self.offer_timeout);
         take("search-timeout-ms", "search-timeout", self.search_timeout_ms.map(Dur::ms), &mut self.search_timeout);
@@ -521,11 +468,12 @@ impl Flags {
         config.engine.max_offers_per_trip = self.max_offers_per_trip as usize;
         config.engine.max_drivers = self.max_drivers;
         config.engine.max_drivers_per_fleet = self.max_drivers_per_fleet;
-        config.engine.matching = self.matching;
+        config.engine.matching = self.matching.policies;
         config.engine.batch_unmatched_m = self.batch_unmatched_m;
         config.engine.batch_unmatched_per_s_m = self.batch_unmatched_per_s_m;
-        config.engine.accept_weight_m = self.accept_weight_m;
-        config.engine.forward_dispatch_m = self.forward_dispatch_m;
+        // `--matching ...+accept:M+forward:M` says it in the same breath.
+        config.engine.accept_weight_m = self.matching.accept_weight_m.unwrap_or(self.accept_weight_m);
+        config.engine.forward_dispatch_m = self.matching.forward_dispatch_m.unwrap_or(self.forward_dispatch_m);
         config.engine.eta_speed_kmh = self.eta_speed_kmh;
         config.max_fleet_batch = self.max_fleet_batch;
         config.max_sessions = self.max_sessions;
@@ -580,16 +528,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_read_humantime_and_zero_and_print_back() {
-        assert_eq!("10s".parse::<Dur>().map(Dur::as_ms), Ok(10_000));
-        assert_eq!("250ms".parse::<Dur>().map(Dur::as_ms), Ok(250));
-        assert_eq!("0".parse::<Dur>().map(Dur::as_ms), Ok(0));
-        assert!("10".parse::<Dur>().is_err(), "a bare number has no unit");
+    fn the_limits_of_intervals_and_slices_hold() {
+        assert!(up_to_an_hour("61m").is_err() && up_to_an_hour("0s").is_ok());
+        assert!(slice("1s").is_err() && slice("100us").is_ok() && slice("0").is_ok());
         assert!(Dur::positive("0s").is_err());
-        assert!(Dur::slice("1s").is_err());
-        for d in [Dur::ms(0), Dur::ms(1), Dur::ms(1_500), Dur::ms(86_400_000), Dur(Duration::from_micros(100))] {
-            assert_eq!(d.to_string().parse::<Dur>(), Ok(d), "{d}");
-        }
+    }
+
+    #[test]
+    fn matching_takes_the_simulators_grammar() {
+        let flags = Flags::parse_from([
+            "dispatchd",
+            "--matching",
+            "batch:2s,premium=nearest+forward:1000",
+            "--accept-weight-m",
+            "300",
+        ]);
+        let config = flags.server_config();
+        assert_eq!(config.engine.matching.default.to_string(), "batch:2s");
+        assert_eq!((config.engine.forward_dispatch_m, config.engine.accept_weight_m), (1_000.0, 300.0));
     }
 
     #[test]

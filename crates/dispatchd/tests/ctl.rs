@@ -58,12 +58,12 @@ async fn a_driver_and_a_rider_played_by_dispatchctl_make_a_whole_ride() {
             "D1",
             "--at",
             "37.5700,126.9800",
-            "--speed-mps",
-            "4000",
-            "--tick-ms",
-            "50",
-            "--board-ms",
-            "50",
+            "--speed-kmh",
+            "14400",
+            "--tick",
+            "50ms",
+            "--board",
+            "50ms",
             "--trips",
             "1",
         ];
@@ -149,4 +149,37 @@ async fn dispatchctl_sends_the_token_from_a_file() {
     let table = ok(&target, &["--token-file", &token_file, "stats"]).await;
     assert!(table.contains("drivers available"), "{table}");
     child.stop();
+}
+
+/// `--timeout` bounds the wait for a server that takes the connection and
+/// never answers.
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let addr = silent.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let target = format!("http://{addr}");
+    let answer = tokio::time::timeout(Duration::from_secs(20), ctl(&target, &["--timeout", "300ms", "stats"])).await;
+    match answer {
+        Ok(Err(dispatchctl::CtlError::Timeout(t))) => assert_eq!(t.to_string(), "300ms"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    held.abort();
+}
+
+/// Shell completions name the subcommands and their options.
+#[tokio::test]
+async fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let cli = Cli::try_parse_from(["dispatchctl", "completions", shell]).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        run(cli, &mut out).await.unwrap_or_else(|e| panic!("{e}"));
+        let script = String::from_utf8_lossy(&out);
+        assert!(script.contains("nearby") && script.contains("speed-kmh") && script.contains("timeout"), "{shell}");
+    }
 }

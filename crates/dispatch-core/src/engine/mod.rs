@@ -26,7 +26,7 @@ pub use io::{
     WithdrawReason,
 };
 pub use map::{MapCell, MapDriver, MapQuery, MapTrip, MapView};
-pub use policy::{MAX_WINDOW_MS, Matching, Policies};
+pub use policy::{MAX_WINDOW_MS, Matching, MatchingSpec, Policies};
 pub use tables::{CELL_DEG, CellCounts, Shade};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

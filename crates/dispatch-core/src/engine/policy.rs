@@ -150,6 +150,43 @@ impl std::str::FromStr for Policies {
     }
 }
 
+/// A whole matching setting, as `dispatchd --matching` and every entry of
+/// `dispatch-sim --compare` spell it: the policies, then options for every
+/// service, `POLICIES[+accept:M][+forward:M]` (`batch:2s,premium=nearest+forward:1000`).
+/// An option not given is left to its own flag.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatchingSpec {
+    /// The policy of each service.
+    pub policies: Policies,
+    /// `+accept:M`: the acceptance weight, metres.
+    pub accept_weight_m: Option<f64>,
+    /// `+forward:M`: the forward dispatch radius, metres.
+    pub forward_dispatch_m: Option<f64>,
+}
+
+impl std::str::FromStr for MatchingSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split('+');
+        let policies = parts.next().unwrap_or_default().parse()?;
+        let mut spec = Self { policies, accept_weight_m: None, forward_dispatch_m: None };
+        for part in parts {
+            let (name, metres) = part.split_once(':').ok_or_else(|| format!("{s:?}: {part:?} is not NAME:METRES"))?;
+            let metres = metres.trim().parse::<f64>().map_err(|e| format!("{s:?}: {e}"))?;
+            if !(0.0..=1_000_000.0).contains(&metres) {
+                return Err(format!("{s:?}: {name} is 0 to 1,000,000 metres"));
+            }
+            match name.trim() {
+                "accept" => spec.accept_weight_m = Some(metres),
+                "forward" => spec.forward_dispatch_m = Some(metres),
+                other => return Err(format!("{s:?}: unknown option {other:?} (accept or forward)")),
+            }
+        }
+        Ok(spec)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +214,23 @@ mod tests {
             "broadcast:",
         ] {
             assert!(bad.parse::<Policies>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_matching_spec_is_policies_then_options() {
+        let spec: MatchingSpec =
+            "batch:2s,premium=nearest+forward:1000+accept:500".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.policies.of(ServiceType::Taxi), Matching::Batch { window_ms: 2_000 });
+        assert_eq!(spec.policies.of(ServiceType::Premium), Matching::Nearest);
+        assert_eq!((spec.forward_dispatch_m, spec.accept_weight_m), (Some(1_000.0), Some(500.0)));
+        let plain: MatchingSpec = "nearest".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (plain.policies, plain.forward_dispatch_m, plain.accept_weight_m),
+            (Policies::default(), None, None)
+        );
+        for bad in ["nearest+forward", "nearest+forward:-1", "nearest+fast:3", "fastest+forward:100"] {
+            assert!(bad.parse::<MatchingSpec>().is_err(), "{bad}");
         }
     }
 }
