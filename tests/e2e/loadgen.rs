@@ -76,3 +76,33 @@ async fn a_replay_of_seoul_trips_places_drivers_in_seoul_and_matches_them() {
     // New York, as before, would match none.
     assert!(report.match_rate > 0.9, "{report:#?}");
 }
+
+/// The harness loads a TLS server: `https://` targets with the CA that
+/// signed the server's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smoke_scenario_runs_against_a_tls_server() {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+    let tls = dispatch_server::TlsFiles {
+        cert_pem: cert.pem().into_bytes(),
+        key_pem: signing_key.serialize_pem().into_bytes(),
+    };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut log = dispatch_server::TripLogConfig::new(dir.path());
+    log.fsync = dispatch_server::Fsync::Never;
+    let server_config = dispatch_server::ServerConfig { tls: Some(tls), trip_log: Some(log), ..Default::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let port = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(dispatch_server::run(listener, server_config, async {
+        let _ = stopped.await;
+    }));
+    let mut config = Scenario::Smoke.config(format!("https://localhost:{port}"));
+    config.duration = std::time::Duration::from_secs(3);
+    config.tls_ca_pem = Some(cert.pem().into_bytes());
+    let report = dispatch_loadgen::run(config, |_, _| {}).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.protocol_errors, 0, "{report:#?}");
+    assert!(report.updates_applied > 0 && report.assigned > 0, "{report:#?}");
+    let _ = stop.send(());
+    let _ = within("the server to stop", server).await;
+}
