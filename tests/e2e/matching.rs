@@ -8,28 +8,34 @@ use crate::harness::*;
 
 /// Over gRPC, the batch gives each of two riders its better driver where
 /// nearest-first would have sent the first rider's nearest driver away
-/// from the second (400 m + 1,900 m against 900 m + 600 m).
+/// from the second (400 m + 1,900 m against 900 m + 600 m). Both riders
+/// wait before any driver is there, and both drivers arrive in one fleet
+/// batch (applied in one engine round), so the batch that offers them sees
+/// both riders and both drivers however slow the machine is.
 #[tokio::test]
 async fn a_batch_gives_two_riders_their_better_drivers() {
     let mut config = ServerConfig::default();
     config.engine.matching = "batch:1s".parse().unwrap_or_else(|e: String| panic!("{e}"));
     let server = TestServer::with(config).await;
-    let mut d1 = server.driver(hello("d1", 400.0)).await;
-    let mut d2 = server.driver(hello("d2", -900.0)).await;
+    let mut fleet = server.fleet("f").await;
     let ride = |rider: &str, metres: f64| pb::RideRequest {
         rider_id: rider.into(),
         request_id: rider.into(),
         pickup: Some(north(metres)),
         ..Default::default()
     };
-    // A rider far away keeps the city busy: later requests are batched.
-    let _far = server.request_with(ride("far", 40_000.0)).await;
     let a = server.request_with(ride("a", 0.0)).await;
     let b = server.request_with(ride("b", 1_000.0)).await;
-    let to_d1 = d1.expect_offer().await;
-    let to_d2 = d2.expect_offer().await;
-    let trip = |o: &pb::Offer| o.trip.as_ref().map(|t| t.trip_id.clone()).unwrap_or_default();
-    assert_eq!((trip(&to_d1), trip(&to_d2)), (b.trip_id.clone(), a.trip_id.clone()));
+    fleet.batch(vec![update("f/d1", 400.0), update("f/d2", -900.0)]).await;
+    let mut offered = std::collections::BTreeMap::new();
+    while offered.len() < 2 {
+        match fleet.next().await {
+            Event::Offer(o) => offered.insert(o.driver_id.clone(), o.trip.map(|t| t.trip_id).unwrap_or_default()),
+            other => panic!("expected offers, got {other:?}"),
+        };
+    }
+    let offered: Vec<(&str, &str)> = offered.iter().map(|(d, t)| (d.as_str(), t.as_str())).collect();
+    assert_eq!(offered, [("f/d1", b.trip_id.as_str()), ("f/d2", a.trip_id.as_str())]);
 }
 
 /// Over gRPC, `broadcast:3` offers a ride to the three nearest at once

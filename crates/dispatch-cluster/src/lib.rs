@@ -29,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{error, info, warn};
 
 use crate::lease::{Holder, Lease, Role};
+use backon::{ExponentialBuilder, Retryable};
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -109,23 +110,16 @@ impl Node {
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(Duration::from_secs(2));
         let shard = log::Shard::new(config.shard);
-        let started = tokio::time::Instant::now();
         // A cluster just started elects its JetStream leader a few seconds
-        // after the servers listen: retry until it answers.
-        let kv = loop {
-            let ready = async {
-                shard.ensure(&js, config.replicas).await?;
-                lease::ensure_bucket(&js, config.lease_ttl, config.replicas).await
-            };
-            match ready.await {
-                Ok(kv) => break kv,
-                Err(e) if started.elapsed() < wait => {
-                    warn!(cause = %e, "JetStream not ready yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => return Err(e),
-            }
+        // after the servers listen: retry until it answers, for `wait`.
+        let ready = || async {
+            shard.ensure(&js, config.replicas).await?;
+            lease::ensure_bucket(&js, config.lease_ttl, config.replicas).await
         };
+        let kv = ready
+            .retry(backoff(Duration::from_millis(100), Duration::from_secs(2)).with_total_delay(Some(wait)))
+            .notify(|e, _| warn!(cause = %e, "JetStream not ready yet; retrying"))
+            .await?;
         // Known once connected (JetStream answered above).
         let version = client.server_info().version;
         if !supported(&version) {
@@ -224,6 +218,16 @@ impl Node {
     }
 }
 
+/// The gauge naming the owner's epoch (`/metrics`).
+pub const EPOCH_GAUGE: &str = "dispatch_cluster_epoch";
+
+/// Retries that back off from `first` to at most `most` between attempts,
+/// with jitter (so nodes retrying together do not stay in step), for as
+/// long as the caller's condition holds.
+fn backoff(first: Duration, most: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::new().with_min_delay(first).with_max_delay(most).with_jitter().without_max_times()
+}
+
 /// Whether a nats-server version (`2.15.1`) has what the trip log needs:
 /// atomic batches (2.12) fenced on another subject's sequence (2.11).
 fn supported(version: &str) -> bool {
@@ -249,19 +253,21 @@ async fn own(
     let started = tokio::time::Instant::now();
     // Reading back needs the stream's leader: right after a server died
     // one may be in election. Try again while the lease is still ours.
-    let (store, recovered) = loop {
-        let attempt = log::open(client.clone(), shard.clone(), &config.node_id, epoch);
-        let failed = match tokio::time::timeout(config.lease_ttl, attempt).await {
-            Ok(Ok(opened)) => break opened,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".to_owned(),
-        };
-        if *role.borrow() != Role::Owner(epoch) {
-            return Err(format!("lease lost while reading the log back: {failed}"));
+    let read_back = || async {
+        match tokio::time::timeout(config.lease_ttl, log::open(client.clone(), shard.clone(), &config.node_id, epoch))
+            .await
+        {
+            Ok(Ok(opened)) => Ok(opened),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
         }
-        warn!(epoch, cause = %failed, "cannot read the trip log back yet; trying again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let (store, recovered) = read_back
+        .retry(backoff(Duration::from_millis(50), Duration::from_secs(1)))
+        .when(|_| *role.borrow() == Role::Owner(epoch))
+        .notify(|cause, _| warn!(epoch, %cause, "cannot read the trip log back yet; trying again"))
+        .await
+        .map_err(|failed| format!("lease lost while reading the log back: {failed}"))?;
     let opened = OpenedLog { store: Box::new(store), recovered };
     let server = Server::start_with_log(server.clone(), opened).await.map_err(|e| e.to_string())?;
     let (intake, connections) = mpsc::channel(1024);
@@ -278,6 +284,10 @@ async fn own(
         tokio::spawn(serve(server.operator(), connections, stop));
     }
     info!(epoch, took_ms = started.elapsed().as_millis() as u64, node = %config.node_id, "owner serving");
+    // The epoch only grows, one step per change of owner: Prometheus'
+    // `changes()` over it counts failovers, whichever node answers.
+    metrics::describe_gauge!(EPOCH_GAUGE, "The epoch of the shard's owner: it grows by one at every change of owner.");
+    metrics::gauge!(EPOCH_GAUGE).set(epoch as f64);
     let lost = async move {
         tokio::select! {
             _ = role.wait_for(|r| *r != Role::Owner(epoch)) => warn!(epoch, "lease lost: stopping the engine"),

@@ -40,7 +40,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use async_nats::jetstream::{self, ErrorCode, consumer, context::PublishErrorKind, stream};
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use dispatch_core::engine::{LogRecord, TripRecord};
 use dispatch_core::ids::{DriverId, TripId};
@@ -273,9 +274,58 @@ fn replicated(what: &str, e: impl std::fmt::Display) -> StoreError {
 /// before the owner gives up and steps down.
 const RETRY_FOR: Duration = Duration::from_secs(10);
 
-/// The error code of a fenced write refused only because the previous one
-/// fenced on the same subject is still being applied.
-const IN_PROCESS: &str = "10164";
+/// How a write that was not acknowledged is sent again: soon at first, then
+/// backing off (with jitter, so owners of several shards do not retry in
+/// step) until [`RETRY_FOR`] has passed.
+const RESEND: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(5))
+    .with_max_delay(Duration::from_millis(500))
+    .with_jitter()
+    .without_max_times()
+    .with_total_delay(Some(RETRY_FOR));
+
+/// Why a write was not acknowledged.
+#[derive(Debug)]
+enum WriteError {
+    /// The fence refused it: another owner's marker is newer (JetStream's
+    /// "wrong last sequence", 10071). Final.
+    Fenced(String),
+    /// The servers were still applying this owner's previous write fenced
+    /// on the same subject (10164; the check is made one write at a time):
+    /// send it again at once.
+    InProcess,
+    /// Anything else (a server died, the stream's leader moved, a timeout):
+    /// send it again, backing off.
+    Other(String),
+}
+
+impl WriteError {
+    /// Tells the kinds apart by the JetStream error code the servers
+    /// answered with, wherever it sits in the chain of causes.
+    fn of(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = cause {
+            if let Some(api) = e.downcast_ref::<async_nats::jetstream::Error>() {
+                match api.error_code() {
+                    ErrorCode::STREAM_WRONG_LAST_SEQUENCE => return Self::Fenced(error.to_string()),
+                    ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT => return Self::InProcess,
+                    _ => {}
+                }
+            }
+            cause = e.source();
+        }
+        Self::Other(error.to_string())
+    }
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fenced(cause) | Self::Other(cause) => f.write_str(cause),
+            Self::InProcess => f.write_str("the previous fenced write is still being applied"),
+        }
+    }
+}
 
 /// The most records in one atomic batch (the server's limit).
 const MAX_BATCH: usize = 1_000;
@@ -287,33 +337,32 @@ impl ReplicatedLog {
     /// [`RETRY_FOR`] has passed. Refused by the fence: stop at once.
     async fn write(&mut self, messages: Vec<(String, Bytes)>) -> Result<(), StoreError> {
         for batch in messages.chunks(MAX_BATCH) {
-            let deadline = tokio::time::Instant::now() + RETRY_FOR;
-            loop {
-                let Err(error) = self.write_batch(batch).await else { break };
-                // 10164 says only that the servers were still applying our
-                // previous write fenced on the same subject (the check is
-                // made one write at a time): send it again at once. Any
-                // other "wrong last sequence" (10071) is the fence itself.
-                if error.contains(IN_PROCESS) {
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                if error.contains("wrong last sequence") {
+            let written = (|| self.write_batch(batch))
+                .retry(RESEND)
+                .when(|e| !matches!(e, WriteError::Fenced(_)))
+                .adjust(
+                    |e, after| if matches!(e, WriteError::InProcess) { after.map(|_| Duration::ZERO) } else { after },
+                )
+                .notify(|e, _| {
+                    if let WriteError::Other(cause) = e {
+                        warn!(%cause, records = batch.len(), "trip log batch not acknowledged; sending it again");
+                    }
+                })
+                .await;
+            match written {
+                Ok(()) => {}
+                Err(WriteError::Fenced(cause)) => {
                     return Err(StoreError::Replicated(format!(
-                        "another node owns the log now (its marker is newer than ours): stepping down ({error})"
+                        "another node owns the log now (its marker is newer than ours): stepping down ({cause})"
                     )));
                 }
-                if tokio::time::Instant::now() > deadline {
-                    return Err(replicated("write", error));
-                }
-                warn!(cause = %error, records = batch.len(), "trip log batch not acknowledged; sending it again");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(other) => return Err(replicated("write", other.to_string())),
             }
         }
         Ok(())
     }
 
-    async fn write_batch(&self, batch: &[(String, Bytes)]) -> Result<(), String> {
+    async fn write_batch(&self, batch: &[(String, Bytes)]) -> Result<(), WriteError> {
         let epoch = self.marker.epoch.to_string();
         let fence = self.fence.to_string();
         let messages = batch.iter().enumerate().map(|(i, (subject, payload))| {
@@ -333,8 +382,8 @@ impl ReplicatedLog {
             let publish = jetstream::message::PublishMessage::build()
                 .payload(message.payload)
                 .headers(message.headers.unwrap_or_default());
-            let ack = self.js.send_publish(message.subject, publish).await.map_err(|e| e.to_string())?;
-            return ack.await.map(|_| ()).map_err(|e| e.to_string());
+            let ack = self.js.send_publish(message.subject, publish).await.map_err(|e| WriteError::of(&e))?;
+            return ack.await.map(|_| ()).map_err(|e| WriteError::of(&e));
         }
         self.js
             .batch_publish_all()
@@ -343,7 +392,7 @@ impl ReplicatedLog {
             .publish(futures::stream::iter(messages))
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| WriteError::of(&e))
     }
 }
 

@@ -190,6 +190,9 @@ where
         }
         info!("shutting down: no new calls, ending open streams");
         health.set_not_serving::<DriverServiceServer<driver_service::DriverSvc>>().await;
+        health.set_not_serving::<FleetServiceServer<fleet_service::FleetSvc>>().await;
+        health.set_not_serving::<RiderServiceServer<rider_service::RiderSvc>>().await;
+        health.set_not_serving::<AdminServiceServer<admin_service::AdminSvc>>().await;
         let _ = stopper.send(engine_task::Command::Shutdown).await;
     };
 
@@ -198,14 +201,17 @@ where
     let limits = limits::Limiters::new(&config.rate_limits);
     let idle = limits.clone();
     // Callers quiet long enough have full buckets again: drop them, so the
-    // limiters hold only recent callers. Ends with the runtime.
-    tokio::spawn(async move {
+    // limiters hold only recent callers. The task ends when this server
+    // does (the handle aborts it when dropped, on every way out), so a
+    // process that starts one server after another (a cluster node, at
+    // each term of ownership) keeps none behind.
+    let _forgetting = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {
             every.tick().await;
             idle.forget_idle();
         }
-    });
+    }));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
