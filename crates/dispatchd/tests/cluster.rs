@@ -264,6 +264,13 @@ async fn the_http_side_answers_for_the_owner_on_every_node() {
         assert_eq!(status, 200);
         let stats: serde_json::Value = serde_json::from_str(&stats).unwrap_or_else(|e| panic!("stats: {e}"));
         assert_eq!(stats["trips_open"]["searching"].as_u64(), Some(1), "n{node}'s /api/stats: {stats}");
+        // The owner's epoch, which deploy/'s lease alerts and dashboard
+        // watch, is there whichever node is asked.
+        for name in common::deployed_metrics().iter().filter(|n| n.starts_with("dispatch_cluster_")) {
+            let line = metrics.lines().find(|l| l.starts_with(&format!("{name} ")));
+            let value = line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok());
+            assert!(value.is_some_and(|v| v >= 1.0), "n{node}'s /metrics: {name} is {line:?}");
+        }
     }
 }
 

@@ -184,6 +184,13 @@ async fn metrics_are_named_described_and_move_with_traffic() {
         assert!(page.contains(&format!("# HELP {name} ")), "no HELP for {name}\n{page}");
     }
     assert!(page.contains("# TYPE dispatch_request_to_offer_seconds histogram"), "{page}");
+    // And every one deploy/'s dashboard and alert rules query (but the
+    // cluster's, checked on a cluster node).
+    let deployed = common::deployed_metrics();
+    assert!(deployed.len() >= 12 && deployed.contains("dispatch_cluster_epoch"), "{deployed:?}");
+    for name in deployed.iter().filter(|n| !n.starts_with("dispatch_cluster_")) {
+        assert!(page.contains(&format!("# TYPE {name} ")), "deploy/ queries {name}, which /metrics lacks\n{page}");
+    }
     // The driver hangs up: its session is gone from the gauge.
     drop((tx, events));
     scrape_until(&http, |m| m.get("dispatch_sessions{kind=\"driver\"}") == Some(&0.0)).await;

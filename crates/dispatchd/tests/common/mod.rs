@@ -132,3 +132,24 @@ pub async fn open_driver(
         .into_inner();
     (tx, events)
 }
+
+/// Every `dispatch_*` metric the Grafana dashboard and the Prometheus
+/// alert rules in `deploy/` query, without the `_bucket`/`_sum`/`_count`
+/// of a histogram's series.
+pub fn deployed_metrics() -> std::collections::BTreeSet<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut names = std::collections::BTreeSet::new();
+    for file in ["grafana/dispatch.json", "prometheus/alerts.yml"] {
+        let path = root.join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("dispatch_") {
+            let name: String =
+                rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            rest = &rest[at + name.len()..];
+            let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+            names.insert(base.to_owned());
+        }
+    }
+    names
+}
