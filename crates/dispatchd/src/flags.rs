@@ -221,7 +221,7 @@ pub struct Flags {
     #[arg(long, env = "DISPATCH_AUTH_PREVIOUS_SECRET_FILE", help_heading = SECURITY)]
     pub auth_previous_secret_file: Option<PathBuf>,
     /// How long the previous secret stays accepted, e.g. `24h`.
-    #[arg(long, env = "DISPATCH_AUTH_PREVIOUS_GRACE", default_value = "24h", value_parser = Dur::positive,
+    #[arg(long, env = "DISPATCH_AUTH_PREVIOUS_GRACE", default_value_t = Dur(Duration::from_secs(86_400)), value_parser = Dur::positive,
         help_heading = SECURITY)]
     pub auth_previous_grace: Dur,
     /// Serve without checking tokens even on a non-loopback address. For a
