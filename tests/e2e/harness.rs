@@ -504,3 +504,15 @@ impl RiderConn {
         end_status(&mut self.stream).await
     }
 }
+
+/// A certificate for `localhost` made now: the server's TLS files, and the
+/// PEM a client trusts.
+pub fn localhost_tls() -> (dispatch_server::TlsFiles, String) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+    let files = dispatch_server::TlsFiles {
+        cert_pem: cert.pem().into_bytes(),
+        key_pem: signing_key.serialize_pem().into_bytes(),
+    };
+    (files, cert.pem())
+}

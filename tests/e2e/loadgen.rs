@@ -81,12 +81,7 @@ async fn a_replay_of_seoul_trips_places_drivers_in_seoul_and_matches_them() {
 /// signed the server's certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smoke_scenario_runs_against_a_tls_server() {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
-    let tls = dispatch_server::TlsFiles {
-        cert_pem: cert.pem().into_bytes(),
-        key_pem: signing_key.serialize_pem().into_bytes(),
-    };
+    let (tls, cert_pem) = localhost_tls();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut log = dispatch_server::TripLogConfig::new(dir.path());
     log.fsync = dispatch_server::Fsync::Never;
@@ -99,7 +94,7 @@ async fn the_smoke_scenario_runs_against_a_tls_server() {
     }));
     let mut config = Scenario::Smoke.config(format!("https://localhost:{port}"));
     config.duration = std::time::Duration::from_secs(3);
-    config.tls_ca_pem = Some(cert.pem().into_bytes());
+    config.tls_ca_pem = Some(cert_pem.clone().into_bytes());
     let report = dispatch_loadgen::run(config, |_, _| {}).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.protocol_errors, 0, "{report:#?}");
     assert!(report.updates_applied > 0 && report.assigned > 0, "{report:#?}");

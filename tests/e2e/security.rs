@@ -422,12 +422,7 @@ async fn a_previous_key_is_accepted_during_its_rotation_grace() {
 
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_certificate_and_no_one_in_plaintext() {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
-    let tls = dispatch_server::TlsFiles {
-        cert_pem: cert.pem().into_bytes(),
-        key_pem: signing_key.serialize_pem().into_bytes(),
-    };
+    let (tls, cert_pem) = localhost_tls();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut config = ServerConfig { auth: Some(keys()), tls: Some(tls), ..ServerConfig::default() };
     config.trip_log = Some(dispatch_server::TripLogConfig::new(dir.path()));
@@ -439,7 +434,7 @@ async fn tls_serves_clients_that_trust_the_certificate_and_no_one_in_plaintext()
     }));
 
     let trust = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(cert.pem()))
+        .ca_certificate(tonic::transport::Certificate::from_pem(cert_pem.clone()))
         .domain_name("localhost");
     let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
         .and_then(|e| e.tls_config(trust))

@@ -29,56 +29,16 @@ pub struct ReplayTrip {
     pub dropoff: Point,
 }
 
-#[derive(serde::Deserialize)]
-struct Row {
-    pickup_time: String,
-    pickup_lat: f64,
-    pickup_lon: f64,
-    dropoff_lat: f64,
-    dropoff_lon: f64,
-}
-
 /// Why a replay file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// The file could not be opened or parsed.
+    /// The file could not be opened, or held no usable trip.
     #[error("{0}")]
-    Csv(#[from] csv::Error),
-    /// No usable trip in it.
-    #[error("no trips with real coordinates in the file ({0})")]
-    Empty(Dropped),
+    Read(String),
 }
 
-/// Rows of a replay file left out, by why.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Dropped {
-    /// Rows that are not the layout (a missing or unparsable column).
-    pub malformed: u64,
-    /// Rows whose pickup time is not `YYYY-MM-DD HH:MM:SS`.
-    pub bad_time: u64,
-    /// Rows with a 0/0 or out-of-range pickup or dropoff.
-    pub bad_position: u64,
-}
-
-impl Dropped {
-    /// Every row left out.
-    pub fn total(&self) -> u64 {
-        self.malformed + self.bad_time + self.bad_position
-    }
-}
-
-impl std::fmt::Display for Dropped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} rows left out: {} malformed, {} with a bad pickup time, {} with a 0/0 or impossible position",
-            self.total(),
-            self.malformed,
-            self.bad_time,
-            self.bad_position
-        )
-    }
-}
+/// Rows of a replay file left out, by why: the simulator's reader's.
+pub use dispatch_sim::trips::Dropped;
 
 /// A replay file read: its trips, sorted by pickup time, where they are,
 /// and the rows left out.
@@ -92,44 +52,22 @@ pub struct Replay {
     pub dropped: Dropped,
 }
 
-fn real_point(lat: f64, lng: f64) -> Option<Point> {
-    let real = lat.is_finite() && lng.is_finite() && !(lat == 0.0 && lng == 0.0);
-    (real && (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng)).then_some(Point { lat, lng })
-}
-
 /// Reads trips in the NYC TLC layout (`pickup_time, dropoff_time,
 /// distance_miles, pickup_lat, pickup_lon, dropoff_lat, dropoff_lon`), from
-/// any city: rows with 0/0 or impossible points or unparsable fields are
-/// left out and counted, the rest sorted by pickup time (the files are not
-/// sorted), and the area of the pickups found for the drivers.
+/// any city, with the simulator's reader: rows with 0/0 or impossible points
+/// or unparsable fields are left out and counted, the rest sorted by pickup
+/// time of day; and the area of the pickups is found for the drivers.
 pub fn read_replay(path: &Path) -> Result<Replay, ReplayError> {
-    let mut reader = csv::Reader::from_path(path)?;
-    let mut trips: Vec<(chrono::NaiveDateTime, Point, Point)> = Vec::new();
-    let mut dropped = Dropped::default();
-    for row in reader.deserialize::<Row>() {
-        let Ok(row) = row else {
-            dropped.malformed += 1;
-            continue;
-        };
-        let Ok(at) = chrono::NaiveDateTime::parse_from_str(&row.pickup_time, "%Y-%m-%d %H:%M:%S") else {
-            dropped.bad_time += 1;
-            continue;
-        };
-        match (real_point(row.pickup_lat, row.pickup_lon), real_point(row.dropoff_lat, row.dropoff_lon)) {
-            (Some(pickup), Some(dropoff)) => trips.push((at, pickup, dropoff)),
-            _ => dropped.bad_position += 1,
-        }
-    }
-    trips.sort_by_key(|t| t.0);
-    let first = trips.first().map(|t| t.0).ok_or(ReplayError::Empty(dropped))?;
-    let city = area_of(trips.iter().map(|t| t.1));
-    let trips = trips
-        .into_iter()
-        .map(|(at, pickup, dropoff)| ReplayTrip {
-            at_s: (at - first).num_milliseconds() as f64 / 1_000.0,
-            pickup,
-            dropoff,
-        })
+    // Only the Chicago layout draws from it; the NYC one reads as it is.
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let (rows, dropped) = dispatch_sim::trips::read(path, dispatch_sim::Format::Nyc, &mut rng)
+        .map_err(|e| ReplayError::Read(e.to_string()))?;
+    let point = |p: dispatch_core::geo::LatLng| Point { lat: p.lat(), lng: p.lng() };
+    let first = rows.first().map_or(0.0, |r| r.at_s);
+    let city = area_of(rows.iter().map(|r| point(r.pickup)));
+    let trips = rows
+        .iter()
+        .map(|r| ReplayTrip { at_s: r.at_s - first, pickup: point(r.pickup), dropoff: point(r.dropoff) })
         .collect();
     Ok(Replay { trips, city, dropped })
 }

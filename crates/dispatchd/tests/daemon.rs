@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use dispatch_proto::pb::{self, driver_event::Kind as Event, rider_service_client::RiderServiceClient};
 use tonic::Code;
-use tonic::transport::Endpoint;
 
 /// Starts dispatchd with a fresh data directory.
 fn start(extra: &[&str], env: &[(&str, &str)]) -> (Child, String, std::path::PathBuf) {
@@ -25,11 +24,7 @@ async fn next(events: &mut tonic::Streaming<pb::DriverEvent>) -> Result<Option<p
 async fn serves_a_ride_and_exits_cleanly_on_sigterm() {
     let (mut child, addr, dir) = start(&[], &[("DISPATCH_OFFER_TIMEOUT", "200ms")]);
     assert!(dir.is_dir(), "the data dir is created");
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let channel = common::channel(&addr).await;
     let hello = pb::Hello {
         driver_id: "d1".into(),
         position: Some(pb::LatLng { lat: 37.5665, lng: 126.978 }),
@@ -95,11 +90,7 @@ async fn minted_tokens_open_a_secured_server_and_nothing_else_does() {
 
     let data = dir.path().join("data");
     let (mut child, addr) = common::start_in(&data, &["--auth-secret-file", &secret_arg], &[]);
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let channel = common::channel(&addr).await;
     let mut admin = pb::admin_service_client::AdminServiceClient::new(channel);
     let mut request = tonic::Request::new(pb::GetStatsRequest {});
     let bearer = format!("Bearer {token}").parse().unwrap_or_else(|e| panic!("{e}"));

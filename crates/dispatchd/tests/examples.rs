@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use dispatch_proto::pb;
-use tonic::transport::Endpoint;
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -109,11 +108,7 @@ async fn the_python_client_requests_a_ride_and_sees_its_driver() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (child, addr) = common::start_in(dir.path(), &["--http-listen", "off"], &[]);
     let child = common::Running(Some(child));
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let channel = common::channel(&addr).await;
     let hello = pb::Hello {
         driver_id: "py-driver".into(),
         position: Some(pb::LatLng { lat: 37.5700, lng: 126.9800 }),

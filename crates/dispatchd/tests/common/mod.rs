@@ -118,6 +118,15 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 }
 
 /// Opens a driver session with `hello`; returns the sender (keep it, or the
+/// A plaintext channel to the dispatchd at `addr`.
+pub async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+}
+
 /// session ends) and the event stream, nothing read yet.
 pub async fn open_driver(
     channel: Channel,
