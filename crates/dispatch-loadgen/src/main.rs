@@ -118,12 +118,11 @@ impl Flags {
             ("think-ms", "think", ms(self.think_ms), &mut self.think),
             ("trip-s", "trip-duration", s(self.trip_s), &mut self.trip_duration),
         ] {
-            let Some(value) = value else { continue };
-            if into.is_some() {
-                said.push(format!("--{old} is ignored: --{new} is given too"));
-            } else {
-                *into = Some(value);
-                said.push(format!("--{old} is deprecated and will go: write --{new} {value}"));
+            // Today's flag, when given, keeps its value.
+            let mut taken = into.unwrap_or(Dur::ms(0));
+            said.extend(dispatch_cli::earlier(old, new, value, into.is_some(), &mut taken));
+            if value.is_some() {
+                *into = Some(taken);
             }
         }
         if self.json.as_deref().is_some_and(|p| p != std::path::Path::new("-")) {

@@ -72,31 +72,29 @@ fn slug(heading: &str) -> String {
         .collect()
 }
 
-fn anchors(markdown: &str) -> BTreeSet<String> {
+/// The lines of `markdown` outside code blocks.
+fn prose(markdown: &str) -> Vec<&str> {
     let mut fenced = false;
-    let mut anchors = BTreeSet::new();
-    for line in markdown.lines() {
-        if line.starts_with("```") {
-            fenced = !fenced;
-        } else if !fenced && line.starts_with('#') {
-            anchors.insert(slug(line.trim_start_matches('#')));
-        }
-    }
-    anchors
+    markdown
+        .lines()
+        .filter(|line| {
+            if line.starts_with("```") {
+                fenced = !fenced;
+                return false;
+            }
+            !fenced
+        })
+        .collect()
+}
+
+fn anchors(markdown: &str) -> BTreeSet<String> {
+    prose(markdown).iter().filter(|l| l.starts_with('#')).map(|l| slug(l.trim_start_matches('#'))).collect()
 }
 
 /// The targets of `[text](target)` links outside code blocks.
 fn links(markdown: &str) -> Vec<String> {
-    let mut fenced = false;
     let mut found = Vec::new();
-    for line in markdown.lines() {
-        if line.starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
-        if fenced {
-            continue;
-        }
+    for line in prose(markdown) {
         let mut rest = line;
         while let Some(at) = rest.find("](") {
             let after = &rest[at + 2..];
