@@ -408,6 +408,8 @@ impl TripStore for ReplicatedLog {
                 let entry = TriedEntry { trip: trip.0, driver: driver.to_string() };
                 self.pending.push((self.shard.tried(trip.0, driver.as_str()), Bytes::from(entry.encode_to_vec())));
             }
+            // Purged from the stream by `maintain`.
+            LogRecord::Forget(trip) => self.forgotten.push(*trip),
         }
         Ok(())
     }
@@ -419,10 +421,6 @@ impl TripStore for ReplicatedLog {
         let messages = std::mem::take(&mut self.pending);
         let runtime = self.runtime.clone();
         runtime.block_on(self.write(messages))
-    }
-
-    fn forget(&mut self, trip: TripId) {
-        self.forgotten.push(trip);
     }
 
     fn retain(&mut self, keep: &mut dyn FnMut(TripId) -> bool) {

@@ -18,7 +18,7 @@ use tracing::error;
 
 use crate::latency::Latency;
 use crate::meters;
-use crate::outbound::{Batch, Out};
+use crate::outbound::Batch;
 
 /// What the commit stage hands the outbound stage.
 pub enum Committed {
@@ -77,16 +77,11 @@ impl Committer {
                 continue;
             }
             let commit_end = Instant::now();
-            if let Some(log) = &mut self.log {
+            if self.log.is_some() {
                 if let Some(latency) = &self.latency {
                     latency.commit(commit_end - commit_start);
                 }
                 meters::seconds(&self.log_commit, commit_end - commit_start);
-                for out in group.iter().flat_map(|b| &b.outs) {
-                    if let Out::Forget(trip) = out {
-                        log.forget(*trip);
-                    }
-                }
             }
             if durable.send(Committed::Group { batches: group, commit_start, commit_end }).is_err() {
                 // The outbound stage is gone: only at shutdown.
@@ -131,6 +126,8 @@ mod tests {
     use dispatch_core::engine::LogRecord;
     use dispatch_core::ids::{DriverId, TripId};
 
+    use crate::outbound::Out;
+
     use super::*;
 
     /// A log that notes what was asked of it; a commit takes 20 ms, as a
@@ -164,7 +161,6 @@ mod tests {
             *self.durable.lock().map_err(|_| StoreError::Replicated("poisoned".into()))? = appended;
             Ok(())
         }
-        fn forget(&mut self, _: TripId) {}
         fn retain(&mut self, _: &mut dyn FnMut(TripId) -> bool) {}
         fn maintain(&mut self) -> Result<(), StoreError> {
             Ok(())

@@ -280,6 +280,9 @@ impl TripLog {
                     encode_tried(driver.as_str(), &mut live.tried_since);
                 }
             }
+            // Nothing is written: the trip is already ended in the log, and
+            // a restart drops it by its retention anyway.
+            LogRecord::Forget(trip) => self.forget(*trip),
         }
         Ok(())
     }

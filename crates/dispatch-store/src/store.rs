@@ -11,14 +11,14 @@ use crate::StoreError;
 /// own: records appended, then made durable by one [`TripStore::commit`]
 /// before anyone is told of them.
 pub trait TripStore: Send {
-    /// Appends a record; durable after the next [`TripStore::commit`].
+    /// Appends a record; durable after the next [`TripStore::commit`]. A
+    /// [`LogRecord::Forget`] lets the log drop the trip at its next
+    /// compaction.
     fn append(&mut self, record: &LogRecord) -> Result<(), StoreError>;
     /// Makes everything appended so far durable; an error means nothing
     /// since the last commit may be taken as durable, and the server stops
     /// saying anything.
     fn commit(&mut self) -> Result<(), StoreError>;
-    /// The engine forgot a trip (its retention ran out).
-    fn forget(&mut self, trip: TripId);
     /// After recovery: keeps only the trips `keep` says yes to (the engine
     /// dropped the others, past their retention).
     fn retain(&mut self, keep: &mut dyn FnMut(TripId) -> bool);
@@ -36,10 +36,6 @@ impl TripStore for crate::TripLog {
 
     fn commit(&mut self) -> Result<(), StoreError> {
         crate::TripLog::commit(self)
-    }
-
-    fn forget(&mut self, trip: TripId) {
-        crate::TripLog::forget(self, trip);
     }
 
     fn retain(&mut self, keep: &mut dyn FnMut(TripId) -> bool) {

@@ -145,13 +145,10 @@ impl Engine {
     /// turn it is gets its best driver of one assignment over those
     /// regions, or waits for the region's next turn.
     pub(super) fn run_batch(&mut self, now: Timestamp) {
-        let due: std::collections::BTreeSet<CellKey> =
-            self.batch_due.iter().filter(|(_, at)| **at <= now).map(|(region, _)| *region).collect();
-        self.batch_due.retain(|region, _| !due.contains(region));
+        let due = self.queue.take_due_regions(now);
         let held: Vec<TripId> = self
-            .batch_pool
-            .iter()
-            .copied()
+            .queue
+            .held()
             .filter(|id| self.trips.get(id).is_none_or(|s| due.contains(&region_of(s.trip.pickup))))
             .collect();
         let mut trips = Vec::new();
@@ -163,11 +160,11 @@ impl Engine {
         let mut column_of: HashMap<DriverKey, usize> = HashMap::new();
         for trip_id in held {
             let Some(state) = self.trips.get(&trip_id) else {
-                self.batch_pool.remove(&trip_id);
+                self.queue.release(trip_id);
                 continue;
             };
             if state.trip.status != TripStatus::Searching || !state.offers.is_empty() {
-                self.batch_pool.remove(&trip_id);
+                self.queue.release(trip_id);
                 continue;
             }
             let service = state.trip.service;

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::state::{Driver, FleetSession, Session};
+use super::state::{Driver, Session};
 use super::{
     DriverEvent, DriverHello, Effect, Engine, FleetDriverUpdate, NEARBY_MAX_EXAMINED, Nearby, NearbyDriver,
     NearbyQuery, Ping, SessionEnd, WithdrawReason,
@@ -33,13 +33,13 @@ impl Engine {
                 driver: hello.driver,
             });
         }
-        let key = match self.driver_keys.get(&hello.driver).copied() {
+        let key = match self.drivers.key_of(&hello.driver) {
             Some(key) => {
                 self.drivers.row(key).grace_until = None;
-                match self.driver(key).session.and_then(|s| self.sessions.get(&s).map(|kind| (s, kind))) {
+                match self.driver(key).session.and_then(|s| self.sessions.get(s).map(|kind| (s, kind))) {
                     Some((_, Session::Fleet(_))) => return Err(EngineError::DriverHeldElsewhere(hello.driver)),
                     Some((old, Session::Driver(_))) if old != session => {
-                        self.sessions.remove(&old);
+                        self.sessions.close(old);
                         self.effects.push(Effect::EndSession { session: old, reason: SessionEnd::Replaced });
                     }
                     _ => {}
@@ -52,7 +52,7 @@ impl Engine {
                 self.add_driver(hello.driver.clone(), session)
             }
         };
-        self.sessions.insert(session, Session::Driver(key));
+        self.sessions.open_driver(session, key);
         {
             let mut driver = self.drivers.row(key);
             driver.fleet = None;
@@ -64,7 +64,7 @@ impl Engine {
         if let Some(position) = hello.position {
             self.apply_fix(now, key, Ping { position, timestamp: None });
         }
-        self.freed.push(key);
+        self.queue.freed(key);
         let current_trip = self.driver(key).trip.and_then(|trip| self.trip(trip));
         let driver = Some(self.driver(key).id.clone());
         self.effects.push(Effect::SessionStarted { session, driver, fleet: None, current_trip });
@@ -77,15 +77,12 @@ impl Engine {
     /// current trips of the fleet's drivers.
     pub fn connect_fleet(&mut self, session: SessionId, fleet: FleetId) {
         let mut drivers = HashSet::new();
-        if let Some(old) = self.fleet_sessions.insert(fleet.clone(), session)
-            && old != session
-            && let Some(Session::Fleet(moved)) = self.sessions.remove(&old)
-        {
+        if let Some((old, moved)) = self.sessions.open_fleet(session, fleet.clone()) {
             self.effects.push(Effect::EndSession { session: old, reason: SessionEnd::Replaced });
-            for &key in &moved.drivers {
+            for &key in &moved {
                 self.drivers.row(key).session = Some(session);
             }
-            drivers = moved.drivers;
+            drivers = moved;
         }
         let trips: Vec<Trip> =
             drivers.iter().filter_map(|&key| self.driver(key).trip).filter_map(|t| self.trip(t)).collect();
@@ -94,7 +91,6 @@ impl Engine {
         for trip in trips {
             self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip) });
         }
-        self.sessions.insert(session, Session::Fleet(Box::new(FleetSession { fleet, drivers })));
     }
 
     /// A position report from a driver's own session.
@@ -123,7 +119,7 @@ impl Engine {
         session: SessionId,
         update: FleetDriverUpdate,
     ) -> Result<(), EngineError> {
-        match self.sessions.get(&session) {
+        match self.sessions.get(session) {
             Some(Session::Fleet(fleet)) if !update.driver.belongs_to(&fleet.fleet) => {
                 return Err(EngineError::ForeignDriverName {
                     why: format!("fleet {0} names its drivers {0}{FLEET_SEPARATOR}...", fleet.fleet),
@@ -134,7 +130,7 @@ impl Engine {
             Some(Session::Driver(_)) => return Err(EngineError::WrongSessionKind("driver")),
             None => return Err(EngineError::SessionNotOpen),
         }
-        let key = match self.driver_keys.get(&update.driver).copied() {
+        let key = match self.drivers.key_of(&update.driver) {
             Some(key) => match self.driver(key).session {
                 Some(holder) if holder == session => key,
                 Some(_) => return Err(EngineError::DriverHeldElsewhere(update.driver)),
@@ -161,7 +157,7 @@ impl Engine {
         driver.auto_accept = update.auto_accept;
         drop(driver);
         if new_services.is_some() {
-            self.freed.push(key);
+            self.queue.freed(key);
         }
         // Availability before the position: a new driver's first fix then
         // files it straight in the index it belongs in.
@@ -182,15 +178,10 @@ impl Engine {
     /// is forgotten (positions are soft state and come back with the next
     /// hello).
     pub fn close_session(&mut self, now: Timestamp, session: SessionId) {
-        let keys: Vec<DriverKey> = match self.sessions.remove(&session) {
+        let keys: Vec<DriverKey> = match self.sessions.close(session) {
             None => return,
             Some(Session::Driver(key)) => vec![key],
-            Some(Session::Fleet(fleet)) => {
-                if self.fleet_sessions.get(&fleet.fleet) == Some(&session) {
-                    self.fleet_sessions.remove(&fleet.fleet);
-                }
-                fleet.drivers.into_iter().collect()
-            }
+            Some(Session::Fleet(fleet)) => fleet.drivers.into_iter().collect(),
         };
         for key in keys {
             let mut driver = self.drivers.row(key);
@@ -247,28 +238,18 @@ impl Engine {
 
     /// Makes `session` (a fleet's) speak for `key`.
     fn register_with_fleet(&mut self, key: DriverKey, session: SessionId) -> DriverKey {
-        let fleet_id = self.session_fleet(session).cloned();
+        let fleet_id = self.sessions.fleet_of(session).map(|f| f.fleet.clone());
         let mut driver = self.drivers.row(key);
         driver.session = Some(session);
         driver.fleet = fleet_id;
-        if let Some(Session::Fleet(fleet)) = self.sessions.get_mut(&session) {
-            fleet.drivers.insert(key);
-        }
+        self.sessions.add_to_fleet(session, key);
         key
-    }
-
-    /// The fleet a session speaks for, if it is a fleet's.
-    fn session_fleet(&self, session: SessionId) -> Option<&FleetId> {
-        match self.sessions.get(&session) {
-            Some(Session::Fleet(fleet)) => Some(&fleet.fleet),
-            _ => None,
-        }
     }
 
     /// Whether one more driver fits under `Config::max_drivers`.
     fn check_room_for_driver(&self) -> Result<(), EngineError> {
         let limit = self.config.max_drivers;
-        if self.driver_keys.len() >= limit {
+        if self.drivers.len() >= limit {
             return Err(EngineError::TooManyDrivers { what: "the server", limit });
         }
         Ok(())
@@ -277,8 +258,8 @@ impl Engine {
     /// Whether a fleet session may take one more driver.
     fn check_room_in_fleet(&self, session: SessionId) -> Result<(), EngineError> {
         let limit = self.config.max_drivers_per_fleet;
-        match self.sessions.get(&session) {
-            Some(Session::Fleet(fleet)) if fleet.drivers.len() >= limit => {
+        match self.sessions.fleet_of(session) {
+            Some(fleet) if fleet.drivers.len() >= limit => {
                 Err(EngineError::TooManyDrivers { what: "this fleet", limit })
             }
             _ => Ok(()),
@@ -286,21 +267,12 @@ impl Engine {
     }
 
     fn add_driver(&mut self, id: DriverId, session: SessionId) -> DriverKey {
-        self.insert_driver(Driver::new(id, session))
-    }
-
-    pub(super) fn insert_driver(&mut self, driver: Driver) -> DriverKey {
-        let id = driver.id.clone();
-        let key = self.drivers.insert(driver);
-        self.driver_keys.insert(id, key);
-        key
+        self.drivers.insert(Driver::new(id, session))
     }
 
     pub(super) fn forget_driver(&mut self, key: DriverKey) {
         self.forward.remove(key);
-        if let Some(driver) = self.drivers.remove(key) {
-            self.driver_keys.remove(&driver.id);
-        }
+        self.drivers.remove(key);
     }
 
     fn set_available(&mut self, now: Timestamp, key: DriverKey, available: bool) {
@@ -309,7 +281,7 @@ impl Engine {
         let offer = driver.offer;
         drop(driver);
         if available {
-            self.freed.push(key);
+            self.queue.freed(key);
         } else if let Some(offer) = offer {
             self.stats.offers_declined += 1;
             if let Some(trip) = self.close_offer(offer, WithdrawReason::Declined) {
@@ -338,9 +310,9 @@ impl Engine {
         }
         self.stats.location_updates += 1;
         if first_fix {
-            self.freed.push(key);
+            self.queue.freed(key);
         } else if idle {
-            self.drivers_moved = true;
+            self.queue.moved();
         }
         // The trip is looked up only when its riders are due an update;
         // a change of the trip shows the newest position anyway.

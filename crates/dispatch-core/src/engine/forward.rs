@@ -37,7 +37,7 @@ impl Engine {
                 // this driver: retry the waiting trips (at the rate of
                 // moves).
                 self.forward.locate_mut(key, at);
-                self.drivers_moved = true;
+                self.queue.moved();
             }
             None => self.forward.remove(key),
         }

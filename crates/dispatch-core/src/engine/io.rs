@@ -309,6 +309,9 @@ pub enum LogRecord {
         /// The driver.
         driver: DriverId,
     },
+    /// An ended trip passed its retention: the engine no longer keeps it,
+    /// so the log need not either (its compaction leaves the trip out).
+    Forget(TripId),
 }
 
 impl LogRecord {
@@ -328,6 +331,9 @@ impl LogRecord {
                     if let Some(record) = latest.get_mut(&trip) {
                         record.tried.push(driver);
                     }
+                }
+                LogRecord::Forget(trip) => {
+                    latest.remove(&trip);
                 }
             }
         }

@@ -162,8 +162,8 @@ impl Engine {
 
     /// One driver as the map shows it, if the engine knows it.
     pub fn map_driver(&self, id: &DriverId) -> Option<MapDriver> {
-        let driver = self.driver(*self.driver_keys.get(id)?);
-        let trip = driver.trip.or_else(|| driver.offer.and_then(|o| self.offers.get(&o)).map(|o| o.trip));
+        let driver = self.driver(self.drivers.key_of(id)?);
+        let trip = driver.trip.or_else(|| driver.offer.and_then(|o| self.offers.get(o)).map(|o| o.trip));
         Some(MapDriver { driver: driver.id.clone(), position: driver.position?, shade: driver.shade(), trip })
     }
 
@@ -176,7 +176,7 @@ impl Engine {
         for key in free.into_iter().chain(busy) {
             let driver = self.driver(key);
             let Some(position) = driver.position.filter(|p| query.contains(*p)) else { continue };
-            let trip = driver.trip.or_else(|| driver.offer.and_then(|o| self.offers.get(&o)).map(|o| o.trip));
+            let trip = driver.trip.or_else(|| driver.offer.and_then(|o| self.offers.get(o)).map(|o| o.trip));
             view.drivers.push(MapDriver { driver: driver.id.clone(), position, shade: driver.shade(), trip });
             if view.drivers.len() == query.max_drivers {
                 break;
@@ -190,7 +190,7 @@ impl Engine {
                 trips.insert(trip, offered);
             }
         }
-        for &trip in self.unmatched.iter().chain(&self.batch_pool).take(MAX_WAITING_EXAMINED) {
+        for trip in self.queue.queued().take(MAX_WAITING_EXAMINED) {
             if trips.len() >= query.max_cells {
                 break;
             }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::state::{OpenOffer, Timer};
+use super::state::Timer;
 use super::{DriverEvent, Effect, Engine, LogRecord, MAX_OFFERS_PER_TRIP, Matching, Offer, WithdrawReason};
 use crate::geo::LatLng;
 use crate::ids::{DriverId, OfferId, TripId};
@@ -79,7 +79,7 @@ impl Engine {
     pub(super) fn try_match(&mut self, now: Timestamp, trip_id: TripId) {
         let Some(state) = self.trips.get(&trip_id) else { return };
         if state.trip.status != TripStatus::Searching || !state.offers.is_empty() {
-            self.unmatched.remove(&trip_id);
+            self.queue.stop_waiting(trip_id);
             return;
         }
         let most = self.config.max_offers_per_trip.min(MAX_OFFERS_PER_TRIP);
@@ -94,17 +94,11 @@ impl Engine {
             Matching::Batch { window_ms } => Some(window_ms),
             Matching::Nearest | Matching::Broadcast { .. } => None,
         };
-        if let Some(window_ms) = batch {
-            // Held for the next batch, unless the city has been quiet for a
-            // whole window: then nobody else is there to share the drivers
-            // with, and holding the rider would only make them wait.
-            let quiet =
-                self.batch_pool.is_empty() && self.last_batch_request.is_none_or(|at| now.since(at) >= window_ms);
-            self.last_batch_request = Some(now);
-            if !quiet {
-                self.hold_for_batch(now, trip_id, window_ms);
-                return;
-            }
+        if let Some(window_ms) = batch
+            && self.queue.holds_request(now, window_ms)
+        {
+            self.hold_for_batch(now, trip_id, window_ms);
+            return;
         }
         // A broadcast never takes a trip past its limit of drivers tried.
         let want = policy.fanout().min(most - state.tried.len());
@@ -123,9 +117,7 @@ impl Engine {
         if found.is_empty() {
             match batch {
                 Some(window_ms) => self.hold_for_batch(now, trip_id, window_ms),
-                None => {
-                    self.unmatched.insert(trip_id);
-                }
+                None => self.queue.wait(trip_id),
             }
             return;
         }
@@ -138,7 +130,7 @@ impl Engine {
     /// handed back to the next retry as freed.
     fn offer_all(&mut self, now: Timestamp, trip_id: TripId, drivers: Vec<(DriverKey, f64)>) {
         if let Some(&(key, distance_m)) = drivers.iter().find(|(key, _)| self.driver(*key).auto_accept) {
-            self.freed.extend(drivers.iter().map(|d| d.0).filter(|&other| other != key));
+            self.queue.freed_all(drivers.iter().map(|d| d.0).filter(|&other| other != key));
             self.offer_to(now, trip_id, key, distance_m);
             return;
         }
@@ -148,43 +140,33 @@ impl Engine {
     }
 
     fn hold_for_batch(&mut self, now: Timestamp, trip_id: TripId, window_ms: i64) {
-        self.unmatched.remove(&trip_id);
-        self.batch_pool.insert(trip_id);
         let Some(state) = self.trips.get(&trip_id) else { return };
         let region = super::batch::region_of(state.trip.pickup);
-        let due = super::batch::due_in(now, region, window_ms);
-        let at = self.batch_due.entry(region).or_insert(due);
-        *at = (*at).min(due);
-        self.next_batch = Some(self.next_batch.map_or(due, |at| at.min(due)));
+        self.queue.hold(trip_id, region, super::batch::due_in(now, region, window_ms));
     }
 
     /// After a batch: each region still holding requests gets its next
     /// turn (on its own phase, of the shortest window among them), and the
     /// engine's next batch is the earliest of those.
     pub(super) fn schedule_batch(&mut self, now: Timestamp) {
-        let held: Vec<(TripId, i64)> = self
-            .batch_pool
-            .iter()
-            .filter_map(|id| Some((*id, self.trips.get(id)?)))
-            .filter_map(|(id, state)| match self.config.matching.of(state.trip.service) {
-                Matching::Batch { window_ms } => Some((id, window_ms)),
+        let turns: Vec<_> = self
+            .queue
+            .held()
+            .filter_map(|id| self.trips.get(&id))
+            .filter_map(|state| match self.config.matching.of(state.trip.service) {
+                Matching::Batch { window_ms } => {
+                    let region = super::batch::region_of(state.trip.pickup);
+                    Some((region, super::batch::due_in(now, region, window_ms)))
+                }
                 Matching::Nearest | Matching::Broadcast { .. } => None,
             })
             .collect();
-        for (trip_id, window_ms) in held {
-            let Some(state) = self.trips.get(&trip_id) else { continue };
-            let region = super::batch::region_of(state.trip.pickup);
-            let due = super::batch::due_in(now, region, window_ms);
-            let at = self.batch_due.entry(region).or_insert(due);
-            *at = (*at).min(due);
-        }
-        self.next_batch = self.batch_due.values().min().copied();
+        self.queue.schedule(turns);
     }
 
     /// Offers `trip` to `key` (or assigns it, for an auto-accept driver).
     pub(super) fn offer_to(&mut self, now: Timestamp, trip_id: TripId, key: DriverKey, distance_m: f64) {
-        self.unmatched.remove(&trip_id);
-        self.batch_pool.remove(&trip_id);
+        self.queue.remove(trip_id);
         self.stats.offers_sent += 1;
         if let Some(mut state) = self.trips.get_mut(&trip_id)
             && !std::mem::replace(&mut state.offered_once, true)
@@ -196,10 +178,8 @@ impl Engine {
             self.assign(now, trip_id, key, distance_m);
             return;
         }
-        let offer_id = OfferId(self.next_offer);
-        self.next_offer += 1;
+        let offer_id = self.offers.open(trip_id, key);
         let expires_at = now + self.config.offer_timeout_ms;
-        self.offers.insert(offer_id, OpenOffer { trip: trip_id, driver: key });
         self.timers.insert((expires_at, Timer::OfferExpiry(offer_id)));
         let mut driver = self.drivers.row(key);
         driver.offer = Some(offer_id);
@@ -220,15 +200,12 @@ impl Engine {
     /// never freed x waiting (a mass reconnect frees hundreds of thousands
     /// at once). It stops as soon as every freed driver has an offer.
     pub(super) fn match_freed(&mut self, now: Timestamp) {
-        let mut freed = std::mem::take(&mut self.freed);
-        freed.sort_unstable();
-        freed.dedup();
-        let positioned = freed.into_iter().filter_map(|key| {
+        let positioned = self.queue.take_freed().into_iter().filter_map(|key| {
             let driver = self.drivers.get(key).filter(|d| d.is_offerable())?;
             Some((key, driver.position?))
         });
         let mut set = DriverSet::new(positioned.collect::<Vec<_>>());
-        let waiting: Vec<TripId> = self.unmatched.iter().copied().collect();
+        let waiting = self.queue.waiting();
         let most = self.config.max_offers_per_trip.min(MAX_OFFERS_PER_TRIP);
         for trip_id in waiting {
             if set.is_empty() {
@@ -257,11 +234,7 @@ impl Engine {
 
     /// Retries every unmatched trip, oldest request first.
     pub(super) fn match_unmatched(&mut self, now: Timestamp) {
-        self.freed.clear();
-        self.drivers_moved = false;
-        self.last_rematch = now;
-        let waiting: Vec<TripId> = self.unmatched.iter().copied().collect();
-        for trip in waiting {
+        for trip in self.queue.start_rematch(now) {
             self.try_match(now, trip);
         }
     }
@@ -307,7 +280,7 @@ impl Engine {
     /// (unless another driver took the trip) the trip never goes back to
     /// that driver. The caller decides what the trip does next.
     pub(super) fn close_offer(&mut self, offer_id: OfferId, reason: WithdrawReason) -> Option<TripId> {
-        let offer = self.offers.remove(&offer_id)?;
+        let offer = self.offers.close(offer_id)?;
         let missed = matches!(reason, WithdrawReason::Declined | WithdrawReason::Expired);
         if !missed {
             self.stats.offers_withdrawn += 1;
@@ -333,7 +306,7 @@ impl Engine {
                 self.effects.push(Effect::Persist(LogRecord::Tried { trip: offer.trip, driver: driver_id }));
             }
         }
-        self.freed.push(offer.driver);
+        self.queue.freed(offer.driver);
         Some(offer.trip)
     }
 
@@ -342,96 +315,5 @@ impl Engine {
             self.stats.offers_expired += 1;
             self.try_match(now, trip);
         }
-    }
-
-    /// Ends a search that ran out of time; `deadline` tells a current timer
-    /// from one left over from an earlier search of the same trip.
-    pub(super) fn end_search(&mut self, now: Timestamp, trip_id: TripId, deadline: Timestamp) {
-        let Some(state) = self.trips.get(&trip_id) else { return };
-        if state.trip.status != TripStatus::Searching || state.search_deadline != deadline {
-            return;
-        }
-        for offer in state.offers.clone() {
-            self.close_offer(offer, WithdrawReason::SearchTimedOut);
-        }
-        self.stats.trips_no_driver += 1;
-        self.finish(now, trip_id, TripStatus::NoDriverFound, None);
-    }
-
-    /// Moves a trip to a terminal status and tells the rider.
-    pub(super) fn finish(&mut self, now: Timestamp, trip_id: TripId, status: TripStatus, reason: Option<String>) {
-        self.unmatched.remove(&trip_id);
-        self.batch_pool.remove(&trip_id);
-        let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
-        state.trip.status = status;
-        state.trip.updated_at = now;
-        state.trip.cancel_reason = reason;
-        // The rider sees where the driver is only while the driver is theirs.
-        state.trip.driver_position = None;
-        state.trip.queued = false;
-        drop(state);
-        self.finished.push_back((now, trip_id));
-        self.trip_changed(trip_id);
-        self.trips.end(trip_id);
-    }
-
-    /// A trip's state changed: log it, then tell the rider.
-    pub(super) fn trip_changed(&mut self, trip_id: TripId) {
-        self.show_driver_position(trip_id);
-        self.persist(trip_id);
-        if let Some(state) = self.trips.get(&trip_id) {
-            self.effects.push(Effect::Rider(state.trip.clone()));
-        }
-    }
-
-    /// Puts the driver's newest position on their trip: pings only do so
-    /// when its riders are due an update (`rider_position_interval_ms`),
-    /// and a change shows where the car is now.
-    fn show_driver_position(&mut self, trip_id: TripId) {
-        let Some(state) = self.trips.get(&trip_id) else { return };
-        if !state.trip.status.has_driver() {
-            return;
-        }
-        let Some(&key) = state.trip.driver.as_ref().and_then(|d| self.driver_keys.get(d)) else { return };
-        let driver = self.driver(key);
-        // A ride queued behind the driver's current one (forward
-        // dispatch) shows where the driver was when it was assigned.
-        if driver.trip != Some(trip_id) {
-            return;
-        }
-        if let Some(position) = driver.position {
-            self.trips.show_driver_at(trip_id, position, None);
-        }
-    }
-
-    /// Logs a trip's whole state as it is now.
-    fn persist(&mut self, trip_id: TripId) {
-        let Some(state) = self.trips.get(&trip_id) else { return };
-        let mut tried: Vec<DriverId> = state.tried.iter().cloned().collect();
-        tried.sort_unstable();
-        let driver_fleet = state
-            .trip
-            .driver
-            .as_ref()
-            .filter(|_| state.trip.status.has_driver())
-            .and_then(|d| self.driver_keys.get(d))
-            .and_then(|&key| self.driver(key).fleet.clone());
-        self.effects.push(Effect::Persist(LogRecord::Trip(super::TripRecord {
-            trip: state.trip.clone(),
-            radius_m: state.radius_m,
-            tried,
-            search_deadline: state.search_deadline,
-            driver_fleet,
-        })));
-    }
-
-    /// Starts (or restarts) a trip's search: a fresh deadline, then a match.
-    pub(super) fn start_search(&mut self, now: Timestamp, trip_id: TripId) {
-        let deadline = now + self.config.search_timeout_ms;
-        if let Some(mut state) = self.trips.get_mut(&trip_id) {
-            state.search_deadline = deadline;
-            self.timers.insert((deadline, Timer::SearchDeadline(trip_id)));
-        }
-        self.try_match(now, trip_id);
     }
 }

@@ -11,11 +11,15 @@ mod drivers;
 mod forward;
 mod invariants;
 mod io;
+mod lifecycle;
 mod map;
 mod matching;
+mod offers;
 mod policy;
+mod queue;
 mod recovery;
 mod rides;
+mod sessions;
 mod state;
 mod tables;
 
@@ -29,13 +33,16 @@ pub use map::{MapCell, MapDriver, MapQuery, MapTrip, MapView};
 pub use policy::{MAX_WINDOW_MS, Matching, MatchingSpec, Policies};
 pub use tables::{CELL_DEG, CellCounts, Shade};
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 
-use crate::ids::{DriverId, OfferId, SessionId, TripId};
+use crate::ids::TripId;
 use crate::index::{DriverIndex, DriverKey};
 use crate::time::Timestamp;
 use crate::trip::Trip;
-use state::{Driver, OpenOffer, Session, Timer};
+use offers::Offers;
+use queue::MatchQueue;
+use sessions::Sessions;
+use state::{Driver, Timer};
 use tables::{DriverTable, TripTable};
 
 /// The engine's hash maps. Every ping looks a driver up by id, so the
@@ -45,52 +52,29 @@ use tables::{DriverTable, TripTable};
 pub(super) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The dispatch engine. See the module docs.
+///
+/// Its state lives with owners that keep their own rules (each has a
+/// `check`): the driver table (rows, ids, the free and busy indexes, counts
+/// and density), the trip table (open and ended trips, request keys,
+/// retention, ids), the sessions, the offers and the match queue. The
+/// engine coordinates them: each command reads and changes several, and
+/// the engine alone produces effects.
 pub struct Engine {
     config: Config,
+    /// Driver records by slot, found by id, counted by state as they
+    /// change, and the positioned ones in two spatial indexes (free, busy).
+    drivers: DriverTable,
     /// Forward dispatch: drivers with a ride in progress and nothing queued,
     /// at that ride's dropoff.
     forward: DriverIndex,
-    /// Driver records by slot, counted by state as they change, and the
-    /// positioned ones in two spatial indexes (free, busy).
-    drivers: DriverTable,
-    driver_keys: Map<DriverId, DriverKey>,
-    sessions: Map<SessionId, Session>,
-    fleet_sessions: Map<crate::ids::FleetId, SessionId>,
+    sessions: Sessions,
+    /// Open trips, and ended ones for their retention.
     trips: TripTable,
-    offers: Map<OfferId, OpenOffer>,
-    /// Searching trips with no offer out, oldest request first: when drivers
-    /// are scarce, earlier requests are served first.
-    unmatched: BTreeSet<TripId>,
-    /// Searching trips with no offer out whose service is matched in
-    /// batches: held for the next batch (`next_batch`), oldest first.
-    batch_pool: BTreeSet<TripId>,
-    /// The regions holding requests, each with when its batch is due
-    /// (regions take turns, each on its own phase of the window).
-    batch_due: std::collections::BTreeMap<tables::CellKey, Timestamp>,
-    /// The earliest of `batch_due`.
-    next_batch: Option<Timestamp>,
-    /// When a batch-matched request last came: a request after a quiet
-    /// window is matched at once rather than held for nothing.
-    last_batch_request: Option<Timestamp>,
-    /// Offer expiries and search deadlines; an entry whose offer or trip has
-    /// moved on is skipped when it comes due.
+    offers: Offers,
+    queue: MatchQueue,
+    /// Offer expiries, search deadlines and drivers' grace periods; an
+    /// entry whose offer or trip has moved on is skipped when it comes due.
     timers: BTreeSet<(Timestamp, Timer)>,
-    /// Ended trips by end time, dropped after `Config::trip_retention_ms`.
-    finished: VecDeque<(Timestamp, TripId)>,
-    /// Drivers who may have become offerable since the last retry (freed,
-    /// came on duty, connected, got a first fix): the next `tick` offers
-    /// them to the waiting trips, oldest first. A waiting trip had nobody in
-    /// range when it was last tried, so only these drivers can change that
-    /// (and moves, below). May hold stale or repeated keys; checked on use.
-    freed: Vec<DriverKey>,
-    /// Set when an idle driver moved: a move can bring a driver into some
-    /// waiting trip's radius, but pings come by the hundred thousand a
-    /// second, so these retries run at most once per
-    /// `Config::rematch_interval_ms`.
-    drivers_moved: bool,
-    last_rematch: Timestamp,
-    next_trip: u64,
-    next_offer: u64,
     stats: Stats,
     effects: Vec<Effect>,
 }
@@ -99,25 +83,13 @@ impl Engine {
     /// An empty engine.
     pub fn new(config: Config) -> Self {
         Self {
-            forward: DriverIndex::with_slack(0.0),
             drivers: DriverTable::with_slack(config.index_slack_m),
-            driver_keys: Map::default(),
-            sessions: Map::default(),
-            fleet_sessions: Map::default(),
+            forward: DriverIndex::with_slack(0.0),
+            sessions: Sessions::default(),
             trips: TripTable::default(),
-            offers: Map::default(),
-            unmatched: BTreeSet::new(),
-            batch_pool: BTreeSet::new(),
-            batch_due: std::collections::BTreeMap::new(),
-            next_batch: None,
-            last_batch_request: None,
+            offers: Offers::starting_at(1),
+            queue: MatchQueue::default(),
             timers: BTreeSet::new(),
-            finished: VecDeque::new(),
-            freed: Vec::new(),
-            drivers_moved: false,
-            last_rematch: Timestamp(i64::MIN),
-            next_trip: 1,
-            next_offer: 1,
             stats: Stats::default(),
             effects: Vec::new(),
             config,
@@ -165,14 +137,9 @@ impl Engine {
     /// until then (or until the next command).
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let timer = self.timers.first().map(|(at, _)| *at);
-        let rematch = (self.drivers_moved && !self.unmatched.is_empty())
-            .then(|| self.last_rematch + self.config.rematch_interval_ms);
-        let timer = match (timer, rematch) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let retention = self.finished.front().map(|(at, _)| *at + self.config.trip_retention_ms);
-        [timer, retention, self.next_batch].into_iter().flatten().min()
+        let rematch = self.queue.rematch_at(self.config.rematch_interval_ms);
+        let retention = self.trips.next_forget(self.config.trip_retention_ms);
+        [timer, rematch, retention, self.queue.next_batch()].into_iter().flatten().min()
     }
 
     /// Does what is due at `now`: expires offers (passing each trip on to its
@@ -192,25 +159,18 @@ impl Engine {
                 Timer::DriverGrace(trip) => self.grace_over(now, trip, at),
             }
         }
-        if self.next_batch.is_some_and(|at| now >= at) {
-            self.next_batch = None;
+        if self.queue.batch_due(now) {
             self.run_batch(now);
             self.schedule_batch(now);
         }
-        let moved_due = self.drivers_moved && now.since(self.last_rematch) >= self.config.rematch_interval_ms;
-        if moved_due {
+        if self.queue.rematch_due(now, self.config.rematch_interval_ms) {
             self.match_unmatched(now);
-        } else if !self.freed.is_empty() {
+        } else if self.queue.has_freed() {
             self.match_freed(now);
         }
-        while let Some(&(ended, trip)) = self.finished.front() {
-            if ended + self.config.trip_retention_ms > now {
-                break;
-            }
-            self.finished.pop_front();
-            if self.trips.forget_ended(trip) {
-                self.effects.push(Effect::TripForgotten(trip));
-            }
+        for trip in self.trips.forget_ended_by(now, self.config.trip_retention_ms) {
+            self.effects.push(Effect::Persist(LogRecord::Forget(trip)));
+            self.effects.push(Effect::TripForgotten(trip));
         }
     }
 
@@ -231,8 +191,8 @@ impl Engine {
             trips_assigned: trips.trips_assigned,
             trips_arrived: trips.trips_arrived,
             trips_in_progress: trips.trips_in_progress,
-            driver_sessions: self.sessions.len().saturating_sub(self.fleet_sessions.len()) as u64,
-            fleet_sessions: self.fleet_sessions.len() as u64,
+            driver_sessions: self.sessions.len().saturating_sub(self.sessions.fleet_count()) as u64,
+            fleet_sessions: self.sessions.fleet_count() as u64,
             ..self.stats.clone()
         }
     }
@@ -240,7 +200,7 @@ impl Engine {
     fn driver(&self, key: DriverKey) -> &Driver {
         match self.drivers.get(key) {
             Some(driver) => driver,
-            // Keys come only from `driver_keys`, sessions and trips, which are
+            // Keys come only from the table, sessions and trips, which are
             // kept in step with the table; a miss is a bug in this module.
             None => unreachable!("driver slot {key:?} is empty"),
         }

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::geo::LatLng;
-use crate::ids::{FleetId, OfferId, RequestId, RiderId, SessionId, TripId};
+use crate::ids::{DriverId, FleetId, OfferId, RequestId, RiderId, SessionId, TripId};
 use crate::service::{ServiceSet, ServiceType};
 use crate::trip::{Trip, TripStatus};
 
@@ -291,7 +291,7 @@ fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), T
                 engine.tick(now);
             }
             Op::Restart => {
-                let first_offer = engine.next_offer + 1_000;
+                let first_offer = engine.offers.next_id() + 1_000;
                 let before = std::mem::replace(
                     &mut engine,
                     Engine::restore(config.clone(), now, LogRecord::fold(seen.log.clone()), 1, first_offer),
@@ -312,7 +312,7 @@ fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), T
                     }
                     prop_assert_eq!(back, Some(live), "trip {} came back different", id);
                 }
-                prop_assert!(engine.next_trip >= before.next_trip, "trip ids would be reused");
+                prop_assert!(engine.trips.next_id() >= before.trips.next_id(), "trip ids would be reused");
                 seen.driver_sessions.clear();
                 seen.offers.clear();
                 engine.connect_fleet(fleet, FleetId::new("fleet").unwrap_or_else(|e| panic!("{e}")));
@@ -322,7 +322,7 @@ fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), T
         let effects: Vec<Effect> = engine.drain_effects().collect();
         check_effects(&mut seen, &effects)?;
         // An accepted offer disappears without a withdrawal: keep only open ones.
-        seen.offers.retain(|(o, _)| engine.offers.contains_key(o));
+        seen.offers.retain(|(o, _)| engine.offers.get(*o).is_some());
         if let Err(broken) = engine.check_invariants() {
             return Err(TestCaseError::fail(broken));
         }

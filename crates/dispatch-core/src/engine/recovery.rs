@@ -34,7 +34,7 @@ impl Engine {
         if !matches!(state.trip.status, TripStatus::DriverAssigned | TripStatus::DriverArrived) {
             return;
         }
-        let Some(key) = state.trip.driver.as_ref().and_then(|d| self.driver_keys.get(d).copied()) else { return };
+        let Some(key) = state.trip.driver.as_ref().and_then(|d| self.drivers.key_of(d)) else { return };
         let driver = self.driver(key);
         let holds = driver.trip == Some(trip_id) || driver.next == Some(trip_id);
         if driver.session.is_some() || driver.grace_until != Some(until) || !holds {
@@ -78,12 +78,12 @@ impl Engine {
         // oldest first; then the rest by id, the order they were requested.
         records.sort_by_key(|r| (!r.trip.status.is_terminal(), r.trip.updated_at, r.trip.id));
         let mut engine = Engine::new(config);
-        engine.next_offer = first_offer.max(1);
-        engine.next_trip = next_trip.max(1);
+        engine.offers = super::offers::Offers::starting_at(first_offer);
+        engine.trips.ids_from(next_trip);
         let mut searching = Vec::new();
         for record in records {
             let TripRecord { trip, radius_m, tried, search_deadline, driver_fleet } = record;
-            engine.next_trip = engine.next_trip.max(trip.id.0.saturating_add(1));
+            engine.trips.ids_from(trip.id.0.saturating_add(1));
             let ended_at = trip.updated_at;
             if trip.status.is_terminal() && ended_at + engine.config.trip_retention_ms <= now {
                 continue;
@@ -92,7 +92,6 @@ impl Engine {
             let status = trip.status;
             if status.is_terminal() {
                 engine.trips.insert_ended(trip);
-                engine.finished.push_back((ended_at, id));
                 continue;
             }
             // A ride queued behind another (forward dispatch) is not put
@@ -113,13 +112,13 @@ impl Engine {
                 },
             );
             if let Some(driver) = driver {
-                if engine.driver_keys.contains_key(&driver) || queued {
+                if engine.drivers.key_of(&driver).is_some() || queued {
                     // Two live trips for one driver cannot come from a log
                     // this engine wrote; keep the first, search for the other.
                     searching.push((id, true));
                     continue;
                 }
-                let key = engine.insert_driver(Driver::detached(driver, id, position, driver_fleet));
+                let key = engine.drivers.insert(Driver::detached(driver, id, position, driver_fleet));
                 if status != TripStatus::InProgress {
                     engine.hold_for_return(now, key, id);
                 }

@@ -24,8 +24,7 @@ impl Engine {
             self.effects.push(Effect::RideRequested { trip, created: false });
             return;
         }
-        let id = TripId(self.next_trip);
-        self.next_trip += 1;
+        let id = self.trips.new_id();
         let trip = Trip {
             id,
             rider: request.rider,
@@ -60,7 +59,7 @@ impl Engine {
         self.trip_changed(id);
         // Earlier requests waiting for drivers that were freed since the
         // last tick go first.
-        if !self.freed.is_empty() {
+        if self.queue.has_freed() {
             self.match_freed(now);
         }
         self.start_search(now, id);
@@ -101,7 +100,7 @@ impl Engine {
             return Err(EngineError::TooLateToCancel { trip: trip_id, status });
         }
         let offers = state.offers.clone();
-        let driver = state.trip.driver.as_ref().and_then(|id| self.driver_keys.get(id).copied());
+        let driver = state.trip.driver.as_ref().and_then(|id| self.drivers.key_of(id));
         for offer in offers {
             self.close_offer(offer, WithdrawReason::RiderCancelled);
         }
@@ -123,9 +122,9 @@ impl Engine {
         accept: bool,
     ) -> Result<(), EngineError> {
         let key = self.offer_addressee(session, offer_id)?;
-        let trip_id = self.offers.get(&offer_id).map(|o| o.trip).ok_or(EngineError::UnknownOffer(offer_id))?;
+        let trip_id = self.offers.get(offer_id).map(|o| o.trip).ok_or(EngineError::UnknownOffer(offer_id))?;
         if accept {
-            self.offers.remove(&offer_id);
+            self.offers.close(offer_id);
             self.stats.offers_accepted += 1;
             self.drivers.row(key).answers.note(false);
             let trip = self.trips.get(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
@@ -143,13 +142,13 @@ impl Engine {
     /// open and addressed to the session's driver (or, in a fleet session, to
     /// one of that fleet's drivers).
     fn offer_addressee(&self, session: SessionId, offer_id: OfferId) -> Result<DriverKey, EngineError> {
-        let session = self.sessions.get(&session).ok_or(EngineError::SessionNotOpen)?;
-        let offer = self.offers.get(&offer_id).ok_or(EngineError::UnknownOffer(offer_id))?;
-        let speaks_for = match session {
-            Session::Driver(key) => *key == offer.driver,
-            Session::Fleet(fleet) => fleet.drivers.contains(&offer.driver),
-        };
-        if speaks_for { Ok(offer.driver) } else { Err(EngineError::UnknownOffer(offer_id)) }
+        self.sessions.get(session).ok_or(EngineError::SessionNotOpen)?;
+        let offer = self.offers.get(offer_id).ok_or(EngineError::UnknownOffer(offer_id))?;
+        if self.sessions.speaks_for(session, offer.driver) {
+            Ok(offer.driver)
+        } else {
+            Err(EngineError::UnknownOffer(offer_id))
+        }
     }
 
     /// The driver a message in `session` speaks for: the session's own
@@ -159,13 +158,12 @@ impl Engine {
         session: SessionId,
         fleet_driver: Option<&DriverId>,
     ) -> Result<DriverKey, EngineError> {
-        match (self.sessions.get(&session), fleet_driver) {
+        match (self.sessions.get(session), fleet_driver) {
             (None, _) => Err(EngineError::SessionNotOpen),
             (Some(Session::Driver(key)), None) => Ok(*key),
             (Some(Session::Fleet(fleet)), Some(id)) => self
-                .driver_keys
-                .get(id)
-                .copied()
+                .drivers
+                .key_of(id)
                 .filter(|key| fleet.drivers.contains(key))
                 .ok_or_else(|| EngineError::NotFleetDriver(id.clone())),
             (Some(Session::Driver(_)), Some(_)) => Err(EngineError::WrongSessionKind("driver")),
@@ -287,7 +285,7 @@ impl Engine {
         }
         self.refresh_forward(key);
         if free {
-            self.freed.push(key);
+            self.queue.freed(key);
             if session.is_none() {
                 // Nobody speaks for this driver any more and its trip is
                 // over: forget it, as if its session had just ended.

@@ -10,13 +10,15 @@
 //! computations and a compare. `Engine::check_invariants` recounts both by
 //! brute force and compares.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::ops::{Deref, DerefMut};
 
 use super::state::{Driver, EndedTrip, TripState};
 use crate::geo::LatLng;
-use crate::ids::{RequestId, RiderId, TripId};
+use crate::ids::{DriverId, RequestId, RiderId, TripId};
 use crate::index::{DriverIndex, DriverKey};
+use crate::time::Timestamp;
 use crate::trip::{Trip, TripStatus};
 
 /// Live counts of drivers and trips by state.
@@ -345,12 +347,24 @@ impl<T: Counted> Drop for Tracked<'_, T> {
 #[derive(Default)]
 pub(super) struct DriverTable {
     slots: Vec<Option<Driver>>,
+    /// Each driver's slot by id.
+    keys: super::Map<DriverId, DriverKey>,
     /// Empty slots, reused first.
     unused: Vec<DriverKey>,
     tally: Tally,
 }
 
 impl DriverTable {
+    /// The slot of the driver with this id, if the engine knows it.
+    pub fn key_of(&self, id: &DriverId) -> Option<DriverKey> {
+        self.keys.get(id).copied()
+    }
+
+    /// Drivers known.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
     pub fn get(&self, key: DriverKey) -> Option<&Driver> {
         self.slots.get(key.0 as usize).and_then(Option::as_ref)
     }
@@ -410,7 +424,7 @@ impl DriverTable {
     }
 
     /// The driver in `key`'s slot, for change. Keys come only from
-    /// `driver_keys`, sessions and trips, which the engine keeps in step
+    /// this table, sessions and trips, which the engine keeps in step
     /// with this table; a miss is a bug in the engine.
     pub fn row(&mut self, key: DriverKey) -> Tracked<'_, Driver> {
         match self.get_mut(key) {
@@ -430,6 +444,7 @@ impl DriverTable {
             }
         };
         self.tally.add(key, &driver);
+        self.keys.insert(driver.id.clone(), key);
         self.slots[key.0 as usize] = Some(driver);
         key
     }
@@ -437,6 +452,7 @@ impl DriverTable {
     pub fn remove(&mut self, key: DriverKey) -> Option<Driver> {
         let driver = self.slots.get_mut(key.0 as usize).and_then(Option::take)?;
         self.tally.sub(key, &driver);
+        self.keys.remove(&driver.id);
         self.unused.push(key);
         Some(driver)
     }
@@ -453,6 +469,55 @@ impl DriverTable {
     pub fn density(&self) -> &Density {
         &self.tally.density
     }
+
+    /// This table's rules: every driver filed under its id, the counts and
+    /// the map's density what a recount gives, and each positioned driver
+    /// in the index its state says (the free one holding exactly the
+    /// offerable drivers), at its position.
+    pub fn check(&self) -> Result<(), String> {
+        let mut recount = Counts::default();
+        for (key, driver) in self.iter() {
+            if self.keys.get(&driver.id) != Some(&key) {
+                return Err(format!("driver {} is not filed under its slot", driver.id));
+            }
+            recount.add(driver.counts());
+            let Some(at) = driver.position else { continue };
+            let index = if driver.is_offerable() { self.free() } else { self.busy() };
+            if !index.holds_at(key, at) {
+                return Err(format!("driver {} is not in the index its state says, where it is", driver.id));
+            }
+        }
+        if self.keys.len() != self.iter().count() {
+            return Err(format!("{} driver ids filed for {} drivers", self.keys.len(), self.iter().count()));
+        }
+        if recount != self.counts() {
+            return Err(format!("driver counts {:?} differ from a recount {recount:?}", self.counts()));
+        }
+        let positioned = self.iter().filter(|(_, d)| d.position.is_some()).count();
+        if self.free().len() + self.busy().len() != positioned {
+            return Err("the indexes and the positioned drivers differ".into());
+        }
+        let offerable = self.iter().filter(|(_, d)| d.is_offerable()).count();
+        if self.free().len() != offerable {
+            return Err(format!("{} in the free index, {offerable} offerable", self.free().len()));
+        }
+        if !density_matches(self.iter().filter_map(|(_, d)| d.place()), self.density()) {
+            return Err("the drivers' map density differs from a recount".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Whether `density` holds, at every level, what counting `places` gives.
+fn density_matches(places: impl Iterator<Item = (CellKey, Shade)>, density: &Density) -> bool {
+    let places: Vec<_> = places.collect();
+    (0..LEVELS).all(|level| {
+        let mut cells: HashMap<CellKey, CellCounts> = HashMap::new();
+        for (cell, shade) in &places {
+            cells.entry(cell.up(level)).or_default()[*shade as usize] += 1;
+        }
+        cells == density.cells(level).map(|(k, v)| (k, *v)).collect::<HashMap<_, _>>()
+    })
 }
 
 /// The slot trips pass to [`Tracked`]: a trip is never in a driver index.
@@ -483,6 +548,10 @@ pub(super) struct TripTable {
     /// cannot aim them at one bucket.
     hasher: foldhash::fast::RandomState,
     tally: Tally,
+    /// Ended trips by end time, forgotten after their retention.
+    finished: VecDeque<(Timestamp, TripId)>,
+    /// The id of the next new trip (ids start at 1).
+    next_id: u64,
 }
 
 type Rows = super::Map<TripId, Box<TripState>>;
@@ -501,6 +570,26 @@ fn hash_key(hasher: &foldhash::fast::RandomState, (rider, request): (&str, &str)
 }
 
 impl TripTable {
+    /// An id for a new trip: never one used before (see
+    /// [`TripTable::ids_from`]).
+    pub fn new_id(&mut self) -> TripId {
+        let id = TripId(self.next_id.max(1));
+        self.next_id = id.0 + 1;
+        id
+    }
+
+    /// The id the next new trip gets.
+    #[cfg(test)]
+    pub fn next_id(&self) -> u64 {
+        self.next_id.max(1)
+    }
+
+    /// New ids start at `next` or later (after a restart, past every id
+    /// the log holds).
+    pub fn ids_from(&mut self, next: u64) {
+        self.next_id = self.next_id.max(next);
+    }
+
     /// The trip asked for with this rider's request id, if it is kept.
     pub fn by_request(&self, rider: &RiderId, request: &RequestId) -> Option<TripId> {
         let key = (rider.as_str(), request.as_str());
@@ -568,6 +657,7 @@ impl TripTable {
     /// Files a trip that ended, packed, found by its request key too.
     pub fn insert_ended(&mut self, trip: Trip) {
         let id = trip.id;
+        self.finished.push_back((trip.updated_at, id));
         self.ended.insert(id, Box::new(EndedTrip::pack(trip)));
         self.index_request(id);
     }
@@ -575,8 +665,9 @@ impl TripTable {
     /// Packs a trip that just ended (its status is terminal): from now on
     /// only [`TripTable::trip`] and [`TripTable::ended`] find it. Its
     /// request key stays filed (the index holds the id alone).
-    pub fn end(&mut self, id: TripId) {
+    pub fn end(&mut self, now: Timestamp, id: TripId) {
         let Some(state) = self.rows.remove(&id) else { return };
+        self.finished.push_back((now, id));
         self.tally.sub(NO_SLOT, &*state);
         self.ended.insert(id, Box::new(EndedTrip::pack(state.trip)));
     }
@@ -586,8 +677,29 @@ impl TripTable {
         self.ended.get(id).map(|row| &**row)
     }
 
+    /// When the next ended trip passes a retention of `retention_ms`.
+    pub fn next_forget(&self, retention_ms: i64) -> Option<Timestamp> {
+        self.finished.front().map(|(at, _)| *at + retention_ms)
+    }
+
+    /// Forgets the ended trips that passed a retention of `retention_ms`
+    /// at `now`, and returns them.
+    pub fn forget_ended_by(&mut self, now: Timestamp, retention_ms: i64) -> Vec<TripId> {
+        let mut forgotten = Vec::new();
+        while let Some(&(ended, trip)) = self.finished.front() {
+            if ended + retention_ms > now {
+                break;
+            }
+            self.finished.pop_front();
+            if self.forget_ended(trip) {
+                forgotten.push(trip);
+            }
+        }
+        forgotten
+    }
+
     /// Forgets an ended trip (its retention ran out), and its request key.
-    pub fn forget_ended(&mut self, id: TripId) -> bool {
+    fn forget_ended(&mut self, id: TripId) -> bool {
         let Some(row) = self.ended.get(&id) else { return false };
         let hash = hash_key(&self.hasher, row.key());
         if let Ok(entry) = self.by_request.find_entry(hash, |&(_, other)| other == id) {
@@ -631,5 +743,54 @@ impl TripTable {
 
     pub fn density(&self) -> &Density {
         &self.tally.density
+    }
+    /// This table's rules: every open trip filed under its id and not
+    /// ended, every ended one packed and waiting its turn to be forgotten,
+    /// every kept trip what its request id leads to and nothing else filed,
+    /// and the counts and the map's density what a recount gives.
+    pub fn check(&self) -> Result<(), String> {
+        let mut recount = Counts::default();
+        for (&id, state) in self.iter() {
+            if state.trip.id != id {
+                return Err(format!("trip {id} is filed under another id {}", state.trip.id));
+            }
+            if state.trip.status.is_terminal() {
+                return Err(format!("trip {id} is {:?} but still filed as open", state.trip.status));
+            }
+            if self.ended.contains_key(&id) {
+                return Err(format!("trip {id} is filed both open and ended"));
+            }
+            if self.by_request(&state.trip.rider, &state.trip.request_id) != Some(id) {
+                return Err(format!("trip {id} is not found by its request id"));
+            }
+            recount.add(state.counts());
+        }
+        let waiting: HashSet<_> = self.finished.iter().map(|(_, id)| *id).collect();
+        for (id, ended) in self.ended_rows() {
+            if !ended.status.is_terminal() {
+                return Err(format!("trip {id} is filed as ended while {:?}", ended.status));
+            }
+            if !waiting.contains(&id) {
+                return Err(format!("ended trip {id} is never forgotten"));
+            }
+            let trip = ended.unpack(id);
+            if self.by_request(&trip.rider, &trip.request_id) != Some(id) {
+                return Err(format!("ended trip {id} is not found by its request id"));
+            }
+        }
+        let kept = self.rows.len() + self.ended.len();
+        if self.indexed_requests() != kept {
+            return Err(format!("{} request keys filed for {kept} trips", self.indexed_requests()));
+        }
+        if let Some(id) = self.rows.keys().chain(self.ended.keys()).find(|id| id.0 >= self.next_id.max(1)) {
+            return Err(format!("trip {id} is kept, but the next new id is {}", self.next_id));
+        }
+        if recount != self.counts() {
+            return Err(format!("trip counts {:?} differ from a recount {recount:?}", self.counts()));
+        }
+        if !density_matches(self.values().filter_map(Counted::place), self.density()) {
+            return Err("the waiting trips' map density differs from a recount".to_owned());
+        }
+        Ok(())
     }
 }

@@ -3,7 +3,7 @@
 use super::*;
 use crate::error::EngineError;
 use crate::geo::LatLng;
-use crate::ids::{FleetId, OfferId, RequestId, RiderId, SessionId, TripId};
+use crate::ids::{DriverId, FleetId, OfferId, RequestId, RiderId, SessionId, TripId};
 use crate::service::{ServiceSet, ServiceType};
 use crate::trip::TripStatus;
 
