@@ -129,10 +129,10 @@ impl Engine {
             if driver.session.is_none() && driver.trip.is_none() {
                 return Err(format!("driver {} has neither a session nor a trip", driver.id));
             }
-            if let Some(session) = driver.session {
-                if !self.sessions.speaks_for(session, key) {
-                    return Err(format!("driver {}'s session {session} does not speak for it", driver.id));
-                }
+            if let Some(session) = driver.session
+                && !self.sessions.speaks_for(session, key)
+            {
+                return Err(format!("driver {}'s session {session} does not speak for it", driver.id));
             }
         }
         if self.forward.len() != forward_expected {
