@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use dispatch_core::engine::{Config, Effect, FleetDriverUpdate, Ping};
+use dispatch_core::engine::{Config, FleetDriverUpdate, Ping};
 use dispatch_core::ids::{DriverId, FleetId, SessionId};
 use dispatch_core::service::ServiceType;
 use dispatch_core::time::Timestamp;
@@ -99,18 +99,9 @@ fn request_to_offer(c: &mut Criterion) {
                     ride_request(&mut rng, &city, n)
                 },
                 |request| {
-                    engine.request_ride(now, request);
-                    let mut trip = None;
-                    let mut offered = 0;
-                    for effect in engine.drain_effects() {
-                        offered += 1;
-                        if let Effect::RideRequested { trip: t, .. } = effect {
-                            trip = Some(t.id);
-                        }
-                    }
-                    if let Some(trip) = trip {
-                        let _ = engine.cancel_ride(now, trip, "");
-                    }
+                    let trip = engine.request_ride(now, request).trip.id;
+                    let offered = engine.drain_effects().count();
+                    let _ = engine.cancel_ride(now, trip, "");
                     engine.drain_effects().for_each(drop);
                     offered
                 },

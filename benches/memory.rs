@@ -97,13 +97,8 @@ fn open_trips(out: &mut impl Write, n: usize) {
     let mut trips = Vec::with_capacity(n);
     for (i, request) in requests.into_iter().enumerate() {
         let session = SessionId(i as u64 + 1);
-        engine.request_ride(Timestamp(1), request);
-        let Some(trip) = engine.drain_effects().find_map(|e| match e {
-            Effect::RideRequested { trip, .. } => Some(trip.id),
-            _ => None,
-        }) else {
-            panic!("no RideRequested")
-        };
+        let trip = engine.request_ride(Timestamp(1), request).trip.id;
+        engine.drain_effects().for_each(drop);
         for status in [TripStatus::DriverArrived, TripStatus::InProgress] {
             engine.trip_progress(Timestamp(1), session, None, trip, status).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -174,17 +169,12 @@ fn ended_trips(out: &mut impl Write, n: usize) {
         let hello = DriverHello { auto_accept: true, ..driver_hello(&mut rng, &city, i) };
         let request = RideRequest { pickup: hello.position.unwrap_or(city.centre), ..ride_request(&mut rng, &city, i) };
         engine.connect_driver(now, session, hello).unwrap_or_else(|e| panic!("{e}"));
-        engine.request_ride(now, request);
-        let Some(trip) = engine.drain_effects().find_map(|e| match e {
-            Effect::RideRequested { trip, .. } => Some(trip.id),
-            Effect::Persist(record) => {
+        let trip = engine.request_ride(now, request).trip.id;
+        for effect in engine.drain_effects() {
+            if let Effect::Persist(record) = effect {
                 logged(&mut log, &record);
-                None
             }
-            _ => None,
-        }) else {
-            panic!("no RideRequested")
-        };
+        }
         for status in [TripStatus::DriverArrived, TripStatus::InProgress, TripStatus::Completed] {
             engine.trip_progress(now, session, None, trip, status).unwrap_or_else(|e| panic!("{e}"));
         }

@@ -75,14 +75,8 @@ fn run_policy(seed: u64, city: CityShape, drivers: usize, requests: usize, polic
         let radius = [500.0, 2_000.0, 5_000.0][n % 3];
         request.max_pickup_distance_m = Some(radius);
         let want = oracle_pick(&oracle, request.pickup, request.service, radius, k);
-        engine.request_ride(now, request.clone());
+        let trip = engine.request_ride(now, request.clone()).trip;
         let effects: Vec<Effect> = engine.drain_effects().collect();
-        let Some(trip) = effects.iter().find_map(|e| match e {
-            Effect::RideRequested { trip, .. } => Some(trip.clone()),
-            _ => None,
-        }) else {
-            panic!("no RideRequested for request {n}")
-        };
         let offers: Vec<_> = effects
             .into_iter()
             .filter_map(|e| match e {

@@ -161,12 +161,6 @@ impl Sim<'_> {
         let effects: Vec<Effect> = self.engine.drain_effects().collect();
         for effect in effects {
             match effect {
-                Effect::RideRequested { trip, created: true } => {
-                    // Request ids are `q{n}`, `n` the replayed row.
-                    if let Some(n) = trip.request_id.as_str().strip_prefix('q').and_then(|n| n.parse().ok()) {
-                        self.request_of.insert(trip.id, n);
-                    }
-                }
                 Effect::Driver { session, event: DriverEvent::Offer(offer) } => {
                     let driver = (session.0 - 1) as usize;
                     self.tally.offers += 1;
@@ -231,7 +225,10 @@ impl Sim<'_> {
                     service: ServiceType::Taxi,
                     max_pickup_distance_m: None,
                 };
-                self.engine.request_ride(now, request);
+                let taken = self.engine.request_ride(now, request);
+                if taken.created {
+                    self.request_of.insert(taken.trip.id, n);
+                }
             }
             Event::Reply { driver, offer, accept } => {
                 if self.engine.offer_reply(now, session(driver), offer, accept).is_ok() && !accept {

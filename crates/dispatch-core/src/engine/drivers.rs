@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::state::{Driver, Session};
 use super::{
     DriverEvent, DriverHello, Effect, Engine, FleetDriverUpdate, NEARBY_MAX_EXAMINED, Nearby, NearbyDriver,
-    NearbyQuery, Ping, SessionEnd, WithdrawReason,
+    NearbyQuery, Ping, SessionEnd, SessionStart, WithdrawReason,
 };
 use crate::error::EngineError;
 use crate::geo::MAX_DISTANCE_M;
@@ -19,14 +19,14 @@ impl Engine {
     /// A driver's app says hello on a new session. A session already open
     /// for the same driver is replaced (it gets [`SessionEnd::Replaced`]); a
     /// driver a fleet speaks for cannot be taken, and an app's id may not be
-    /// a fleet's name. Emits [`Effect::SessionStarted`] with the driver's
-    /// current trip, if it has one (it reconnected mid-trip).
+    /// a fleet's name. Answers with the driver's current trip, if it has
+    /// one (it reconnected mid-trip).
     pub fn connect_driver(
         &mut self,
         now: Timestamp,
         session: SessionId,
         hello: DriverHello,
-    ) -> Result<(), EngineError> {
+    ) -> Result<SessionStart, EngineError> {
         if hello.driver.is_fleet_name() {
             return Err(EngineError::ForeignDriverName {
                 why: format!("a driver app's id may not contain {FLEET_SEPARATOR:?}; such names belong to fleets"),
@@ -66,16 +66,14 @@ impl Engine {
         }
         self.queue.freed(key);
         let current_trip = self.driver(key).trip.and_then(|trip| self.trip(trip));
-        let driver = Some(self.driver(key).id.clone());
-        self.effects.push(Effect::SessionStarted { session, driver, fleet: None, current_trip });
-        Ok(())
+        Ok(SessionStart { driver: Some(self.driver(key).id.clone()), fleet: None, current_trip })
     }
 
     /// A partner gateway says hello. A session already open for the same
     /// fleet is replaced and its drivers move to the new one, so a gateway
-    /// restart loses nobody. Emits [`Effect::SessionStarted`], then the
-    /// current trips of the fleet's drivers.
-    pub fn connect_fleet(&mut self, session: SessionId, fleet: FleetId) {
+    /// restart loses nobody: the current trips of the drivers it takes over
+    /// are sent down the new session.
+    pub fn connect_fleet(&mut self, session: SessionId, fleet: FleetId) -> SessionStart {
         let mut drivers = HashSet::new();
         if let Some((old, moved)) = self.sessions.open_fleet(session, fleet.clone()) {
             self.effects.push(Effect::EndSession { session: old, reason: SessionEnd::Replaced });
@@ -86,11 +84,10 @@ impl Engine {
         }
         let trips: Vec<Trip> =
             drivers.iter().filter_map(|&key| self.driver(key).trip).filter_map(|t| self.trip(t)).collect();
-        let started = Effect::SessionStarted { session, driver: None, fleet: Some(fleet.clone()), current_trip: None };
-        self.effects.push(started);
         for trip in trips {
             self.effects.push(Effect::Driver { session, event: DriverEvent::Trip(trip) });
         }
+        SessionStart { driver: None, fleet: Some(fleet), current_trip: None }
     }
 
     /// A position report from a driver's own session.

@@ -372,28 +372,6 @@ pub enum Effect {
         /// When (the trip's `updated_at` from now on).
         at: Timestamp,
     },
-    /// A driver's or a fleet's session started: its first event, after the
-    /// [`Effect::EndSession`] of a session it replaced and before anything
-    /// else for it. `current_trip` is a reconnecting driver's trip.
-    SessionStarted {
-        /// The new session.
-        session: SessionId,
-        /// The driver it speaks for (a driver's own session).
-        driver: Option<DriverId>,
-        /// The fleet it speaks for (a fleet gateway's session).
-        fleet: Option<crate::ids::FleetId>,
-        /// The driver's trip under way, if any.
-        current_trip: Option<Trip>,
-    },
-    /// A ride request was taken: `created` says whether it made a new trip
-    /// or found the one the same rider's same request id already has (a
-    /// retry), as it is now. Comes before the new trip's own effects.
-    RideRequested {
-        /// The trip the request is about.
-        trip: Trip,
-        /// Whether the request made it.
-        created: bool,
-    },
     /// A trip got its first offer (or, with auto-accept, its driver): the
     /// caller measures request-to-offer latency from here.
     FirstOffer(crate::ids::TripId),
@@ -407,6 +385,32 @@ pub enum Effect {
         /// Why.
         reason: SessionEnd,
     },
+}
+
+/// A session that started: what [`crate::Engine::connect_driver`] and
+/// [`crate::Engine::connect_fleet`] answer. The caller opens the session's
+/// stream with it before anything the same call emitted for the session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionStart {
+    /// The driver it speaks for (a driver's own session).
+    pub driver: Option<DriverId>,
+    /// The fleet it speaks for (a fleet gateway's session).
+    pub fleet: Option<crate::ids::FleetId>,
+    /// A reconnecting driver's trip under way, if any.
+    pub current_trip: Option<Trip>,
+}
+
+/// A ride request taken: what [`crate::Engine::request_ride`] answers. The
+/// caller attaches the rider's stream with it before anything the same call
+/// emitted for the trip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RideTaken {
+    /// The trip, as it was when the request was taken: a new trip
+    /// searching, or, for a retry, the trip the same rider's same request
+    /// id already has, as it is now.
+    pub trip: Trip,
+    /// Whether the request made the trip (false for a retry).
+    pub created: bool,
 }
 
 /// Live counts and running totals.

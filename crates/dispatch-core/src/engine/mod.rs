@@ -26,8 +26,8 @@ mod tables;
 pub use batch::{CANDIDATES, Row, assign};
 pub use io::{
     Config, DriverEvent, DriverHello, Effect, FleetDriverUpdate, LogRecord, MAX_OFFERS_PER_TRIP, MAX_REASON_BYTES,
-    NEARBY_MAX_EXAMINED, Nearby, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest, SessionEnd, Stats, TripRecord,
-    WithdrawReason,
+    NEARBY_MAX_EXAMINED, Nearby, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest, RideTaken, SessionEnd,
+    SessionStart, Stats, TripRecord, WithdrawReason,
 };
 pub use map::{MapCell, MapDriver, MapQuery, MapTrip, MapView};
 pub use policy::{MAX_WINDOW_MS, Matching, MatchingSpec, Policies};

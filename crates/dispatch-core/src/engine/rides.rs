@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::state::{Session, TripState};
-use super::{DriverEvent, Effect, Engine, RideRequest, WithdrawReason};
+use super::{DriverEvent, Effect, Engine, RideRequest, RideTaken, WithdrawReason};
 use crate::error::EngineError;
 use crate::ids::{DriverId, OfferId, SessionId, TripId};
 use crate::index::DriverKey;
@@ -12,17 +12,17 @@ use crate::time::Timestamp;
 use crate::trip::{Trip, TripStatus};
 
 impl Engine {
-    /// A rider asks for a ride. Emits [`Effect::RideRequested`] with the
-    /// trip and whether it is new: the same rider with the same request id
-    /// gets the trip it already has, so a retry never orders a second car.
-    /// A new trip is offered at once to the nearest offerable driver, if
-    /// there is one.
-    pub fn request_ride(&mut self, now: Timestamp, request: RideRequest) {
+    /// A rider asks for a ride. Answers with the trip and whether it is
+    /// new: the same rider with the same request id gets the trip it
+    /// already has, so a retry never orders a second car. A new trip is
+    /// offered at once to the nearest offerable driver, if there is one.
+    /// Nothing in a request the types let through can be refused, so this
+    /// cannot fail.
+    pub fn request_ride(&mut self, now: Timestamp, request: RideRequest) -> RideTaken {
         if let Some(trip) =
             self.trips.by_request(&request.rider, &request.request_id).and_then(|id| self.trips.trip(id))
         {
-            self.effects.push(Effect::RideRequested { trip, created: false });
-            return;
+            return RideTaken { trip, created: false };
         }
         let id = self.trips.new_id();
         let trip = Trip {
@@ -55,7 +55,6 @@ impl Engine {
             },
         );
         self.stats.ride_requests += 1;
-        self.effects.push(Effect::RideRequested { trip, created: true });
         self.trip_changed(id);
         // Earlier requests waiting for drivers that were freed since the
         // last tick go first.
@@ -63,12 +62,14 @@ impl Engine {
             self.match_freed(now);
         }
         self.start_search(now, id);
+        RideTaken { trip, created: true }
     }
 
     /// The rider cancels, before the ride starts: an offer out is withdrawn,
-    /// an assigned driver is told and is free again. Cancelling a cancelled
-    /// trip again answers the trip as it is, so a retry is harmless.
-    pub fn cancel_ride(&mut self, now: Timestamp, trip_id: TripId, reason: &str) -> Result<(), EngineError> {
+    /// an assigned driver is told and is free again. Answers the trip as it
+    /// ended; cancelling a cancelled trip again answers it as it is, so a
+    /// retry is harmless.
+    pub fn cancel_ride(&mut self, now: Timestamp, trip_id: TripId, reason: &str) -> Result<Trip, EngineError> {
         self.cancel(now, trip_id, reason, "cancelled by rider", |status| status.rider_may_cancel())
     }
 
@@ -76,7 +77,7 @@ impl Engine {
     /// ride in progress whose driver never came back would otherwise be
     /// held for good. The trip ends `Cancelled`; its driver, if connected,
     /// sees it so and is free, and one no session speaks for is forgotten.
-    pub fn cancel_by_operator(&mut self, now: Timestamp, trip_id: TripId, reason: &str) -> Result<(), EngineError> {
+    pub fn cancel_by_operator(&mut self, now: Timestamp, trip_id: TripId, reason: &str) -> Result<Trip, EngineError> {
         self.cancel(now, trip_id, reason, "cancelled by an operator", |status| !status.is_terminal())
     }
 
@@ -87,11 +88,11 @@ impl Engine {
         reason: &str,
         default_reason: &str,
         may_cancel: impl Fn(TripStatus) -> bool,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Trip, EngineError> {
         let Some(state) = self.trips.get(&trip_id) else {
             let ended = self.trips.ended(&trip_id).ok_or(EngineError::UnknownTrip(trip_id))?;
             return match ended.status {
-                TripStatus::Cancelled => Ok(()),
+                TripStatus::Cancelled => Ok(ended.unpack(trip_id)),
                 status => Err(EngineError::TooLateToCancel { trip: trip_id, status }),
             };
         };
@@ -110,7 +111,7 @@ impl Engine {
         if let Some(key) = driver.filter(|_| status.has_driver()) {
             self.release_driver(now, key, trip_id);
         }
-        Ok(())
+        self.trip(trip_id).ok_or(EngineError::UnknownTrip(trip_id))
     }
 
     /// A driver (or the fleet that speaks for it) answers an offer.

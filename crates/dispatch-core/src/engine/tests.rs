@@ -50,12 +50,12 @@ impl World {
         effects
     }
 
-    /// Connects a driver's session; returns the trip it resumed, if any
-    /// (its `SessionStarted` says), leaving the effects for `drain`.
+    /// Connects a driver's session; returns the trip it resumed, if any,
+    /// leaving the effects for `drain`.
     fn connect(&mut self, session: SessionId, hello: DriverHello) -> Option<Trip> {
-        self.engine.connect_driver(self.now, session, hello).unwrap_or_else(|e| panic!("{e}"));
+        let start = self.engine.connect_driver(self.now, session, hello).unwrap_or_else(|e| panic!("{e}"));
         self.held.extend(self.engine.drain_effects());
-        resumed(&self.held, session)
+        start.current_trip
     }
 
     fn session(&mut self) -> SessionId {
@@ -97,9 +97,9 @@ impl World {
             service,
             max_pickup_distance_m: radius,
         };
-        self.engine.request_ride(self.now, request);
+        let taken = self.engine.request_ride(self.now, request);
         self.held.extend(self.engine.drain_effects());
-        requested(&self.held).0.id
+        taken.trip.id
     }
 
     fn advance(&mut self, ms: i64) {
@@ -149,26 +149,6 @@ fn driver_moves(effects: &[Effect]) -> Vec<(TripId, LatLng)> {
             _ => None,
         })
         .collect()
-}
-
-/// The trip a session resumed, from its `SessionStarted`.
-fn resumed(effects: &[Effect], session: SessionId) -> Option<Trip> {
-    effects.iter().rev().find_map(|e| match e {
-        Effect::SessionStarted { session: s, current_trip, .. } if *s == session => Some(current_trip.clone()),
-        _ => None,
-    })?
-}
-
-/// The trip the last ride request was about, and whether it made it.
-fn requested(effects: &[Effect]) -> (Trip, bool) {
-    effects
-        .iter()
-        .rev()
-        .find_map(|e| match e {
-            Effect::RideRequested { trip, created } => Some((trip.clone(), *created)),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no RideRequested in {effects:?}"))
 }
 
 fn rider_statuses(effects: &[Effect]) -> Vec<TripStatus> {
@@ -455,7 +435,7 @@ fn a_rider_cancel_withdraws_the_offer_or_frees_the_driver() {
     assert!(effects.iter().any(|e| matches!(e, Effect::Driver { event: DriverEvent::Trip(t), .. }
         if t.status == TripStatus::Cancelled && t.cancel_reason.as_deref() == Some("changed my mind"))));
     // Cancelling again is harmless; after the pickup it is too late.
-    assert_eq!(w.engine.cancel_ride(w.now, trip, ""), Ok(()));
+    assert_eq!(w.engine.cancel_ride(w.now, trip, "").map(|t| t.status), Ok(TripStatus::Cancelled));
     assert_eq!(w.status(trip), TripStatus::Cancelled);
     let trip = w.request("r3");
     let (_, offer, _) = only_offer(&w.drain());
@@ -653,12 +633,12 @@ fn a_new_fleet_session_takes_over_the_fleets_drivers() {
     w.engine.fleet_update(w.now, old, update).unwrap_or_else(|e| panic!("{e}"));
     let trip = w.request("r1");
     let new = w.session();
-    w.engine.connect_fleet(new, f1);
+    let started = w.engine.connect_fleet(new, f1.clone());
+    assert_eq!(started.fleet, Some(f1));
     let effects = w.drain();
-    // The old session ends, the new one starts, then gets its drivers' trips.
+    // The old session ends; the new one gets its drivers' trips.
     let ended = effects.iter().position(|e| *e == Effect::EndSession { session: old, reason: SessionEnd::Replaced });
-    let started = effects.iter().position(|e| matches!(e, Effect::SessionStarted { session, .. } if *session == new));
-    assert!(ended.is_some() && ended < started, "{effects:?}");
+    assert!(ended.is_some(), "{effects:?}");
     let trips: Vec<TripId> = effects
         .iter()
         .filter_map(|e| match e {
@@ -870,9 +850,8 @@ fn a_restart_rebuilds_trips_from_the_log() {
     assert_eq!(back.trip(early).map(|t| t.status), Some(TripStatus::NoDriverFound));
     // The assigned trip stays with its driver, who gets it back on hello.
     assert_eq!(back.trip(assigned).map(|t| t.status), Some(TripStatus::DriverArrived));
-    back.connect_driver(now, SessionId(77), hello_for("a")).unwrap_or_else(|e| panic!("{e}"));
-    let current = resumed(&back.drain_effects().collect::<Vec<_>>(), SessionId(77));
-    assert_eq!(current.map(|t| t.id), Some(assigned));
+    let start = back.connect_driver(now, SessionId(77), hello_for("a")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(start.current_trip.map(|t| t.id), Some(assigned));
     // Searches with time left search again, with a full timeout from now.
     back.tick(now + 59_000);
     for trip in [late, searching] {
@@ -887,12 +866,10 @@ fn a_restart_rebuilds_trips_from_the_log() {
         service: ServiceType::Taxi,
         max_pickup_distance_m: None,
     };
-    back.request_ride(now, retry.clone());
-    let (trip, created) = requested(&back.drain_effects().collect::<Vec<_>>());
+    let RideTaken { trip, created } = back.request_ride(now, retry.clone());
     assert_eq!((trip.id, created), (assigned, false));
     let fresh = RideRequest { request_id: RequestId::new("new").unwrap_or_else(|e| panic!("{e}")), ..retry };
-    back.request_ride(now, fresh);
-    let (trip, created) = requested(&back.drain_effects().collect::<Vec<_>>());
+    let RideTaken { trip, created } = back.request_ride(now, fresh);
     assert!(created && trip.id.0 > searching.0, "{} reused an id", trip.id);
     if let Err(broken) = back.check_invariants() {
         panic!("{broken}");
@@ -1127,9 +1104,8 @@ fn a_batch_beats_nearest_first_where_the_first_rider_takes_the_second_ones_drive
                 service: ServiceType::Taxi,
                 max_pickup_distance_m: None,
             };
-            w.engine.request_ride(w.now, request);
+            let trip = w.engine.request_ride(w.now, request).trip.id;
             w.held.extend(w.engine.drain_effects());
-            let trip = requested(&w.held).0.id;
             w.advance(100);
             trip
         };

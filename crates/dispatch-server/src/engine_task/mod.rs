@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use dispatch_core::engine::{Effect, FleetDriverUpdate, SessionEnd};
+use dispatch_core::engine::{Effect, FleetDriverUpdate, RideTaken, SessionEnd, SessionStart};
 use dispatch_core::ids::SessionId;
 use dispatch_core::{Engine, EngineError};
 use dispatch_proto::pb;
@@ -38,7 +38,7 @@ use tonic::Status;
 use tracing::{debug, info};
 
 use crate::latency::{Latency, Marks};
-use crate::outbound::{Batch, Out, Started, Watcher};
+use crate::outbound::{Batch, Out, Started};
 use crate::outbox::Outbox;
 use crate::status::engine_status;
 use clock::Clock;
@@ -59,20 +59,8 @@ struct EngineTask {
     fleet_batch: Option<(SessionId, std::vec::IntoIter<FleetDriverUpdate>)>,
     /// When the last batch was handed over.
     last_flush: Instant,
-    /// What the command being handled waits for from the engine's effects.
-    pending: Option<Pending>,
-    /// The trip a ride request was about, for its caller's reply.
-    requested: Option<dispatch_core::trip::Trip>,
     /// Times rounds that did some work.
     round: metrics::Histogram,
-}
-
-/// What a command waits for from the engine's effects.
-enum Pending {
-    /// A hello: the new session's outbox, opened at its `SessionStarted`.
-    Session { outbox: Outbox, name: String },
-    /// A ride request: the rider's stream, attached at its `RideRequested`.
-    Ride { watcher: Watcher, marks: Marks },
 }
 
 /// The most urgent commands taken before the engine ticks again.
@@ -162,11 +150,10 @@ impl EngineTask {
                     outbox.end(Status::resource_exhausted("too many open sessions; retry later"));
                     return;
                 }
-                self.pending = Some(Pending::Session { outbox, name: hello.driver.to_string() });
-                let result = self.engine.connect_driver(now, session, hello);
-                self.carry_out();
-                if let (Err(err), Some(Pending::Session { outbox, .. })) = (result, self.pending.take()) {
-                    outbox.end(engine_status(&err));
+                let name = hello.driver.to_string();
+                match self.engine.connect_driver(now, session, hello) {
+                    Ok(start) => self.open(session, outbox, name, start),
+                    Err(err) => outbox.end(engine_status(&err)),
                 }
             }
             Command::FleetHello { session, fleet, outbox } => {
@@ -174,8 +161,9 @@ impl EngineTask {
                     outbox.end(Status::resource_exhausted("too many open sessions; retry later"));
                     return;
                 }
-                self.pending = Some(Pending::Session { outbox, name: format!("fleet {fleet}") });
-                self.engine.connect_fleet(session, fleet);
+                let name = format!("fleet {fleet}");
+                let start = self.engine.connect_fleet(session, fleet);
+                self.open(session, outbox, name, start);
             }
             Command::Ping { session, ping } => {
                 let result = self.engine.ping(now, session, ping);
@@ -203,16 +191,20 @@ impl EngineTask {
                 self.batch.outs.push(Out::Closed(session));
             }
             Command::RequestRide { request, watcher, received, reply } => {
-                self.pending = Some(Pending::Ride { watcher, marks: Marks { received, taken: Instant::now() } });
-                self.engine.request_ride(now, request);
+                let marks = Marks { received, taken: Instant::now() };
+                let RideTaken { trip, created } = self.engine.request_ride(now, request);
+                // The rider's stream is attached before anything the request
+                // made is delivered. The stream of a new trip opens with the
+                // engine's own SEARCHING update; a retry starts from where
+                // the trip is.
+                let (resume, marks) = if created { (None, Some(marks)) } else { (Some(trip.clone()), None) };
+                self.batch.outs.push(Out::Watch { trip: trip.id, watcher, resume, marks });
                 self.carry_out();
                 // The caller hears of the trip after everything the request
                 // made (its first record above all).
-                if let Some(trip) = self.requested.take() {
-                    self.batch.outs.push(Out::Reply(Box::new(move || {
-                        let _ = reply.send(trip);
-                    })));
-                }
+                self.batch.outs.push(Out::Reply(Box::new(move || {
+                    let _ = reply.send(trip);
+                })));
                 return;
             }
             Command::CancelRide { trip, reason, rider, operator, reply } => {
@@ -224,8 +216,7 @@ impl EngineTask {
                     self.engine.cancel_by_operator(now, trip, &reason)
                 } else {
                     self.engine.cancel_ride(now, trip, &reason)
-                }
-                .and_then(|()| self.engine.trip(trip).ok_or(EngineError::UnknownTrip(trip)));
+                };
                 self.carry_out();
                 self.batch.outs.push(Out::Reply(Box::new(move || {
                     let _ = reply.send(result);
@@ -284,26 +275,20 @@ impl EngineTask {
         }
     }
 
+    /// Opens a session that started: its outbox is remembered, and its
+    /// first event sent, before anything the same command emitted for it.
+    fn open(&mut self, session: SessionId, outbox: Outbox, name: String, start: SessionStart) {
+        debug!(who = %name, %session, "session started");
+        let SessionStart { driver, fleet, current_trip } = start;
+        let started = Started { driver, fleet, now: self.clock.now(), current_trip };
+        self.batch.outs.push(Out::Open { session, outbox, name, started });
+    }
+
     /// Moves what the engine produced into this round's batch, in order:
     /// the one place the core's output becomes the shell's.
     fn carry_out(&mut self) {
         for effect in self.engine.drain_effects() {
             let out = match effect {
-                Effect::SessionStarted { session, driver, fleet, current_trip } => {
-                    let Some(Pending::Session { outbox, name }) = self.pending.take() else { continue };
-                    debug!(who = %name, %session, "session started");
-                    let started = Started { driver, fleet, now: self.clock.now(), current_trip };
-                    Out::Open { session, outbox, name, started }
-                }
-                Effect::RideRequested { trip, created } => {
-                    let Some(Pending::Ride { watcher, marks }) = self.pending.take() else { continue };
-                    // The stream of a new trip opens with the engine's own
-                    // SEARCHING update; a retry starts from where the trip is.
-                    let (resume, marks) = if created { (None, Some(marks)) } else { (Some(trip.clone()), None) };
-                    let id = trip.id;
-                    self.requested = Some(trip);
-                    Out::Watch { trip: id, watcher, resume, marks }
-                }
                 Effect::Persist(record) => {
                     self.batch.records.push(record);
                     continue;

@@ -155,8 +155,6 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
         max_sessions: config.max_sessions,
         fleet_batch: None,
         last_flush: tokio::time::Instant::now(),
-        pending: None,
-        requested: None,
         round: crate::meters::Hot::register().engine_round,
     };
     // What the restore changed (searches that ran out while the server was
