@@ -61,7 +61,7 @@ fn main() {
 }
 
 /// Bytes a bounded channel of `T` holds from the moment it is made (as a
-/// rider's stream or a session's outbox is): its first block of slots.
+/// rider's stream or a session's sender is): its first block of slots.
 fn channel_bytes<T>(n: usize) -> usize {
     let before = LIVE.load(Ordering::Relaxed);
     let channels: Vec<_> = (0..n).map(|_| tokio::sync::mpsc::channel::<T>(256)).collect();
@@ -136,7 +136,7 @@ fn open_trips(out: &mut impl Write, n: usize) {
     );
     let session = channel_bytes::<Box<dispatch_proto::pb::DriverEvent>>(n);
     let session_inline = channel_bytes::<dispatch_proto::pb::DriverEvent>(n);
-    let _ = writeln!(out, "driver session's outbox channel: {session} B ({session_inline} B with events inline)");
+    let _ = writeln!(out, "driver session's sender channel: {session} B ({session_inline} B with events inline)");
     drop((engine, table, log, records));
 }
 
@@ -145,7 +145,7 @@ fn open_trips(out: &mut impl Write, n: usize) {
 /// server does, then counts what the engine keeps of them and what the log
 /// keeps in memory (after a snapshot, too). The server's table of replies
 /// holds open trips only: an ended trip leaves it, which
-/// `outbound::tests::an_ended_trip_leaves_the_table_of_open_trips` checks.
+/// `deliver::tests::an_ended_trip_leaves_the_table_of_open_trips` checks.
 fn ended_trips(out: &mut impl Write, n: usize) {
     let city = CityShape::seoul();
     let mut rng = dispatch_testkit::rng(3);

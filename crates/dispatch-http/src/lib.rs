@@ -83,10 +83,13 @@ impl Metrics {
         });
     }
 
-    /// The text Prometheus scrapes, after setting the engine's counts.
-    fn render(&self, stats: &dispatch_proto::pb::Stats) -> String {
+    /// The text Prometheus scrapes, after setting the engine's counts,
+    /// with the latency histograms the server keeps itself.
+    fn render(&self, stats: &dispatch_proto::pb::Stats, histograms: &str) -> String {
         meters::publish(stats);
-        self.handle.render()
+        let mut text = self.handle.render();
+        text.push_str(histograms);
+        text
     }
 }
 

@@ -112,8 +112,10 @@ async fn metrics(State(shared): State<Shared>, headers: HeaderMap, Query(t): Que
         return refuse(StatusCode::NOT_FOUND, "metrics are not recorded in this process").into_response();
     };
     match shared.app.operator.stats().await {
-        Ok(stats) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render(&stats))
-            .into_response(),
+        Ok(stats) => {
+            let text = metrics.render(&stats, &shared.app.operator.histograms());
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+        }
         Err(status) => unavailable(&status),
     }
 }

@@ -40,37 +40,28 @@ pub fn trip(t: &pb::Trip) -> Value {
     })
 }
 
-/// The counters, grouped as operators read them.
+/// The counts, grouped as operators read them (see [`crate::stats`]), and
+/// the latency of the last minute.
 pub fn stats(s: &pb::Stats) -> Value {
+    let mut root = serde_json::Map::new();
+    for stat in crate::stats::STATS {
+        let value = json!((stat.value)(s));
+        match stat.json {
+            (None, key) => {
+                root.insert(key.to_owned(), value);
+            }
+            (Some(group), key) => {
+                let group = root.entry(group).or_insert_with(|| json!({}));
+                if let Some(group) = group.as_object_mut() {
+                    group.insert(key.to_owned(), value);
+                }
+            }
+        }
+    }
     let minute = s.last_minute.clone().unwrap_or_default();
-    json!({
-        "drivers": {
-            "available": s.drivers_available, "offered": s.drivers_offered,
-            "on_trip": s.drivers_on_trip, "unavailable": s.drivers_unavailable,
-            "connected": s.drivers_connected,
-        },
-        "sessions": {
-            "driver": s.driver_sessions, "fleet": s.fleet_sessions, "rider": s.rider_streams,
-            "trip_watchers": s.trip_watchers,
-        },
-        "trips_open": {
-            "searching": s.trips_searching, "assigned": s.trips_assigned,
-            "arrived": s.trips_arrived, "in_progress": s.trips_in_progress,
-        },
-        "trips_ended": {
-            "completed": s.trips_completed, "cancelled": s.trips_cancelled, "no_driver_found": s.trips_no_driver,
-        },
-        "ride_requests": s.ride_requests,
-        "offers": {
-            "sent": s.offers_sent, "accepted": s.offers_accepted, "declined": s.offers_declined,
-            "expired": s.offers_expired, "withdrawn": s.offers_withdrawn,
-        },
-        "location_updates": s.location_updates,
-        "location_updates_shed": s.location_updates_shed,
-        "queue": { "urgent": s.queue_urgent, "locations": s.queue_locations },
-        "request_to_offer_last_minute": {
-            "count": minute.count, "p50_us": minute.p50_us, "p99_us": minute.p99_us, "max_us": minute.max_us,
-        },
-        "uptime_s": s.uptime_s,
-    })
+    root.insert(
+        "request_to_offer_last_minute".to_owned(),
+        json!({ "count": minute.count, "p50_us": minute.p50_us, "p99_us": minute.p99_us, "max_us": minute.max_us }),
+    );
+    Value::Object(root)
 }

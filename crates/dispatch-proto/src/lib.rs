@@ -11,10 +11,13 @@
 //!   checked, the error an [`InvalidInput`]) and `From` core types into
 //!   messages.
 //! - [`json`]: trips and stats as JSON for people's tools.
+//! - [`stats`]: every count of `Stats` in one table, which `/metrics`,
+//!   `/api/stats` and dispatchctl read.
 
 pub mod codec;
 pub mod convert;
 pub mod json;
+pub mod stats;
 
 /// The generated `dispatch.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -53,7 +53,7 @@ impl AdminService for AdminSvc {
         request: Request<pb::WatchTripsRequest>,
     ) -> Result<Response<Self::WatchTripsStream>, Status> {
         self.admit(&request, "AdminService.WatchTrips")?;
-        // A watcher that falls behind skips what it missed: operators want
+        // A rider that falls behind skips what it missed: operators want
         // what is happening now, and nobody waits for a slow one.
         let changes =
             BroadcastStream::new(self.engine.watch_trips()).filter_map(|change| async move { change.ok().map(Ok) });

@@ -1,11 +1,11 @@
 //! The commit stage: makes each round's trip records durable, then hands
-//! the round on to the outbound stage to be told.
+//! the round on to the delivery stage to be told.
 //!
-//! On a thread of its own, it appends the records of every batch the
+//! On a thread of its own, it appends the records of every round the
 //! engine task has handed over since the last commit and makes them durable
 //! with one `fdatasync` (group commit: one sync covers every change that
 //! queued up behind the last one). Then it passes the group on and starts
-//! on the next at once, while the outbound stage delivers the last: a
+//! on the next at once, while the delivery stage delivers the last: a
 //! group's deliveries never hold up the next group's sync, and nothing is
 //! delivered before the records ahead of it are durable.
 
@@ -16,28 +16,17 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::error;
 
+use crate::deliver::Input;
+use crate::engine_task::Round;
 use crate::latency::Latency;
-use crate::meters;
-use crate::outbound::Batch;
 
-/// What the commit stage hands the outbound stage.
-pub enum Committed {
-    /// Batches whose records are durable, in the order the engine made
-    /// them, and when their commit began and ended.
-    Group { batches: Vec<Batch>, commit_start: Instant, commit_end: Instant },
-    /// The log failed: nothing more will be acknowledged, and every stream
-    /// is to be ended.
-    LogFailed,
-}
-
-/// The most batches committed together.
+/// The most rounds committed together.
 const GROUP: usize = 256;
 
 /// The stage's state; lives on its thread.
 pub struct Committer {
     log: Option<Box<dyn TripStore>>,
     latency: Option<Latency>,
-    log_commit: metrics::Histogram,
     /// Set when the log fails: the server stops, since it can no longer
     /// promise that what it says is durable.
     fatal: watch::Sender<Option<String>>,
@@ -45,28 +34,28 @@ pub struct Committer {
 
 impl Committer {
     /// A stage over `log` (`None`: nothing is kept across restarts, and
-    /// batches pass straight on).
+    /// rounds pass straight on).
     pub fn new(
         log: Option<Box<dyn TripStore>>,
         latency: Option<Latency>,
         fatal: watch::Sender<Option<String>>,
     ) -> Self {
-        Self { log, latency, log_commit: meters::Hot::register().log_commit, fatal }
+        Self { log, latency, fatal }
     }
 
     /// Runs until the engine task hangs up, then makes the log durable one
     /// last time. After a failure of the log it commits nothing more, and
     /// drops what comes (which tells waiting callers the server is going
     /// away).
-    pub fn run(mut self, batches: std_mpsc::Receiver<Batch>, durable: std_mpsc::SyncSender<Committed>) {
+    pub fn run(mut self, rounds: std_mpsc::Receiver<Round>, durable: std_mpsc::SyncSender<Input>) {
         let mut failed = false;
-        while let Ok(first) = batches.recv() {
+        while let Ok(first) = rounds.recv() {
             let mut group = Vec::with_capacity(GROUP);
             group.push(first);
             while group.len() < GROUP
-                && let Ok(batch) = batches.try_recv()
+                && let Ok(round) = rounds.try_recv()
             {
-                group.push(batch);
+                group.push(round);
             }
             if failed {
                 continue;
@@ -77,14 +66,13 @@ impl Committer {
                 continue;
             }
             let commit_end = Instant::now();
-            if self.log.is_some() {
-                if let Some(latency) = &self.latency {
-                    latency.commit(commit_end - commit_start);
-                }
-                meters::seconds(&self.log_commit, commit_end - commit_start);
+            if self.log.is_some()
+                && let Some(latency) = &self.latency
+            {
+                latency.commit(commit_end - commit_start);
             }
-            if durable.send(Committed::Group { batches: group, commit_start, commit_end }).is_err() {
-                // The outbound stage is gone: only at shutdown.
+            if durable.send(Input::Durable { rounds: group, commit_start, commit_end }).is_err() {
+                // The delivery stage is gone: only at shutdown.
                 break;
             }
             if let Some(log) = &mut self.log
@@ -102,14 +90,14 @@ impl Committer {
     }
 
     /// Stops the server: returns that the log has failed.
-    fn fail(&self, cause: &StoreError, durable: &std_mpsc::SyncSender<Committed>) -> bool {
+    fn fail(&self, cause: &StoreError, durable: &std_mpsc::SyncSender<Input>) -> bool {
         error!(%cause, "trip log failed: stopping, since changes can no longer be made durable");
         let _ = self.fatal.send(Some(cause.to_string()));
-        let _ = durable.send(Committed::LogFailed);
+        let _ = durable.send(Input::LogFailed);
         true
     }
 
-    fn commit(&mut self, group: &[Batch]) -> Result<(), StoreError> {
+    fn commit(&mut self, group: &[Round]) -> Result<(), StoreError> {
         let Some(log) = &mut self.log else { return Ok(()) };
         for record in group.iter().flat_map(|b| &b.records) {
             log.append(record)?;
@@ -126,7 +114,7 @@ mod tests {
     use dispatch_core::engine::LogRecord;
     use dispatch_core::ids::{DriverId, TripId};
 
-    use crate::outbound::Out;
+    use crate::engine_task::Delivery;
 
     use super::*;
 
@@ -172,8 +160,8 @@ mod tests {
 
     /// A commit stage over `log`, running on a thread of its own.
     struct Started {
-        batches: std_mpsc::SyncSender<Batch>,
-        durable_rx: std_mpsc::Receiver<Committed>,
+        rounds: std_mpsc::SyncSender<Round>,
+        durable_rx: std_mpsc::Receiver<Input>,
         stage: std::thread::JoinHandle<()>,
         fatal_rx: watch::Receiver<Option<String>>,
     }
@@ -181,31 +169,30 @@ mod tests {
     fn start(log: &Noted) -> Started {
         let (fatal, fatal_rx) = watch::channel(None);
         let committer = Committer::new(Some(Box::new(log.clone())), None, fatal);
-        let (batches, batches_rx) = std_mpsc::sync_channel(16);
+        let (rounds, rounds_rx) = std_mpsc::sync_channel(16);
         let (durable, durable_rx) = std_mpsc::sync_channel(4);
-        let stage = std::thread::spawn(move || committer.run(batches_rx, durable));
-        Started { batches, durable_rx, stage, fatal_rx }
+        let stage = std::thread::spawn(move || committer.run(rounds_rx, durable));
+        Started { rounds, durable_rx, stage, fatal_rx }
     }
 
     /// A round with one record and a reply that says how many records were
     /// durable when it was carried out.
-    fn round(n: u64, durable: &Arc<Mutex<usize>>, told: &std_mpsc::Sender<(u64, usize)>) -> Batch {
+    fn round(n: u64, durable: &Arc<Mutex<usize>>, told: &std_mpsc::Sender<(u64, usize)>) -> Round {
         let driver = DriverId::new(&format!("d{n}")).unwrap_or_else(|e| panic!("{e}"));
         let (durable, told) = (durable.clone(), told.clone());
-        Batch {
+        Round {
             records: vec![LogRecord::Tried { trip: TripId(n), driver }],
-            outs: vec![Out::Reply(Box::new(move || {
+            deliveries: vec![Delivery::Reply(Box::new(move || {
                 let _ = told.send((n, durable.lock().map_or(0, |d| *d)));
             }))],
-            moves: Vec::new(),
             flushed: Some(Instant::now()),
         }
     }
 
-    fn deliver_all(committed: Committed) {
-        if let Committed::Group { batches, .. } = committed {
-            for out in batches.into_iter().flat_map(|b| b.outs) {
-                if let Out::Reply(reply) = out {
+    fn deliver_all(committed: Input) {
+        if let Input::Durable { rounds, .. } = committed {
+            for out in rounds.into_iter().flat_map(|b| b.deliveries) {
+                if let Delivery::Reply(reply) = out {
                     reply();
                 }
             }
@@ -226,18 +213,18 @@ mod tests {
     #[test]
     fn a_group_is_passed_on_only_once_durable_and_the_next_syncs_while_it_is_delivered() {
         let log = Noted::default();
-        let Started { batches, durable_rx, stage, .. } = start(&log);
+        let Started { rounds, durable_rx, stage, .. } = start(&log);
         let (told, heard) = std_mpsc::channel();
 
-        batches.send(round(1, &log.durable, &told)).unwrap_or_else(|e| panic!("{e}"));
+        rounds.send(round(1, &log.durable, &told)).unwrap_or_else(|e| panic!("{e}"));
         let first = durable_rx.recv().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(log.commits(), 1, "a group was passed on before its commit returned");
         // Not delivered yet: the next round is committed meanwhile.
-        batches.send(round(2, &log.durable, &told)).unwrap_or_else(|e| panic!("{e}"));
+        rounds.send(round(2, &log.durable, &told)).unwrap_or_else(|e| panic!("{e}"));
         wait_for("the second group's commit while the first waits to be delivered", || log.commits() == 2);
         deliver_all(first);
         deliver_all(durable_rx.recv().unwrap_or_else(|e| panic!("{e}")));
-        drop(batches);
+        drop(rounds);
         stage.join().unwrap_or_else(|_| panic!("the commit stage panicked"));
 
         let replies: Vec<(u64, usize)> = heard.try_iter().collect();
@@ -252,23 +239,23 @@ mod tests {
     #[test]
     fn a_failed_commit_stops_the_server_and_nothing_after_it_is_told() {
         let log = Noted { fail_from: Some(1), ..Noted::default() };
-        let Started { batches, durable_rx, stage, mut fatal_rx } = start(&log);
+        let Started { rounds, durable_rx, stage, mut fatal_rx } = start(&log);
         let (told, heard) = std_mpsc::channel();
-        batches.send(round(1, &log.durable, &told)).unwrap_or_else(|e| panic!("{e}"));
+        rounds.send(round(1, &log.durable, &told)).unwrap_or_else(|e| panic!("{e}"));
         deliver_all(durable_rx.recv().unwrap_or_else(|e| panic!("{e}")));
         for n in 2..=3 {
-            batches.send(round(n, &log.durable, &told)).unwrap_or_else(|e| panic!("{e}"));
+            rounds.send(round(n, &log.durable, &told)).unwrap_or_else(|e| panic!("{e}"));
         }
-        drop(batches);
+        drop(rounds);
         let mut failed = false;
         for committed in durable_rx.iter() {
-            failed |= matches!(committed, Committed::LogFailed);
+            failed |= matches!(committed, Input::LogFailed);
             if !failed {
                 deliver_all(committed);
             }
         }
         stage.join().unwrap_or_else(|_| panic!("the commit stage panicked"));
-        assert!(failed, "the outbound stage was not told the log failed");
+        assert!(failed, "the delivery stage was not told the log failed");
         assert!(fatal_rx.borrow_and_update().as_deref().is_some_and(|c| c.contains("disk gone")));
         let replies: Vec<u64> = heard.try_iter().map(|(n, _)| n).collect();
         assert_eq!(replies, [1], "only the round made durable is told");

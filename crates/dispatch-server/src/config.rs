@@ -71,7 +71,7 @@ pub struct ServerConfig {
     pub trip_log: Option<TripLogConfig>,
     /// Rounds of engine output waiting for the trip log, at most; past
     /// that the engine waits for the disk.
-    pub outbound_queue: usize,
+    pub commit_queue: usize,
     /// Open driver and fleet sessions, at most; a hello past that gets
     /// `RESOURCE_EXHAUSTED`.
     pub max_sessions: usize,
@@ -105,7 +105,7 @@ impl Default for ServerConfig {
             rider_queue: 256,
             max_fleet_batch: 10_000,
             trip_log: None,
-            outbound_queue: 4_096,
+            commit_queue: 4_096,
             max_sessions: 1_000_000,
             max_message_bytes: 4 << 20,
             max_streams_per_connection: 10_000,

@@ -11,9 +11,9 @@ use dispatch_auth::Role;
 use crate::auth::{Caller, Gate};
 use crate::engine_task::{Command, EngineHandle};
 use crate::limits::{Budget, Limiters};
-use crate::outbox::{EventStream, Outbox};
 use crate::session::{self, Parsed};
 use crate::status::{input_code, rejected};
+use crate::streams::{EventStream, SessionSender};
 
 /// The driver service.
 pub struct DriverSvc {
@@ -48,14 +48,14 @@ fn hello(
     caller: &Caller,
     peer: &str,
     message: pb::DriverMessage,
-    outbox: Outbox,
+    sender: SessionSender,
 ) -> Result<Command, Status> {
     let Some(Kind::Hello(hello)) = message.kind else {
         return Err(Status::failed_precondition("the first message of a driver session must be hello"));
     };
     let hello = DriverHello::try_from(&hello).map_err(|e| crate::status::input_status(&e))?;
     caller.require_subject(hello.driver.as_str(), "driver hello", peer)?;
-    Ok(Command::DriverHello { session, hello, outbox })
+    Ok(Command::DriverHello { session, hello, sender })
 }
 
 fn parse(session: SessionId, limits: &Limiters, driver: &str, message: pb::DriverMessage) -> Parsed {

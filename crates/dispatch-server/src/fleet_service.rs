@@ -11,9 +11,9 @@ use dispatch_auth::Role;
 use crate::auth::{Caller, Gate};
 use crate::engine_task::{Command, EngineHandle};
 use crate::limits::{Budget, Limiters};
-use crate::outbox::{EventStream, Outbox};
 use crate::session::{self, Parsed};
 use crate::status::{input_code, input_status, rejected};
+use crate::streams::{EventStream, SessionSender};
 
 /// The fleet service.
 pub struct FleetSvc {
@@ -50,14 +50,14 @@ fn hello(
     caller: &Caller,
     peer: &str,
     message: pb::FleetMessage,
-    outbox: Outbox,
+    sender: SessionSender,
 ) -> Result<Command, Status> {
     let Some(Kind::Hello(hello)) = message.kind else {
         return Err(Status::failed_precondition("the first message of a fleet session must be hello"));
     };
     let fleet = convert::fleet_id(&hello.fleet_id).map_err(|e| input_status(&e))?;
     caller.require_subject(fleet.as_str(), "fleet hello", peer)?;
-    Ok(Command::FleetHello { session, fleet, outbox })
+    Ok(Command::FleetHello { session, fleet, sender })
 }
 
 fn parse(session: SessionId, max_batch: usize, limits: &Limiters, fleet: &str, message: pb::FleetMessage) -> Parsed {

@@ -1,6 +1,6 @@
 //! Where the time from a ride request to its first offer goes.
 //!
-//! A request passes five stages on its way to the driver's outbox:
+//! A request passes five stages on its way to the driver's sender:
 //! - `queue`: from the handler to the engine task taking the command;
 //! - `engine`: from there to the end of the engine's round that made the
 //!   offer (the rest of the round, and any rounds the trip waited for a
@@ -8,14 +8,18 @@
 //! - `commit_wait`: the round's batch waiting for the commit stage (busy
 //!   with the previous group's sync);
 //! - `commit`: appending the group's records and `fdatasync`;
-//! - `deliver`: the outbound stage finishing earlier groups, and the
+//! - `deliver`: the delivery stage finishing earlier groups, and the
 //!   deliveries ahead of the offer in its own.
 //!
 //! Each has a histogram, as does their sum (`total`, the figure `GetStats`
 //! has always called the match latency) and every group commit on its own
-//! (`log_commit`, whether or not an offer waited on it). Written on the
-//! commit and outbound stages' threads, read for `GetStats`: a `std` mutex held only to
-//! record or read, never across an await.
+//! (`log_commit`, whether or not an offer waited on it). These histograms
+//! are the one record of those latencies: `GetStats` reads its percentiles
+//! from them, and `/metrics` its two histograms
+//! ([`crate::meters::REQUEST_TO_OFFER`], [`crate::meters::LOG_COMMIT`]).
+//! Written on the commit and delivery stages' threads, read for
+//! `GetStats` and `/metrics`: a `std` mutex held only to record or read,
+//! never across an await.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -61,7 +65,7 @@ struct Histograms {
 /// How many seconds `recent` covers.
 const WINDOW_S: u64 = 60;
 
-/// The latency histograms, shared between the commit and outbound stages
+/// The latency histograms, shared between the commit and delivery stages
 /// and `GetStats`.
 #[derive(Clone)]
 pub struct Latency(Arc<Mutex<Histograms>>);
@@ -127,6 +131,21 @@ impl Latency {
         }
     }
 
+    /// The request-to-offer and log-commit histograms in Prometheus's text
+    /// format, in seconds, with [`crate::meters::SECONDS_BUCKETS`].
+    pub fn prometheus(&self) -> String {
+        use crate::meters::{LOG_COMMIT, REQUEST_TO_OFFER};
+        let Ok(h) = self.0.lock() else { return String::new() };
+        let mut text = String::new();
+        for (name, help, histogram) in [
+            (REQUEST_TO_OFFER, "From a ride request to its first offer leaving.", &h.total),
+            (LOG_COMMIT, "One group commit of the trip log: append plus fdatasync.", &h.log_commit),
+        ] {
+            prometheus_histogram(&mut text, name, help, histogram);
+        }
+        text
+    }
+
     /// Writes the match latency and its breakdown into `stats`.
     pub fn fill(&self, stats: &mut pb::Stats) {
         let Ok(h) = self.0.lock() else { return };
@@ -158,6 +177,30 @@ impl Latency {
     }
 }
 
+/// Appends one histogram of microseconds to `text` as Prometheus's
+/// cumulative buckets of seconds.
+fn prometheus_histogram(text: &mut String, name: &str, help: &str, histogram: &Histogram<u64>) {
+    use std::fmt::Write;
+    let bounds = crate::meters::SECONDS_BUCKETS;
+    let mut counts = vec![0u64; bounds.len()];
+    let mut sum_us = 0.0;
+    for value in histogram.iter_recorded() {
+        let (us, n) = (histogram.highest_equivalent(value.value_iterated_to()), value.count_at_value());
+        sum_us += us as f64 * n as f64;
+        for (count, bound) in counts.iter_mut().zip(bounds) {
+            if us as f64 <= bound * 1e6 {
+                *count += n;
+            }
+        }
+    }
+    let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (count, bound) in counts.iter().zip(bounds) {
+        let _ = writeln!(text, "{name}_bucket{{le=\"{bound}\"}} {count}");
+    }
+    let total = histogram.len();
+    let _ = writeln!(text, "{name}_bucket{{le=\"+Inf\"}} {total}\n{name}_sum {}\n{name}_count {total}", sum_us / 1e6);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +224,16 @@ mod tests {
         assert_eq!(stats.match_latency_p99_us / 1_000, 15);
         let minute = stats.last_minute.unwrap_or_default();
         assert_eq!((minute.count, minute.p99_us / 1_000), (1, 15));
+        let text = latency.prometheus();
+        for line in [
+            "dispatch_request_to_offer_seconds_bucket{le=\"0.01\"} 0",
+            "dispatch_request_to_offer_seconds_bucket{le=\"0.025\"} 1",
+            "dispatch_request_to_offer_seconds_count 1",
+            "dispatch_log_commit_seconds_bucket{le=\"0.003\"} 0",
+            "dispatch_log_commit_seconds_bucket{le=\"0.005\"} 1",
+            "dispatch_log_commit_seconds_bucket{le=\"+Inf\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

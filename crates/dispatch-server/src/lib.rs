@@ -8,9 +8,9 @@
 //! - `engine_task`: the one task that owns the engine: recovery from the
 //!   trip log at start, then commands in, effects out (one file per idea:
 //!   commands, queues, start-up and recovery, clock, the loop).
-//! - `outbound`: makes trip changes durable (group commit), then delivers
+//! - `deliverer`: makes trip changes durable (group commit), then delivers
 //!   events, rider updates and replies, in order.
-//! - `outbox`: the bounded outgoing side of a driver or fleet stream.
+//! - `sender`: the bounded outgoing side of a driver or fleet stream.
 //! - `session`: reading a driver's or fleet's stream: hello first, then
 //!   checked messages.
 //! - `driver_service`, `fleet_service`, `rider_service`, `admin_service`:
@@ -26,6 +26,7 @@ mod admin_service;
 mod auth;
 mod commit;
 pub mod config;
+mod deliver;
 mod driver_service;
 mod engine_task;
 mod fleet_service;
@@ -33,11 +34,10 @@ mod latency;
 mod limits;
 pub mod meters;
 mod operator;
-mod outbound;
-mod outbox;
 mod rider_service;
 mod session;
 mod status;
+mod streams;
 
 use std::future::Future;
 
@@ -52,7 +52,7 @@ use tracing::info;
 pub use config::{Fsync, Keys, RateLimits, ServerConfig, TlsFiles, TripLogConfig};
 pub use engine_task::OpenedLog;
 pub use operator::Operator;
-pub use outbound::RiderUpdate;
+pub use streams::RiderUpdate;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -15,38 +15,27 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dispatch_proto::pb;
+use dispatch_proto::stats::{FAMILIES, Kind, STATS};
 use http_body::Frame;
 use metrics::{Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
-/// Location updates applied.
-pub const LOCATION_UPDATES: &str = "dispatch_location_updates_total";
-/// Location updates shed.
-pub const LOCATION_UPDATES_SHED: &str = "dispatch_location_updates_shed_total";
-/// Ride requests.
-pub const RIDE_REQUESTS: &str = "dispatch_ride_requests_total";
-/// Offers by outcome.
-pub const OFFERS: &str = "dispatch_offers_total";
-/// Trips ended by status.
-pub const TRIPS_ENDED: &str = "dispatch_trips_ended_total";
+pub use dispatch_proto::stats::{
+    DRIVERS, LOCATION_UPDATES, LOCATION_UPDATES_SHED, OFFERS, QUEUE_DEPTH, RIDE_REQUESTS, SESSIONS, TRIPS_ENDED,
+    TRIPS_OPEN,
+};
+
 /// Messages refused on a stream (the stream stays open), by code.
 pub const REJECTED: &str = "dispatch_rejected_total";
 /// gRPC calls by service, method and code.
 pub const GRPC_REQUESTS: &str = "dispatch_grpc_requests_total";
-/// Drivers by state.
-pub const DRIVERS: &str = "dispatch_drivers";
-/// Open sessions by kind.
-pub const SESSIONS: &str = "dispatch_sessions";
-/// Open trips by status.
-pub const TRIPS_OPEN: &str = "dispatch_trips_open";
-/// Engine queue depth.
-pub const QUEUE_DEPTH: &str = "dispatch_engine_queue_depth";
-/// Request to first offer.
+/// Request to first offer (recorded in [`crate::latency`]'s histograms
+/// only, and rendered from them).
 pub const REQUEST_TO_OFFER: &str = "dispatch_request_to_offer_seconds";
 /// Request to a driver's acceptance.
 pub const REQUEST_TO_ASSIGNED: &str = "dispatch_request_to_assigned_seconds";
 /// One engine round.
 pub const ENGINE_ROUND: &str = "dispatch_engine_round_seconds";
-/// One group commit of the trip log.
+/// One group commit of the trip log (likewise).
 pub const LOG_COMMIT: &str = "dispatch_log_commit_seconds";
 /// Pickup distance at assignment.
 pub const PICKUP_DISTANCE: &str = "dispatch_pickup_distance_meters";
@@ -63,81 +52,41 @@ pub const METERS_BUCKETS: &[f64] =
 /// Gives every figure its `# HELP` line. Call once, after installing the
 /// exporter.
 pub fn describe() {
-    describe_counter!(LOCATION_UPDATES, "Driver location updates applied by the engine.");
-    describe_counter!(LOCATION_UPDATES_SHED, "Driver location updates dropped because the engine was behind.");
-    describe_counter!(RIDE_REQUESTS, "Ride requests that made a trip (retries with the same request id excluded).");
-    describe_counter!(OFFERS, "Offers by outcome: accepted, declined, expired (no answer in time), withdrawn.");
-    describe_counter!(TRIPS_ENDED, "Trips ended, by final status.");
+    for &(family, kind, help) in FAMILIES {
+        match kind {
+            Kind::Counter => describe_counter!(family, help),
+            Kind::Gauge => describe_gauge!(family, help),
+        }
+    }
     describe_counter!(REJECTED, "Messages refused on an open stream (the stream stays open), by gRPC code.");
     describe_counter!(GRPC_REQUESTS, "gRPC calls by service, method and final status code.");
-    describe_gauge!(DRIVERS, "Drivers the engine knows, by state.");
-    describe_gauge!(SESSIONS, "Open sessions: driver apps, fleet gateways, riders following a trip.");
-    describe_gauge!(TRIPS_OPEN, "Trips not yet ended, by status.");
-    describe_gauge!(QUEUE_DEPTH, "Commands waiting for the engine: urgent ones, and location updates.");
-    describe_histogram!(REQUEST_TO_OFFER, metrics::Unit::Seconds, "From a ride request to its first offer leaving.");
     describe_histogram!(REQUEST_TO_ASSIGNED, metrics::Unit::Seconds, "From a ride request to a driver accepting it.");
     describe_histogram!(ENGINE_ROUND, metrics::Unit::Seconds, "One engine round that did some work.");
-    describe_histogram!(LOG_COMMIT, metrics::Unit::Seconds, "One group commit of the trip log: append plus fdatasync.");
     describe_histogram!(PICKUP_DISTANCE, "Great-circle metres from the driver to the pickup at assignment.");
 }
 
 /// Sets the counts the engine keeps from one `GetStats` answer.
 pub fn publish(stats: &pb::Stats) {
-    counter!(LOCATION_UPDATES).absolute(stats.location_updates);
-    counter!(LOCATION_UPDATES_SHED).absolute(stats.location_updates_shed);
-    counter!(RIDE_REQUESTS).absolute(stats.ride_requests);
-    for (outcome, n) in [
-        ("accepted", stats.offers_accepted),
-        ("declined", stats.offers_declined),
-        ("expired", stats.offers_expired),
-        ("withdrawn", stats.offers_withdrawn),
-    ] {
-        counter!(OFFERS, "outcome" => outcome).absolute(n);
+    for stat in STATS {
+        let Some((family, label)) = stat.metric else { continue };
+        let value = (stat.value)(stats);
+        match (stat.kind, label) {
+            (Kind::Counter, None) => counter!(family).absolute(value),
+            (Kind::Counter, Some((key, name))) => counter!(family, key => name).absolute(value),
+            (Kind::Gauge, None) => gauge!(family).set(value as f64),
+            (Kind::Gauge, Some((key, name))) => gauge!(family, key => name).set(value as f64),
+        }
     }
-    for (status, n) in [
-        ("completed", stats.trips_completed),
-        ("cancelled", stats.trips_cancelled),
-        ("no_driver_found", stats.trips_no_driver),
-    ] {
-        counter!(TRIPS_ENDED, "status" => status).absolute(n);
-    }
-    for (state, n) in [
-        ("available", stats.drivers_available),
-        ("offered", stats.drivers_offered),
-        ("on_trip", stats.drivers_on_trip),
-        ("unavailable", stats.drivers_unavailable),
-    ] {
-        gauge!(DRIVERS, "state" => state).set(n as f64);
-    }
-    for (kind, n) in
-        [("driver", stats.driver_sessions), ("fleet", stats.fleet_sessions), ("rider", stats.rider_streams)]
-    {
-        gauge!(SESSIONS, "kind" => kind).set(n as f64);
-    }
-    for (status, n) in [
-        ("searching", stats.trips_searching),
-        ("assigned", stats.trips_assigned),
-        ("arrived", stats.trips_arrived),
-        ("in_progress", stats.trips_in_progress),
-    ] {
-        gauge!(TRIPS_OPEN, "status" => status).set(n as f64);
-    }
-    gauge!(QUEUE_DEPTH, "queue" => "urgent").set(stats.queue_urgent as f64);
-    gauge!(QUEUE_DEPTH, "queue" => "locations").set(stats.queue_locations as f64);
 }
 
 /// Handles for what is recorded event by event, registered once: taking a
 /// handle looks the name up, recording through it does not.
 #[derive(Clone)]
 pub struct Hot {
-    /// [`REQUEST_TO_OFFER`].
-    pub request_to_offer: Histogram,
     /// [`REQUEST_TO_ASSIGNED`].
     pub request_to_assigned: Histogram,
     /// [`ENGINE_ROUND`].
     pub engine_round: Histogram,
-    /// [`LOG_COMMIT`].
-    pub log_commit: Histogram,
     /// [`PICKUP_DISTANCE`].
     pub pickup_distance: Histogram,
 }
@@ -146,10 +95,8 @@ impl Hot {
     /// Handles from the recorder installed now (no-ops if none is).
     pub fn register() -> Self {
         Self {
-            request_to_offer: histogram!(REQUEST_TO_OFFER),
             request_to_assigned: histogram!(REQUEST_TO_ASSIGNED),
             engine_round: histogram!(ENGINE_ROUND),
-            log_commit: histogram!(LOG_COMMIT),
             pickup_distance: histogram!(PICKUP_DISTANCE),
         }
     }

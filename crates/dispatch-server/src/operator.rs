@@ -27,6 +27,12 @@ impl Operator {
         self.engine.stats().await
     }
 
+    /// The latency histograms `/metrics` shows beside the counts, in
+    /// Prometheus's text format.
+    pub fn histograms(&self) -> String {
+        self.engine.histograms()
+    }
+
     /// What the map shows of a viewport.
     pub async fn map_view(&self, query: MapQuery) -> Result<MapView, Status> {
         self.engine.ask(|reply| Command::Map { query, reply }).await
@@ -34,7 +40,7 @@ impl Operator {
 
     /// One driver as the map shows it.
     pub async fn driver(&self, driver: DriverId) -> Result<Option<MapDriver>, Status> {
-        self.engine.ask(|reply| Command::Driver { driver, reply }).await
+        self.engine.ask(|reply| Command::MapDriver { driver, reply }).await
     }
 
     /// The latest state of a trip, as `GetTrip` answers.

@@ -15,8 +15,8 @@ use futures::StreamExt;
 use crate::auth::{Gate, peer_of};
 use crate::engine_task::{Command, EngineHandle};
 use crate::limits::{Budget, Limiters};
-use crate::outbound::RiderUpdate;
 use crate::status::{engine_status, input_status};
+use crate::streams::RiderUpdate;
 
 use dispatch_core::engine::MAX_REASON_BYTES;
 
@@ -57,8 +57,8 @@ impl RiderService for RiderSvc {
         if !self.limiter.allow(Budget::RiderRequest, request.rider.as_str()) {
             return Err(Status::resource_exhausted("rate limit: too many ride requests; try again in a minute"));
         }
-        let (watcher, updates) = mpsc::channel::<RiderUpdate>(self.queue.max(2));
-        self.engine.ask(|reply| Command::RequestRide { request, watcher, received, reply }).await?;
+        let (rider, updates) = mpsc::channel::<RiderUpdate>(self.queue.max(2));
+        self.engine.ask(|reply| Command::RequestRide { request, rider, received, reply }).await?;
         // Counted as a rider following for as long as the stream lives.
         let guard = self.engine.rider_stream();
         let updates = ReceiverStream::new(updates).map(move |item| {

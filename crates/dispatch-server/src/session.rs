@@ -9,8 +9,8 @@ use tracing::debug;
 
 use crate::auth::{Caller, Gate, peer_of};
 use crate::engine_task::{Command, EngineHandle};
-use crate::outbox::{EventStream, Outbox};
 use crate::status::rejected;
+use crate::streams::{EventStream, SessionSender};
 use tonic::Code;
 
 /// What one message of an open session turns into.
@@ -46,18 +46,18 @@ pub fn start<M: Send + 'static>(
     role: dispatch_auth::Role,
     call: &'static str,
     queue: usize,
-    hello: impl FnOnce(SessionId, &Caller, &str, M, Outbox) -> Result<Command, Status> + Send + 'static,
+    hello: impl FnOnce(SessionId, &Caller, &str, M, SessionSender) -> Result<Command, Status> + Send + 'static,
     mut parse: impl FnMut(SessionId, &str, M) -> Parsed + Send + 'static,
 ) -> Result<EventStream, Status> {
     let peer = peer_of(&request);
     let caller = gate.identify(&request, call)?;
     caller.require(&[role], call, &peer)?;
-    let (outbox, events) = Outbox::new(queue);
+    let (sender, events) = SessionSender::new(queue);
     let session = engine.new_session();
     let expires_at = caller.expires_at();
-    let hello = move |m, outbox| hello(session, &caller, &peer, m, outbox);
+    let hello = move |m, sender| hello(session, &caller, &peer, m, sender);
     let parse = move |who: &str, m| parse(session, who, m);
-    tokio::spawn(serve(engine.clone(), session, request.into_inner(), outbox, expires_at, hello, parse));
+    tokio::spawn(serve(engine.clone(), session, request.into_inner(), sender, expires_at, hello, parse));
     Ok(events)
 }
 
@@ -71,9 +71,9 @@ pub async fn serve<M>(
     engine: EngineHandle,
     session: SessionId,
     mut inbound: Streaming<M>,
-    outbox: Outbox,
+    sender: SessionSender,
     expires_at: Option<std::time::SystemTime>,
-    hello: impl FnOnce(M, Outbox) -> Result<Command, Status>,
+    hello: impl FnOnce(M, SessionSender) -> Result<Command, Status>,
     mut parse: impl FnMut(&str, M) -> Parsed,
 ) {
     let expiry = async move {
@@ -85,34 +85,34 @@ pub async fn serve<M>(
     tokio::pin!(expiry);
     let first = tokio::select! {
         message = inbound.message() => message,
-        () = outbox.closed() => return,
+        () = sender.closed() => return,
     };
     let command = match first {
-        Ok(Some(message)) => hello(message, outbox.clone()),
+        Ok(Some(message)) => hello(message, sender.clone()),
         Ok(None) | Err(_) => return,
     };
     let who = match command {
         Ok(command) => {
             let who = command.identity().unwrap_or_default();
             if let Err(status) = engine.send(command).await {
-                outbox.end(status);
+                sender.end(status);
                 return;
             }
             who
         }
         Err(status) => {
             debug!(%session, code = ?status.code(), message = status.message(), "hello refused");
-            outbox.end(status);
+            sender.end(status);
             return;
         }
     };
     loop {
         let message = tokio::select! {
             message = inbound.message() => message,
-            () = outbox.closed() => break,
+            () = sender.closed() => break,
             () = &mut expiry => {
                 debug!(%session, "token expired; ending the session");
-                outbox.end(Status::unauthenticated("token expired"));
+                sender.end(Status::unauthenticated("token expired"));
                 break;
             }
         };
@@ -123,7 +123,7 @@ pub async fn serve<M>(
                 // Said back to the client: a message too large, a broken
                 // frame. Its session ends here either way.
                 debug!(%session, code = ?status.code(), "session stream broke");
-                outbox.end(status);
+                sender.end(status);
                 break;
             }
         };
@@ -131,7 +131,7 @@ pub async fn serve<M>(
         for rejection in parsed.rejections {
             // A reader too far behind to take a rejection is ended by the
             // engine task soon enough; dropping this one is fine.
-            let _ = outbox.try_send(rejection);
+            let _ = sender.try_send(rejection);
         }
         if let Some(command) = parsed.command {
             match engine.send(command).await {
@@ -139,10 +139,10 @@ pub async fn serve<M>(
                 Ok(false) => {
                     // Shed: the engine is behind. Say so, once per message;
                     // the session goes on and the next update may get in.
-                    let _ = outbox.try_send(rejected(Code::ResourceExhausted, "overloaded: location update shed", ""));
+                    let _ = sender.try_send(rejected(Code::ResourceExhausted, "overloaded: location update shed", ""));
                 }
                 Err(status) if status.code() == Code::ResourceExhausted => {
-                    let _ = outbox.try_send(rejected(Code::ResourceExhausted, status.message(), ""));
+                    let _ = sender.try_send(rejected(Code::ResourceExhausted, status.message(), ""));
                 }
                 Err(_) => break,
             }

@@ -41,33 +41,12 @@ pub fn stats(out: &mut (dyn Write + Send), s: &pb::Stats, as_json: bool) -> std:
     }
     let minute = s.last_minute.clone().unwrap_or_default();
     let ms = |us: u64| format!("{:.2} ms", us as f64 / 1_000.0);
-    let rows: Vec<(&str, String)> = vec![
-        ("drivers available", s.drivers_available.to_string()),
-        ("drivers offered", s.drivers_offered.to_string()),
-        ("drivers on a trip", s.drivers_on_trip.to_string()),
-        ("drivers off duty", s.drivers_unavailable.to_string()),
-        ("driver / fleet sessions", format!("{} / {}", s.driver_sessions, s.fleet_sessions)),
-        ("riders following", s.rider_streams.to_string()),
-        ("operators watching trips", s.trip_watchers.to_string()),
-        ("trips searching", s.trips_searching.to_string()),
-        ("trips assigned", s.trips_assigned.to_string()),
-        ("trips arrived", s.trips_arrived.to_string()),
-        ("trips in progress", s.trips_in_progress.to_string()),
-        ("trips completed", s.trips_completed.to_string()),
-        ("trips cancelled", s.trips_cancelled.to_string()),
-        ("trips without a driver", s.trips_no_driver.to_string()),
-        ("offers sent", s.offers_sent.to_string()),
-        ("offers accepted", s.offers_accepted.to_string()),
-        ("offers declined", s.offers_declined.to_string()),
-        ("offers expired", s.offers_expired.to_string()),
-        ("offers withdrawn", s.offers_withdrawn.to_string()),
-        ("location updates", s.location_updates.to_string()),
-        ("location updates shed", s.location_updates_shed.to_string()),
+    let mut rows: Vec<(&str, String)> =
+        dispatch_proto::stats::STATS.iter().map(|stat| (stat.title, (stat.value)(s).to_string())).collect();
+    rows.extend([
         ("request to offer p50 / p99", format!("{} / {}", ms(s.match_latency_p50_us), ms(s.match_latency_p99_us))),
         ("  over the last minute", format!("{} / {} ({} rides)", ms(minute.p50_us), ms(minute.p99_us), minute.count)),
-        ("engine queue (urgent / locations)", format!("{} / {}", s.queue_urgent, s.queue_locations)),
-        ("uptime", format!("{} s", s.uptime_s)),
-    ];
+    ]);
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in rows {
         writeln!(out, "{k:<width$}  {v:>14}")?;

@@ -1,7 +1,7 @@
 //! Short CPU slices for every thread of the server.
 //!
 //! A ride waits on four threads in turn (a gRPC worker, the engine, the
-//! commit stage, the outbound stage), and each sleeps until it has work. On
+//! commit stage, the delivery stage), and each sleeps until it has work. On
 //! a busy machine the one that wakes waits for whatever runs on the core to
 //! use up its slice: 1.4 ms by default on a two-core machine, at every hop.
 //! Linux's EEVDF scheduler (6.12 and later) lets a thread ask for a

@@ -300,7 +300,7 @@ fn every_thread_of_the_server_runs_with_the_cpu_slice_it_asked_for() {
     let (child, _addr) = common::start_in(dir.path(), &[], &[]);
     let running = common::Running(Some(child));
     let pid = running.0.as_ref().map_or(0, Child::id);
-    let names = ["dispatch-engine", "dispatch-commit", "dispatch-outbou", "tokio-rt-worker"];
+    let names = ["dispatch-engine", "dispatch-commit", "dispatch-delive", "tokio-rt-worker"];
     let threads = slices_once_named(pid, &names);
     for name in names {
         assert!(threads.iter().any(|(n, _)| n == name), "no thread {name} in {threads:?}");

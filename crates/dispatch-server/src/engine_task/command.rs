@@ -10,14 +10,14 @@ use dispatch_proto::pb;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::outbox::Outbox;
+use crate::streams::SessionSender;
 
 /// What a handler asks of the engine.
 pub enum Command {
     /// A driver's app said hello on a new stream.
-    DriverHello { session: SessionId, hello: DriverHello, outbox: Outbox },
+    DriverHello { session: SessionId, hello: DriverHello, sender: SessionSender },
     /// A fleet gateway said hello on a new stream.
-    FleetHello { session: SessionId, fleet: FleetId, outbox: Outbox },
+    FleetHello { session: SessionId, fleet: FleetId, sender: SessionSender },
     /// A driver's position.
     Ping { session: SessionId, ping: Ping },
     /// A driver goes on or off duty.
@@ -33,7 +33,7 @@ pub enum Command {
     /// A rider asks for a ride (or re-attaches to one with the same key).
     RequestRide {
         request: RideRequest,
-        watcher: crate::outbound::Watcher,
+        rider: crate::streams::RiderSender,
         received: Instant,
         reply: oneshot::Sender<Trip>,
     },
@@ -57,7 +57,7 @@ pub enum Command {
     /// What the operators' map shows of a viewport.
     Map { query: MapQuery, reply: oneshot::Sender<MapView> },
     /// One driver, as the map shows it.
-    Driver { driver: DriverId, reply: oneshot::Sender<Option<MapDriver>> },
+    MapDriver { driver: DriverId, reply: oneshot::Sender<Option<MapDriver>> },
     /// End every stream with `UNAVAILABLE` and stop.
     Shutdown,
 }

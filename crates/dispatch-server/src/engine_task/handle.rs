@@ -32,7 +32,7 @@ pub struct EngineHandle {
     pub(super) next_session: Arc<AtomicU64>,
     /// The latest state of every open trip, as told, for `GetTrip`: a
     /// `DashMap` so many readers never queue behind the engine's commands
-    /// (or each other). Only the outbound stage writes it, after the change
+    /// (or each other). Only the delivery stage writes it, after the change
     /// is in the trip log and as it tells the rider, so a reader never sees
     /// a state that is not durable. A trip leaves it when it ends: ended
     /// trips, kept for a day, are the engine's alone (packed), and asked of
@@ -43,6 +43,8 @@ pub struct EngineHandle {
     pub(super) changes: broadcast::Sender<pb::Trip>,
     /// Riders following a trip now.
     pub(super) rider_streams: Arc<AtomicU64>,
+    /// The latency histograms, for `/metrics`.
+    pub(super) latency: Option<crate::latency::Latency>,
 }
 
 /// Counts one rider stream open while it lives.
@@ -55,6 +57,12 @@ impl Drop for RiderStreamGuard {
 }
 
 impl EngineHandle {
+    /// The latency histograms in Prometheus's text format (see
+    /// [`crate::latency`]).
+    pub fn histograms(&self) -> String {
+        self.latency.as_ref().map(crate::latency::Latency::prometheus).unwrap_or_default()
+    }
+
     /// Queues a command without waiting: location updates are shed (and
     /// `Ok(false)` returned) when the engine is behind; anything else gets
     /// `RESOURCE_EXHAUSTED` when the queue is full. Only a session's close

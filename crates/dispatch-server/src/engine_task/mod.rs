@@ -6,21 +6,24 @@
 //! updates one command at a time between; it runs each command against the
 //! engine with the current time ([`clock`]), ticks the engine, and hands the
 //! round's effects in order to the commit stage, which logs what must be
-//! durable, and then to the outbound stage, which tells people. One owner means no lock around the
-//! index or the trips and no two requests can ever win the same driver: they
-//! are simply taken in turn.
+//! durable, and then to the delivery stage, which tells people; drivers'
+//! positions on trips, soft state, go to the delivery stage straight. One
+//! owner means no lock around the index or the trips and no two requests
+//! can ever win the same driver: they are simply taken in turn.
 //!
 //! Files: `command` (what handlers ask), `handle` (the queues and
-//! shedding), `spawn` (recovery from the trip log and start-up), `clock`,
-//! and here the loop.
+//! shedding), `round` (what a round hands over), `spawn` (recovery from the
+//! trip log and start-up), `clock`, and here the loop.
 
 mod clock;
 mod command;
 mod handle;
+mod round;
 mod spawn;
 
 pub use command::Command;
 pub use handle::EngineHandle;
+pub use round::{Delivery, Gates, Move, Round, Started};
 pub use spawn::{OpenedLog, Spawned, spawn};
 
 use std::sync::Arc;
@@ -37,19 +40,27 @@ use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, info};
 
+use crate::deliver::Input;
 use crate::latency::{Latency, Marks};
-use crate::outbound::{Batch, Out, Started};
-use crate::outbox::Outbox;
 use crate::status::engine_status;
+use crate::streams::SessionSender;
 use clock::Clock;
 
 struct EngineTask {
     engine: Engine,
     clock: Clock,
-    /// What this round produced, for the commit and outbound stages.
-    batch: Batch,
-    batches: std_mpsc::SyncSender<Batch>,
-    /// Sessions the outbound stage ended for falling behind.
+    /// What this round produced, for the commit stage.
+    round: Round,
+    rounds: std_mpsc::SyncSender<Round>,
+    /// Drivers' positions on trips not handed over yet: they go to the
+    /// delivery stage straight.
+    moves: Vec<Move>,
+    deliver: std_mpsc::SyncSender<Input>,
+    /// What each move must wait for.
+    gates: Gates,
+    /// How many deliveries the delivery stage has carried out.
+    delivered: Arc<AtomicU64>,
+    /// Sessions the delivery stage ended for falling behind.
     cut_off: mpsc::UnboundedReceiver<SessionId>,
     latency: Option<Latency>,
     shed: Arc<AtomicU64>,
@@ -57,17 +68,17 @@ struct EngineTask {
     max_sessions: usize,
     /// The rest of a fleet batch being applied a slice at a time.
     fleet_batch: Option<(SessionId, std::vec::IntoIter<FleetDriverUpdate>)>,
-    /// When the last batch was handed over.
+    /// When the last round was handed over.
     last_flush: Instant,
     /// Times rounds that did some work.
-    round: metrics::Histogram,
+    round_seconds: metrics::Histogram,
 }
 
 /// The most urgent commands taken before the engine ticks again.
 const URGENT_BATCH: usize = 512;
 
 /// How long position refreshes alone may wait to go out together with
-/// what comes next: each batch handed over wakes the commit and outbound
+/// what comes next: each round handed over wakes the commit and delivery
 /// stages, and a slice of a fleet batch makes one every ~100 µs.
 const SOFT_FLUSH_EVERY: Duration = Duration::from_millis(1);
 
@@ -83,7 +94,7 @@ impl EngineTask {
             // Everything urgent that is waiting, then one bulk command, then
             // a tick; wait only when both queues are empty.
             let mut took = false;
-            let round = Instant::now();
+            let started = Instant::now();
             while let Ok(session) = self.cut_off.try_recv() {
                 took = true;
                 self.engine.close_session(self.clock.now(), session);
@@ -116,7 +127,7 @@ impl EngineTask {
                 self.handle(command);
             }
             if took {
-                crate::meters::seconds(&self.round, round.elapsed());
+                crate::meters::seconds(&self.round_seconds, started.elapsed());
             } else {
                 // Nothing more to do: whatever waits goes out now.
                 self.flush();
@@ -145,25 +156,25 @@ impl EngineTask {
             self.queued_updates.fetch_sub(1, Ordering::Relaxed);
         }
         match command {
-            Command::DriverHello { session, hello, outbox } => {
+            Command::DriverHello { session, hello, sender } => {
                 if self.engine.session_count() >= self.max_sessions {
-                    outbox.end(Status::resource_exhausted("too many open sessions; retry later"));
+                    sender.end(Status::resource_exhausted("too many open sessions; retry later"));
                     return;
                 }
                 let name = hello.driver.to_string();
                 match self.engine.connect_driver(now, session, hello) {
-                    Ok(start) => self.open(session, outbox, name, start),
-                    Err(err) => outbox.end(engine_status(&err)),
+                    Ok(start) => self.open(session, sender, name, start),
+                    Err(err) => sender.end(engine_status(&err)),
                 }
             }
-            Command::FleetHello { session, fleet, outbox } => {
+            Command::FleetHello { session, fleet, sender } => {
                 if self.engine.session_count() >= self.max_sessions {
-                    outbox.end(Status::resource_exhausted("too many open sessions; retry later"));
+                    sender.end(Status::resource_exhausted("too many open sessions; retry later"));
                     return;
                 }
                 let name = format!("fleet {fleet}");
                 let start = self.engine.connect_fleet(session, fleet);
-                self.open(session, outbox, name, start);
+                self.open(session, sender, name, start);
             }
             Command::Ping { session, ping } => {
                 let result = self.engine.ping(now, session, ping);
@@ -188,9 +199,9 @@ impl EngineTask {
             Command::SessionClosed { session } => {
                 self.engine.close_session(now, session);
                 self.carry_out();
-                self.batch.outs.push(Out::Closed(session));
+                self.hand(Delivery::Closed(session));
             }
-            Command::RequestRide { request, watcher, received, reply } => {
+            Command::RequestRide { request, rider, received, reply } => {
                 let marks = Marks { received, taken: Instant::now() };
                 let RideTaken { trip, created } = self.engine.request_ride(now, request);
                 // The rider's stream is attached before anything the request
@@ -198,11 +209,11 @@ impl EngineTask {
                 // engine's own SEARCHING update; a retry starts from where
                 // the trip is.
                 let (resume, marks) = if created { (None, Some(marks)) } else { (Some(trip.clone()), None) };
-                self.batch.outs.push(Out::Watch { trip: trip.id, watcher, resume, marks });
+                self.hand(Delivery::Watch { trip: trip.id, rider, resume, marks });
                 self.carry_out();
                 // The caller hears of the trip after everything the request
                 // made (its first record above all).
-                self.batch.outs.push(Out::Reply(Box::new(move || {
+                self.hand(Delivery::Reply(Box::new(move || {
                     let _ = reply.send(trip);
                 })));
                 return;
@@ -218,14 +229,14 @@ impl EngineTask {
                     self.engine.cancel_ride(now, trip, &reason)
                 };
                 self.carry_out();
-                self.batch.outs.push(Out::Reply(Box::new(move || {
+                self.hand(Delivery::Reply(Box::new(move || {
                     let _ = reply.send(result);
                 })));
                 return;
             }
             Command::Trip { trip, reply } => {
                 let trip = self.engine.trip(trip);
-                self.batch.outs.push(Out::Reply(Box::new(move || {
+                self.hand(Delivery::Reply(Box::new(move || {
                     let _ = reply.send(trip.as_ref().map(pb::Trip::from));
                 })));
                 return;
@@ -240,7 +251,7 @@ impl EngineTask {
             Command::Map { query, reply } => {
                 let _ = reply.send(self.engine.map_view(&query));
             }
-            Command::Driver { driver, reply } => {
+            Command::MapDriver { driver, reply } => {
                 let _ = reply.send(self.engine.map_driver(&driver));
             }
             Command::Shutdown => {}
@@ -271,66 +282,85 @@ impl EngineTask {
     fn reject_on_error(&mut self, session: SessionId, driver: &str, result: Result<(), EngineError>) {
         if let Err(error) = result {
             debug!(%session, driver, cause = %error, "message rejected");
-            self.batch.outs.push(Out::Rejected { session, error, driver: driver.to_owned() });
+            self.hand(Delivery::Rejected { session, error, driver: driver.to_owned() });
         }
     }
 
-    /// Opens a session that started: its outbox is remembered, and its
+    /// Opens a session that started: its sender is remembered, and its
     /// first event sent, before anything the same command emitted for it.
-    fn open(&mut self, session: SessionId, outbox: Outbox, name: String, start: SessionStart) {
+    fn open(&mut self, session: SessionId, sender: SessionSender, name: String, start: SessionStart) {
         debug!(who = %name, %session, "session started");
         let SessionStart { driver, fleet, current_trip } = start;
         let started = Started { driver, fleet, now: self.clock.now(), current_trip };
-        self.batch.outs.push(Out::Open { session, outbox, name, started });
+        self.hand(Delivery::Open { session, sender, name, started });
     }
 
-    /// Moves what the engine produced into this round's batch, in order:
+    /// Adds a delivery to this round.
+    fn hand(&mut self, delivery: Delivery) {
+        self.gates.handed(&delivery);
+        self.round.deliveries.push(delivery);
+    }
+
+    /// Moves what the engine produced into this round, in order:
     /// the one place the core's output becomes the shell's.
     fn carry_out(&mut self) {
-        for effect in self.engine.drain_effects() {
-            let out = match effect {
+        let Self { engine, round, gates, moves, .. } = self;
+        for effect in engine.drain_effects() {
+            let delivery = match effect {
                 Effect::Persist(record) => {
-                    self.batch.records.push(record);
+                    round.records.push(record);
                     continue;
                 }
-                Effect::Driver { session, event } => Out::Driver { session, event },
-                Effect::Rider(trip) => Out::Rider(trip),
+                Effect::Driver { session, event } => Delivery::Driver { session, event },
+                Effect::Rider(trip) => Delivery::Rider(trip),
                 Effect::DriverMoved { trip, position, at } => {
-                    self.batch.moved(trip, position, at);
+                    moves.push(gates.gate(trip, position, at));
                     continue;
                 }
-                Effect::FirstOffer(trip) => Out::FirstOffer(trip),
-                Effect::TripForgotten(trip) => Out::Forget(trip),
+                Effect::FirstOffer(trip) => Delivery::FirstOffer(trip),
+                Effect::TripForgotten(trip) => Delivery::Forget(trip),
                 Effect::EndSession { session, reason: SessionEnd::Replaced } => {
-                    Out::End { session, status: Status::aborted("a newer session took over") }
+                    Delivery::End { session, status: Status::aborted("a newer session took over") }
                 }
             };
-            self.batch.outs.push(out);
+            gates.handed(&delivery);
+            round.deliveries.push(delivery);
         }
     }
 
-    /// Hands this round's batch over if anything in it is more than a
-    /// position refresh or a rejection of a location update, or the last
-    /// hand-over was `SOFT_FLUSH_EVERY` ago; else it goes with the next.
+    /// Hands this round over if anything in it is more than a rejection
+    /// of a location update, or the last hand-over was `SOFT_FLUSH_EVERY`
+    /// ago; else it goes with the next. Positions wait the same way.
     fn flush_soon(&mut self) {
-        let soft = |out: &Out| matches!(out, Out::Rejected { .. });
-        // Positions (`batch.moves`) are soft too.
-        let urgent = !self.batch.records.is_empty() || !self.batch.outs.iter().all(soft);
+        let soft = |delivery: &Delivery| matches!(delivery, Delivery::Rejected { .. });
+        let urgent = !self.round.records.is_empty() || !self.round.deliveries.iter().all(soft);
         if urgent || self.last_flush.elapsed() >= SOFT_FLUSH_EVERY {
             self.flush();
         }
     }
 
-    /// Hands this round's batch to the commit stage.
+    /// Hands the positions to the delivery stage and this round to the
+    /// commit stage, in that order: a position reaches the delivery stage
+    /// before any later round can (both stages' queues are first in, first
+    /// out), so a snapshot delivered after a position is always newer.
+    /// Either send waits while its queue is full: if delivery cannot keep
+    /// up, the engine waits, its queues fill, and callers are refused.
     fn flush(&mut self) {
-        if self.batch.is_empty() {
+        if self.round.is_empty() && self.moves.is_empty() {
             return;
         }
         let now = Instant::now();
-        self.batch.flushed = Some(now);
         self.last_flush = now;
-        // Fails only once the stage has stopped, when nothing can be sent.
-        let _ = self.batches.send(std::mem::take(&mut self.batch));
+        // A send fails only once the stage has stopped, when nothing can be
+        // delivered.
+        if !self.moves.is_empty() {
+            self.gates.prune(self.delivered.load(Ordering::Relaxed));
+            let _ = self.deliver.send(Input::Moves(std::mem::take(&mut self.moves)));
+        }
+        if !self.round.is_empty() {
+            self.round.flushed = Some(now);
+            let _ = self.rounds.send(std::mem::take(&mut self.round));
+        }
     }
 
     fn stats(&self) -> pb::Stats {
@@ -346,7 +376,7 @@ impl EngineTask {
     fn shutdown(&mut self) {
         info!("engine stopping: ending every stream");
         self.carry_out();
-        self.batch.outs.push(Out::Shutdown);
+        self.hand(Delivery::Shutdown);
         self.flush();
     }
 }

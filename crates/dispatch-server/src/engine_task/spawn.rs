@@ -1,5 +1,5 @@
 //! Starting the engine: opening the trip log, rebuilding the engine from
-//! it on a blocking thread, and starting the engine task and the outbound
+//! it on a blocking thread, and starting the engine task and the delivery
 //! stage.
 
 use std::sync::Arc;
@@ -16,8 +16,9 @@ use tracing::{info, warn};
 use crate::ServerError;
 use crate::commit::Committer;
 use crate::config::ServerConfig;
-use crate::outbound::{Batch, Outbound, Privacy};
+use crate::deliver::{Deliverer, Privacy};
 
+use super::Round;
 use super::clock::Clock;
 use super::{EngineHandle, EngineTask};
 
@@ -25,15 +26,19 @@ use super::{EngineHandle, EngineTask};
 /// an offer from before a restart never matches a new one.
 const OFFER_IDS_PER_BOOT: u64 = 1_000_000_000_000;
 
-/// Durable groups that may wait for the outbound stage before the commit
+/// Durable groups that may wait for the delivery stage before the commit
 /// stage waits for it in turn.
 const DURABLE_GROUPS: usize = 64;
+
+/// Hand-overs of drivers' positions that may wait for the delivery stage
+/// beside the groups.
+const MOVES_IN_FLIGHT: usize = 16;
 
 /// What `run` gets back from [`spawn`].
 pub struct Spawned {
     /// How handlers reach the engine.
     pub handle: EngineHandle,
-    /// Resolves once the engine, commit and outbound stages have stopped and the
+    /// Resolves once the engine, commit and delivery stages have stopped and the
     /// log is closed.
     pub stopped: oneshot::Receiver<()>,
     /// Becomes `Some(cause)` if the trip log fails.
@@ -52,7 +57,7 @@ pub struct OpenedLog {
 /// Opens the trip log (or takes `opened`) and rebuilds the engine from it, then starts the
 /// engine task on a thread of its own (with its own single-threaded
 /// runtime for timers, so the engine is never queued behind stream decoding
-/// on a shared worker), and the commit and outbound stages on two others. They end after
+/// on a shared worker), and the commit and delivery stages on two others. They end after
 /// [`Command::Shutdown`] or when every handle is dropped.
 pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned, ServerError> {
     let (urgent, urgent_rx) = mpsc::channel(config.command_queue.max(1));
@@ -60,7 +65,7 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
     // own bound (in commands) only backs that up.
     let (bulk, bulk_rx) = mpsc::channel(config.max_queued_updates.max(1));
     // Many shards: each grows on its own, and growing moves every snapshot
-    // in it while the outbound stage waits (64 shards of a million trips
+    // in it while the delivery stage waits (64 shards of a million trips
     // move ~4 MB at a time instead of ~30).
     let trips = Arc::new(DashMap::with_shard_amount(64));
     let shed = Arc::new(AtomicU64::new(0));
@@ -107,6 +112,7 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
             (None, Engine::new(config.engine.clone()))
         }
     };
+    let latency = crate::latency::Latency::new();
     let handle = EngineHandle {
         urgent,
         bulk,
@@ -117,37 +123,44 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
         trips: trips.clone(),
         changes: changes.clone(),
         rider_streams: Arc::new(AtomicU64::new(0)),
+        latency: latency.clone(),
     };
     let (cut_off, cut_off_rx) = mpsc::unbounded_channel();
     let (fatal_tx, fatal) = watch::channel(None);
-    let latency = crate::latency::Latency::new();
     let committer = Committer::new(log, latency.clone(), fatal_tx);
-    let outbound = Outbound::new(
+    let delivered = Arc::new(AtomicU64::new(0));
+    let deliverer = Deliverer::new(
         trips,
         latency.clone(),
         cut_off,
         changes,
         Privacy { hide_dropoff: config.offer_hides_dropoff, drivers_see_rider_id: config.drivers_see_rider_id },
+        delivered.clone(),
     );
     // Bounded: if the disk cannot keep up, the engine waits for it, its
     // queues fill, and callers are refused instead of memory growing.
-    let (batches, batches_rx) = std_mpsc::sync_channel(config.outbound_queue.max(1));
+    let (rounds, rounds_rx) = std_mpsc::sync_channel(config.commit_queue.max(1));
     // Groups made durable, waiting to be delivered: while one is delivered
-    // the next is synced.
-    let (durable, durable_rx) = std_mpsc::sync_channel(DURABLE_GROUPS);
-    let outbound = std::thread::Builder::new()
-        .name("dispatch-outbound".into())
-        .spawn(move || outbound.run(durable_rx))
+    // the next is synced. The engine task's positions come this way too.
+    let (durable, durable_rx) = std_mpsc::sync_channel(DURABLE_GROUPS + MOVES_IN_FLIGHT);
+    let deliver = durable.clone();
+    let deliverer = std::thread::Builder::new()
+        .name("dispatch-deliver".into())
+        .spawn(move || deliverer.run(durable_rx))
         .map_err(ServerError::Thread)?;
     let committer = std::thread::Builder::new()
         .name("dispatch-commit".into())
-        .spawn(move || committer.run(batches_rx, durable))
+        .spawn(move || committer.run(rounds_rx, durable))
         .map_err(ServerError::Thread)?;
     let mut task = EngineTask {
         engine,
         clock,
-        batch: Batch::default(),
-        batches,
+        round: Round::default(),
+        rounds,
+        moves: Vec::new(),
+        deliver,
+        gates: super::Gates::default(),
+        delivered,
         cut_off: cut_off_rx,
         latency,
         shed,
@@ -155,7 +168,7 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
         max_sessions: config.max_sessions,
         fleet_batch: None,
         last_flush: tokio::time::Instant::now(),
-        round: crate::meters::Hot::register().engine_round,
+        round_seconds: crate::meters::Hot::register().engine_round,
     };
     // What the restore changed (searches that ran out while the server was
     // down) is logged like any other change.
@@ -168,10 +181,10 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
         .spawn(move || {
             runtime.block_on(task.run(urgent_rx, bulk_rx));
             // The task is gone, and with it the sender: the commit stage
-            // commits what is left and closes the log, and the outbound
+            // commits what is left and closes the log, and the delivery
             // stage delivers it and stops.
             let _ = committer.join();
-            let _ = outbound.join();
+            let _ = deliverer.join();
             let _ = done.send(());
         })
         .map_err(ServerError::Thread)?;

@@ -1,0 +1,127 @@
+//! Drivers' positions on trips waiting to be delivered.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use dispatch_core::geo::LatLng;
+use dispatch_core::ids::TripId;
+use dispatch_core::time::Timestamp;
+
+use crate::engine_task::Move;
+
+/// Drivers' positions waiting to be delivered: the newest per trip, in the
+/// order trips first had one ready. A position may be delivered once
+/// every delivery about its trip that came before it has been (see
+/// [`Move::after`]); until then it waits, gated. A snapshot of the trip
+/// delivered after a position supersedes it (it shows a position at least
+/// as new), so a trip's riders never see its driver go back.
+#[derive(Default)]
+pub(super) struct Moves {
+    ready: HashMap<TripId, (LatLng, Timestamp, u64)>,
+    /// Trips in the order their positions became ready, each with the
+    /// number its position was given; an entry whose number is not the
+    /// trip's in `ready` is stale (superseded, or come again since).
+    order: VecDeque<(TripId, u64)>,
+    next: u64,
+    /// Positions waiting for a delivery about their trip: the newest per
+    /// trip, with the number of that delivery.
+    gated: HashMap<TripId, (LatLng, Timestamp, u64)>,
+    /// `gated` by the delivery each waits for; an entry whose number is not
+    /// the trip's in `gated` is stale.
+    gates: BTreeSet<(u64, TripId)>,
+}
+
+impl Moves {
+    /// A position came; `delivered` deliveries have been carried out.
+    pub fn note(&mut self, moved: Move, delivered: u64) {
+        let Move { trip, position, at, after } = moved;
+        match after {
+            Some(after) if after >= delivered => {
+                self.gated.insert(trip, (position, at, after));
+                self.gates.insert((after, trip));
+            }
+            _ => {
+                // Newer than anything gated for the trip.
+                self.gated.remove(&trip);
+                self.ready(trip, position, at);
+            }
+        }
+    }
+
+    fn ready(&mut self, trip: TripId, position: LatLng, at: Timestamp) {
+        match self.ready.entry(trip) {
+            Entry::Occupied(mut waiting) => {
+                let number = waiting.get().2;
+                waiting.insert((position, at, number));
+            }
+            Entry::Vacant(slot) => {
+                self.next += 1;
+                slot.insert((position, at, self.next));
+                self.order.push_back((trip, self.next));
+                // Stale entries are dropped before they outnumber the live
+                // ones, so the queue stays as small as the open trips.
+                if self.order.len() > 2 * self.ready.len() + 1024 {
+                    let ready = &self.ready;
+                    self.order.retain(|(trip, number)| ready.get(trip).is_some_and(|waiting| waiting.2 == *number));
+                }
+            }
+        }
+    }
+
+    /// `delivered` deliveries have been carried out: the positions that
+    /// waited for them are ready.
+    pub fn release(&mut self, delivered: u64) {
+        while let Some(&(after, trip)) = self.gates.first() {
+            if after >= delivered {
+                break;
+            }
+            self.gates.pop_first();
+            if let Entry::Occupied(gated) = self.gated.entry(trip)
+                && gated.get().2 == after
+            {
+                let (position, at, _) = gated.remove();
+                self.ready(trip, position, at);
+            }
+        }
+    }
+
+    /// A snapshot of `trip`, delivery number `number`, is about to be
+    /// delivered: positions from before it are superseded.
+    pub fn supersede(&mut self, trip: TripId, number: u64) {
+        self.ready.remove(&trip);
+        if let Entry::Occupied(gated) = self.gated.entry(trip)
+            && gated.get().2 < number
+        {
+            gated.remove();
+        }
+    }
+
+    /// The next ready position, oldest first.
+    pub fn pop(&mut self) -> Option<(TripId, LatLng, Timestamp)> {
+        while let Some((trip, number)) = self.order.pop_front() {
+            if let Entry::Occupied(waiting) = self.ready.entry(trip)
+                && waiting.get().2 == number
+            {
+                let (position, at, _) = waiting.remove();
+                return Some((trip, position, at));
+            }
+        }
+        None
+    }
+
+    /// No position ready.
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty()
+    }
+
+    /// Positions waiting, ready or gated.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.ready.len() + self.gated.len()
+    }
+
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.order.len()
+    }
+}
