@@ -26,7 +26,9 @@
 //! - [`format`](mod@format): the records as protobuf messages and their conversion to
 //!   and from the engine's types.
 //! - `frame`: framing and checksums.
-//! - [`log`]: [`TripLog`]: open and recover, append, commit, compact.
+//! - [`log`]: [`TripLog`]: open, append and commit (`log`), recovery at
+//!   open (`log/recover`), compaction into a snapshot (`log/compact`), the
+//!   pre-zeroed spare file (`log/spare`).
 //! - `store`: [`TripStore`], what the server needs of any trip log.
 
 pub mod format;
