@@ -75,7 +75,7 @@ macro_rules! client_id {
             /// An id checked before, kept as text since (a packed ended
             /// trip): not checked again.
             #[allow(dead_code)]
-            pub(crate) fn rechecked(id: &str) -> Self {
+            pub(crate) fn already_checked(id: &str) -> Self {
                 Self(Arc::from(id))
             }
         }

@@ -6,11 +6,11 @@
 //! dispatch is testable with virtual time and the engine is fully
 //! deterministic: the same calls give the same effects.
 
+mod api;
 mod batch;
 mod drivers;
 mod forward;
 mod invariants;
-mod io;
 mod lifecycle;
 mod map;
 mod matching;
@@ -23,12 +23,12 @@ mod sessions;
 mod state;
 mod tables;
 
-pub use batch::{CANDIDATES, Row, assign};
-pub use io::{
+pub use api::{
     Config, DriverEvent, DriverHello, Effect, FleetDriverUpdate, LogRecord, MAX_OFFERS_PER_TRIP, MAX_REASON_BYTES,
     NEARBY_MAX_EXAMINED, Nearby, NearbyDriver, NearbyQuery, Offer, Ping, RideRequest, RideTaken, SessionEnd,
     SessionStart, Stats, TripRecord, WithdrawReason,
 };
+pub use batch::{CANDIDATES, Row, assign};
 pub use map::{MapCell, MapDriver, MapQuery, MapTrip, MapView};
 pub use policy::{MAX_WINDOW_MS, Matching, MatchingSpec, Policies};
 pub use tables::{CELL_DEG, CellCounts, Shade};

@@ -226,8 +226,8 @@ impl EndedTrip {
         let reason = self.text.get(rider.len() + request.len()..).unwrap_or("");
         Trip {
             id,
-            rider: RiderId::rechecked(rider),
-            request_id: RequestId::rechecked(request),
+            rider: RiderId::already_checked(rider),
+            request_id: RequestId::already_checked(request),
             driver: self.driver.clone(),
             status: self.status,
             service: self.service,

@@ -1,4 +1,6 @@
-//! What goes into the engine and what comes out of it.
+//! The engine's API types: what goes into it (commands' arguments, its
+//! configuration) and what comes out (answers, effects, stats, log
+//! records). Plain data: the engine does no I/O.
 
 use crate::geo::LatLng;
 use crate::ids::{DriverId, OfferId, RequestId, RiderId, SessionId, TripId};
