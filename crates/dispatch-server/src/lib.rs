@@ -7,10 +7,15 @@
 //! - [`config`]: queue sizes and the engine's rules.
 //! - `engine_task`: the one task that owns the engine: recovery from the
 //!   trip log at start, then commands in, effects out (one file per idea:
-//!   commands, queues, start-up and recovery, clock, the loop).
-//! - `deliverer`: makes trip changes durable (group commit), then delivers
-//!   events, rider updates and replies, in order.
-//! - `sender`: the bounded outgoing side of a driver or fleet stream.
+//!   commands, queues, what a round hands over, start-up and recovery,
+//!   clock, the loop).
+//! - `commit`: the commit stage: makes each group of rounds' trip records
+//!   durable (group commit), then passes the group on.
+//! - `deliver`: the delivery stage: delivers each durable group's events,
+//!   rider updates and replies, in order, and drivers' positions, which
+//!   come from the engine task straight (`deliver/moves.rs`).
+//! - `latency`: where the time from a request to its first offer goes.
+//! - `streams`: the outgoing sides of a session's and a rider's streams.
 //! - `session`: reading a driver's or fleet's stream: hello first, then
 //!   checked messages.
 //! - `driver_service`, `fleet_service`, `rider_service`, `admin_service`:

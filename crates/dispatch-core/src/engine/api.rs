@@ -415,8 +415,34 @@ pub struct RideTaken {
     pub created: bool,
 }
 
-/// Live counts and running totals.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// Writes out [`Stats`] and the sums the tables keep their counts with,
+/// from one list of fields.
+macro_rules! stats {
+    ($(#[doc = $doc:literal])* pub struct Stats { $($(#[doc = $fdoc:literal])* pub $field:ident: u64,)* }) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        pub struct Stats {
+            $($(#[doc = $fdoc])* pub $field: u64,)*
+        }
+
+        impl Stats {
+            /// Adds `other`'s counts to these.
+            pub(crate) fn add(&mut self, other: Stats) {
+                $(self.$field = self.$field.wrapping_add(other.$field);)*
+            }
+
+            /// Takes `other`'s counts from these.
+            pub(crate) fn sub(&mut self, other: Stats) {
+                $(self.$field = self.$field.wrapping_sub(other.$field);)*
+            }
+        }
+    };
+}
+
+stats! {
+/// Live counts and running totals. The tables keep the live counts as
+/// their rows change (each row counts as a `Stats` with ones where it
+/// belongs); the engine keeps the totals.
 pub struct Stats {
     /// Drivers with a live session.
     pub drivers_connected: u64,
@@ -465,4 +491,5 @@ pub struct Stats {
     pub driver_sessions: u64,
     /// Open fleet gateway sessions.
     pub fleet_sessions: u64,
+}
 }

@@ -178,23 +178,12 @@ impl Engine {
     /// rows change. Latency percentiles are the caller's to fill in: they
     /// are measured in real time, which the engine never reads.
     pub fn stats(&self) -> Stats {
-        let drivers = self.drivers.counts();
-        let trips = self.trips.counts();
-        Stats {
-            drivers_connected: drivers.drivers_connected,
-            drivers_available: drivers.drivers_available,
-            drivers_on_trip: drivers.drivers_on_trip,
-            drivers_offered: drivers.drivers_offered,
-            drivers_unavailable: drivers.drivers_unavailable,
-            trips_searching: trips.trips_searching,
-            trips_active: trips.trips_active,
-            trips_assigned: trips.trips_assigned,
-            trips_arrived: trips.trips_arrived,
-            trips_in_progress: trips.trips_in_progress,
-            driver_sessions: self.sessions.len().saturating_sub(self.sessions.fleet_count()) as u64,
-            fleet_sessions: self.sessions.fleet_count() as u64,
-            ..self.stats.clone()
-        }
+        let mut stats = self.stats;
+        stats.add(self.drivers.counts());
+        stats.add(self.trips.counts());
+        stats.driver_sessions = self.sessions.len().saturating_sub(self.sessions.fleet_count()) as u64;
+        stats.fleet_sessions = self.sessions.fleet_count() as u64;
+        stats
     }
 
     fn driver(&self, key: DriverKey) -> &Driver {

@@ -17,8 +17,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::ops::{Deref, DerefMut};
 
-use super::Map;
 use super::state::{Driver, EndedTrip, TripState};
+use super::{Map, Stats};
 use crate::geo::LatLng;
 use crate::ids::{DriverId, RequestId, RiderId, TripId};
 use crate::index::{DriverIndex, DriverKey};
@@ -31,46 +31,9 @@ mod trips;
 pub(super) use drivers::DriverTable;
 pub(super) use trips::TripTable;
 
-/// Live counts of drivers and trips by state.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Counts {
-    pub drivers_connected: u64,
-    pub drivers_available: u64,
-    pub drivers_on_trip: u64,
-    /// Drivers with an offer out.
-    pub drivers_offered: u64,
-    /// Connected drivers with no offer and no trip who cannot take one now
-    /// (off duty, or no position yet).
-    pub drivers_unavailable: u64,
-    pub trips_searching: u64,
-    pub trips_active: u64,
-    pub trips_assigned: u64,
-    pub trips_arrived: u64,
-    pub trips_in_progress: u64,
-}
-
-impl Counts {
-    pub fn add(&mut self, other: Counts) {
-        self.zip(other, u64::wrapping_add);
-    }
-
-    fn sub(&mut self, other: Counts) {
-        self.zip(other, u64::wrapping_sub);
-    }
-
-    fn zip(&mut self, other: Counts, f: fn(u64, u64) -> u64) {
-        self.drivers_connected = f(self.drivers_connected, other.drivers_connected);
-        self.drivers_available = f(self.drivers_available, other.drivers_available);
-        self.drivers_on_trip = f(self.drivers_on_trip, other.drivers_on_trip);
-        self.drivers_offered = f(self.drivers_offered, other.drivers_offered);
-        self.drivers_unavailable = f(self.drivers_unavailable, other.drivers_unavailable);
-        self.trips_searching = f(self.trips_searching, other.trips_searching);
-        self.trips_active = f(self.trips_active, other.trips_active);
-        self.trips_assigned = f(self.trips_assigned, other.trips_assigned);
-        self.trips_arrived = f(self.trips_arrived, other.trips_arrived);
-        self.trips_in_progress = f(self.trips_in_progress, other.trips_in_progress);
-    }
-}
+/// Live counts of drivers and trips by state: a [`Stats`] whose totals
+/// stay 0.
+pub(super) type Counts = Stats;
 
 /// The side of a map cell, in degrees of latitude and longitude (about a
 /// kilometre in Korea): the finest density the map can show.
