@@ -151,6 +151,9 @@ impl EngineTask {
     }
 
     fn handle(&mut self, command: Command) {
+        // What came before (a session cut off between commands) goes out
+        // first, so the command's own deliveries follow it in order.
+        self.carry_out();
         let now = self.clock.now();
         if let Command::Ping { .. } = command {
             self.queued_updates.fetch_sub(1, Ordering::Relaxed);
