@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tracing::{info, warn};
 
-use crate::engine_task::{Delivery, Move, Round, Started};
+use crate::engine_task::{Delivery, Mailbox, Round, Started};
 use moves::Moves;
 
 /// What the delivery stage is handed.
@@ -48,8 +48,8 @@ pub enum Input {
     /// Rounds whose records are durable, in the order the engine task made
     /// them, and when their commit began and ended (from the commit stage).
     Durable { rounds: Vec<Round>, commit_start: Instant, commit_end: Instant },
-    /// Drivers' positions on trips, in order (from the engine task).
-    Moves(Vec<Move>),
+    /// Drivers' positions were posted to the mailbox (by the engine task).
+    Moved,
     /// The log failed: nothing more will be acknowledged, and every stream
     /// is to be ended (from the commit stage).
     LogFailed,
@@ -91,6 +91,8 @@ pub struct Deliverer {
     delivered: u64,
     /// The same, for the engine task.
     delivered_shared: Arc<AtomicU64>,
+    /// Positions from the engine task.
+    mailbox: Arc<Mailbox>,
 }
 
 /// What drivers are not shown.
@@ -112,6 +114,7 @@ impl Deliverer {
         changes: broadcast::Sender<pb::Trip>,
         privacy: Privacy,
         delivered_shared: Arc<AtomicU64>,
+        mailbox: Arc<Mailbox>,
     ) -> Self {
         Self {
             privacy,
@@ -127,6 +130,7 @@ impl Deliverer {
             moves: Moves::default(),
             delivered: 0,
             delivered_shared,
+            mailbox,
         }
     }
 
@@ -142,6 +146,7 @@ impl Deliverer {
                 match input.try_recv() {
                     Ok(next) => Some(next),
                     Err(std_mpsc::TryRecvError::Empty) => {
+                        self.take_mail();
                         self.deliver_moves(MOVES_PER_LOOK);
                         continue;
                     }
@@ -154,10 +159,8 @@ impl Deliverer {
                     self.deliver_group(rounds, commit_start, commit_end);
                     self.deliver_moves(MOVES_PER_LOOK);
                 }
-                Input::Moves(moves) => {
-                    for moved in moves {
-                        self.moves.note(moved, self.delivered);
-                    }
+                Input::Moved => {
+                    self.take_mail();
                     self.deliver_moves(MOVES_PER_LOOK);
                 }
                 Input::LogFailed => self.end_everything(Status::unavailable("the server cannot write its trip log")),
@@ -170,6 +173,8 @@ impl Deliverer {
     /// the positions before it, and a position waiting for a delivery is
     /// ready once that is delivered.
     fn deliver_group(&mut self, rounds: Vec<Round>, commit_start: Instant, commit_end: Instant) {
+        // Positions posted before these rounds were handed over come first.
+        self.take_mail();
         for round in rounds {
             self.group = round.flushed.map(|flushed| GroupMarks { flushed, commit_start, commit_end });
             for delivery in round.deliveries {
@@ -184,6 +189,13 @@ impl Deliverer {
             }
         }
         self.delivered_shared.store(self.delivered, Ordering::Relaxed);
+    }
+
+    /// Files the positions posted since the last look.
+    fn take_mail(&mut self) {
+        for moved in self.mailbox.take() {
+            self.moves.note(moved, self.delivered);
+        }
     }
 
     /// Delivers up to `most` waiting positions, oldest first.
@@ -371,14 +383,14 @@ fn hide_rider(event: &mut pb::DriverEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine_task::Gates;
+    use crate::engine_task::{Gates, Move};
     use crate::streams::RiderUpdate;
 
     fn stage() -> Deliverer {
         let (cut_off, _) = mpsc::unbounded_channel();
         let (changes, _) = broadcast::channel(1);
         let privacy = Privacy { hide_dropoff: ServiceSet::EMPTY, drivers_see_rider_id: false };
-        Deliverer::new(Arc::new(DashMap::new()), None, cut_off, changes, privacy, Arc::default())
+        Deliverer::new(Arc::new(DashMap::new()), None, cut_off, changes, privacy, Arc::default(), Arc::default())
     }
 
     fn at(lat: f64) -> LatLng {
@@ -435,11 +447,10 @@ mod tests {
         }
     }
 
-    /// Hands `stage` positions as `run` does.
-    fn take_moves(stage: &mut Deliverer, moves: Vec<Move>) {
-        for moved in moves {
-            stage.moves.note(moved, stage.delivered);
-        }
+    /// Posts positions as the engine task does (the stage files them when
+    /// woken, or before its next group).
+    fn post(stage: &Deliverer, mut moves: Vec<Move>) {
+        stage.mailbox.post(&mut moves);
     }
 
     /// Following trip `id`, now `trip`: its rider's stream.
@@ -486,7 +497,8 @@ mod tests {
             Delivery::Rider(trip.clone()),
         ]);
         let after = handing.moved(7, 37.43, 2);
-        take_moves(&mut stage, vec![before, after]);
+        post(&stage, vec![before, after]);
+        stage.take_mail();
         stage.deliver_moves(usize::MAX);
         // The first needs nothing not delivered: out at once, before the
         // sync. The second waits for the change it follows.
@@ -509,9 +521,10 @@ mod tests {
         let mut trip = trip(7, TripStatus::DriverAssigned, Some(at(37.40)));
         let mut updates = follow(&mut stage, &mut handing, &trip);
         seen(&mut updates);
-        // The stage is behind: a position is ready but not sent when the
-        // trip's next change (showing a newer position) is delivered.
-        take_moves(&mut stage, vec![handing.moved(7, 37.41, 1)]);
+        // The stage is behind: a position posted is not yet filed, let
+        // alone sent, when the trip's next change (showing a newer
+        // position) is delivered.
+        post(&stage, vec![handing.moved(7, 37.41, 1)]);
         trip.status = TripStatus::DriverArrived;
         trip.driver_position = Some(at(37.42));
         let round = handing.round(vec![Delivery::Rider(trip.clone())]);
@@ -538,8 +551,9 @@ mod tests {
             if n == 1 {
                 moves.push(handing.moved(2, lat, n as i64));
             }
-            take_moves(&mut stage, moves);
+            post(&stage, moves);
         }
+        stage.take_mail();
         // The first trip goes first, showing its newest position.
         stage.deliver_moves(1);
         assert_eq!(seen(&mut riders[0]), [(pb::TripStatus::InProgress, Some(37.3))]);

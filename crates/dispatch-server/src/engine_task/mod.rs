@@ -23,7 +23,7 @@ mod spawn;
 
 pub use command::Command;
 pub use handle::EngineHandle;
-pub use round::{Delivery, Gates, Move, Round, Started};
+pub use round::{Delivery, Gates, Mailbox, Move, Round, Started};
 pub use spawn::{OpenedLog, Spawned, spawn};
 
 use std::sync::Arc;
@@ -53,8 +53,10 @@ struct EngineTask {
     round: Round,
     rounds: std_mpsc::SyncSender<Round>,
     /// Drivers' positions on trips not handed over yet: they go to the
-    /// delivery stage straight.
+    /// delivery stage straight, through `mailbox`, with a wake-up on
+    /// `deliver`.
     moves: Vec<Move>,
+    mailbox: Arc<Mailbox>,
     deliver: std_mpsc::SyncSender<Input>,
     /// What each move must wait for.
     gates: Gates,
@@ -343,11 +345,12 @@ impl EngineTask {
     }
 
     /// Hands the positions to the delivery stage and this round to the
-    /// commit stage, in that order: a position reaches the delivery stage
-    /// before any later round can (both stages' queues are first in, first
-    /// out), so a snapshot delivered after a position is always newer.
-    /// Either send waits while its queue is full: if delivery cannot keep
-    /// up, the engine waits, its queues fill, and callers are refused.
+    /// commit stage, in that order: the delivery stage empties the mailbox
+    /// before each group it delivers, so it sees a position before any
+    /// later round, and a snapshot delivered after a position is always
+    /// newer. Posting never waits; the round waits while the commit
+    /// stage's queue is full (if the disk cannot keep up, the engine
+    /// waits, its queues fill, and callers are refused).
     fn flush(&mut self) {
         if self.round.is_empty() && self.moves.is_empty() {
             return;
@@ -358,7 +361,11 @@ impl EngineTask {
         // delivered.
         if !self.moves.is_empty() {
             self.gates.prune(self.delivered.load(Ordering::Relaxed));
-            let _ = self.deliver.send(Input::Moves(std::mem::take(&mut self.moves)));
+            if self.mailbox.post(&mut self.moves) {
+                // A full queue holds groups, before each of which the stage
+                // empties the mailbox anyway.
+                let _ = self.deliver.try_send(Input::Moved);
+            }
         }
         if !self.round.is_empty() {
             self.round.flushed = Some(now);

@@ -87,6 +87,38 @@ pub struct Move {
     pub after: Option<u64>,
 }
 
+/// Drivers' positions handed from the engine task to the delivery stage
+/// beside the rounds: the engine task adds to it without waiting, the
+/// delivery stage empties it before each group it delivers (so a position
+/// is always seen before a later round) and whenever it is woken for it.
+#[derive(Default)]
+pub struct Mailbox(std::sync::Mutex<Vec<Move>>);
+
+/// The most positions the mailbox holds: past this (the delivery stage
+/// stalled for seconds) new ones are dropped, soft state as they are, and
+/// each driver's next ping brings a newer one.
+const MAILBOX_MOST: usize = 1 << 20;
+
+impl Mailbox {
+    /// Adds `moves`; returns whether the mailbox was empty (the stage may
+    /// be asleep and needs a wake-up).
+    pub fn post(&self, moves: &mut Vec<Move>) -> bool {
+        let Ok(mut held) = self.0.lock() else { return false };
+        let was_empty = held.is_empty();
+        if held.len() + moves.len() <= MAILBOX_MOST {
+            held.append(moves);
+        } else {
+            moves.clear();
+        }
+        was_empty
+    }
+
+    /// Everything posted so far, oldest first.
+    pub fn take(&self) -> Vec<Move> {
+        self.0.lock().map(|mut held| std::mem::take(&mut *held)).unwrap_or_default()
+    }
+}
+
 /// For each trip, the number of the last delivery about it (a trip
 /// change, a rider attaching, the trip forgotten), so that a move can wait
 /// for it. Entries the delivery stage has passed are pruned.

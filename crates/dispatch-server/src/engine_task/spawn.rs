@@ -30,8 +30,7 @@ const OFFER_IDS_PER_BOOT: u64 = 1_000_000_000_000;
 /// stage waits for it in turn.
 const DURABLE_GROUPS: usize = 64;
 
-/// Hand-overs of drivers' positions that may wait for the delivery stage
-/// beside the groups.
+/// Wake-ups for drivers' positions that may wait beside the groups.
 const MOVES_IN_FLIGHT: usize = 16;
 
 /// What `run` gets back from [`spawn`].
@@ -129,6 +128,7 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
     let (fatal_tx, fatal) = watch::channel(None);
     let committer = Committer::new(log, latency.clone(), fatal_tx);
     let delivered = Arc::new(AtomicU64::new(0));
+    let mailbox = Arc::new(super::Mailbox::default());
     let deliverer = Deliverer::new(
         trips,
         latency.clone(),
@@ -136,6 +136,7 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
         changes,
         Privacy { hide_dropoff: config.offer_hides_dropoff, drivers_see_rider_id: config.drivers_see_rider_id },
         delivered.clone(),
+        mailbox.clone(),
     );
     // Bounded: if the disk cannot keep up, the engine waits for it, its
     // queues fill, and callers are refused instead of memory growing.
@@ -158,6 +159,7 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
         round: Round::default(),
         rounds,
         moves: Vec::new(),
+        mailbox,
         deliver,
         gates: super::Gates::default(),
         delivered,
