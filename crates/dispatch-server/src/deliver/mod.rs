@@ -15,10 +15,12 @@
 //! Drivers' positions on trips (about one refresh per trip under way every
 //! second, soft state) come from the engine task straight, never through
 //! the commit stage, and wait in [`Moves`], one per trip: each until the
-//! deliveries about its trip that came before it are delivered, then only
-//! while no newer group waits, so offers and replies never queue behind
-//! them; a stage behind sends each trip's newest position once instead of
-//! every one it missed.
+//! deliveries about its trip that came before it are delivered, then while
+//! no group waits (or, when groups keep coming, a few after a group every
+//! [`MOVES_STARVE`]), so offers and replies do not queue behind them; a
+//! stage behind sends each trip's newest position once instead of every
+//! one it missed. The engine task wakes the stage for positions only when
+//! no group follows them, and never with more than one wake-up queued.
 
 mod moves;
 
@@ -62,6 +64,9 @@ use crate::streams::{RiderSender, SendError, SessionSender};
 /// Positions delivered between two looks for a newer group.
 const MOVES_PER_LOOK: usize = 256;
 
+/// The longest positions wait for a turn while groups keep coming.
+const MOVES_STARVE: std::time::Duration = std::time::Duration::from_millis(20);
+
 struct SessionEntry {
     sender: SessionSender,
     /// The driver or fleet, for log lines.
@@ -93,6 +98,8 @@ pub struct Deliverer {
     delivered_shared: Arc<AtomicU64>,
     /// Positions from the engine task.
     mailbox: Arc<Mailbox>,
+    /// When positions last had a turn.
+    moves_turn: Instant,
 }
 
 /// What drivers are not shown.
@@ -131,13 +138,17 @@ impl Deliverer {
             delivered: 0,
             delivered_shared,
             mailbox,
+            moves_turn: Instant::now(),
         }
     }
 
     /// Delivers each group the commit stage made durable, in order, until
-    /// the commit stage and the engine task hang up; drivers' positions in between, at least
-    /// [`MOVES_PER_LOOK`] after each group (so they cannot pile up) and all
-    /// of them while no group waits.
+    /// the commit stage and the engine task hang up. Drivers' positions go
+    /// out while nothing waits, never between a group and the next one
+    /// queued (a backlog of groups drains at the speed of the groups
+    /// alone), except that after [`MOVES_STARVE`] without a turn they get
+    /// [`MOVES_PER_LOOK`] after a group, so a steady stream of groups
+    /// cannot stop riders' cars.
     pub fn run(mut self, input: std_mpsc::Receiver<Input>) {
         loop {
             let next = if self.moves.is_empty() {
@@ -146,7 +157,6 @@ impl Deliverer {
                 match input.try_recv() {
                     Ok(next) => Some(next),
                     Err(std_mpsc::TryRecvError::Empty) => {
-                        self.take_mail();
                         self.deliver_moves(MOVES_PER_LOOK);
                         continue;
                     }
@@ -157,11 +167,14 @@ impl Deliverer {
             match next {
                 Input::Durable { rounds, commit_start, commit_end } => {
                     self.deliver_group(rounds, commit_start, commit_end);
-                    self.deliver_moves(MOVES_PER_LOOK);
+                    if self.moves_turn.elapsed() >= MOVES_STARVE {
+                        self.deliver_moves(MOVES_PER_LOOK);
+                    }
                 }
+                // Only filed: they go out once nothing waits.
                 Input::Moved => {
+                    self.mailbox.woke();
                     self.take_mail();
-                    self.deliver_moves(MOVES_PER_LOOK);
                 }
                 Input::LogFailed => self.end_everything(Status::unavailable("the server cannot write its trip log")),
             }
@@ -200,6 +213,7 @@ impl Deliverer {
 
     /// Delivers up to `most` waiting positions, oldest first.
     fn deliver_moves(&mut self, most: usize) {
+        self.moves_turn = Instant::now();
         for _ in 0..most {
             let Some((trip, position, at)) = self.moves.pop() else { return };
             self.moved(trip, position, at);
@@ -450,7 +464,7 @@ mod tests {
     /// Posts positions as the engine task does (the stage files them when
     /// woken, or before its next group).
     fn post(stage: &Deliverer, mut moves: Vec<Move>) {
-        stage.mailbox.post(&mut moves);
+        stage.mailbox.post(&mut moves, false);
     }
 
     /// Following trip `id`, now `trip`: its rider's stream.
@@ -533,6 +547,58 @@ mod tests {
         stage.deliver_moves(usize::MAX);
         assert_eq!(seen(&mut updates), [(pb::TripStatus::DriverArrived, Some(37.42))], "the driver went back");
         assert!(stage.moves.is_empty());
+    }
+
+    /// Runs the stage on two groups queued at once, with trip 7's
+    /// position ready and positions' last turn at `turn`: what its rider
+    /// had seen when each group's reply ran.
+    fn two_queued_groups(turn: Instant) -> Vec<Vec<(pb::TripStatus, Option<f64>)>> {
+        let mut stage = stage();
+        let mut handing = Handing::default();
+        let trip = trip(7, TripStatus::InProgress, Some(at(37.40)));
+        let updates = follow(&mut stage, &mut handing, &trip);
+        let updates = Arc::new(std::sync::Mutex::new(updates));
+        let noted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        post(&stage, vec![handing.moved(7, 37.41, 1)]);
+        stage.take_mail();
+        stage.moves_turn = turn;
+        let (input, queued) = std_mpsc::sync_channel(4);
+        for _ in 0..2 {
+            let (updates, noted) = (updates.clone(), noted.clone());
+            let reply = Delivery::Reply(Box::new(move || {
+                if let (Ok(mut updates), Ok(mut noted)) = (updates.lock(), noted.lock()) {
+                    noted.push(seen(&mut updates));
+                }
+            }));
+            let now = Instant::now();
+            let sent =
+                input.send(Input::Durable { rounds: handing.round(vec![reply]), commit_start: now, commit_end: now });
+            sent.unwrap_or_else(|e| panic!("{e}"));
+        }
+        drop(input);
+        stage.run(queued);
+        noted.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn queued_groups_go_out_back_to_back_without_positions_between_them() {
+        let seen = two_queued_groups(Instant::now() + std::time::Duration::from_secs(3600));
+        assert_eq!(
+            seen,
+            [vec![(pb::TripStatus::InProgress, Some(37.40))], vec![]],
+            "a position went between two groups"
+        );
+    }
+
+    #[test]
+    fn positions_kept_waiting_by_a_stream_of_groups_get_a_turn_after_one() {
+        let long_ago = Instant::now().checked_sub(MOVES_STARVE * 2).unwrap_or_else(Instant::now);
+        let seen = two_queued_groups(long_ago);
+        assert_eq!(
+            seen,
+            [vec![(pb::TripStatus::InProgress, Some(37.40))], vec![(pb::TripStatus::InProgress, Some(37.41))]],
+            "positions waited past MOVES_STARVE behind groups"
+        );
     }
 
     #[test]

@@ -90,9 +90,14 @@ pub struct Move {
 /// Drivers' positions handed from the engine task to the delivery stage
 /// beside the rounds: the engine task adds to it without waiting, the
 /// delivery stage empties it before each group it delivers (so a position
-/// is always seen before a later round) and whenever it is woken for it.
+/// is always seen before a later round) and when woken for it.
 #[derive(Default)]
-pub struct Mailbox(std::sync::Mutex<Vec<Move>>);
+pub struct Mailbox {
+    held: std::sync::Mutex<Vec<Move>>,
+    /// A wake-up is on its way to the stage: at most one at a time, so
+    /// wake-ups never fill the queue that the groups wait in.
+    woken: std::sync::atomic::AtomicBool,
+}
 
 /// The most positions the mailbox holds: past this (the delivery stage
 /// stalled for seconds) new ones are dropped, soft state as they are, and
@@ -100,22 +105,28 @@ pub struct Mailbox(std::sync::Mutex<Vec<Move>>);
 const MAILBOX_MOST: usize = 1 << 20;
 
 impl Mailbox {
-    /// Adds `moves`; returns whether the mailbox was empty (the stage may
-    /// be asleep and needs a wake-up).
-    pub fn post(&self, moves: &mut Vec<Move>) -> bool {
-        let Ok(mut held) = self.0.lock() else { return false };
+    /// Adds `moves`; returns whether the stage must be sent a wake-up:
+    /// the mailbox was empty (the stage may be asleep), no group follows
+    /// (before which the stage looks anyway) and no wake-up is on its way.
+    pub fn post(&self, moves: &mut Vec<Move>, group_follows: bool) -> bool {
+        let Ok(mut held) = self.held.lock() else { return false };
         let was_empty = held.is_empty();
         if held.len() + moves.len() <= MAILBOX_MOST {
             held.append(moves);
         } else {
             moves.clear();
         }
-        was_empty
+        was_empty && !group_follows && !self.woken.swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Everything posted so far, oldest first.
     pub fn take(&self) -> Vec<Move> {
-        self.0.lock().map(|mut held| std::mem::take(&mut *held)).unwrap_or_default()
+        self.held.lock().map(|mut held| std::mem::take(&mut *held)).unwrap_or_default()
+    }
+
+    /// The stage got its wake-up: a later post may send another.
+    pub fn woke(&self) {
+        self.woken.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -153,5 +164,29 @@ impl Gates {
             self.last.retain(|_, number| *number >= delivered);
             self.kept = self.last.len();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moves() -> Vec<Move> {
+        let position = LatLng::new(37.5, 127.0).unwrap_or_else(|e| panic!("{e}"));
+        vec![Move { trip: TripId(1), position, at: Timestamp(0), after: None }]
+    }
+
+    #[test]
+    fn the_stage_is_woken_for_positions_once_until_it_wakes_and_never_ahead_of_a_group() {
+        let mailbox = Mailbox::default();
+        assert!(!mailbox.post(&mut moves(), true), "woken though a group follows, before which it looks anyway");
+        assert_eq!(mailbox.take().len(), 1);
+        assert!(mailbox.post(&mut moves(), false), "not woken for positions in an empty mailbox");
+        assert!(!mailbox.post(&mut moves(), false), "woken for a mailbox already waiting");
+        assert_eq!(mailbox.take().len(), 2);
+        assert!(!mailbox.post(&mut moves(), false), "a second wake-up queued before the first arrived");
+        mailbox.woke();
+        mailbox.take();
+        assert!(mailbox.post(&mut moves(), false), "not woken again after the first wake-up arrived");
     }
 }
