@@ -19,8 +19,8 @@
 //! no group waits (or, when groups keep coming, a few after a group every
 //! [`MOVES_STARVE`]), so offers and replies do not queue behind them; a
 //! stage behind sends each trip's newest position once instead of every
-//! one it missed. The engine task wakes the stage for positions only when
-//! no group follows them, and never with more than one wake-up queued.
+//! one it missed. The engine task never queues more than one wake-up for
+//! positions.
 
 mod moves;
 
@@ -98,7 +98,7 @@ pub struct Deliverer {
     delivered_shared: Arc<AtomicU64>,
     /// Positions from the engine task.
     mailbox: Arc<Mailbox>,
-    /// When positions last had a turn.
+    /// When positions last had a turn, or began to wait.
     moves_turn: Instant,
 }
 
@@ -146,13 +146,16 @@ impl Deliverer {
     /// the commit stage and the engine task hang up. Drivers' positions go
     /// out while nothing waits, never between a group and the next one
     /// queued (a backlog of groups drains at the speed of the groups
-    /// alone), except that after [`MOVES_STARVE`] without a turn they get
-    /// [`MOVES_PER_LOOK`] after a group, so a steady stream of groups
-    /// cannot stop riders' cars.
+    /// alone), except that once they have waited [`MOVES_STARVE`] without
+    /// a turn they get [`MOVES_PER_LOOK`] after a group, so a steady
+    /// stream of groups cannot stop riders' cars.
     pub fn run(mut self, input: std_mpsc::Receiver<Input>) {
         loop {
             let next = if self.moves.is_empty() {
-                input.recv().ok()
+                let next = input.recv().ok();
+                // No position waited until now.
+                self.moves_turn = Instant::now();
+                next
             } else {
                 match input.try_recv() {
                     Ok(next) => Some(next),
@@ -464,7 +467,7 @@ mod tests {
     /// Posts positions as the engine task does (the stage files them when
     /// woken, or before its next group).
     fn post(stage: &Deliverer, mut moves: Vec<Move>) {
-        stage.mailbox.post(&mut moves, false);
+        stage.mailbox.post(&mut moves);
     }
 
     /// Following trip `id`, now `trip`: its rider's stream.

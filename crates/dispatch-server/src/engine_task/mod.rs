@@ -361,9 +361,7 @@ impl EngineTask {
         // delivered.
         if !self.moves.is_empty() {
             self.gates.prune(self.delivered.load(Ordering::Relaxed));
-            if self.mailbox.post(&mut self.moves, !self.round.is_empty())
-                && self.deliver.try_send(Input::Moved).is_err()
-            {
+            if self.mailbox.post(&mut self.moves) && self.deliver.try_send(Input::Moved).is_err() {
                 // A full queue holds groups, before each of which the stage
                 // empties the mailbox anyway; a later post wakes it.
                 self.mailbox.woke();

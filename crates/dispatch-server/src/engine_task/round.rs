@@ -106,9 +106,9 @@ const MAILBOX_MOST: usize = 1 << 20;
 
 impl Mailbox {
     /// Adds `moves`; returns whether the stage must be sent a wake-up:
-    /// the mailbox was empty (the stage may be asleep), no group follows
-    /// (before which the stage looks anyway) and no wake-up is on its way.
-    pub fn post(&self, moves: &mut Vec<Move>, group_follows: bool) -> bool {
+    /// the mailbox was empty (the stage may be asleep) and no wake-up is
+    /// on its way.
+    pub fn post(&self, moves: &mut Vec<Move>) -> bool {
         let Ok(mut held) = self.held.lock() else { return false };
         let was_empty = held.is_empty();
         if held.len() + moves.len() <= MAILBOX_MOST {
@@ -116,7 +116,7 @@ impl Mailbox {
         } else {
             moves.clear();
         }
-        was_empty && !group_follows && !self.woken.swap(true, std::sync::atomic::Ordering::AcqRel)
+        was_empty && !self.woken.swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Everything posted so far, oldest first.
@@ -177,16 +177,14 @@ mod tests {
     }
 
     #[test]
-    fn the_stage_is_woken_for_positions_once_until_it_wakes_and_never_ahead_of_a_group() {
+    fn the_stage_is_woken_for_positions_once_until_it_wakes() {
         let mailbox = Mailbox::default();
-        assert!(!mailbox.post(&mut moves(), true), "woken though a group follows, before which it looks anyway");
-        assert_eq!(mailbox.take().len(), 1);
-        assert!(mailbox.post(&mut moves(), false), "not woken for positions in an empty mailbox");
-        assert!(!mailbox.post(&mut moves(), false), "woken for a mailbox already waiting");
+        assert!(mailbox.post(&mut moves()), "not woken for positions in an empty mailbox");
+        assert!(!mailbox.post(&mut moves()), "woken for a mailbox already waiting");
         assert_eq!(mailbox.take().len(), 2);
-        assert!(!mailbox.post(&mut moves(), false), "a second wake-up queued before the first arrived");
+        assert!(!mailbox.post(&mut moves()), "a second wake-up queued before the first arrived");
         mailbox.woke();
-        mailbox.take();
-        assert!(mailbox.post(&mut moves(), false), "not woken again after the first wake-up arrived");
+        assert_eq!(mailbox.take().len(), 1);
+        assert!(mailbox.post(&mut moves()), "not woken again after the first wake-up arrived");
     }
 }
