@@ -226,6 +226,7 @@ impl TripTable {
     pub fn density(&self) -> &Density {
         &self.tally.density
     }
+
     /// This table's rules: every open trip filed under its id and not
     /// ended, every ended one packed and waiting its turn to be forgotten,
     /// every kept trip what its request id leads to and nothing else filed,
