@@ -1,0 +1,275 @@
+//! The shard map: cells dealt into shards, and the shards a radius touches.
+
+use std::collections::{HashSet, VecDeque};
+
+use dispatch_core::geo::{EARTH_RADIUS_M, LatLng};
+use h3o::{CellIndex, Resolution};
+
+use crate::sphere::angle_to_arc;
+use crate::{MAX_SHARDS, ShardError, ShardId};
+
+/// The H3 resolution of the cells dealt into shards: cells of about 250 km²
+/// (edges about 9 km), so Seoul is three or four cells and a pickup radius
+/// of a few kilometres touches at most a few.
+pub const RESOLUTION: Resolution = Resolution::Five;
+
+/// A search visiting more cells than this gives up on finding which shards
+/// a radius touches and answers every shard: still exact (it never leaves
+/// one out), and it bounds the work a huge radius costs.
+const MOST_CELLS: usize = 512;
+
+/// Added to every radius before cells are tested against it, so rounding
+/// in the spherical arithmetic can only add a shard, never drop one.
+const SLACK_M: f64 = 1.0;
+
+/// Which shard every point on Earth belongs to, for a fixed shard count.
+///
+/// ```
+/// use dispatch_core::geo::LatLng;
+/// use dispatch_shard::ShardMap;
+/// let map = ShardMap::new(16).unwrap();
+/// let city_hall = LatLng::new(37.5663, 126.9779).unwrap();
+/// let shard = map.shard_of(city_hall);
+/// assert!(shard.0 < 16);
+/// // A radius of zero touches the point's own shard only.
+/// assert_eq!(map.shards_within(city_hall, 0.0), vec![shard]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardMap {
+    shards: u16,
+}
+
+impl ShardMap {
+    /// A map of `shards` shards (1 to [`MAX_SHARDS`]).
+    pub fn new(shards: u32) -> Result<Self, ShardError> {
+        match u16::try_from(shards) {
+            Ok(n) if (1..=MAX_SHARDS).contains(&n) => Ok(Self { shards: n }),
+            _ => Err(ShardError::BadCount(shards)),
+        }
+    }
+
+    /// How many shards.
+    pub fn count(&self) -> u16 {
+        self.shards
+    }
+
+    /// Every shard, in order.
+    pub fn all(&self) -> impl Iterator<Item = ShardId> + use<> {
+        (0..self.shards).map(ShardId)
+    }
+
+    /// The cell a point is in. Cost: one H3 index computation (about
+    /// 100 ns).
+    pub fn cell_of(&self, point: LatLng) -> CellIndex {
+        h3(point).to_cell(RESOLUTION)
+    }
+
+    /// The shard a cell is dealt to: a fixed hash of its index (XXH3, whose
+    /// output is specified and so never changes), modulo the count. Every
+    /// node and every version agrees on it.
+    pub fn shard_of_cell(&self, cell: CellIndex) -> ShardId {
+        let hash = xxhash_rust::xxh3::xxh3_64(&u64::from(cell).to_le_bytes());
+        // The remainder is below `self.shards`, a u16.
+        ShardId((hash % u64::from(self.shards)) as u16)
+    }
+
+    /// The shard a point belongs to.
+    pub fn shard_of(&self, point: LatLng) -> ShardId {
+        self.shard_of_cell(self.cell_of(point))
+    }
+
+    /// Every shard with a point within `radius_m` of `point` (great-circle),
+    /// sorted, the point's own among them. Exact in the sense that matters:
+    /// a shard holding any point of the disk is always in the answer (a
+    /// shard only grazing it, within a metre, may be too).
+    ///
+    /// Cost: one distance test per cell edge for each cell the disk
+    /// touches and each of their neighbours; past [`MOST_CELLS`] cells it
+    /// stops and answers every shard.
+    pub fn shards_within(&self, point: LatLng, radius_m: f64) -> Vec<ShardId> {
+        if self.shards == 1 {
+            return vec![ShardId(0)];
+        }
+        let Some(cells) = self.cells_within(point, radius_m) else { return self.all().collect() };
+        let mut shards: Vec<ShardId> = cells.into_iter().map(|cell| self.shard_of_cell(cell)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        shards
+    }
+
+    /// Every cell with a point within `radius_m` of `point`, the point's own
+    /// first; `None` past [`MOST_CELLS`]. The cells a disk touches are
+    /// connected (through shared edges), so a walk out from the point's own
+    /// cell that keeps only cells within reach finds them all.
+    pub fn cells_within(&self, point: LatLng, radius_m: f64) -> Option<Vec<CellIndex>> {
+        let reach = (radius_m.max(0.0) + SLACK_M) / EARTH_RADIUS_M;
+        if reach >= std::f64::consts::FRAC_PI_2 {
+            return None;
+        }
+        let p = point.to_unit();
+        let home = self.cell_of(point);
+        let mut found = vec![home];
+        let mut seen: HashSet<CellIndex> = HashSet::from([home]);
+        let mut next = VecDeque::from([home]);
+        while let Some(cell) = next.pop_front() {
+            for near in cell.grid_disk::<Vec<_>>(1) {
+                if !seen.insert(near) {
+                    continue;
+                }
+                if angle_to_cell(p, near) <= reach {
+                    if found.len() == MOST_CELLS {
+                        return None;
+                    }
+                    found.push(near);
+                    next.push_back(near);
+                }
+            }
+        }
+        Some(found)
+    }
+}
+
+/// The angle from `p` (a unit vector outside `cell`) to the cell: to the
+/// nearest of its edges.
+fn angle_to_cell(p: [f64; 3], cell: CellIndex) -> f64 {
+    let boundary = cell.boundary();
+    let corners: Vec<[f64; 3]> = boundary.iter().map(|ll| unit(ll.lat_radians(), ll.lng_radians())).collect();
+    let mut best = f64::INFINITY;
+    for (i, &a) in corners.iter().enumerate() {
+        let b = corners[(i + 1) % corners.len()];
+        best = best.min(angle_to_arc(p, a, b));
+    }
+    best
+}
+
+fn unit(lat: f64, lng: f64) -> [f64; 3] {
+    [lat.cos() * lng.cos(), lat.cos() * lng.sin(), lat.sin()]
+}
+
+/// A checked point as h3o's: both check for finite coordinates, and ours
+/// also for their ranges, so this cannot fail.
+fn h3(point: LatLng) -> h3o::LatLng {
+    match h3o::LatLng::new(point.lat(), point.lng()) {
+        Ok(ll) => ll,
+        Err(_) => unreachable!("a checked LatLng is finite"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn at(lat: f64, lng: f64) -> LatLng {
+        LatLng::new(lat, lng).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The point `distance_m` from `from` on bearing `bearing` (radians).
+    fn destination(from: LatLng, bearing: f64, distance_m: f64) -> LatLng {
+        let d = distance_m / EARTH_RADIUS_M;
+        let (lat1, lng1) = (from.lat().to_radians(), from.lng().to_radians());
+        let lat2 = (lat1.sin() * d.cos() + lat1.cos() * d.sin() * bearing.cos()).asin();
+        let lng2 = lng1 + (bearing.sin() * d.sin() * lat1.cos()).atan2(d.cos() - lat1.sin() * lat2.sin());
+        let lng2 = (lng2.to_degrees() + 540.0).rem_euclid(360.0) - 180.0;
+        at(lat2.to_degrees().clamp(-90.0, 90.0), lng2)
+    }
+
+    #[test]
+    fn counts_outside_one_to_the_most_are_refused() {
+        assert_eq!(ShardMap::new(0), Err(ShardError::BadCount(0)));
+        assert_eq!(ShardMap::new(1025), Err(ShardError::BadCount(1025)));
+        assert_eq!(ShardMap::new(70_000), Err(ShardError::BadCount(70_000)));
+        assert!(ShardMap::new(1).is_ok() && ShardMap::new(1024).is_ok());
+    }
+
+    #[test]
+    fn the_deal_is_fixed_across_versions() {
+        // Pinned: if the hash or the resolution changed, a cluster's nodes
+        // of two versions would disagree on who owns what.
+        let map = ShardMap::new(16).unwrap_or_else(|e| panic!("{e}"));
+        let cell = map.cell_of(at(37.5663, 126.9779));
+        assert_eq!(u64::from(cell), 0x0853_0e1d_bfff_ffff);
+        let shards: Vec<u16> = [(37.5663, 126.9779), (40.7580, -73.9855), (0.0, 0.0), (-33.8688, 151.2093)]
+            .into_iter()
+            .map(|(lat, lng)| map.shard_of(at(lat, lng)).0)
+            .collect();
+        assert_eq!(shards, [0, 5, 12, 11]);
+    }
+
+    #[test]
+    fn cells_spread_evenly_over_the_shards() {
+        // Every cell of the whole Earth at the resolution, dealt into 16:
+        // each shard within 1% of its fair share.
+        let map = ShardMap::new(16).unwrap_or_else(|e| panic!("{e}"));
+        let mut per = [0u64; 16];
+        let mut total = 0u64;
+        for base in CellIndex::base_cells() {
+            for cell in base.children(Resolution::Three) {
+                for child in cell.children(RESOLUTION) {
+                    per[usize::from(map.shard_of_cell(child).0)] += 1;
+                    total += 1;
+                }
+            }
+        }
+        let fair = total as f64 / 16.0;
+        for (shard, &n) in per.iter().enumerate() {
+            assert!((n as f64 - fair).abs() / fair < 0.01, "shard {shard}: {n} cells, fair {fair}");
+        }
+    }
+
+    #[test]
+    fn a_huge_radius_touches_every_shard() {
+        let map = ShardMap::new(8).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(map.shards_within(at(10.0, 10.0), 20_000_000.0), map.all().collect::<Vec<_>>());
+        assert_eq!(map.shards_within(at(10.0, 10.0), 500_000.0), map.all().collect::<Vec<_>>());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Against brute force: every point sampled in the disk (on rings
+        /// out to its edge) is in a cell and a shard the answer names.
+        #[test]
+        fn every_point_of_the_disk_is_in_a_shard_named(
+            lat in -89.0f64..89.0,
+            lng in -180.0f64..180.0,
+            radius_m in 0.0f64..30_000.0,
+        ) {
+            let map = ShardMap::new(16).unwrap_or_else(|e| panic!("{e}"));
+            let centre = at(lat, lng);
+            let cells = map.cells_within(centre, radius_m);
+            let shards = map.shards_within(centre, radius_m);
+            prop_assert!(shards.contains(&map.shard_of(centre)));
+            for ring in 1..=12 {
+                let d = radius_m * f64::from(ring) / 12.0;
+                for step in 0..72 {
+                    let q = destination(centre, f64::from(step) * 5f64.to_radians(), d);
+                    prop_assert!(shards.contains(&map.shard_of(q)), "{q} at {d} m not in {shards:?}");
+                    if let Some(cells) = &cells {
+                        prop_assert!(cells.contains(&map.cell_of(q)), "{q} at {d} m: its cell is missed");
+                    }
+                }
+            }
+        }
+
+        /// And no cell far out of reach is named: each cell in the answer
+        /// has a corner or edge within the radius plus a cell's width.
+        #[test]
+        fn no_cell_far_out_of_reach_is_named(
+            lat in -80.0f64..80.0,
+            lng in -180.0f64..180.0,
+            radius_m in 0.0f64..20_000.0,
+        ) {
+            let map = ShardMap::new(16).unwrap_or_else(|e| panic!("{e}"));
+            let centre = at(lat, lng);
+            if let Some(cells) = map.cells_within(centre, radius_m) {
+                for cell in cells {
+                    let middle = h3o::LatLng::from(cell);
+                    let middle = at(middle.lat(), middle.lng());
+                    // A cell's centre is at most about 10 km from its edge.
+                    prop_assert!(centre.distance_m(middle) <= radius_m + 12_000.0);
+                }
+            }
+        }
+    }
+}
