@@ -14,6 +14,8 @@
 //! - [`time`]: the millisecond timestamps the caller passes in.
 //! - [`error`]: what the engine refuses, one enum.
 //! - [`engine`]: the engine: sessions, matching, offers, trips, timers.
+//! - [`territory`]: a shard's place on a map cut into shards, as the
+//!   engine asks about it.
 
 pub mod engine;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod geo;
 pub mod ids;
 pub mod index;
 pub mod service;
+pub mod territory;
 pub mod time;
 pub mod trip;
 

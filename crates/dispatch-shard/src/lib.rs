@@ -15,12 +15,20 @@
 //! - `sphere`: the distance from a point to a cell, edge by edge.
 //! - [`placement`]: the shards spread evenly over the live nodes, moving as
 //!   few as it can when a node joins or leaves.
+//! - [`Home`] (`territory.rs`): a shard of the map as its engine's
+//!   territory.
+//! - [`LocalShards`] (`local.rs`): every shard's engine in one place and
+//!   the routing between them, synchronous and deterministic.
 
+mod local;
 mod map;
 pub mod placement;
 mod sphere;
+mod territory;
 
+pub use local::LocalShards;
 pub use map::{RESOLUTION, ShardMap};
+pub use territory::Home;
 
 use std::fmt;
 

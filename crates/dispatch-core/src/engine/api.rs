@@ -427,7 +427,7 @@ macro_rules! stats {
 
         impl Stats {
             /// Adds `other`'s counts to these.
-            pub(crate) fn add(&mut self, other: Stats) {
+            pub fn add(&mut self, other: Stats) {
                 $(self.$field = self.$field.wrapping_add(other.$field);)*
             }
 

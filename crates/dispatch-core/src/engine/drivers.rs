@@ -311,6 +311,9 @@ impl Engine {
         } else if idle {
             self.queue.moved();
         }
+        if idle {
+            self.stray(key);
+        }
         // The trip is looked up only when its riders are due an update;
         // a change of the trip shows the newest position anyway.
         let Some(trip) = trip else { return };

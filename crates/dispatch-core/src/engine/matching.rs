@@ -53,15 +53,8 @@ impl Engine {
         tried: &HashSet<DriverId>,
         want: usize,
     ) -> Vec<(DriverKey, f64)> {
-        let offerable = |key| {
-            let driver = self.driver(key);
-            driver.is_offerable() && driver.services.contains(service) && !tried.contains(&driver.id)
-        };
-        let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
         let ranked = self.config.accept_weight_m > 0.0;
-        let pool = if ranked { want.max(super::CANDIDATES) } else { want };
-        let nearest = self.drivers.free().nearest_k(pickup, radius_m, pool, offerable, by_id);
-        let mut found: Vec<(DriverKey, f64)> = nearest.into_iter().map(|n| (n.key, n.distance_m)).collect();
+        let mut found = self.nearest_offerable(pickup, service, radius_m, tried, self.candidate_pool(want));
         if ranked {
             // Stable: equal costs keep their distance (then id) order.
             found.sort_by(|a, b| self.rank_cost(a.0, a.1).total_cmp(&self.rank_cost(b.0, b.1)));
@@ -70,14 +63,38 @@ impl Engine {
         found
     }
 
+    /// The `pool` nearest drivers who may be offered a `service` trip at
+    /// `pickup`, nearest first (ties by the smaller id), not re-ranked.
+    pub(super) fn nearest_offerable(
+        &self,
+        pickup: LatLng,
+        service: ServiceType,
+        radius_m: f64,
+        tried: &HashSet<DriverId>,
+        pool: usize,
+    ) -> Vec<(DriverKey, f64)> {
+        let offerable = |key| {
+            let driver = self.driver(key);
+            driver.is_offerable() && driver.services.contains(service) && !tried.contains(&driver.id)
+        };
+        let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
+        let nearest = self.drivers.free().nearest_k(pickup, radius_m, pool, offerable, by_id);
+        nearest.into_iter().map(|n| (n.key, n.distance_m)).collect()
+    }
+
     /// Offers a searching trip with no offer out to its best offerable
     /// driver, or to its `k` best under `broadcast:k` (or assigns it, for
     /// an auto-accept driver); a trip nobody can take now waits in
-    /// `unmatched`. A trip already offered to `Config::max_offers_per_trip`
+    /// `unmatched`. A trip whose radius reaches other shards gathers their
+    /// candidates first (see `borders.rs`). A trip already offered to `Config::max_offers_per_trip`
     /// drivers ends `NoDriverFound`: that bounds what it keeps (and logs) of
     /// the drivers who passed on it.
     pub(super) fn try_match(&mut self, now: Timestamp, trip_id: TripId) {
         let Some(state) = self.trips.get(&trip_id) else { return };
+        if state.asking || state.claims > 0 {
+            // Its gather or claims will answer.
+            return;
+        }
         if state.trip.status != TripStatus::Searching || !state.offers.is_empty() {
             self.queue.stop_waiting(trip_id);
             return;
@@ -102,6 +119,14 @@ impl Engine {
         }
         // A broadcast never takes a trip past its limit of drivers tried.
         let want = policy.fanout().min(most - state.tried.len());
+        if self.borders.is_some() {
+            let borders = self.trip_borders(trip_id);
+            if !borders.is_empty() {
+                self.gather(trip_id, borders, self.candidate_pool(want));
+                return;
+            }
+        }
+        let Some(state) = self.trips.get(&trip_id) else { return };
         let found = self.ranked_offerable(state.trip.pickup, state.trip.service, state.radius_m, &state.tried, want);
         // Forward dispatch, for a ride offered to one driver at a time: a
         // driver finishing a ride nearby, if that is quicker than any free
@@ -115,10 +140,7 @@ impl Engine {
             return;
         }
         if found.is_empty() {
-            match batch {
-                Some(window_ms) => self.hold_for_batch(now, trip_id, window_ms),
-                None => self.queue.wait(trip_id),
-            }
+            self.no_candidate_now(now, trip_id, policy);
             return;
         }
         self.offer_all(now, trip_id, found);
@@ -128,7 +150,7 @@ impl Engine {
     /// auto-accept driver among them answers before anyone can, so the
     /// best of those is assigned and nobody else is asked; the others are
     /// handed back to the next retry as freed.
-    fn offer_all(&mut self, now: Timestamp, trip_id: TripId, drivers: Vec<(DriverKey, f64)>) {
+    pub(super) fn offer_all(&mut self, now: Timestamp, trip_id: TripId, drivers: Vec<(DriverKey, f64)>) {
         if let Some(&(key, distance_m)) = drivers.iter().find(|(key, _)| self.driver(*key).auto_accept) {
             self.queue.freed_all(drivers.iter().map(|d| d.0).filter(|&other| other != key));
             self.offer_to(now, trip_id, key, distance_m);
@@ -139,7 +161,7 @@ impl Engine {
         }
     }
 
-    fn hold_for_batch(&mut self, now: Timestamp, trip_id: TripId, window_ms: i64) {
+    pub(super) fn hold_for_batch(&mut self, now: Timestamp, trip_id: TripId, window_ms: i64) {
         let Some(state) = self.trips.get(&trip_id) else { return };
         let region = super::batch::region_of(state.trip.pickup);
         self.queue.hold(trip_id, region, super::batch::due_in(now, region, window_ms));
@@ -207,11 +229,25 @@ impl Engine {
         let mut set = DriverSet::new(positioned.collect::<Vec<_>>());
         let waiting = self.queue.waiting();
         let most = self.config.max_offers_per_trip.min(MAX_OFFERS_PER_TRIP);
+        // Trips near a border rank these drivers against other shards'
+        // too: they look again (a gather) if one of them could take them.
+        let mut near_border = Vec::new();
         for trip_id in waiting {
             if set.is_empty() {
                 break;
             }
             let Some(state) = self.trips.get(&trip_id) else { continue };
+            if state.borders.as_ref().is_some_and(|b| !b.is_empty()) {
+                let eligible = |key| {
+                    let driver = self.driver(key);
+                    driver.services.contains(state.trip.service) && !state.tried.contains(&driver.id)
+                };
+                let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
+                if set.nearest(state.trip.pickup, state.radius_m, eligible, by_id).is_some() {
+                    near_border.push(trip_id);
+                }
+                continue;
+            }
             let want = self.config.matching.of(state.trip.service).fanout().min(most.saturating_sub(state.tried.len()));
             let mut found = Vec::with_capacity(want);
             while found.len() < want {
@@ -229,6 +265,9 @@ impl Engine {
             if !found.is_empty() {
                 self.offer_all(now, trip_id, found);
             }
+        }
+        for trip_id in near_border {
+            self.try_match(now, trip_id);
         }
     }
 
@@ -307,6 +346,7 @@ impl Engine {
             }
         }
         self.queue.freed(offer.driver);
+        self.stray(offer.driver);
         Some(offer.trip)
     }
 

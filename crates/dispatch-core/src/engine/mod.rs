@@ -8,6 +8,7 @@
 
 mod api;
 mod batch;
+mod borders;
 mod drivers;
 mod forward;
 mod invariants;
@@ -29,8 +30,10 @@ pub use api::{
     SessionStart, Stats, TripRecord, WithdrawReason,
 };
 pub use batch::{CANDIDATES, Row, assign};
+pub use borders::{Candidate, CandidateQuery, DriverCard, ToShard};
 pub use map::{MapCell, MapDriver, MapQuery, MapTrip, MapView};
 pub use policy::{MAX_WINDOW_MS, Matching, MatchingSpec, Policies};
+pub use state::Answers;
 pub use tables::{CELL_DEG, CellCounts, Shade};
 
 use std::collections::{BTreeSet, HashMap};
@@ -77,6 +80,9 @@ pub struct Engine {
     timers: BTreeSet<(Timestamp, Timer)>,
     stats: Stats,
     effects: Vec<Effect>,
+    /// With geo-shards: this engine's territory and its messages to other
+    /// shards; `None` when the engine holds the whole map.
+    borders: Option<borders::Borders>,
 }
 
 impl Engine {
@@ -92,6 +98,7 @@ impl Engine {
             timers: BTreeSet::new(),
             stats: Stats::default(),
             effects: Vec::new(),
+            borders: None,
             config,
         }
     }
@@ -172,6 +179,7 @@ impl Engine {
             self.effects.push(Effect::Persist(LogRecord::Forget(trip)));
             self.effects.push(Effect::TripForgotten(trip));
         }
+        self.hand_over_strays();
     }
 
     /// Live counts and totals, in O(1): the tables keep their counts as

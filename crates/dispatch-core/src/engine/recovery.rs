@@ -109,6 +109,9 @@ impl Engine {
                     offers: Vec::new(),
                     search_deadline,
                     offered_once: true,
+                    borders: None,
+                    asking: false,
+                    claims: 0,
                 },
             );
             if let Some(driver) = driver {

@@ -52,6 +52,9 @@ impl Engine {
                 offers: Vec::new(),
                 search_deadline: now + self.config.search_timeout_ms,
                 offered_once: false,
+                borders: None,
+                asking: false,
+                claims: 0,
             },
         );
         self.stats.ride_requests += 1;
@@ -287,6 +290,7 @@ impl Engine {
         self.refresh_forward(key);
         if free {
             self.queue.freed(key);
+            self.stray(key);
             if session.is_none() {
                 // Nobody speaks for this driver any more and its trip is
                 // over: forget it, as if its session had just ended.

@@ -78,6 +78,22 @@ impl Sessions {
         }
     }
 
+    /// `key` moved to another shard's engine: a driver's own session is no
+    /// longer open here, and a fleet's no longer speaks for it here (the
+    /// session stays open for the fleet's other drivers). No stream ends:
+    /// the session goes on, speaking for the driver elsewhere.
+    pub fn detach(&mut self, session: SessionId, key: DriverKey) {
+        match self.open.get_mut(&session) {
+            Some(Session::Driver(k)) if *k == key => {
+                self.open.remove(&session);
+            }
+            Some(Session::Fleet(fleet)) => {
+                fleet.drivers.remove(&key);
+            }
+            _ => {}
+        }
+    }
+
     /// Whether `session` is open and speaks for `key`.
     pub fn speaks_for(&self, session: SessionId, key: DriverKey) -> bool {
         match self.open.get(&session) {

@@ -144,6 +144,13 @@ pub(super) struct TripState {
     pub search_deadline: Timestamp,
     /// Whether an offer (or assignment) was ever made.
     pub offered_once: bool,
+    /// With geo-shards: the other shards the pickup radius reaches, once
+    /// reckoned (empty: none, the trip is matched here alone).
+    pub borders: Option<Box<[crate::territory::Shard]>>,
+    /// A gather is out for the trip: it is not matched until it answers.
+    pub asking: bool,
+    /// Claims out for the trip's drivers in other shards.
+    pub claims: u32,
 }
 
 /// An ended trip as kept for its retention (a day by default): the facts
