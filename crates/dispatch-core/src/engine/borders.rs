@@ -438,10 +438,19 @@ impl Engine {
     }
 
     /// A trip nobody can take now: it waits for drivers (or its batch).
+    /// One near a border cannot hear of drivers freed or moving in the
+    /// other shards, so it looks again (a gather) at every retry of the
+    /// waiting trips, which then come every `Config::rematch_interval_ms`
+    /// while it waits, whether or not drivers here move.
     pub(super) fn no_candidate_now(&mut self, now: Timestamp, trip_id: TripId, policy: Matching) {
         match policy {
             Matching::Batch { window_ms } => self.hold_for_batch(now, trip_id, window_ms),
-            Matching::Nearest | Matching::Broadcast { .. } => self.queue.wait(trip_id),
+            Matching::Nearest | Matching::Broadcast { .. } => {
+                self.queue.wait(trip_id);
+                if self.trips.get(&trip_id).and_then(|t| t.borders.as_ref()).is_some_and(|b| !b.is_empty()) {
+                    self.queue.moved();
+                }
+            }
         }
     }
 

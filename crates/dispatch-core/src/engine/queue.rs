@@ -139,7 +139,8 @@ impl MatchQueue {
         self.freed.extend(keys);
     }
 
-    /// An idle driver moved.
+    /// An idle driver moved (or, with geo-shards, a trip waits that only
+    /// a retry can show drivers of other shards).
     pub fn moved(&mut self) {
         self.moved = true;
     }
