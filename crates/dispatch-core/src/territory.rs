@@ -23,6 +23,10 @@ pub trait Territory: Send + Sync + fmt::Debug {
     fn shard(&self) -> Shard;
     /// The shard a point belongs to.
     fn shard_of(&self, point: LatLng) -> Shard;
+    /// The shard a point belongs to, and a distance within which every
+    /// point is in that shard too (0 if none is known): a driver moving
+    /// less than that need not be placed again.
+    fn room(&self, point: LatLng) -> (Shard, f64);
     /// Every shard with a point within `radius_m` of `point`, sorted; it
     /// may name a shard too many, never one too few.
     fn shards_within(&self, point: LatLng, radius_m: f64) -> Vec<Shard>;

@@ -5,7 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use dispatch_core::geo::{EARTH_RADIUS_M, LatLng};
 use h3o::{CellIndex, Resolution};
 
-use crate::sphere::angle_to_arc;
+use crate::sphere::{angle, angle_to_arc};
 use crate::{MAX_SHARDS, ShardError, ShardId};
 
 /// The H3 resolution of the cells dealt into shards: cells of about 250 km²
@@ -17,6 +17,11 @@ pub const RESOLUTION: Resolution = Resolution::Five;
 /// a radius touches and answers every shard: still exact (it never leaves
 /// one out), and it bounds the work a huge radius costs.
 const MOST_CELLS: usize = 512;
+
+/// More than any cell's centre is from its farthest corner at
+/// [`RESOLUTION`] (edges average 8.5 km and are at most 10 km; twice
+/// that, for distortion near the icosahedron's vertices and pentagons).
+const FARTHEST_CORNER_M: f64 = 20_000.0;
 
 /// Added to every radius before cells are tested against it, so rounding
 /// in the spherical arithmetic can only add a shard, never drop one.
@@ -90,11 +95,27 @@ impl ShardMap {
         if self.shards == 1 {
             return vec![ShardId(0)];
         }
+        // Most often asked of a disk well inside its cell: one test.
+        let (home, room_m) = self.room(point);
+        if radius_m.max(0.0) + SLACK_M <= room_m {
+            return vec![home];
+        }
         let Some(cells) = self.cells_within(point, radius_m) else { return self.all().collect() };
         let mut shards: Vec<ShardId> = cells.into_iter().map(|cell| self.shard_of_cell(cell)).collect();
         shards.sort_unstable();
         shards.dedup();
         shards
+    }
+
+    /// The shard of `point`, and how far every point around it stays in
+    /// that shard: at least the distance to the edge of its cell (less a
+    /// metre for rounding), so a driver moving less than that since it was
+    /// last placed need not be placed again. Cost: one cell boundary (about
+    /// a microsecond).
+    pub fn room(&self, point: LatLng) -> (ShardId, f64) {
+        let cell = self.cell_of(point);
+        let inside = angle_to_cell(point.to_unit(), cell) * EARTH_RADIUS_M;
+        (self.shard_of_cell(cell), (inside - SLACK_M).max(0.0))
     }
 
     /// Every cell with a point within `radius_m` of `point`, the point's own
@@ -116,6 +137,11 @@ impl ShardMap {
                 if !seen.insert(near) {
                     continue;
                 }
+                if angle(p, centre_of(near)) > reach + FARTHEST_CORNER_M / EARTH_RADIUS_M {
+                    // Its nearest point is farther than the reach: no need
+                    // to trace its edges.
+                    continue;
+                }
                 if angle_to_cell(p, near) <= reach {
                     if found.len() == MOST_CELLS {
                         return None;
@@ -129,8 +155,9 @@ impl ShardMap {
     }
 }
 
-/// The angle from `p` (a unit vector outside `cell`) to the cell: to the
-/// nearest of its edges.
+/// The angle from `p` to the nearest edge of `cell`: for a point outside
+/// the cell, the angle to the cell; for one inside, how far it is from
+/// leaving it.
 fn angle_to_cell(p: [f64; 3], cell: CellIndex) -> f64 {
     let boundary = cell.boundary();
     let corners: Vec<[f64; 3]> = boundary.iter().map(|ll| unit(ll.lat_radians(), ll.lng_radians())).collect();
@@ -140,6 +167,12 @@ fn angle_to_cell(p: [f64; 3], cell: CellIndex) -> f64 {
         best = best.min(angle_to_arc(p, a, b));
     }
     best
+}
+
+/// A cell's centre as a unit vector.
+fn centre_of(cell: CellIndex) -> [f64; 3] {
+    let c = h3o::LatLng::from(cell);
+    unit(c.lat_radians(), c.lng_radians())
 }
 
 fn unit(lat: f64, lng: f64) -> [f64; 3] {
@@ -248,6 +281,27 @@ mod tests {
                     if let Some(cells) = &cells {
                         prop_assert!(cells.contains(&map.cell_of(q)), "{q} at {d} m: its cell is missed");
                     }
+                }
+            }
+        }
+
+        /// A point's room is room indeed: every point sampled within it is
+        /// in the same shard (and the same cell).
+        #[test]
+        fn every_point_within_a_points_room_is_in_its_shard(
+            lat in -85.0f64..85.0,
+            lng in -180.0f64..180.0,
+        ) {
+            let map = ShardMap::new(16).unwrap_or_else(|e| panic!("{e}"));
+            let centre = at(lat, lng);
+            let (shard, room) = map.room(centre);
+            prop_assert_eq!(shard, map.shard_of(centre));
+            prop_assert!(room < 12_000.0);
+            for ring in 1..=8 {
+                let d = room * f64::from(ring) / 8.0;
+                for step in 0..72 {
+                    let q = destination(centre, f64::from(step) * 5f64.to_radians(), d);
+                    prop_assert_eq!(map.cell_of(q), map.cell_of(centre), "{} at {} m", q, d);
                 }
             }
         }

@@ -27,6 +27,11 @@ impl Territory for Home {
         self.map.shard_of(point).0
     }
 
+    fn room(&self, point: LatLng) -> (Shard, f64) {
+        let (shard, room_m) = self.map.room(point);
+        (shard.0, room_m)
+    }
+
     fn shards_within(&self, point: LatLng, radius_m: f64) -> Vec<Shard> {
         self.map.shards_within(point, radius_m).into_iter().map(|s| s.0).collect()
     }

@@ -134,6 +134,12 @@ pub(super) struct Borders {
     /// last tick: checked there (a key may be stale by then; the check
     /// reads the row afresh).
     strays: Vec<DriverKey>,
+    /// By driver slot: where the driver in it was last found in this shard,
+    /// and how far around that point is this shard too. An update within
+    /// it needs no check (placing a point costs about a microsecond, ten
+    /// times a move in the index). A zone is a fact about the map, not the
+    /// driver, so one left by a slot's earlier driver is still true.
+    zones: Vec<Option<(LatLng, f64)>>,
     outbox: Vec<ToShard>,
 }
 
@@ -144,7 +150,7 @@ impl Engine {
     pub fn with_territory(mut self, territory: Arc<dyn Territory>) -> Self {
         self.trips.ids_from(TripId::first_of(territory.shard()).0);
         self.offers.spread(territory.count(), territory.shard());
-        self.borders = Some(Borders { territory, strays: Vec::new(), outbox: Vec::new() });
+        self.borders = Some(Borders { territory, strays: Vec::new(), zones: Vec::new(), outbox: Vec::new() });
         self
     }
 
@@ -269,6 +275,16 @@ impl Engine {
         }
     }
 
+    /// A free driver moved to `at`: a stray unless still inside the zone
+    /// it was last found home in.
+    pub(super) fn moved_to(&mut self, key: DriverKey, at: LatLng) {
+        let Some(borders) = &mut self.borders else { return };
+        let home = borders.zones.get(key.0 as usize).copied().flatten();
+        if !home.is_some_and(|(centre, room_m)| centre.distance_m(at) < room_m) {
+            borders.strays.push(key);
+        }
+    }
+
     /// Hands every free driver outside this shard to the shard it is in.
     pub(super) fn hand_over_strays(&mut self) {
         let Some(borders) = &mut self.borders else { return };
@@ -283,8 +299,15 @@ impl Engine {
             let Some(position) = driver.position.filter(|_| driver.is_idle() && driver.session.is_some()) else {
                 continue;
             };
-            let shard = territory.shard_of(position);
+            let (shard, room_m) = territory.room(position);
             if shard == home {
+                if let Some(borders) = &mut self.borders {
+                    let slot = key.0 as usize;
+                    if borders.zones.len() <= slot {
+                        borders.zones.resize(slot + 1, None);
+                    }
+                    borders.zones[slot] = Some((position, room_m));
+                }
                 continue;
             }
             if let Some(card) = self.release(key) {

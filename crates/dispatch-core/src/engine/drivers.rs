@@ -312,7 +312,7 @@ impl Engine {
             self.queue.moved();
         }
         if idle {
-            self.stray(key);
+            self.moved_to(key, ping.position);
         }
         // The trip is looked up only when its riders are due an update;
         // a change of the trip shows the newest position anyway.
