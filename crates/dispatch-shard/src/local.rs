@@ -13,13 +13,17 @@
 //! - a fleet's hello and goodbye to every shard;
 //! - questions about drivers near a point to the shards the radius
 //!   touches, merged.
+//!
+//! Each shard's trip log is kept folded (the latest record of each trip
+//! the engine still keeps), so a shard can be moved: its engine rebuilt
+//! from its log alone, as a node taking over a dead node's shard does.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use dispatch_core::engine::{
-    Config, DriverHello, FleetDriverUpdate, Nearby, NearbyQuery, Ping, RideRequest, RideTaken, SessionStart, Stats,
-    ToShard,
+    Config, DriverHello, FleetDriverUpdate, LogRecord, Nearby, NearbyQuery, Ping, RideRequest, RideTaken, SessionStart,
+    Stats, ToShard, TripRecord,
 };
 use dispatch_core::error::EngineError;
 use dispatch_core::geo::MAX_DISTANCE_M;
@@ -43,7 +47,13 @@ enum Speaker {
 /// docs).
 pub struct LocalShards {
     map: ShardMap,
+    config: Config,
     engines: Vec<Engine>,
+    /// Each shard's trip log, folded: the latest record of every trip.
+    logs: Vec<HashMap<TripId, TripRecord>>,
+    /// Shard moves so far: each rebuilt engine's offer ids start past the
+    /// last one's.
+    moves: u64,
     /// Which engine holds each driver it knows of.
     directory: HashMap<DriverId, Shard>,
     sessions: HashMap<SessionId, Speaker>,
@@ -58,7 +68,17 @@ impl LocalShards {
     pub fn new(config: &Config, map: ShardMap) -> Self {
         let engines =
             map.all().map(|shard| Engine::new(config.clone()).with_territory(Arc::new(Home { map, shard }))).collect();
-        Self { map, engines, directory: HashMap::new(), sessions: HashMap::new(), effects: Vec::new(), carried: [0; 3] }
+        Self {
+            map,
+            config: config.clone(),
+            logs: vec![HashMap::new(); usize::from(map.count())],
+            moves: 0,
+            engines,
+            directory: HashMap::new(),
+            sessions: HashMap::new(),
+            effects: Vec::new(),
+            carried: [0; 3],
+        }
     }
 
     /// The engine of `shard`.
@@ -262,6 +282,51 @@ impl LocalShards {
         total
     }
 
+    /// Moves `shard` as a node's death moves it: its engine is rebuilt from
+    /// its trip log alone. Its trips come back (those searching search
+    /// again; drivers on trips wait, detached, for their apps); its other
+    /// drivers are gone, and the sessions of drivers' apps it held end, to
+    /// be opened again. Fleets' sessions are opened on the new engine, as
+    /// the front does for every fleet it serves. Answers the sessions
+    /// ended.
+    pub fn move_shard(&mut self, now: Timestamp, shard: Shard) -> Vec<SessionId> {
+        let Some(slot) = self.engines.get_mut(usize::from(shard)) else { return Vec::new() };
+        self.moves += 1;
+        let records: Vec<TripRecord> = self.logs[usize::from(shard)].values().cloned().collect();
+        let first_offer = self.moves.saturating_mul(1_000_000_000).saturating_add(1);
+        let engine = Engine::restore(self.config.clone(), now, records, 1, first_offer)
+            .with_territory(Arc::new(Home { map: self.map, shard: ShardId(shard) }));
+        *slot = engine;
+        let held: HashSet<DriverId> = self.engines[usize::from(shard)].driver_ids().cloned().collect();
+        self.directory.retain(|id, s| *s != shard || held.contains(id));
+        for id in held {
+            self.directory.insert(id, shard);
+        }
+        let mut ended = Vec::new();
+        let directory = &self.directory;
+        self.sessions.retain(|session, speaker| match speaker {
+            Speaker::Driver(id) if directory.get(id).is_none_or(|&s| s == shard) => {
+                ended.push(*session);
+                false
+            }
+            _ => true,
+        });
+        let fleets: Vec<(SessionId, FleetId)> = self
+            .sessions
+            .iter()
+            .filter_map(|(s, speaker)| match speaker {
+                Speaker::Fleet(f) => Some((*s, f.clone())),
+                Speaker::Driver(_) => None,
+            })
+            .collect();
+        for (session, fleet) in fleets {
+            self.engines[usize::from(shard)].connect_fleet(session, fleet);
+        }
+        ended.sort_unstable();
+        self.settle(now);
+        ended
+    }
+
     /// Each engine's invariants, then those between engines: every driver
     /// is held by one engine, the one the directory names, and a driver's
     /// trip is held by the engine holding the driver.
@@ -297,6 +362,18 @@ impl LocalShards {
                 return Err(format!("the directory names shard {shard} for {id}, which does not hold it"));
             }
         }
+        // One trip per driver across every shard (a ride queued behind
+        // one in progress, by forward dispatch, aside).
+        let mut riding: HashMap<&DriverId, TripId> = HashMap::new();
+        for engine in &self.engines {
+            for trip in engine.open_trips().filter(|t| t.status.has_driver() && !t.queued) {
+                if let Some(driver) = &trip.driver
+                    && let Some(other) = riding.insert(driver, trip.id)
+                {
+                    return Err(format!("driver {driver} has trips {other} and {} in two shards", trip.id));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -323,7 +400,12 @@ impl LocalShards {
             let mut mail = Vec::new();
             for (shard, engine) in self.engines.iter_mut().enumerate() {
                 engine.tick(now);
-                self.effects.extend(engine.drain_effects());
+                for effect in engine.drain_effects() {
+                    if let Effect::Persist(record) = &effect {
+                        fold(&mut self.logs[shard], record.clone());
+                    }
+                    self.effects.push(effect);
+                }
                 mail.extend(engine.drain_to_shards().into_iter().map(|m| (shard as Shard, m)));
             }
             if mail.is_empty() {
@@ -356,6 +438,11 @@ impl LocalShards {
                 // one driver; the invariants check catches it.
                 let _ = self.engines[usize::from(from)].claimed(now, trip, card);
             }
+            ToShard::Gone { driver } => {
+                if self.directory.get(&driver) == Some(&from) {
+                    self.directory.remove(&driver);
+                }
+            }
             ToShard::HandOver { card, shard } => {
                 self.carried[2] += 1;
                 let id = card.id.clone();
@@ -363,6 +450,23 @@ impl LocalShards {
                     self.directory.insert(id, shard);
                 }
             }
+        }
+    }
+}
+
+/// Adds `record` to a folded log (see [`LogRecord::fold`]).
+fn fold(log: &mut HashMap<TripId, TripRecord>, record: LogRecord) {
+    match record {
+        LogRecord::Trip(trip) => {
+            log.insert(trip.trip.id, trip);
+        }
+        LogRecord::Tried { trip, driver } => {
+            if let Some(record) = log.get_mut(&trip) {
+                record.tried.push(driver);
+            }
+        }
+        LogRecord::Forget(trip) => {
+            log.remove(&trip);
         }
     }
 }

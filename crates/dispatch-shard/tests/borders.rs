@@ -118,6 +118,7 @@ impl ByHand {
                 self.engine(from).claimed(now, trip, card).unwrap_or_else(|e| panic!("{e}"));
             }
             ToShard::HandOver { card, shard } => self.engine(shard).adopt(*card).unwrap_or_else(|e| panic!("{e}")),
+            ToShard::Gone { .. } => {}
         }
     }
 

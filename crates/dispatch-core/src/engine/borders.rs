@@ -123,6 +123,12 @@ pub enum ToShard {
         /// Where it goes.
         shard: Shard,
     },
+    /// This engine forgot `driver` (nobody speaks for it and it has no
+    /// trip): whoever keeps track of where drivers are may forget it too.
+    Gone {
+        /// Who.
+        driver: DriverId,
+    },
 }
 
 /// An engine's part in geo-sharding: its territory, and what it has yet
@@ -264,8 +270,15 @@ impl Engine {
             answers: d.answers,
         };
         self.sessions.detach(session, key);
-        self.forget_driver(key);
+        self.remove_driver(key);
         Some(card)
+    }
+
+    /// Says that this engine forgot `driver`.
+    pub(super) fn gone(&mut self, driver: DriverId) {
+        if self.borders.is_some() {
+            self.post(ToShard::Gone { driver });
+        }
     }
 
     /// Notes that `key` may be a free driver outside this shard.

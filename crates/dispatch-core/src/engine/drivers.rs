@@ -267,9 +267,17 @@ impl Engine {
         self.drivers.insert(Driver::new(id, session))
     }
 
+    /// The driver is gone: nobody speaks for it and it has no trip.
     pub(super) fn forget_driver(&mut self, key: DriverKey) {
+        if let Some(driver) = self.remove_driver(key) {
+            self.gone(driver.id);
+        }
+    }
+
+    /// Takes the driver out of every table.
+    pub(super) fn remove_driver(&mut self, key: DriverKey) -> Option<Driver> {
         self.forward.remove(key);
-        self.drivers.remove(key);
+        self.drivers.remove(key)
     }
 
     fn set_available(&mut self, now: Timestamp, key: DriverKey, available: bool) {
