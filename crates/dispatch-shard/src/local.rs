@@ -22,8 +22,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use dispatch_core::engine::{
-    Config, DriverHello, FleetDriverUpdate, LogRecord, Nearby, NearbyQuery, Ping, RideRequest, RideTaken, SessionStart,
-    Stats, ToShard, TripRecord,
+    Config, DriverHello, FleetDriverUpdate, Nearby, NearbyQuery, Ping, RideRequest, RideTaken, SessionStart, Stats,
+    ToShard, TripRecord,
 };
 use dispatch_core::error::EngineError;
 use dispatch_core::geo::MAX_DISTANCE_M;
@@ -402,7 +402,7 @@ impl LocalShards {
                 engine.tick(now);
                 for effect in engine.drain_effects() {
                     if let Effect::Persist(record) = &effect {
-                        fold(&mut self.logs[shard], record.clone());
+                        record.clone().fold_into(&mut self.logs[shard]);
                     }
                     self.effects.push(effect);
                 }
@@ -450,23 +450,6 @@ impl LocalShards {
                     self.directory.insert(id, shard);
                 }
             }
-        }
-    }
-}
-
-/// Adds `record` to a folded log (see [`LogRecord::fold`]).
-fn fold(log: &mut HashMap<TripId, TripRecord>, record: LogRecord) {
-    match record {
-        LogRecord::Trip(trip) => {
-            log.insert(trip.trip.id, trip);
-        }
-        LogRecord::Tried { trip, driver } => {
-            if let Some(record) = log.get_mut(&trip) {
-                record.tried.push(driver);
-            }
-        }
-        LogRecord::Forget(trip) => {
-            log.remove(&trip);
         }
     }
 }

@@ -317,6 +317,25 @@ pub enum LogRecord {
 }
 
 impl LogRecord {
+    /// Adds this record to `latest`, the latest state of every trip so
+    /// far (see [`LogRecord::fold`]).
+    pub fn fold_into(self, latest: &mut std::collections::HashMap<TripId, TripRecord>) {
+        match self {
+            LogRecord::Trip(trip) => {
+                latest.insert(trip.trip.id, trip);
+            }
+            LogRecord::Tried { trip, driver } => {
+                // A driver is offered a trip once, so never twice here.
+                if let Some(record) = latest.get_mut(&trip) {
+                    record.tried.push(driver);
+                }
+            }
+            LogRecord::Forget(trip) => {
+                latest.remove(&trip);
+            }
+        }
+    }
+
     /// Folds records, oldest first, into the latest state of every trip:
     /// what a replay of the log gives [`crate::Engine::restore`]. A
     /// [`LogRecord::Tried`] for a trip with no whole record before it is
@@ -324,20 +343,7 @@ impl LogRecord {
     pub fn fold(records: impl IntoIterator<Item = LogRecord>) -> Vec<TripRecord> {
         let mut latest: std::collections::HashMap<TripId, TripRecord> = std::collections::HashMap::new();
         for record in records {
-            match record {
-                LogRecord::Trip(trip) => {
-                    latest.insert(trip.trip.id, trip);
-                }
-                LogRecord::Tried { trip, driver } => {
-                    // A driver is offered a trip once, so never twice here.
-                    if let Some(record) = latest.get_mut(&trip) {
-                        record.tried.push(driver);
-                    }
-                }
-                LogRecord::Forget(trip) => {
-                    latest.remove(&trip);
-                }
-            }
+            record.fold_into(&mut latest);
         }
         let mut records: Vec<TripRecord> = latest.into_values().collect();
         records.sort_by_key(|r| r.trip.id);
