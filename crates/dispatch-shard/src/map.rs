@@ -5,7 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use dispatch_core::geo::{EARTH_RADIUS_M, LatLng};
 use h3o::{CellIndex, Resolution};
 
-use crate::sphere::{angle, angle_to_arc};
+use crate::sphere::{angle, angle_to_arc, arc_within};
 use crate::{MAX_SHARDS, ShardError, ShardId};
 
 /// The H3 resolution of the cells dealt into shards: cells of about 250 km²
@@ -128,6 +128,7 @@ impl ShardMap {
             return None;
         }
         let p = point.to_unit();
+        let (cos_reach, sin_reach) = (reach.cos(), reach.sin());
         let home = self.cell_of(point);
         let mut found = vec![home];
         let mut seen: HashSet<CellIndex> = HashSet::from([home]);
@@ -142,7 +143,7 @@ impl ShardMap {
                     // to trace its edges.
                     continue;
                 }
-                if angle_to_cell(p, near) <= reach {
+                if cell_within(p, near, cos_reach, sin_reach) {
                     if found.len() == MOST_CELLS {
                         return None;
                     }
@@ -159,20 +160,61 @@ impl ShardMap {
 /// the cell, the angle to the cell; for one inside, how far it is from
 /// leaving it.
 fn angle_to_cell(p: [f64; 3], cell: CellIndex) -> f64 {
-    let boundary = cell.boundary();
-    let corners: Vec<[f64; 3]> = boundary.iter().map(|ll| unit(ll.lat_radians(), ll.lng_radians())).collect();
-    let mut best = f64::INFINITY;
-    for (i, &a) in corners.iter().enumerate() {
-        let b = corners[(i + 1) % corners.len()];
-        best = best.min(angle_to_arc(p, a, b));
-    }
-    best
+    with_shape(cell, |shape| {
+        let corners = &shape.corners;
+        (0..corners.len())
+            .map(|i| angle_to_arc(p, corners[i], corners[(i + 1) % corners.len()]))
+            .fold(f64::INFINITY, f64::min)
+    })
+}
+
+/// Whether an edge of `cell` (which `p` is outside) comes within the
+/// reach whose cosine and sine are given: the cell is within it.
+fn cell_within(p: [f64; 3], cell: CellIndex, cos_reach: f64, sin_reach: f64) -> bool {
+    with_shape(cell, |shape| {
+        let corners = &shape.corners;
+        (0..corners.len()).any(|i| arc_within(p, corners[i], corners[(i + 1) % corners.len()], cos_reach, sin_reach))
+    })
 }
 
 /// A cell's centre as a unit vector.
 fn centre_of(cell: CellIndex) -> [f64; 3] {
-    let c = h3o::LatLng::from(cell);
-    unit(c.lat_radians(), c.lng_radians())
+    with_shape(cell, |shape| shape.centre)
+}
+
+/// A cell's centre and corners as unit vectors: what the searches test
+/// against, worked out once per cell (H3 computes a boundary with a dozen
+/// sines and arctangents).
+struct Shape {
+    centre: [f64; 3],
+    corners: Vec<[f64; 3]>,
+}
+
+/// The most cell shapes a thread keeps; past it they are worked out
+/// afresh (a city's searches touch a few dozen cells).
+const MOST_SHAPES: usize = 4_096;
+
+thread_local! {
+    static SHAPES: std::cell::RefCell<std::collections::HashMap<CellIndex, Shape>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Calls `f` with `cell`'s shape, kept per thread.
+fn with_shape<T>(cell: CellIndex, f: impl FnOnce(&Shape) -> T) -> T {
+    SHAPES.with(|shapes| {
+        let mut shapes = shapes.borrow_mut();
+        if shapes.len() >= MOST_SHAPES && !shapes.contains_key(&cell) {
+            shapes.clear();
+        }
+        let shape = shapes.entry(cell).or_insert_with(|| {
+            let c = h3o::LatLng::from(cell);
+            Shape {
+                centre: unit(c.lat_radians(), c.lng_radians()),
+                corners: cell.boundary().iter().map(|ll| unit(ll.lat_radians(), ll.lng_radians())).collect(),
+            }
+        });
+        f(shape)
+    })
 }
 
 fn unit(lat: f64, lng: f64) -> [f64; 3] {

@@ -43,6 +43,30 @@ pub fn angle_to_arc(p: [f64; 3], a: [f64; 3], b: [f64; 3]) -> f64 {
     if between && dot(foot, foot) > 0.0 { off.abs().clamp(0.0, 1.0).asin().min(to_ends) } else { to_ends }
 }
 
+/// Whether the minor arc from `a` to `b` comes within the angle whose
+/// cosine and sine are `cos_reach` and `sin_reach` of `p` (all unit
+/// vectors): [`angle_to_arc`]`(p, a, b) <= reach` without inverse
+/// trigonometry, for the many tests a search makes against one reach.
+pub fn arc_within(p: [f64; 3], a: [f64; 3], b: [f64; 3], cos_reach: f64, sin_reach: f64) -> bool {
+    if dot(p, a) >= cos_reach || dot(p, b) >= cos_reach {
+        return true;
+    }
+    let n = cross(a, b);
+    let len = dot(n, n).sqrt();
+    if len < 1e-15 {
+        return false;
+    }
+    let n = [n[0] / len, n[1] / len, n[2] / len];
+    let off = dot(p, n);
+    if off.abs() > sin_reach {
+        return false;
+    }
+    // Within reach of the arc's great circle: of the arc itself if the
+    // foot lies between the ends (and on p's side of the sphere).
+    let foot = [p[0] - off * n[0], p[1] - off * n[1], p[2] - off * n[2]];
+    dot(cross(a, foot), n) >= 0.0 && dot(cross(foot, b), n) >= 0.0 && dot(foot, a) + dot(foot, b) > 0.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +91,18 @@ mod tests {
         // Beside the arc's far side (lng 190 is behind lng 0), still an end.
         let d = angle_to_arc(unit(0.0, -5.0), unit(0.0, 0.0), unit(0.0, 10.0));
         assert!((d - 5f64.to_radians()).abs() < 1e-12, "{d}");
+    }
+
+    #[test]
+    fn within_reach_agrees_with_the_angle() {
+        let (a, b) = (unit(37.0, 126.0), unit(37.4, 127.1));
+        for (lat, lng) in [(37.2, 126.5), (36.0, 125.0), (38.0, 128.0), (37.5, 126.0), (37.1, 127.5), (-37.2, -53.5)] {
+            let p = unit(lat, lng);
+            let d = angle_to_arc(p, a, b);
+            for reach in [d * 0.999, d * 1.001, 0.001, 0.01, 0.1, 1.0] {
+                assert_eq!(arc_within(p, a, b, reach.cos(), reach.sin()), d <= reach, "({lat}, {lng}) at {reach}");
+            }
+        }
     }
 
     #[test]
