@@ -421,6 +421,11 @@ impl FleetConn {
         self.tx.send(pb::FleetMessage { kind: Some(kind) }).await.unwrap_or_else(|e| panic!("send: {e}"));
     }
 
+    /// The sending side and the stream of events, apart.
+    pub fn into_parts(self) -> (mpsc::Sender<pb::FleetMessage>, Streaming<pb::DriverEvent>) {
+        (self.tx, self.events)
+    }
+
     pub async fn batch(&self, updates: Vec<pb::DriverUpdate>) {
         self.send(FleetMsg::Updates(pb::DriverUpdateBatch { updates })).await;
     }

@@ -15,4 +15,5 @@ mod operators;
 mod overload;
 mod rides;
 mod security;
+mod shards;
 mod shutdown;

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use dispatch_auth::Role;
 
 use crate::auth::{Gate, peer_of};
-use crate::engine_task::{Command, EngineHandle};
+use crate::engine_task::EngineHandle;
 use crate::status::input_status;
 
 /// The admin service: operators only.
@@ -37,7 +37,7 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::NearbyResponse>, Status> {
         self.admit(&request, "AdminService.NearbyDrivers")?;
         let query = NearbyQuery::try_from(request.get_ref()).map_err(|e| input_status(&e))?;
-        let nearby = self.engine.ask(|reply| Command::Nearby { query, reply }).await?;
+        let nearby = self.engine.nearby(query).await?;
         Ok(Response::new((&nearby).into()))
     }
 

@@ -69,6 +69,10 @@ pub struct ServerConfig {
     pub max_fleet_batch: usize,
     /// The trip log; `None` keeps nothing across restarts.
     pub trip_log: Option<TripLogConfig>,
+    /// Shards of the map, each with its own engine thread and trip log
+    /// (1 to 1,024; 1 is one engine for the whole map). Fixed when the
+    /// trip log's directory is made.
+    pub shards: u16,
     /// Rounds of engine output waiting for the trip log, at most; past
     /// that the engine waits for the disk.
     pub commit_queue: usize,
@@ -105,6 +109,7 @@ impl Default for ServerConfig {
             rider_queue: 256,
             max_fleet_batch: 10_000,
             trip_log: None,
+            shards: 1,
             commit_queue: 4_096,
             max_sessions: 1_000_000,
             max_message_bytes: 4 << 20,

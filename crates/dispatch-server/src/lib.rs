@@ -77,6 +77,10 @@ pub enum ServerError {
     /// The TLS certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The shard count cannot be used (out of range, or not the one the
+    /// data directory was made with).
+    #[error("shards: {0}")]
+    Shards(String),
     /// The trip log failed while serving; the server stopped.
     #[error("trip log failed while serving: {0}")]
     TripLogFailed(String),
@@ -263,7 +267,7 @@ where
         )
         .serve_with_incoming_shutdown(incoming, on_shutdown)
         .await?;
-    let _ = engine_stopped.await;
+    engine_stopped.wait().await;
     if let Some(cause) = fatal.borrow_and_update().clone() {
         return Err(ServerError::TripLogFailed(cause));
     }

@@ -35,7 +35,7 @@ impl Operator {
 
     /// What the map shows of a viewport.
     pub async fn map_view(&self, query: MapQuery) -> Result<MapView, Status> {
-        self.engine.ask(|reply| Command::Map { query, reply }).await
+        self.engine.map_view(query).await
     }
 
     /// One driver as the map shows it.

@@ -148,5 +148,5 @@ pub async fn serve<M>(
             }
         }
     }
-    let _ = engine.send(Command::SessionClosed { session }).await;
+    let _ = engine.send(Command::SessionClosed { session, driver: None }).await;
 }

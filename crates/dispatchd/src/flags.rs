@@ -194,6 +194,13 @@ pub struct Flags {
     /// Where durable state lives; created if missing.
     #[arg(long, env = "DISPATCH_DATA_DIR", default_value = "./data", help_heading = DURABILITY)]
     pub data_dir: PathBuf,
+    /// Shards of the map, each with its own engine thread and trip log
+    /// (`shard-K` in the data directory), from 1 to 1024: more than one
+    /// lets matching use more than one core. Fixed when the data directory
+    /// is made; a start with another count is refused. Single node only.
+    #[arg(long, env = "DISPATCH_SHARDS", default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=i64::from(dispatch_shard::MAX_SHARDS)), help_heading = DURABILITY)]
+    pub shards: u16,
     /// When the trip log reaches the disk: `always` (every commit waits for
     /// fdatasync) or `never` (the OS decides: survives a process crash, not
     /// a power cut; for tests and benchmarks only).
@@ -488,6 +495,7 @@ impl Flags {
         };
         log.compact_after_bytes = self.log_compact_after_bytes;
         config.trip_log = Some(log);
+        config.shards = self.shards;
         config.rate_limits = RateLimits {
             driver_updates_per_s: self.rate_driver_updates_per_s,
             rider_requests_per_min: self.rate_rider_requests_per_min,

@@ -96,6 +96,10 @@ pub async fn serve(flags: Flags) -> ExitCode {
     };
     let addr = listener.local_addr().map_or_else(|_| flags.listen.to_string(), |a| a.to_string());
     if !flags.cluster.is_empty() {
+        if flags.shards > 1 {
+            error!("--shards above 1 runs on one node; a cluster runs one shard for now");
+            return ExitCode::FAILURE;
+        }
         return run_cluster(&flags, config, listener, addr, signalled).await;
     }
     // The recorder goes in before the server starts, so the handles the

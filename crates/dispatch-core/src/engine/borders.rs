@@ -170,6 +170,11 @@ impl Engine {
         self.borders.as_mut().map(|b| std::mem::take(&mut b.outbox)).unwrap_or_default()
     }
 
+    /// Whether this engine holds `driver` now.
+    pub fn holds(&self, driver: &DriverId) -> bool {
+        self.drivers.key_of(driver).is_some()
+    }
+
     /// The drivers this engine holds now, by id.
     pub fn driver_ids(&self) -> impl Iterator<Item = &DriverId> {
         self.drivers.iter().map(|(_, d)| &d.id)

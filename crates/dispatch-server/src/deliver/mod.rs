@@ -73,6 +73,29 @@ struct SessionEntry {
     name: String,
 }
 
+/// The open sessions' senders, shared by every shard's delivery stage (a
+/// driver's events come from whichever shard holds it), and where sessions
+/// cut off for falling behind are told: every shard's engine task, since
+/// any may hold a driver the session speaks for.
+#[derive(Clone)]
+pub struct Sessions {
+    open: Arc<DashMap<SessionId, SessionEntry>>,
+    cut_off: Arc<[mpsc::UnboundedSender<SessionId>]>,
+}
+
+impl Sessions {
+    /// No session open yet; those cut off are told to `engines`.
+    pub fn new(engines: Vec<mpsc::UnboundedSender<SessionId>>) -> Self {
+        Self { open: Arc::default(), cut_off: Arc::from(engines) }
+    }
+
+    fn cut_off(&self, session: SessionId) {
+        for engine in self.cut_off.iter() {
+            let _ = engine.send(session);
+        }
+    }
+}
+
 /// The stage's state; lives on its thread.
 pub struct Deliverer {
     trips: Arc<DashMap<TripId, pb::Trip>>,
@@ -80,11 +103,10 @@ pub struct Deliverer {
     hot: Hot,
     /// Trip changes for operators watching.
     changes: broadcast::Sender<pb::Trip>,
-    /// Sessions this stage cut off for falling behind: the engine task must
-    /// close them (an offer out to one counts as declined).
-    cut_off: mpsc::UnboundedSender<SessionId>,
     privacy: Privacy,
-    sessions: HashMap<SessionId, SessionEntry>,
+    /// The open sessions; those this stage cuts off for falling behind the
+    /// engine tasks must close (an offer out to one counts as declined).
+    sessions: Sessions,
     riders: HashMap<TripId, Vec<RiderSender>>,
     awaiting_first_offer: HashMap<TripId, Marks>,
     /// When the group being delivered was flushed and committed.
@@ -117,7 +139,7 @@ impl Deliverer {
     pub fn new(
         trips: Arc<DashMap<TripId, pb::Trip>>,
         latency: Option<Latency>,
-        cut_off: mpsc::UnboundedSender<SessionId>,
+        sessions: Sessions,
         changes: broadcast::Sender<pb::Trip>,
         privacy: Privacy,
         delivered_shared: Arc<AtomicU64>,
@@ -129,8 +151,7 @@ impl Deliverer {
             latency,
             hot: Hot::register(),
             changes,
-            cut_off,
-            sessions: HashMap::new(),
+            sessions,
             riders: HashMap::new(),
             awaiting_first_offer: HashMap::new(),
             group: None,
@@ -226,7 +247,7 @@ impl Deliverer {
     fn deliver(&mut self, out: Delivery) {
         match out {
             Delivery::Open { session, sender, name, started } => {
-                self.sessions.insert(session, SessionEntry { sender, name });
+                self.sessions.open.insert(session, SessionEntry { sender, name });
                 let Started { driver, fleet, now, current_trip } = started;
                 let event = convert::session_started(driver.as_ref(), fleet.as_ref(), now, current_trip.as_ref());
                 self.send(session, event);
@@ -247,13 +268,13 @@ impl Deliverer {
                 self.send(session, pb::DriverEvent::from(&event));
             }
             Delivery::End { session, status } => {
-                if let Some(entry) = self.sessions.remove(&session) {
+                if let Some((_, entry)) = self.sessions.open.remove(&session) {
                     info!(%session, who = %entry.name, code = ?status.code(), "session ended by the server");
                     entry.sender.end(status);
                 }
             }
             Delivery::Closed(session) => {
-                self.sessions.remove(&session);
+                self.sessions.open.remove(&session);
             }
             Delivery::Rider(trip) => self.publish(&trip),
             Delivery::Watch { trip, rider, resume, marks } => {
@@ -289,20 +310,24 @@ impl Deliverer {
     /// passes here, so this is where the rider's id is left out of every
     /// trip they see (offers, trips, a resumed trip), unless configured.
     fn send(&mut self, session: SessionId, mut event: pb::DriverEvent) {
-        let Some(entry) = self.sessions.get(&session) else { return };
         if !self.privacy.drivers_see_rider_id {
             hide_rider(&mut event);
         }
-        match entry.sender.try_send(event) {
+        let sent = {
+            let Some(entry) = self.sessions.open.get(&session) else { return };
+            entry.sender.try_send(event)
+        };
+        match sent {
             Ok(()) => {}
             Err(SendError::Closed) => {
                 // The reader task reports the close; nothing to do twice.
             }
             Err(SendError::Full) => {
-                warn!(%session, who = %entry.name, "session fell too far behind; ending it");
-                entry.sender.end(Status::resource_exhausted("too many unread events; reconnect"));
-                self.sessions.remove(&session);
-                let _ = self.cut_off.send(session);
+                if let Some((_, entry)) = self.sessions.open.remove(&session) {
+                    warn!(%session, who = %entry.name, "session fell too far behind; ending it");
+                    entry.sender.end(Status::resource_exhausted("too many unread events; reconnect"));
+                    self.sessions.cut_off(session);
+                }
             }
         }
     }
@@ -357,9 +382,12 @@ impl Deliverer {
     }
 
     fn end_everything(&mut self, status: Status) {
-        info!(sessions = self.sessions.len(), riders = self.riders.len(), "ending every stream");
-        for (_, entry) in self.sessions.drain() {
-            entry.sender.end(status.clone());
+        info!(sessions = self.sessions.open.len(), riders = self.riders.len(), "ending every stream");
+        let open: Vec<SessionId> = self.sessions.open.iter().map(|e| *e.key()).collect();
+        for session in open {
+            if let Some((_, entry)) = self.sessions.open.remove(&session) {
+                entry.sender.end(status.clone());
+            }
         }
         for (_, riders) in self.riders.drain() {
             for w in riders {
@@ -407,7 +435,8 @@ mod tests {
         let (cut_off, _) = mpsc::unbounded_channel();
         let (changes, _) = broadcast::channel(1);
         let privacy = Privacy { hide_dropoff: ServiceSet::EMPTY, drivers_see_rider_id: false };
-        Deliverer::new(Arc::new(DashMap::new()), None, cut_off, changes, privacy, Arc::default(), Arc::default())
+        let (trips, sessions) = (Arc::new(DashMap::new()), Sessions::new(vec![cut_off]));
+        Deliverer::new(trips, None, sessions, changes, privacy, Arc::default(), Arc::default())
     }
 
     fn at(lat: f64) -> LatLng {
@@ -658,6 +687,10 @@ mod tests {
             stage.deliver(Delivery::Open { session, sender, name: format!("d{n}"), started });
             stage.deliver(Delivery::Closed(session));
         }
-        assert!(stage.sessions.is_empty(), "{} senders kept after their sessions closed", stage.sessions.len());
+        assert!(
+            stage.sessions.open.is_empty(),
+            "{} senders kept after their sessions closed",
+            stage.sessions.open.len()
+        );
     }
 }

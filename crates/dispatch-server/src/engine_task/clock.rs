@@ -23,11 +23,6 @@ impl Clock {
         Timestamp(self.start_unix_ms.saturating_add(elapsed))
     }
 
-    /// How long since the clock started.
-    pub(super) fn uptime(&self) -> std::time::Duration {
-        self.start.elapsed()
-    }
-
     pub(super) fn instant(&self, at: Timestamp) -> Instant {
         let ms = u64::try_from(at.since(Timestamp(self.start_unix_ms))).unwrap_or(0);
         self.start + std::time::Duration::from_millis(ms)

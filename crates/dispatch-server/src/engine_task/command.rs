@@ -2,7 +2,7 @@
 
 use dispatch_core::EngineError;
 use dispatch_core::engine::{
-    DriverHello, FleetDriverUpdate, MapDriver, MapQuery, MapView, Nearby, NearbyQuery, Ping, RideRequest,
+    DriverHello, FleetDriverUpdate, MapDriver, MapQuery, MapView, Nearby, NearbyQuery, Ping, RideRequest, Stats,
 };
 use dispatch_core::ids::{DriverId, FleetId, OfferId, RiderId, SessionId, TripId};
 use dispatch_core::trip::{Trip, TripStatus};
@@ -18,6 +18,9 @@ pub enum Command {
     DriverHello { session: SessionId, hello: DriverHello, sender: SessionSender },
     /// A fleet gateway said hello on a new stream.
     FleetHello { session: SessionId, fleet: FleetId, sender: SessionSender },
+    /// With several shards: open a fleet's session in a shard other than
+    /// the one answering its hello, before the hello is answered.
+    FleetJoin { session: SessionId, fleet: FleetId, reply: oneshot::Sender<()> },
     /// A driver's position.
     Ping { session: SessionId, ping: Ping },
     /// A driver goes on or off duty.
@@ -28,8 +31,9 @@ pub enum Command {
     OfferReply { session: SessionId, offer: OfferId, accept: bool },
     /// A driver moves its trip on; `driver` is set in a fleet session.
     Progress { session: SessionId, driver: Option<DriverId>, trip: TripId, status: TripStatus },
-    /// A stream ended.
-    SessionClosed { session: SessionId },
+    /// A stream ended; `driver` is the driver a driver's app spoke for
+    /// (set by the router, with several shards).
+    SessionClosed { session: SessionId, driver: Option<DriverId> },
     /// A rider asks for a ride (or re-attaches to one with the same key).
     RequestRide {
         request: RideRequest,
@@ -49,7 +53,7 @@ pub enum Command {
     /// An operator's nearby query.
     Nearby { query: NearbyQuery, reply: oneshot::Sender<Nearby> },
     /// An operator's stats query.
-    Stats { reply: oneshot::Sender<pb::Stats> },
+    Stats { reply: oneshot::Sender<Stats> },
     /// A trip the table of open trips does not hold: ended (the engine
     /// alone keeps ended trips), or too new to be durable yet. Answered
     /// once what came before is durable.

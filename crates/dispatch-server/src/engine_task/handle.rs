@@ -10,7 +10,12 @@ use dispatch_proto::pb;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
 
-use super::Command;
+use dispatch_core::engine::{MapQuery, MapView, Nearby, NearbyQuery, Stats};
+use dispatch_core::geo::MAX_DISTANCE_M;
+use dispatch_core::territory::Shard;
+use dispatch_shard::ShardId;
+
+use super::{Command, Routes, Speaker};
 
 /// How handlers reach the engine task. Cheap to clone.
 ///
@@ -21,8 +26,12 @@ use super::Command;
 /// when the engine cannot keep up it is the pings that are shed.
 #[derive(Clone)]
 pub struct EngineHandle {
-    pub(super) urgent: mpsc::Sender<Command>,
-    pub(super) bulk: mpsc::Sender<Command>,
+    /// Each shard's two queues (one shard without `--shards`).
+    pub(super) shards: Arc<[Queues]>,
+    /// With several shards, how commands find theirs (see `shards`).
+    pub(super) routes: Option<Arc<Routes>>,
+    /// When the server started, for `uptime_s`.
+    pub(super) started: std::time::Instant,
     /// Location updates dropped because too many were queued.
     pub(super) shed: Arc<AtomicU64>,
     /// Location updates queued and not yet applied: the real bound on the
@@ -47,6 +56,13 @@ pub struct EngineHandle {
     pub(super) latency: Option<crate::latency::Latency>,
 }
 
+/// One engine task's queues.
+#[derive(Clone)]
+pub struct Queues {
+    pub(super) urgent: mpsc::Sender<Command>,
+    pub(super) bulk: mpsc::Sender<Command>,
+}
+
 /// Counts one rider stream open while it lives.
 pub struct RiderStreamGuard(Arc<AtomicU64>);
 
@@ -68,15 +84,88 @@ impl EngineHandle {
     /// `RESOURCE_EXHAUSTED` when the queue is full. Only a session's close
     /// waits for room.
     pub async fn send(&self, command: Command) -> Result<bool, Status> {
+        let Some(routes) = &self.routes else { return self.send_to(0, command).await };
+        match command {
+            Command::FleetHello { session, fleet, sender } => {
+                routes.speakers.insert(session, Speaker::Fleet);
+                // Open in every other shard before the hello is answered,
+                // so its first batch finds the session wherever it goes.
+                for shard in 1..routes.count() as Shard {
+                    let fleet = fleet.clone();
+                    self.ask_shard(shard, |reply| Command::FleetJoin { session, fleet, reply }).await?;
+                }
+                self.send_to(0, Command::FleetHello { session, fleet, sender }).await
+            }
+            Command::FleetBatch { session, updates } => {
+                let mut split: Vec<Vec<_>> = vec![Vec::new(); routes.count()];
+                for update in updates {
+                    let shard = routes
+                        .holder(&update.driver)
+                        .unwrap_or_else(|| update.position.map_or(0, |fix| routes.map.shard_of(fix.position).0));
+                    split[usize::from(shard)].push(update);
+                }
+                let mut all = true;
+                for (shard, updates) in split.into_iter().enumerate().filter(|(_, u)| !u.is_empty()) {
+                    all &= self.send_to(shard as Shard, Command::FleetBatch { session, updates }).await?;
+                }
+                Ok(all)
+            }
+            Command::SessionClosed { session, .. } => match routes.speakers.remove(&session) {
+                Some((_, Speaker::Fleet)) => {
+                    for shard in 0..routes.count() as Shard {
+                        self.send_to(shard, Command::SessionClosed { session, driver: None }).await?;
+                    }
+                    Ok(true)
+                }
+                Some((_, Speaker::Driver { id, first })) => {
+                    let shard = routes.holder(&id).unwrap_or(first);
+                    self.send_to(shard, Command::SessionClosed { session, driver: Some(id) }).await
+                }
+                None => self.send_to(0, Command::SessionClosed { session, driver: None }).await,
+            },
+            Command::Shutdown => {
+                for shard in 0..routes.count() as Shard {
+                    self.send_to(shard, Command::Shutdown).await?;
+                }
+                Ok(true)
+            }
+            command => {
+                let shard = match &command {
+                    Command::DriverHello { session, hello, .. } => {
+                        let shard = routes
+                            .holder(&hello.driver)
+                            .unwrap_or_else(|| hello.position.map_or(0, |p| routes.map.shard_of(p).0));
+                        routes.speakers.insert(*session, Speaker::Driver { id: hello.driver.clone(), first: shard });
+                        shard
+                    }
+                    Command::Ping { session, .. } | Command::Availability { session, .. } => {
+                        routes.of_session(*session)
+                    }
+                    Command::OfferReply { offer, .. } => routes.named(offer.shard(routes.count() as u16)),
+                    Command::Progress { trip, .. } | Command::CancelRide { trip, .. } | Command::Trip { trip, .. } => {
+                        routes.named(trip.shard())
+                    }
+                    Command::RequestRide { request, .. } => routes.map.shard_of(request.pickup).0,
+                    Command::MapDriver { driver, .. } => routes.holder(driver).unwrap_or(0),
+                    _ => 0,
+                };
+                self.send_to(shard, command).await
+            }
+        }
+    }
+
+    /// Queues a command for one shard's engine task (see [`Self::send`]).
+    async fn send_to(&self, shard: Shard, command: Command) -> Result<bool, Status> {
         let closed = || Status::unavailable("the server is shutting down");
+        let Some(Queues { urgent, bulk }) = self.shards.get(usize::from(shard)) else { return Err(closed()) };
         if matches!(command, Command::SessionClosed { .. } | Command::Shutdown) {
             // Must get through, or the engine would keep a dead session.
-            return self.urgent.send(command).await.map(|()| true).map_err(|_| closed());
+            return urgent.send(command).await.map(|()| true).map_err(|_| closed());
         }
         if !command.is_bulk() {
             // A full queue means the engine is far behind: say so at once
             // rather than leave the caller waiting toward a timeout.
-            return match self.urgent.try_send(command) {
+            return match urgent.try_send(command) {
                 Ok(()) => Ok(true),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     Err(Status::resource_exhausted("the engine is overloaded; retry shortly"))
@@ -90,7 +179,7 @@ impl EngineHandle {
             self.shed.fetch_add(n, Ordering::Relaxed);
             return Ok(false);
         }
-        match self.bulk.try_send(command) {
+        match bulk.try_send(command) {
             Ok(()) => Ok(true),
             Err(e) => {
                 self.queued_updates.fetch_sub(n, Ordering::Relaxed);
@@ -110,6 +199,81 @@ impl EngineHandle {
         let (tx, rx) = oneshot::channel();
         self.send(command(tx)).await?;
         rx.await.map_err(|_| Status::unavailable("the server is shutting down"))
+    }
+
+    /// [`Self::ask`] of one shard.
+    async fn ask_shard<T>(
+        &self,
+        shard: Shard,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.send_to(shard, command(tx)).await?;
+        rx.await.map_err(|_| Status::unavailable("the server is shutting down"))
+    }
+
+    /// Asks every shard in `shards` the same question.
+    async fn ask_each<T>(
+        &self,
+        shards: impl Iterator<Item = Shard>,
+        command: impl Fn(oneshot::Sender<T>) -> Command,
+    ) -> Result<Vec<T>, Status> {
+        let mut waiting = Vec::new();
+        for shard in shards {
+            let (tx, rx) = oneshot::channel();
+            self.send_to(shard, command(tx)).await?;
+            waiting.push(rx);
+        }
+        let mut answers = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            answers.push(rx.await.map_err(|_| Status::unavailable("the server is shutting down"))?);
+        }
+        Ok(answers)
+    }
+
+    /// How many shards the engine runs.
+    fn shard_count(&self) -> Shard {
+        self.shards.len() as Shard
+    }
+
+    /// Drivers near a point: from every shard the radius touches, merged
+    /// nearest first (ties by id, as one engine orders them), exact within
+    /// the smallest radius any shard answered for.
+    pub async fn nearby(&self, query: NearbyQuery) -> Result<Nearby, Status> {
+        let Some(routes) = &self.routes else {
+            return self.ask(|reply| Command::Nearby { query, reply }).await;
+        };
+        let radius = query.radius_m.unwrap_or(MAX_DISTANCE_M);
+        let touched = routes.map.shards_within(query.center, radius).into_iter().map(|ShardId(s)| s);
+        let answers = self.ask_each(touched, |reply| Command::Nearby { query: query.clone(), reply }).await?;
+        let mut exact_within_m = radius;
+        let mut drivers = Vec::new();
+        for answer in answers {
+            exact_within_m = exact_within_m.min(answer.exact_within_m);
+            drivers.extend(answer.drivers);
+        }
+        drivers.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then_with(|| a.driver.cmp(&b.driver)));
+        drivers.retain(|d| d.distance_m <= exact_within_m);
+        drivers.truncate(query.limit);
+        Ok(Nearby { drivers, exact_within_m })
+    }
+
+    /// What the operators' map shows of a viewport, from every shard: each
+    /// driver when all shards together have at most `max_drivers` in view,
+    /// else the cells of all, asked again.
+    pub async fn map_view(&self, query: MapQuery) -> Result<MapView, Status> {
+        let ask = |query: MapQuery| {
+            self.ask_each(0..self.shard_count(), move |reply| Command::Map { query: query.clone(), reply })
+        };
+        let views = ask(query.clone()).await?;
+        if views.len() == 1 {
+            return Ok(views.into_iter().next().unwrap_or_default());
+        }
+        let drivers: usize = views.iter().map(|v| v.drivers.len()).sum();
+        if views.iter().all(|v| v.cells.is_empty()) && drivers <= query.max_drivers {
+            return Ok(merge_views(views));
+        }
+        Ok(merge_views(ask(MapQuery { max_drivers: 0, ..query }).await?))
     }
 
     /// A new session id.
@@ -141,8 +305,21 @@ impl EngineHandle {
     /// The engine's counts, with what only the shell knows: queue depths
     /// and riders following.
     pub async fn stats(&self) -> Result<pb::Stats, Status> {
-        let mut stats = self.ask(|reply| Command::Stats { reply }).await?;
-        stats.queue_urgent = (self.urgent.max_capacity() - self.urgent.capacity()) as u64;
+        let each = self.ask_each(0..self.shard_count(), |reply| Command::Stats { reply }).await?;
+        let fleets = each.first().map_or(0, |s| s.fleet_sessions);
+        let mut total = Stats::default();
+        for stats in each {
+            total.add(stats);
+        }
+        // Every fleet's session is open in every shard.
+        total.fleet_sessions = fleets;
+        let mut stats = pb::Stats::from(&total);
+        if let Some(latency) = &self.latency {
+            latency.fill(&mut stats);
+        }
+        stats.uptime_s = self.started.elapsed().as_secs();
+        stats.location_updates_shed = self.shed.load(Ordering::Relaxed);
+        stats.queue_urgent = self.shards.iter().map(|q| (q.urgent.max_capacity() - q.urgent.capacity()) as u64).sum();
         stats.queue_locations = self.queued_updates.load(Ordering::Relaxed);
         stats.rider_streams = self.rider_streams.load(Ordering::Relaxed);
         stats.trip_watchers = self.changes.receiver_count() as u64;
@@ -159,4 +336,34 @@ impl EngineHandle {
         self.rider_streams.fetch_add(1, Ordering::Relaxed);
         RiderStreamGuard(self.rider_streams.clone())
     }
+}
+
+/// One view of the map from many shards' views of the same viewport:
+/// drivers, trips and counts put together, the counts of a cell (the same
+/// grid in every shard) added up.
+fn merge_views(views: Vec<MapView>) -> MapView {
+    let mut merged = MapView::default();
+    let mut cells: std::collections::BTreeMap<(u64, u64), dispatch_core::engine::MapCell> = Default::default();
+    for view in views {
+        merged.drivers.extend(view.drivers);
+        merged.trips.extend(view.trips);
+        merged.drivers_in_view += view.drivers_in_view;
+        merged.waiting_in_view += view.waiting_in_view;
+        merged.cell_deg = merged.cell_deg.max(view.cell_deg);
+        for cell in view.cells {
+            let key = (cell.south_west.0.to_bits(), cell.south_west.1.to_bits());
+            match cells.entry(key) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(cell);
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    for (sum, n) in e.get_mut().counts.iter_mut().zip(cell.counts) {
+                        *sum = sum.saturating_add(n);
+                    }
+                }
+            }
+        }
+    }
+    merged.cells = cells.into_values().collect();
+    merged
 }

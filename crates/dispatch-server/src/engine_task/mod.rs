@@ -19,11 +19,13 @@ mod clock;
 mod command;
 mod handle;
 mod round;
+mod shards;
 mod spawn;
 
 pub use command::Command;
 pub use handle::EngineHandle;
 pub use round::{Delivery, Gates, Mailbox, Move, Round, Started};
+pub use shards::{Mail, Routes, Speaker};
 pub use spawn::{OpenedLog, Spawned, spawn};
 
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use std::time::Duration;
 
 use dispatch_core::engine::{Effect, FleetDriverUpdate, RideTaken, SessionEnd, SessionStart};
 use dispatch_core::ids::SessionId;
+use dispatch_core::territory::Shard;
 use dispatch_core::{Engine, EngineError};
 use dispatch_proto::pb;
 use tokio::sync::mpsc;
@@ -41,13 +44,20 @@ use tonic::Status;
 use tracing::{debug, info};
 
 use crate::deliver::Input;
-use crate::latency::{Latency, Marks};
+use crate::latency::Marks;
 use crate::status::engine_status;
 use crate::streams::SessionSender;
 use clock::Clock;
 
 struct EngineTask {
     engine: Engine,
+    /// Which shard of the map the engine holds (0 of 1 without shards).
+    shard: Shard,
+    /// With several shards: the routes between them, this shard's mail,
+    /// and the gathers waiting for answers (see `shards`).
+    routes: Option<Arc<Routes>>,
+    inbox: Option<mpsc::UnboundedReceiver<Mail>>,
+    gathering: shards::Tally,
     clock: Clock,
     /// What this round produced, for the commit stage.
     round: Round,
@@ -64,8 +74,6 @@ struct EngineTask {
     delivered: Arc<AtomicU64>,
     /// Sessions the delivery stage ended for falling behind.
     cut_off: mpsc::UnboundedReceiver<SessionId>,
-    latency: Option<Latency>,
-    shed: Arc<AtomicU64>,
     queued_updates: Arc<AtomicU64>,
     max_sessions: usize,
     /// The rest of a fleet batch being applied a slice at a time.
@@ -97,6 +105,7 @@ impl EngineTask {
             // a tick; wait only when both queues are empty.
             let mut took = false;
             let started = Instant::now();
+            self.take_mail();
             while let Ok(session) = self.cut_off.try_recv() {
                 took = true;
                 self.engine.close_session(self.clock.now(), session);
@@ -141,6 +150,7 @@ impl EngineTask {
                         None => break,
                     },
                     Some(session) = self.cut_off.recv() => self.engine.close_session(self.clock.now(), session),
+                    Some(mail) = shards::next_mail(&mut self.inbox) => self.on_mail(mail),
                     Some(command) = bulk.recv() => self.handle(command),
                     () = sleep_until(deadline) => {}
                 }
@@ -153,10 +163,40 @@ impl EngineTask {
     }
 
     fn handle(&mut self, command: Command) {
+        // Mail first: a driver handed over to this shard is adopted before
+        // a command about it.
+        self.take_mail();
+        self.handle_here(command);
+    }
+
+    /// The driver a command is about, if it must be held here, and whether
+    /// the command may bring it in (see `shards`).
+    fn driver_of(&self, command: &Command) -> Option<(dispatch_core::ids::DriverId, bool)> {
+        let routes = self.routes.as_ref()?;
+        match command {
+            Command::DriverHello { hello, .. } => Some((hello.driver.clone(), true)),
+            Command::Ping { session, .. } | Command::Availability { session, .. } => {
+                routes.driver_of(*session).map(|d| (d, false))
+            }
+            Command::SessionClosed { driver: Some(driver), .. } | Command::MapDriver { driver, .. } => {
+                Some((driver.clone(), false))
+            }
+            _ => None,
+        }
+    }
+
+    fn handle_here(&mut self, command: Command) {
         // What came before (a session cut off between commands) goes out
         // first, so the command's own deliveries follow it in order.
         self.carry_out();
         let now = self.clock.now();
+        let about = self.driver_of(&command);
+        if let Some((driver, creates)) = &about
+            && let Some(holder) = self.elsewhere(driver, *creates)
+        {
+            self.forward(holder, command);
+            return;
+        }
         if let Command::Ping { .. } = command {
             self.queued_updates.fetch_sub(1, Ordering::Relaxed);
         }
@@ -164,13 +204,24 @@ impl EngineTask {
             Command::DriverHello { session, hello, sender } => {
                 if self.engine.session_count() >= self.max_sessions {
                     sender.end(Status::resource_exhausted("too many open sessions; retry later"));
+                    self.tidy(&hello.driver);
                     return;
                 }
                 let name = hello.driver.to_string();
+                let driver = hello.driver.clone();
                 match self.engine.connect_driver(now, session, hello) {
                     Ok(start) => self.open(session, sender, name, start),
-                    Err(err) => sender.end(engine_status(&err)),
+                    Err(err) => {
+                        sender.end(engine_status(&err));
+                        self.tidy(&driver);
+                    }
                 }
+            }
+            Command::FleetJoin { session, fleet, reply } => {
+                // Another shard answers the hello; this one only opens the
+                // session for the fleet's drivers that come here.
+                self.engine.connect_fleet(session, fleet);
+                let _ = reply.send(());
             }
             Command::FleetHello { session, fleet, sender } => {
                 if self.engine.session_count() >= self.max_sessions {
@@ -190,8 +241,17 @@ impl EngineTask {
                 self.reject_on_error(session, "", result);
             }
             Command::FleetBatch { session, updates } => {
+                // An update forwarded from another shard may come while a
+                // batch is under way here: it is applied at once, whole.
+                let under_way = self.fleet_batch.take();
                 self.fleet_batch = Some((session, updates.into_iter()));
                 self.apply_fleet_slice();
+                if under_way.is_some() {
+                    while self.fleet_batch.is_some() {
+                        self.apply_fleet_slice();
+                    }
+                    self.fleet_batch = under_way;
+                }
             }
             Command::OfferReply { session, offer, accept } => {
                 let result = self.engine.offer_reply(now, session, offer, accept);
@@ -201,7 +261,7 @@ impl EngineTask {
                 let result = self.engine.trip_progress(now, session, driver.as_ref(), trip, status);
                 self.reject_on_error(session, driver.as_ref().map_or("", |d| d.as_str()), result);
             }
-            Command::SessionClosed { session } => {
+            Command::SessionClosed { session, .. } => {
                 self.engine.close_session(now, session);
                 self.carry_out();
                 self.hand(Delivery::Closed(session));
@@ -251,7 +311,7 @@ impl EngineTask {
                 let _ = reply.send(self.engine.nearby(&query));
             }
             Command::Stats { reply } => {
-                let _ = reply.send(self.stats());
+                let _ = reply.send(self.engine.stats());
             }
             Command::Map { query, reply } => {
                 let _ = reply.send(self.engine.map_view(&query));
@@ -270,11 +330,17 @@ impl EngineTask {
         let now = self.clock.now();
         let mut applied = 0;
         for update in updates.by_ref().take(FLEET_SLICE) {
+            if let Some(holder) = self.elsewhere(&update.driver, true) {
+                // Still counted as queued, until the holder applies it.
+                self.forward(holder, Command::FleetBatch { session, updates: vec![update] });
+                continue;
+            }
             applied += 1;
             let driver = update.driver.clone();
             let result = self.engine.fleet_update(now, session, update);
             if result.is_err() {
                 self.reject_on_error(session, driver.as_str(), result);
+                self.tidy(&driver);
             }
         }
         self.queued_updates.fetch_sub(applied, Ordering::Relaxed);
@@ -309,6 +375,15 @@ impl EngineTask {
     /// Moves what the engine produced into this round, in order:
     /// the one place the core's output becomes the shell's.
     fn carry_out(&mut self) {
+        loop {
+            self.carry_effects();
+            if !self.send_mail() {
+                return;
+            }
+        }
+    }
+
+    fn carry_effects(&mut self) {
         let Self { engine, round, gates, moves, .. } = self;
         for effect in engine.drain_effects() {
             let delivery = match effect {
@@ -371,16 +446,6 @@ impl EngineTask {
             self.round.flushed = Some(now);
             let _ = self.rounds.send(std::mem::take(&mut self.round));
         }
-    }
-
-    fn stats(&self) -> pb::Stats {
-        let mut stats = pb::Stats::from(&self.engine.stats());
-        if let Some(latency) = &self.latency {
-            latency.fill(&mut stats);
-        }
-        stats.uptime_s = self.clock.uptime().as_secs();
-        stats.location_updates_shed = self.shed.load(Ordering::Relaxed);
-        stats
     }
 
     fn shutdown(&mut self) {

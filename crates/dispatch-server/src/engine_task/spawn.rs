@@ -1,6 +1,6 @@
 //! Starting the engine: opening the trip log, rebuilding the engine from
 //! it on a blocking thread, and starting the engine task and the delivery
-//! stage.
+//! stage; with several shards, one of each per shard (see `shards`).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -8,19 +8,21 @@ use std::sync::mpsc as std_mpsc;
 
 use dashmap::DashMap;
 use dispatch_core::Engine;
+use dispatch_core::territory::Shard;
 use dispatch_proto::pb;
+use dispatch_shard::{Home, ShardId, ShardMap};
 use dispatch_store::{Recovered, TripLog, TripStore};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::ServerError;
 use crate::commit::Committer;
-use crate::config::ServerConfig;
-use crate::deliver::{Deliverer, Privacy};
+use crate::config::{ServerConfig, TripLogConfig};
+use crate::deliver::{Deliverer, Privacy, Sessions};
 
-use super::Round;
 use super::clock::Clock;
-use super::{EngineHandle, EngineTask};
+use super::handle::Queues;
+use super::{EngineHandle, EngineTask, Mail, Round, Routes};
 
 /// Offer ids of one boot start at `boot * OFFER_IDS_PER_BOOT`, so a reply to
 /// an offer from before a restart never matches a new one.
@@ -39,10 +41,27 @@ pub struct Spawned {
     pub handle: EngineHandle,
     /// Resolves once the engine, commit and delivery stages have stopped and the
     /// log is closed.
-    pub stopped: oneshot::Receiver<()>,
+    pub stopped: Stopped,
     /// Becomes `Some(cause)` if the trip log fails.
     pub fatal: watch::Receiver<Option<String>>,
 }
+
+/// Every shard's pipeline stopped.
+pub struct Stopped(Vec<oneshot::Receiver<()>>);
+
+impl Stopped {
+    /// Waits until every shard's engine, commit and delivery stages have
+    /// stopped and its log is closed.
+    pub async fn wait(self) {
+        for stopped in self.0 {
+            let _ = stopped.await;
+        }
+    }
+}
+
+/// The file in the data directory that says how many shards its trip logs
+/// are of.
+const SHARDS_FILE: &str = "shards";
 
 /// A trip log opened and read back by someone else (the cluster's
 /// replicated log), for [`spawn`] to start from.
@@ -53,70 +72,48 @@ pub struct OpenedLog {
     pub recovered: Recovered,
 }
 
-/// Opens the trip log (or takes `opened`) and rebuilds the engine from it, then starts the
-/// engine task on a thread of its own (with its own single-threaded
-/// runtime for timers, so the engine is never queued behind stream decoding
-/// on a shared worker), and the commit and delivery stages on two others. They end after
-/// [`Command::Shutdown`] or when every handle is dropped.
+/// Opens the trip log (or takes `opened`) and rebuilds the engine from it,
+/// then starts the engine task on a thread of its own (with its own
+/// single-threaded runtime for timers, so the engine is never queued behind
+/// stream decoding on a shared worker), and the commit and delivery stages
+/// on two others. With `config.shards` above 1, one engine, log, commit
+/// and delivery stage per shard, each log in a directory of its own. They
+/// end after [`Command::Shutdown`](super::Command::Shutdown) or when every
+/// handle is dropped.
 pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned, ServerError> {
-    let (urgent, urgent_rx) = mpsc::channel(config.command_queue.max(1));
-    // Bounded by `max_queued_updates`, counted in updates; the channel's
-    // own bound (in commands) only backs that up.
-    let (bulk, bulk_rx) = mpsc::channel(config.max_queued_updates.max(1));
+    let count = config.shards.max(1);
+    let map = ShardMap::new(u32::from(count)).map_err(|e| ServerError::Shards(e.to_string()))?;
+    let mut logs: Vec<Option<OpenedLog>> = match (opened, &config.trip_log) {
+        (Some(_), _) if count > 1 => {
+            return Err(ServerError::Shards(
+                "a cluster node runs one shard's log; --shards needs the local log".into(),
+            ));
+        }
+        (Some(opened), _) => vec![Some(opened)],
+        (None, Some(settings)) => open_logs(settings, count)?,
+        (None, None) => {
+            warn!("no trip log: trips will not survive a restart");
+            (0..count).map(|_| None).collect()
+        }
+    };
     // Many shards: each grows on its own, and growing moves every snapshot
     // in it while the delivery stage waits (64 shards of a million trips
     // move ~4 MB at a time instead of ~30).
     let trips = Arc::new(DashMap::with_shard_amount(64));
-    let shed = Arc::new(AtomicU64::new(0));
     // Watchers that fall this far behind skip ahead.
     let (changes, _) = tokio::sync::broadcast::channel(4_096);
-    let queued_updates = Arc::new(AtomicU64::new(0));
-    let clock = Clock::new();
-    let opened = match (opened, &config.trip_log) {
-        (Some(opened), _) => Some(opened),
-        (None, Some(settings)) => {
-            let (log, recovered) = TripLog::open(&settings.dir, settings.fsync, settings.compact_after_bytes)
-                .map_err(ServerError::TripLog)?;
-            Some(OpenedLog { store: Box::new(log), recovered })
-        }
-        (None, None) => None,
-    };
-    let (log, engine) = match opened {
-        Some(OpenedLog { mut store, recovered }) => {
-            let first_offer = recovered.boot.saturating_mul(OFFER_IDS_PER_BOOT).saturating_add(1);
-            let records = recovered.records.len();
-            let engine = Engine::restore(
-                config.engine.clone(),
-                clock.now(),
-                recovered.records,
-                recovered.next_trip,
-                first_offer,
-            );
-            store.retain(&mut |id| engine.keeps(id));
-            for trip in engine.open_trips() {
-                trips.insert(trip.id, pb::Trip::from(trip));
-            }
-            let stats = engine.stats();
-            info!(
-                records,
-                searching = stats.trips_searching,
-                with_driver = stats.trips_active,
-                open = trips.len(),
-                "trips recovered from the log"
-            );
-            (Some(store), engine)
-        }
-        None => {
-            warn!("no trip log: trips will not survive a restart");
-            (None, Engine::new(config.engine.clone()))
-        }
-    };
     let latency = crate::latency::Latency::new();
-    let handle = EngineHandle {
-        urgent,
-        bulk,
-        shed: shed.clone(),
-        queued_updates: queued_updates.clone(),
+    let (fatal_tx, fatal) = watch::channel(None);
+    let (cut_offs, cut_off_rxs): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+    let sessions = Sessions::new(cut_offs);
+    let (mail, inboxes): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel::<Mail>()).unzip();
+    let routes = (count > 1).then(|| Arc::new(Routes::new(map, mail)));
+    let mut handle = EngineHandle {
+        shards: Arc::from(Vec::new()),
+        routes: routes.clone(),
+        started: std::time::Instant::now(),
+        shed: Arc::new(AtomicU64::new(0)),
+        queued_updates: Arc::new(AtomicU64::new(0)),
         max_queued_updates: config.max_queued_updates as u64,
         next_session: Arc::new(AtomicU64::new(1)),
         trips: trips.clone(),
@@ -124,16 +121,138 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
         rider_streams: Arc::new(AtomicU64::new(0)),
         latency: latency.clone(),
     };
-    let (cut_off, cut_off_rx) = mpsc::unbounded_channel();
-    let (fatal_tx, fatal) = watch::channel(None);
-    let committer = Committer::new(log, latency.clone(), fatal_tx);
+    let mut queues = Vec::new();
+    let mut stopped = Vec::new();
+    let shared = Shared { config, trips, changes, latency, sessions, fatal: fatal_tx, handle: &handle };
+    for ((shard, cut_off_rx), inbox) in (0..count).zip(cut_off_rxs).zip(inboxes) {
+        let log = logs.get_mut(usize::from(shard)).and_then(Option::take);
+        let territory = (count > 1).then_some(Home { map, shard: ShardId(shard) });
+        let inbox = routes.as_ref().map(|_| inbox);
+        let (q, done) = spawn_shard(&shared, shard, territory, log, cut_off_rx, routes.clone(), inbox)?;
+        queues.push(q);
+        stopped.push(done);
+    }
+    handle.shards = Arc::from(queues);
+    Ok(Spawned { handle, stopped: Stopped(stopped), fatal })
+}
+
+/// What every shard's pipeline shares.
+struct Shared<'a> {
+    config: &'a ServerConfig,
+    trips: Arc<DashMap<dispatch_core::ids::TripId, pb::Trip>>,
+    changes: tokio::sync::broadcast::Sender<pb::Trip>,
+    latency: Option<crate::latency::Latency>,
+    sessions: Sessions,
+    fatal: watch::Sender<Option<String>>,
+    handle: &'a EngineHandle,
+}
+
+/// Opens the trip log of each of `count` shards: the directory itself for
+/// one, `shard-K` inside it for several. The directory says how many
+/// shards its logs are of, and another count is refused.
+fn open_logs(settings: &TripLogConfig, count: Shard) -> Result<Vec<Option<OpenedLog>>, ServerError> {
+    let dir = &settings.dir;
+    let io = |what: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| ServerError::TripLog(dispatch_store::StoreError::Io { what, path, source })
+    };
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let file = dir.join(SHARDS_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let made = text.trim().parse::<Shard>().map_err(|_| {
+                ServerError::Shards(format!("{} does not hold a shard count: {text:?}", file.display()))
+            })?;
+            if made != count {
+                return Err(ServerError::Shards(format!(
+                    "the data directory {} holds the trips of {made} shard(s), and the count is fixed when it is \
+                     made: start with --shards {made}, or use a new --data-dir",
+                    dir.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let used = std::fs::read_dir(dir).map_err(io("list", dir))?.next().is_some();
+            if used && count > 1 {
+                return Err(ServerError::Shards(format!(
+                    "the data directory {} holds the trips of one shard, and the count is fixed when it is made: \
+                     start with --shards 1, or use a new --data-dir",
+                    dir.display()
+                )));
+            }
+            std::fs::write(&file, format!("{count}\n")).map_err(io("write", &file))?;
+        }
+        Err(e) => return Err(io("read", &file)(e)),
+    }
+    (0..count)
+        .map(|shard| {
+            let dir = if count == 1 { dir.clone() } else { dir.join(format!("shard-{shard}")) };
+            let (log, recovered) =
+                TripLog::open(&dir, settings.fsync, settings.compact_after_bytes).map_err(ServerError::TripLog)?;
+            Ok(Some(OpenedLog { store: Box::new(log), recovered }))
+        })
+        .collect()
+}
+
+/// Starts one shard's pipeline: its engine rebuilt from `opened`, and the
+/// engine task, commit and delivery stages on threads of their own.
+fn spawn_shard(
+    shared: &Shared<'_>,
+    shard: Shard,
+    territory: Option<Home>,
+    opened: Option<OpenedLog>,
+    cut_off_rx: mpsc::UnboundedReceiver<dispatch_core::ids::SessionId>,
+    routes: Option<Arc<Routes>>,
+    inbox: Option<mpsc::UnboundedReceiver<Mail>>,
+) -> Result<(Queues, oneshot::Receiver<()>), ServerError> {
+    let config = shared.config;
+    let (urgent, urgent_rx) = mpsc::channel(config.command_queue.max(1));
+    // Bounded by `max_queued_updates`, counted in updates; the channel's
+    // own bound (in commands) only backs that up.
+    let (bulk, bulk_rx) = mpsc::channel(config.max_queued_updates.max(1));
+    let clock = Clock::new();
+    let with_territory = |engine: Engine| match territory {
+        Some(home) => engine.with_territory(Arc::new(home)),
+        None => engine,
+    };
+    let (log, engine) = match opened {
+        Some(OpenedLog { mut store, recovered }) => {
+            let first_offer = recovered.boot.saturating_mul(OFFER_IDS_PER_BOOT).saturating_add(1);
+            let records = recovered.records.len();
+            let engine = with_territory(Engine::restore(
+                config.engine.clone(),
+                clock.now(),
+                recovered.records,
+                recovered.next_trip,
+                first_offer,
+            ));
+            store.retain(&mut |id| engine.keeps(id));
+            let mut open = 0;
+            for trip in engine.open_trips() {
+                open += 1;
+                shared.trips.insert(trip.id, pb::Trip::from(trip));
+            }
+            let stats = engine.stats();
+            info!(
+                shard,
+                records,
+                searching = stats.trips_searching,
+                with_driver = stats.trips_active,
+                open,
+                "trips recovered from the log"
+            );
+            (Some(store), engine)
+        }
+        None => (None, with_territory(Engine::new(config.engine.clone()))),
+    };
+    let committer = Committer::new(log, shared.latency.clone(), shared.fatal.clone());
     let delivered = Arc::new(AtomicU64::new(0));
     let mailbox = Arc::new(super::Mailbox::default());
     let deliverer = Deliverer::new(
-        trips,
-        latency.clone(),
-        cut_off,
-        changes,
+        shared.trips.clone(),
+        shared.latency.clone(),
+        shared.sessions.clone(),
+        shared.changes.clone(),
         Privacy { hide_dropoff: config.offer_hides_dropoff, drivers_see_rider_id: config.drivers_see_rider_id },
         delivered.clone(),
         mailbox.clone(),
@@ -146,15 +265,19 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
     let (durable, durable_rx) = std_mpsc::sync_channel(DURABLE_GROUPS + MOVES_IN_FLIGHT);
     let deliver = durable.clone();
     let deliverer = std::thread::Builder::new()
-        .name("dispatch-deliver".into())
+        .name(format!("dispatch-deliver-{shard}"))
         .spawn(move || deliverer.run(durable_rx))
         .map_err(ServerError::Thread)?;
     let committer = std::thread::Builder::new()
-        .name("dispatch-commit".into())
+        .name(format!("dispatch-commit-{shard}"))
         .spawn(move || committer.run(rounds_rx, durable))
         .map_err(ServerError::Thread)?;
     let mut task = EngineTask {
         engine,
+        shard,
+        routes,
+        inbox,
+        gathering: Default::default(),
         clock,
         round: Round::default(),
         rounds,
@@ -164,9 +287,7 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
         gates: super::Gates::default(),
         delivered,
         cut_off: cut_off_rx,
-        latency,
-        shed,
-        queued_updates,
+        queued_updates: shared.handle.queued_updates.clone(),
         max_sessions: config.max_sessions,
         fleet_batch: None,
         last_flush: tokio::time::Instant::now(),
@@ -179,7 +300,7 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
     let (done, stopped) = oneshot::channel();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(ServerError::Thread)?;
     std::thread::Builder::new()
-        .name("dispatch-engine".into())
+        .name(format!("dispatch-engine-{shard}"))
         .spawn(move || {
             runtime.block_on(task.run(urgent_rx, bulk_rx));
             // The task is gone, and with it the sender: the commit stage
@@ -190,5 +311,5 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
             let _ = done.send(());
         })
         .map_err(ServerError::Thread)?;
-    Ok(Spawned { handle, stopped, fatal })
+    Ok((Queues { urgent, bulk }, stopped))
 }
