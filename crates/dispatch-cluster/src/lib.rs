@@ -269,7 +269,8 @@ async fn own(
         .await
         .map_err(|failed| format!("lease lost while reading the log back: {failed}"))?;
     let opened = OpenedLog { store: Box::new(store), recovered };
-    let server = Server::start_with_log(server.clone(), opened).await.map_err(|e| e.to_string())?;
+    let server = ServerConfig { node: config.node_id.clone(), ..server.clone() };
+    let server = Server::start_with_log(server, opened).await.map_err(|e| e.to_string())?;
     let (intake, connections) = mpsc::channel(1024);
     local.open(intake);
     // The side service stops when the engine does.

@@ -271,7 +271,31 @@
       ["offers expired", stats.offers.expired], ["updates shed", stats.location_updates_shed],
       ["fleets / drivers / riders", `${stats.sessions.fleet} / ${stats.sessions.driver} / ${stats.sessions.rider}`],
     ]);
+    shardsTable(stats.shards || [], now);
     sparkline();
+  }
+
+  // One row per shard of the map: who holds it, its drivers and open
+  // trips, and its rides per second since the last frame.
+  const escape = (text) =>
+    String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  function shardsTable(shards, now) {
+    const before = state.shards || {};
+    state.shards = {};
+    const body = shards.map((s) => {
+      const b = before[s.shard];
+      let perS = 0;
+      if (b && b.node === s.node && s.ride_requests >= b.requests) {
+        perS = (s.ride_requests - b.requests) / Math.max(1e-3, (now - b.t) / 1000);
+      }
+      state.shards[s.shard] = { t: now, requests: s.ride_requests, node: s.node };
+      return `<tr><td>${cell(s.shard)}</td><td>${escape(s.node || "this server")}</td>` +
+        `<td class="n">${cell(s.drivers_connected)}</td><td class="n">${cell(s.trips_open)}</td>` +
+        `<td class="n">${cell(Math.round(perS * 10) / 10)}</td></tr>`;
+    });
+    document.getElementById("shards-table").innerHTML =
+      `<tr><th>shard</th><th>node</th><th class="n">drivers</th><th class="n">trips</th><th class="n">rides/s</th></tr>` +
+      body.join("");
   }
 
   function sparkline() {

@@ -376,6 +376,8 @@ impl From<&Stats> for pb::Stats {
             last_minute: None,
             trip_watchers: 0,
             ride_requests: s.ride_requests,
+            // The server fills in its shards.
+            shards: Vec::new(),
         }
     }
 }

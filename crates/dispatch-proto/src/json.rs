@@ -63,5 +63,20 @@ pub fn stats(s: &pb::Stats) -> Value {
         "request_to_offer_last_minute".to_owned(),
         json!({ "count": minute.count, "p50_us": minute.p50_us, "p99_us": minute.p99_us, "max_us": minute.max_us }),
     );
+    let shards: Vec<Value> = s
+        .shards
+        .iter()
+        .map(|shard| {
+            json!({
+                "shard": shard.shard,
+                "node": shard.node,
+                "drivers_connected": shard.drivers_connected,
+                "trips_open": shard.trips_open,
+                "ride_requests": shard.ride_requests,
+                "location_updates": shard.location_updates,
+            })
+        })
+        .collect();
+    root.insert("shards".to_owned(), Value::Array(shards));
     Value::Object(root)
 }

@@ -73,6 +73,9 @@ pub struct ServerConfig {
     /// (1 to 1,024; 1 is one engine for the whole map). Fixed when the
     /// trip log's directory is made.
     pub shards: u16,
+    /// This node's name in a cluster, shown as the holder of its shards;
+    /// empty on a single node.
+    pub node: String,
     /// Rounds of engine output waiting for the trip log, at most; past
     /// that the engine waits for the disk.
     pub commit_queue: usize,
@@ -110,6 +113,7 @@ impl Default for ServerConfig {
             max_fleet_batch: 10_000,
             trip_log: None,
             shards: 1,
+            node: String::new(),
             commit_queue: 4_096,
             max_sessions: 1_000_000,
             max_message_bytes: 4 << 20,

@@ -1,7 +1,8 @@
 //! `dispatchctl`: a command-line client for dispatch, for operators and for
 //! trying the system out with no other tools.
 //!
-//! - `stats`, `nearby`, `trip`, `cancel`, `watch`: what operators ask;
+//! - `stats`, `shards`, `nearby`, `trip`, `cancel`, `watch`: what operators
+//!   ask;
 //! - `ride`: request a ride and follow it live;
 //! - `drive`: play a driver who takes rides, drives to the pickup and the
 //!   dropoff and reports progress, so that two terminals show a whole ride.
@@ -46,6 +47,14 @@ pub struct Cli {
 pub enum Command {
     /// The server's counters, as a table.
     Stats,
+    /// The shards of the map: which node holds each, its drivers and open
+    /// trips, and its rides and location updates per second, measured
+    /// between two looks `--over` apart.
+    Shards {
+        /// The time between the two looks.
+        #[arg(long, default_value = "1s", value_parser = dispatch_cli::Dur::positive)]
+        over: dispatch_cli::Dur,
+    },
     /// Drivers nearest a point.
     Nearby {
         /// `LAT,LNG`.
@@ -235,6 +244,17 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), CtlError>
             let stats =
                 client.answer(client.admin().get_stats(client.request(pb::GetStatsRequest {}))).await?.into_inner();
             show::stats(out, &stats, json)?;
+        }
+        Command::Shards { over } => {
+            let look = || async {
+                let mut admin = client.admin();
+                let stats = admin.get_stats(client.request(pb::GetStatsRequest {}));
+                Ok::<_, CtlError>(client.answer(stats).await?.into_inner())
+            };
+            let first = look().await?;
+            tokio::time::sleep(over.0).await;
+            let second = look().await?;
+            show::shards(out, &first, &second, over.0, json)?;
         }
         Command::Nearby { at, limit, radius_m, service, available } => {
             let request = pb::NearbyRequest {

@@ -54,6 +54,63 @@ pub fn stats(out: &mut (dyn Write + Send), s: &pb::Stats, as_json: bool) -> std:
     Ok(())
 }
 
+/// The shards, one line each, with rates from two looks `over` apart (a
+/// shard whose counts went down between them, its engine started again,
+/// counts from zero).
+pub fn shards(
+    out: &mut (dyn Write + Send),
+    first: &pb::Stats,
+    second: &pb::Stats,
+    over: std::time::Duration,
+    as_json: bool,
+) -> std::io::Result<()> {
+    let seconds = over.as_secs_f64().max(1e-3);
+    let rate = |now: u64, before: Option<u64>| {
+        let before = before.filter(|&b| b <= now).unwrap_or(0);
+        (now - before) as f64 / seconds
+    };
+    let rows: Vec<_> = second
+        .shards
+        .iter()
+        .map(|s| {
+            let before = first.shards.iter().find(|b| b.shard == s.shard && b.node == s.node);
+            let rides = rate(s.ride_requests, before.map(|b| b.ride_requests));
+            let updates = rate(s.location_updates, before.map(|b| b.location_updates));
+            (s, rides, updates)
+        })
+        .collect();
+    if as_json {
+        let shards: Vec<_> = rows
+            .iter()
+            .map(|(s, rides, updates)| {
+                json!({
+                    "shard": s.shard,
+                    "node": s.node,
+                    "drivers_connected": s.drivers_connected,
+                    "trips_open": s.trips_open,
+                    "rides_per_s": rides,
+                    "updates_per_s": updates,
+                })
+            })
+            .collect();
+        return writeln!(out, "{}", json!({ "shards": shards, "over_s": seconds }));
+    }
+    writeln!(
+        out,
+        "{:>5}  {:<20} {:>10} {:>10} {:>9} {:>11}",
+        "shard", "node", "drivers", "open trips", "rides/s", "updates/s"
+    )?;
+    for (s, rides, updates) in rows {
+        let node = if s.node.is_empty() { "this server" } else { s.node.as_str() };
+        writeln!(
+            out,
+            "{:>5}  {:<20} {:>10} {:>10} {:>9.1} {:>11.0}",
+            s.shard, node, s.drivers_connected, s.trips_open, rides, updates
+        )?;
+    }
+    Ok(())
+}
+
 /// Nearby drivers, nearest first.
 pub fn nearby(out: &mut (dyn Write + Send), n: &pb::NearbyResponse, as_json: bool) -> std::io::Result<()> {
     if as_json {
@@ -90,5 +147,40 @@ pub fn step(out: &mut (dyn Write + Send), what: &str, detail: serde_json::Value,
         serde_json::Value::Null => writeln!(out, "{what}"),
         serde_json::Value::String(s) => writeln!(out, "{what}: {s}"),
         other => writeln!(out, "{what}: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn look(rows: &[(u32, u64, u64)]) -> pb::Stats {
+        let shards = rows
+            .iter()
+            .map(|&(shard, ride_requests, location_updates)| pb::ShardStats {
+                shard,
+                ride_requests,
+                location_updates,
+                ..Default::default()
+            })
+            .collect();
+        pb::Stats { shards, ..Default::default() }
+    }
+
+    #[test]
+    fn a_shards_rates_are_what_it_counted_between_the_looks_over_the_time_between() {
+        let first = look(&[(0, 10, 1_000), (1, 5, 0)]);
+        // Shard 1's engine started again between the looks: from zero.
+        let second = look(&[(0, 30, 5_000), (1, 3, 600)]);
+        let mut out = Vec::new();
+        shards(&mut out, &first, &second, std::time::Duration::from_secs(2), true).unwrap_or_else(|e| panic!("{e}"));
+        let shown: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}"));
+        let rates: Vec<(f64, f64)> = shown["shards"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{shown}"))
+            .iter()
+            .map(|s| (s["rides_per_s"].as_f64().unwrap_or(-1.0), s["updates_per_s"].as_f64().unwrap_or(-1.0)))
+            .collect();
+        assert_eq!(rates, [(10.0, 2_000.0), (1.5, 300.0)]);
     }
 }

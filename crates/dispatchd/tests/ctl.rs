@@ -183,3 +183,45 @@ async fn completions_are_printed_for_each_shell() {
         assert!(script.contains("nearby") && script.contains("speed-kmh") && script.contains("timeout"), "{shell}");
     }
 }
+
+/// `dispatchctl shards` against `dispatchd --shards 4`: one line per
+/// shard, each driver and open trip counted in the shard of its position,
+/// and the rates measured between two looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatchctl_shards_shows_each_shard_with_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (child, addr) = common::start_in(dir.path(), &["--shards", "4"], &[]);
+    let child = common::Running(Some(child));
+    let target = format!("http://{addr}");
+    let map = dispatch_shard::ShardMap::new(4).unwrap_or_else(|e| panic!("{e}"));
+    let shard_of =
+        |lat, lng| map.shard_of(dispatch_core::geo::LatLng::new(lat, lng).unwrap_or_else(|e| panic!("{e}"))).0;
+    // A driver in Busan, a ride in Seoul that no driver is near.
+    let (busan, seoul) = ((35.1796, 129.0756), (37.5665, 126.9780));
+    let driver_target = target.clone();
+    let driver =
+        tokio::spawn(async move { ok(&driver_target, &["drive", "--id", "B1", "--at", "35.1796,129.0756"]).await });
+    let rider_target = target.clone();
+    let rider = tokio::spawn(async move { ok(&rider_target, &["ride", "--from", "37.5665,126.9780"]).await });
+    stats_until(&target, "the driver and the ride", |s| {
+        s["drivers"]["connected"] == 1 && s["trips_open"]["searching"] == 1
+    })
+    .await;
+    let shown = json(ok(&target, &["shards", "--over", "200ms", "--json"]).await.trim());
+    let rows = shown["shards"].as_array().unwrap_or_else(|| panic!("no shards in {shown}"));
+    assert_eq!(rows.len(), 4, "{shown}");
+    for (n, row) in rows.iter().enumerate() {
+        assert_eq!(row["shard"], n, "{shown}");
+        assert_eq!(row["node"], "", "{shown}");
+        let shard = n as u16;
+        assert_eq!(row["drivers_connected"], u64::from(shard == shard_of(busan.0, busan.1)), "{shown}");
+        assert_eq!(row["trips_open"], u64::from(shard == shard_of(seoul.0, seoul.1)), "{shown}");
+        assert!(row["rides_per_s"].as_f64().is_some_and(|r| r == 0.0), "no ride came between the looks: {shown}");
+    }
+    let table = ok(&target, &["shards", "--over", "50ms"]).await;
+    assert_eq!(table.lines().count(), 5, "{table}");
+    assert!(table.lines().nth(1).is_some_and(|l| l.contains("this server")), "{table}");
+    driver.abort();
+    rider.abort();
+    child.stop();
+}

@@ -326,7 +326,8 @@ async fn until(page: &chromiumoxide::Page, what: &str, expression: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_map_draws_cars_and_trips_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (child, addr, http) = common::start_with_http(&dir.path().join("data"), &[], &[]);
+    // Four shards: the map and the panel put every shard's part together.
+    let (child, addr, http) = common::start_with_http(&dir.path().join("data"), &["--shards", "4"], &[]);
     let child = common::Running(Some(child));
     // A small city: 40 cars around City Hall, one trip under way, one
     // rider waiting for a car that is not near enough.
@@ -371,6 +372,12 @@ async fn the_live_map_draws_cars_and_trips_in_a_real_browser() {
     // The flow panel shows the sessions as numbers (0 fleets, 41 driver
     // apps), and nothing on the page reads NaN or undefined.
     until(&page, "the sessions", "document.getElementById('flow-table').textContent.includes('0 / 41 / ')").await;
+    // One row per shard under a header, held by this server, whose
+    // drivers add up to every car.
+    let shards = "(() => { const rows = [...document.querySelectorAll('#shards-table tr')].slice(1); \
+        return rows.length === 4 && rows.every((r) => r.cells[1].textContent === 'this server') \
+        && rows.reduce((n, r) => n + Number(r.cells[2].textContent), 0) === 41; })()";
+    until(&page, "the shards", shards).await;
     let text = page.evaluate("document.body.innerText").await.ok().and_then(|v| v.into_value::<String>().ok());
     let text = text.unwrap_or_else(|| panic!("the page has no text"));
     assert!(!text.contains("NaN") && !text.contains("undefined"), "the page shows NaN or undefined:\n{text}");

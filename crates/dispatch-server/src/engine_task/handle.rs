@@ -32,6 +32,8 @@ pub struct EngineHandle {
     pub(super) routes: Option<Arc<Routes>>,
     /// When the server started, for `uptime_s`.
     pub(super) started: std::time::Instant,
+    /// This node's name, as the holder of its shards in `GetStats`.
+    pub(super) node: Arc<str>,
     /// Location updates dropped because too many were queued.
     pub(super) shed: Arc<AtomicU64>,
     /// Location updates queued and not yet applied: the real bound on the
@@ -308,12 +310,22 @@ impl EngineHandle {
         let each = self.ask_each(0..self.shard_count(), |reply| Command::Stats { reply }).await?;
         let fleets = each.first().map_or(0, |s| s.fleet_sessions);
         let mut total = Stats::default();
-        for stats in each {
+        let mut shards = Vec::with_capacity(each.len());
+        for (shard, stats) in each.into_iter().enumerate() {
+            shards.push(pb::ShardStats {
+                shard: shard as u32,
+                node: self.node.to_string(),
+                drivers_connected: stats.drivers_connected,
+                trips_open: stats.trips_searching + stats.trips_active,
+                ride_requests: stats.ride_requests,
+                location_updates: stats.location_updates,
+            });
             total.add(stats);
         }
         // Every fleet's session is open in every shard.
         total.fleet_sessions = fleets;
         let mut stats = pb::Stats::from(&total);
+        stats.shards = shards;
         if let Some(latency) = &self.latency {
             latency.fill(&mut stats);
         }

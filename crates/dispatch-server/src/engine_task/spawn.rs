@@ -112,6 +112,7 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
         shards: Arc::from(Vec::new()),
         routes: routes.clone(),
         started: std::time::Instant::now(),
+        node: Arc::from(config.node.as_str()),
         shed: Arc::new(AtomicU64::new(0)),
         queued_updates: Arc::new(AtomicU64::new(0)),
         max_queued_updates: config.max_queued_updates as u64,
