@@ -270,3 +270,31 @@ fn a_trip_waiting_at_a_border_gets_a_driver_who_comes_on_duty_across_it() {
     assert_eq!(offered.iter().map(|o| (o.0, o.1.as_str())).collect::<Vec<_>>(), vec![(trip, "late")]);
     shards.check_invariants().unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A pickup whose radius reaches across a border asks the other shard only
+/// when a driver there could be nearer than its own: with a driver of its
+/// shard close by, nobody is asked; with that driver taken, the other
+/// shard's driver wins through a gather and a claim.
+#[test]
+fn a_pickup_near_a_border_asks_across_only_when_a_driver_there_could_be_nearer() {
+    let map = map();
+    let (edge, a, b) = border(&map);
+    let mut shards = LocalShards::new(&Config::default(), map);
+    let now = Timestamp(1_000_000);
+    let pickup = east(edge, -400.0);
+    assert!(map.shards_within(pickup, 2_000.0).contains(&ShardId(b)), "the pickup's radius reaches shard {b}");
+    shards.connect_driver(now, SessionId(1), hello("near", east(pickup, -50.0))).unwrap_or_else(|e| panic!("{e}"));
+    shards.connect_driver(now, SessionId(2), hello("across", east(edge, 300.0))).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(shards.holder_of(&DriverId::new("across").unwrap_or_else(|e| panic!("{e}"))), Some(b));
+    shards.request_ride(now, request(1, pickup));
+    let offered = offers(&shards.drain_effects());
+    assert_eq!(offered.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(), ["near"]);
+    assert_eq!(shards.carried(), [0, 0, 0], "a pickup with a driver 50 m away asked another shard");
+    // With the near driver taken, the one across the border is the best.
+    shards.offer_reply(now, SessionId(1), offered[0].2, true).unwrap_or_else(|e| panic!("{e}"));
+    shards.request_ride(now, request(2, pickup));
+    let offered = offers(&shards.drain_effects());
+    assert!(offered.iter().any(|o| o.1 == "across"), "{offered:?}");
+    assert_eq!(shards.carried()[..2], [1, 1], "gathers and claims");
+    assert_eq!(shards.holder_of(&DriverId::new("across").unwrap_or_else(|e| panic!("{e}"))), Some(a));
+}

@@ -10,7 +10,9 @@
 //!   each shard it touches for its best candidates ([`Engine::candidates`],
 //!   read-only), merges them with its own exactly as one engine would rank
 //!   them all (by distance, then id; re-ranked by acceptance if that is
-//!   on), and picks.
+//!   on), and picks. Only the shards nearer than its own best candidates
+//!   are asked, since a driver beyond them cannot win: a pickup with
+//!   drivers close by asks nobody.
 //! - **Claim.** A chosen driver of another shard is claimed from its
 //!   engine ([`Engine::claim`]), which hands it over if it is still free to
 //!   take the ride, or refuses; a refusal sends the trip back to gather.
@@ -352,6 +354,29 @@ impl Engine {
             state.borders = Some(touched.into_iter().filter(|&s| s != home).collect());
         }
         state.borders.as_deref().map(<[Shard]>::to_vec).unwrap_or_default()
+    }
+
+    /// Of the shards `borders` a trip's radius reaches, those that could
+    /// hold one of its `pool` best drivers: the shards within the distance
+    /// of this shard's `pool`-th nearest offerable driver (all of
+    /// `borders` if this shard has fewer). A driver elsewhere is farther
+    /// than its shard's nearest edge, so the shards beyond that distance
+    /// cannot change the choice, and a pickup with drivers close by asks
+    /// nobody. The pickup's room (the distance within which every point is
+    /// in its shard) answers most cases without walking cells.
+    pub(super) fn shards_that_could_beat(&self, trip_id: TripId, borders: &[Shard], pool: usize) -> Vec<Shard> {
+        let (Some(state), Some(b)) = (self.trips.get(&trip_id), &self.borders) else { return borders.to_vec() };
+        let (pickup, radius_m) = (state.trip.pickup, state.radius_m);
+        let local = self.nearest_offerable(pickup, state.trip.service, radius_m, &state.tried, pool);
+        let reach = match local.last() {
+            Some(&(_, distance_m)) if local.len() >= pool => distance_m,
+            _ => return borders.to_vec(),
+        };
+        let (shard, room_m) = b.territory.room(pickup);
+        if shard == b.territory.shard() && reach < room_m {
+            return Vec::new();
+        }
+        b.territory.shards_within(pickup, reach).into_iter().filter(|s| borders.contains(s)).collect()
     }
 
     /// Starts a gather for a trip near a border (see the module docs).

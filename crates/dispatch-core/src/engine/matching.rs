@@ -122,8 +122,14 @@ impl Engine {
         if self.borders.is_some() {
             let borders = self.trip_borders(trip_id);
             if !borders.is_empty() {
-                self.gather(trip_id, borders, self.candidate_pool(want));
-                return;
+                // Only the shards nearer than this shard's own candidates
+                // can change the choice: usually none.
+                let pool = self.candidate_pool(want);
+                let touched = self.shards_that_could_beat(trip_id, &borders, pool);
+                if !touched.is_empty() {
+                    self.gather(trip_id, touched, pool);
+                    return;
+                }
             }
         }
         let Some(state) = self.trips.get(&trip_id) else { return };
