@@ -96,6 +96,9 @@ pub async fn serve<M>(
             let who = command.identity().unwrap_or_default();
             if let Err(status) = engine.send(command).await {
                 sender.end(status);
+                // The hello may have reached some shards (a fleet's opens
+                // in each) before one refused it: they forget it too.
+                let _ = engine.send(Command::SessionClosed { session, driver: None }).await;
                 return;
             }
             who
