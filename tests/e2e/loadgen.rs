@@ -38,6 +38,34 @@ async fn the_smoke_scenario_runs_clean() {
     assert!(stats.trips_completed > 0 && stats.offers_accepted >= report.assigned, "{stats:?}");
 }
 
+/// The smoke scenario against a server whose map is in sixteen shards:
+/// drivers' own sessions and fleets' drivers spread over several shards,
+/// rides matched and driven to the end, with no protocol error, every
+/// driver held once, and the shards' counts adding up to the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smoke_scenario_runs_clean_over_sixteen_shards() {
+    let server = TestServer::with(dispatch_server::ServerConfig { shards: 16, ..Default::default() }).await;
+    let config = Scenario::Smoke.config(format!("http://{}", server.addr));
+    let report = dispatch_loadgen::run(config, |_, _| {}).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.protocol_errors, 0, "{report:#?}");
+    assert!(report.errors.is_empty(), "{report:#?}");
+    assert_eq!(report.drivers_connected, 200, "{report:#?}");
+    assert!(report.match_rate > 0.9 && report.completed > 0, "{report:#?}");
+    let stats = server.stats().await;
+    assert_eq!(stats.shards.len(), 16, "{stats:?}");
+    let used = stats.shards.iter().filter(|s| s.drivers_connected > 0).count();
+    assert!(used >= 2, "the smoke city's drivers sit in {used} shard(s)");
+    let sum = |f: fn(&dispatch_proto::pb::ShardStats) -> u64| stats.shards.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|s| s.drivers_connected), stats.drivers_connected, "{stats:?}");
+    assert_eq!(sum(|s| s.trips_open), stats.trips_searching + stats.trips_active, "{stats:?}");
+    assert_eq!(sum(|s| s.ride_requests), stats.ride_requests, "{stats:?}");
+    // Every first offer is counted once more, by whether its trip asked
+    // across a border.
+    let count = |name: &str| report.server_stages.iter().find(|s| s.stage == name).map_or(0, |s| s.count);
+    assert!(count("queue") > 0, "{report:#?}");
+    assert_eq!(count("within_shard") + count("across_shards"), count("queue"), "{report:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smoke_scenario_runs_against_a_secured_server_with_minted_tokens() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

@@ -13,7 +13,10 @@
 //!
 //! Each has a histogram, as does their sum (`total`, the figure `GetStats`
 //! has always called the match latency) and every group commit on its own
-//! (`log_commit`, whether or not an offer waited on it). These histograms
+//! (`log_commit`, whether or not an offer waited on it). With shards, the
+//! sum is also kept apart for trips that asked no other shard
+//! (`within_shard`) and those that asked another before their first offer
+//! (`across_shards`): the cost of a border. These histograms
 //! are the one record of those latencies: `GetStats` reads its percentiles
 //! from them, and `/metrics` its two histograms
 //! ([`crate::meters::REQUEST_TO_OFFER`], [`crate::meters::LOG_COMMIT`]).
@@ -56,6 +59,10 @@ struct Histograms {
     stages: [Histogram<u64>; 5],
     total: Histogram<u64>,
     log_commit: Histogram<u64>,
+    /// With shards, `total` of trips that asked no other shard, and of
+    /// those that did.
+    within_shard: Histogram<u64>,
+    across_shards: Histogram<u64>,
     /// The total again, one histogram per second of the last minute
     /// (seconds since `epoch`), for what operators watch live.
     recent: VecDeque<(u64, Histogram<u64>)>,
@@ -94,14 +101,17 @@ impl Latency {
             stages,
             total: histogram()?,
             log_commit: histogram()?,
+            within_shard: histogram()?,
+            across_shards: histogram()?,
             recent: VecDeque::new(),
             epoch: Instant::now(),
         };
         Some(Self(Arc::new(Mutex::new(histograms))))
     }
 
-    /// A first offer left at `delivered`.
-    pub fn offer(&self, request: Marks, group: GroupMarks, delivered: Instant) {
+    /// A first offer left at `delivered`; `across`, with shards: whether
+    /// the trip asked another shard first.
+    pub fn offer(&self, request: Marks, group: GroupMarks, delivered: Instant, across: Option<bool>) {
         let points = [request.received, request.taken, group.flushed, group.commit_start, group.commit_end, delivered];
         if let Ok(mut h) = self.0.lock() {
             for (stage, pair) in points.windows(2).enumerate() {
@@ -109,6 +119,11 @@ impl Latency {
             }
             let total = micros(delivered.saturating_duration_since(request.received));
             h.total.saturating_record(total);
+            match across {
+                Some(true) => h.across_shards.saturating_record(total),
+                Some(false) => h.within_shard.saturating_record(total),
+                None => {}
+            }
             let second = delivered.saturating_duration_since(h.epoch).as_secs();
             if h.recent.back().is_none_or(|(s, _)| *s != second)
                 && let Some(fresh) = window_histogram()
@@ -164,7 +179,10 @@ impl Latency {
         }
         stats.match_latency_p50_us = h.total.value_at_quantile(0.5);
         stats.match_latency_p99_us = h.total.value_at_quantile(0.99);
-        let named = STAGES.iter().zip(&h.stages).chain(std::iter::once((&"log_commit", &h.log_commit)));
+        // The split by border only where there are borders.
+        let border = [(&"within_shard", &h.within_shard), (&"across_shards", &h.across_shards)];
+        let border = border.into_iter().filter(|_| h.within_shard.len() + h.across_shards.len() > 0);
+        let named = STAGES.iter().zip(&h.stages).chain(std::iter::once((&"log_commit", &h.log_commit))).chain(border);
         stats.match_stages = named
             .map(|(name, h)| pb::StageLatency {
                 stage: (*name).to_owned(),
@@ -206,13 +224,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn with_shards_offers_are_also_kept_by_whether_they_asked_across_a_border() {
+        let Some(latency) = Latency::new() else { panic!("histogram bounds refused") };
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let request = Marks { received: t0, taken: ms(1) };
+        let group = GroupMarks { flushed: ms(2), commit_start: ms(2), commit_end: ms(3) };
+        latency.offer(request, group, ms(4), Some(false));
+        latency.offer(request, group, ms(4), Some(false));
+        latency.offer(request, group, ms(9), Some(true));
+        let mut stats = pb::Stats::default();
+        latency.fill(&mut stats);
+        let split: Vec<_> =
+            stats.match_stages[6..].iter().map(|s| (s.stage.as_str(), s.count, s.p99_us / 1_000)).collect();
+        assert_eq!(split, [("within_shard", 2, 4), ("across_shards", 1, 9)]);
+        assert_eq!(stats.match_stages.iter().find(|s| s.stage == "queue").map(|s| s.count), Some(3));
+    }
+
+    #[test]
     fn each_stage_gets_its_own_share_and_the_total_their_sum() {
         let Some(latency) = Latency::new() else { panic!("histogram bounds refused") };
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let request = Marks { received: t0, taken: ms(1) };
         let group = GroupMarks { flushed: ms(3), commit_start: ms(6), commit_end: ms(10) };
-        latency.offer(request, group, ms(15));
+        latency.offer(request, group, ms(15), None);
         latency.commit(Duration::from_millis(4));
         let mut stats = pb::Stats::default();
         latency.fill(&mut stats);

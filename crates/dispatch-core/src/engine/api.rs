@@ -381,8 +381,15 @@ pub enum Effect {
         at: Timestamp,
     },
     /// A trip got its first offer (or, with auto-accept, its driver): the
-    /// caller measures request-to-offer latency from here.
-    FirstOffer(crate::ids::TripId),
+    /// caller measures request-to-offer latency from here. `across`, with
+    /// geo-shards: whether the trip asked another shard for drivers first
+    /// (`None` for an engine holding the whole map).
+    FirstOffer {
+        /// Which trip.
+        trip: crate::ids::TripId,
+        /// Whether it asked across a border.
+        across: Option<bool>,
+    },
     /// An ended trip passed its retention and was forgotten: `GetTrip`
     /// answers `NOT_FOUND` from now on.
     TripForgotten(crate::ids::TripId),

@@ -383,6 +383,7 @@ impl Engine {
     pub(super) fn gather(&mut self, trip_id: TripId, shards: Vec<Shard>, want: usize) {
         let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
         state.asking = true;
+        state.asked_across = true;
         let mut tried: Vec<DriverId> = state.tried.iter().cloned().collect();
         tried.sort_unstable();
         let query = CandidateQuery {

@@ -199,7 +199,9 @@ impl Engine {
         if let Some(mut state) = self.trips.get_mut(&trip_id)
             && !std::mem::replace(&mut state.offered_once, true)
         {
-            self.effects.push(Effect::FirstOffer(trip_id));
+            let across = self.borders.as_ref().map(|_| state.asked_across);
+            drop(state);
+            self.effects.push(Effect::FirstOffer { trip: trip_id, across });
         }
         if self.driver(key).auto_accept {
             self.stats.offers_accepted += 1;

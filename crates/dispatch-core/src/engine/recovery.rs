@@ -111,6 +111,7 @@ impl Engine {
                     offered_once: true,
                     borders: None,
                     asking: false,
+                    asked_across: false,
                     claims: 0,
                 },
             );

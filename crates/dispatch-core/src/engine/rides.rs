@@ -54,6 +54,7 @@ impl Engine {
                 offered_once: false,
                 borders: None,
                 asking: false,
+                asked_across: false,
                 claims: 0,
             },
         );

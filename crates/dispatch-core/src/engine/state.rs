@@ -149,6 +149,8 @@ pub(super) struct TripState {
     pub borders: Option<Box<[crate::territory::Shard]>>,
     /// A gather is out for the trip: it is not matched until it answers.
     pub asking: bool,
+    /// The trip asked another shard for drivers before its first offer.
+    pub asked_across: bool,
     /// Claims out for the trip's drivers in other shards.
     pub claims: u32,
 }

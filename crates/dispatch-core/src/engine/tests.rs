@@ -178,7 +178,7 @@ fn the_nearest_available_driver_gets_the_offer() {
     assert_eq!(rider_statuses(&effects), vec![TripStatus::Searching]);
     let (session, _, driver) = only_offer(&effects);
     assert_eq!((session, driver.as_str()), (near, "near"));
-    assert!(effects.contains(&Effect::FirstOffer(trip)));
+    assert!(effects.contains(&Effect::FirstOffer { trip, across: None }));
 }
 
 #[test]

@@ -291,11 +291,11 @@ impl Deliverer {
                     }
                 }
             }
-            Delivery::FirstOffer(trip) => {
+            Delivery::FirstOffer { trip, across } => {
                 if let (Some(marks), Some(group), Some(latency)) =
                     (self.awaiting_first_offer.remove(&trip), self.group, &self.latency)
                 {
-                    latency.offer(marks, group, Instant::now());
+                    latency.offer(marks, group, Instant::now(), across);
                 }
             }
             Delivery::Forget(trip) => {

@@ -397,7 +397,7 @@ impl EngineTask {
                     moves.push(gates.gate(trip, position, at));
                     continue;
                 }
-                Effect::FirstOffer(trip) => Delivery::FirstOffer(trip),
+                Effect::FirstOffer { trip, across } => Delivery::FirstOffer { trip, across },
                 Effect::TripForgotten(trip) => Delivery::Forget(trip),
                 Effect::EndSession { session, reason: SessionEnd::Replaced } => {
                     Delivery::End { session, status: Status::aborted("a newer session took over") }

@@ -35,8 +35,9 @@ pub enum Delivery {
     /// re-attaching; `marks` are when a new request arrived and was taken,
     /// to measure the time to its first offer.
     Watch { trip: TripId, rider: RiderSender, resume: Option<Trip>, marks: Option<Marks> },
-    /// A trip got its first offer.
-    FirstOffer(TripId),
+    /// A trip got its first offer; `across`: whether it asked another
+    /// shard first (with shards).
+    FirstOffer { trip: TripId, across: Option<bool> },
     /// A trip passed its retention.
     Forget(TripId),
     /// Answer a caller.
