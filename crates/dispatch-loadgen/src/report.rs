@@ -265,7 +265,7 @@ impl Report {
         for s in &self.server_stages {
             let (name, stage) =
                 if s.stage == "log_commit" { ("  every log commit", "") } else { ("  stage", &*s.stage) };
-            let value = format!("{stage:<12}p50 {} p99 {} max {} µs (n={})", s.p50_us, s.p99_us, s.max_us, s.count);
+            let value = format!("{stage:<13} p50 {} p99 {} max {} µs (n={})", s.p50_us, s.p99_us, s.max_us, s.count);
             rows.push((name, value));
         }
         rows.extend([

@@ -39,6 +39,15 @@ pub const ENGINE_ROUND: &str = "dispatch_engine_round_seconds";
 pub const LOG_COMMIT: &str = "dispatch_log_commit_seconds";
 /// Pickup distance at assignment.
 pub const PICKUP_DISTANCE: &str = "dispatch_pickup_distance_meters";
+/// Per shard of the map (label `shard`): drivers connected, open trips,
+/// and the shard's totals of ride requests and location updates.
+pub const SHARD_DRIVERS: &str = "dispatch_shard_drivers";
+/// See [`SHARD_DRIVERS`].
+pub const SHARD_TRIPS_OPEN: &str = "dispatch_shard_trips_open";
+/// See [`SHARD_DRIVERS`].
+pub const SHARD_RIDE_REQUESTS: &str = "dispatch_shard_ride_requests_total";
+/// See [`SHARD_DRIVERS`].
+pub const SHARD_LOCATION_UPDATES: &str = "dispatch_shard_location_updates_total";
 
 /// Bucket bounds for the latency histograms, in seconds: 50 µs to 10 s.
 pub const SECONDS_BUCKETS: &[f64] = &[
@@ -63,6 +72,10 @@ pub fn describe() {
     describe_histogram!(REQUEST_TO_ASSIGNED, metrics::Unit::Seconds, "From a ride request to a driver accepting it.");
     describe_histogram!(ENGINE_ROUND, metrics::Unit::Seconds, "One engine round that did some work.");
     describe_histogram!(PICKUP_DISTANCE, "Great-circle metres from the driver to the pickup at assignment.");
+    describe_gauge!(SHARD_DRIVERS, "Drivers connected, by shard of the map.");
+    describe_gauge!(SHARD_TRIPS_OPEN, "Trips open (searching or with a driver), by shard of the map.");
+    describe_counter!(SHARD_RIDE_REQUESTS, "Ride requests that made a trip, by shard of the map.");
+    describe_counter!(SHARD_LOCATION_UPDATES, "Location updates applied, by shard of the map.");
 }
 
 /// Sets the counts the engine keeps from one `GetStats` answer.
@@ -76,6 +89,13 @@ pub fn publish(stats: &pb::Stats) {
             (Kind::Gauge, None) => gauge!(family).set(value as f64),
             (Kind::Gauge, Some((key, name))) => gauge!(family, key => name).set(value as f64),
         }
+    }
+    for shard in &stats.shards {
+        let label = shard.shard.to_string();
+        gauge!(SHARD_DRIVERS, "shard" => label.clone()).set(shard.drivers_connected as f64);
+        gauge!(SHARD_TRIPS_OPEN, "shard" => label.clone()).set(shard.trips_open as f64);
+        counter!(SHARD_RIDE_REQUESTS, "shard" => label.clone()).absolute(shard.ride_requests);
+        counter!(SHARD_LOCATION_UPDATES, "shard" => label).absolute(shard.location_updates);
     }
 }
 

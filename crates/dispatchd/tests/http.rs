@@ -154,6 +154,9 @@ async fn metrics_are_named_described_and_move_with_traffic() {
         ("dispatch_request_to_assigned_seconds_count", 1.0),
         ("dispatch_pickup_distance_meters_count", 1.0),
         ("dispatch_grpc_requests_total{service=\"dispatch.v1.RiderService\",method=\"RequestRide\",code=\"OK\"}", 1.0),
+        // One shard without --shards, holding everything.
+        ("dispatch_shard_ride_requests_total{shard=\"0\"}", 1.0),
+        ("dispatch_shard_drivers{shard=\"0\"}", 1.0),
     ] {
         assert_eq!(sample(&after, key), want, "{key}\n{page}");
     }
@@ -180,6 +183,10 @@ async fn metrics_are_named_described_and_move_with_traffic() {
         "dispatch_engine_round_seconds",
         "dispatch_log_commit_seconds",
         "dispatch_pickup_distance_meters",
+        "dispatch_shard_drivers",
+        "dispatch_shard_trips_open",
+        "dispatch_shard_ride_requests_total",
+        "dispatch_shard_location_updates_total",
     ] {
         assert!(page.contains(&format!("# HELP {name} ")), "no HELP for {name}\n{page}");
     }
