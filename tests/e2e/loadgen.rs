@@ -39,9 +39,9 @@ async fn the_smoke_scenario_runs_clean() {
 }
 
 /// The smoke scenario against a server whose map is in sixteen shards:
-/// drivers' own sessions and fleets' drivers spread over several shards,
-/// rides matched and driven to the end, with no protocol error, every
-/// driver held once, and the shards' counts adding up to the server's.
+/// drivers' own sessions and fleets' drivers moving in several shards,
+/// rides matched and driven to the end, with no protocol error, and the
+/// shards' counts adding up to the server's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smoke_scenario_runs_clean_over_sixteen_shards() {
     let server = TestServer::with(dispatch_server::ServerConfig { shards: 16, ..Default::default() }).await;
@@ -53,8 +53,10 @@ async fn the_smoke_scenario_runs_clean_over_sixteen_shards() {
     assert!(report.match_rate > 0.9 && report.completed > 0, "{report:#?}");
     let stats = server.stats().await;
     assert_eq!(stats.shards.len(), 16, "{stats:?}");
-    let used = stats.shards.iter().filter(|s| s.drivers_connected > 0).count();
-    assert!(used >= 2, "the smoke city's drivers sit in {used} shard(s)");
+    // The run is over and its drivers gone; what they did stays counted.
+    let updated = stats.shards.iter().filter(|s| s.location_updates > 0).count();
+    let asked = stats.shards.iter().filter(|s| s.ride_requests > 0).count();
+    assert!(updated >= 2 && asked >= 1, "the smoke city's drivers moved in {updated} shard(s), rides in {asked}");
     let sum = |f: fn(&dispatch_proto::pb::ShardStats) -> u64| stats.shards.iter().map(f).sum::<u64>();
     assert_eq!(sum(|s| s.drivers_connected), stats.drivers_connected, "{stats:?}");
     assert_eq!(sum(|s| s.trips_open), stats.trips_searching + stats.trips_active, "{stats:?}");
