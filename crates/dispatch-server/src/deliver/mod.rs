@@ -71,7 +71,16 @@ struct SessionEntry {
     sender: SessionSender,
     /// The driver or fleet, for log lines.
     name: String,
+    /// With shards: events for a session whose first event
+    /// (`session_started`) has not gone out yet. Another shard may speak to
+    /// a driver before the shard that opened its session has delivered
+    /// that; its events wait here, in order, and follow it.
+    early: Option<Vec<pb::DriverEvent>>,
 }
+
+/// The most events that wait for a session's start; past that the session
+/// ends, as one that falls behind does.
+const EARLY_MOST: usize = 256;
 
 /// The open sessions' senders, shared by every shard's delivery stage (a
 /// driver's events come from whichever shard holds it), and where sessions
@@ -93,6 +102,13 @@ impl Sessions {
         for engine in self.cut_off.iter() {
             let _ = engine.send(session);
         }
+    }
+
+    /// With shards: a session whose hello is on its way to an engine.
+    /// Events any shard sends it before its `session_started` has gone out
+    /// wait for that.
+    pub fn expect(&self, session: SessionId, sender: SessionSender) {
+        self.open.insert(session, SessionEntry { sender, name: String::new(), early: Some(Vec::new()) });
     }
 }
 
@@ -247,10 +263,28 @@ impl Deliverer {
     fn deliver(&mut self, out: Delivery) {
         match out {
             Delivery::Open { session, sender, name, started } => {
-                self.sessions.open.insert(session, SessionEntry { sender, name });
                 let Started { driver, fleet, now, current_trip } = started;
-                let event = convert::session_started(driver.as_ref(), fleet.as_ref(), now, current_trip.as_ref());
-                self.send(session, event);
+                let mut first = convert::session_started(driver.as_ref(), fleet.as_ref(), now, current_trip.as_ref());
+                if !self.privacy.drivers_see_rider_id {
+                    hide_rider(&mut first);
+                }
+                // The first event, then what waited for it, under the
+                // entry's lock: no shard's event can come between.
+                let sent = match self.sessions.open.get_mut(&session) {
+                    Some(mut entry) => {
+                        entry.name = name;
+                        let early = entry.early.take().unwrap_or_default();
+                        std::iter::once(first).chain(early).try_for_each(|event| entry.sender.try_send(event))
+                    }
+                    None => {
+                        let sent = sender.try_send(first);
+                        self.sessions.open.insert(session, SessionEntry { sender, name, early: None });
+                        sent
+                    }
+                };
+                if let Err(error) = sent {
+                    self.not_sent(session, error);
+                }
             }
             Delivery::Rejected { session, error, driver } => {
                 let code = engine_code(&error);
@@ -314,15 +348,28 @@ impl Deliverer {
             hide_rider(&mut event);
         }
         let sent = {
-            let Some(entry) = self.sessions.open.get(&session) else { return };
-            entry.sender.try_send(event)
-        };
-        match sent {
-            Ok(()) => {}
-            Err(SendError::Closed) => {
-                // The reader task reports the close; nothing to do twice.
+            let Some(mut entry) = self.sessions.open.get_mut(&session) else { return };
+            match &mut entry.early {
+                Some(early) if early.len() < EARLY_MOST => {
+                    early.push(event);
+                    Ok(())
+                }
+                Some(_) => Err(SendError::Full),
+                None => entry.sender.try_send(event),
             }
-            Err(SendError::Full) => {
+        };
+        if let Err(error) = sent {
+            self.not_sent(session, error);
+        }
+    }
+
+    /// An event could not be queued for `session`: a session too far
+    /// behind is ended and its engines told; a closed one its reader
+    /// reports.
+    fn not_sent(&mut self, session: SessionId, error: SendError) {
+        match error {
+            SendError::Closed => {}
+            SendError::Full => {
                 if let Some((_, entry)) = self.sessions.open.remove(&session) {
                     warn!(%session, who = %entry.name, "session fell too far behind; ending it");
                     entry.sender.end(Status::resource_exhausted("too many unread events; reconnect"));
@@ -433,10 +480,14 @@ mod tests {
 
     fn stage() -> Deliverer {
         let (cut_off, _) = mpsc::unbounded_channel();
+        stage_of(Sessions::new(vec![cut_off]))
+    }
+
+    /// A stage sending through `sessions`, which other stages may share.
+    fn stage_of(sessions: Sessions) -> Deliverer {
         let (changes, _) = broadcast::channel(1);
         let privacy = Privacy { hide_dropoff: ServiceSet::EMPTY, drivers_see_rider_id: false };
-        let (trips, sessions) = (Arc::new(DashMap::new()), Sessions::new(vec![cut_off]));
-        Deliverer::new(trips, None, sessions, changes, privacy, Arc::default(), Arc::default())
+        Deliverer::new(Arc::new(DashMap::new()), None, sessions, changes, privacy, Arc::default(), Arc::default())
     }
 
     fn at(lat: f64) -> LatLng {
@@ -692,5 +743,43 @@ mod tests {
             "{} senders kept after their sessions closed",
             stage.sessions.open.len()
         );
+    }
+
+    /// With shards, a driver's events may come from a shard that did not
+    /// open its session, before the one that did has delivered its start:
+    /// they wait for it and follow it, in order.
+    #[tokio::test]
+    async fn events_from_another_shard_before_a_session_starts_wait_and_follow_its_start() {
+        use futures::StreamExt;
+        let (cut_off, _) = mpsc::unbounded_channel();
+        let sessions = Sessions::new(vec![cut_off]);
+        let (mut opener, mut other) = (stage_of(sessions.clone()), stage_of(sessions.clone()));
+        let (sender, mut stream) = SessionSender::new(8);
+        let session = SessionId(9);
+        sessions.expect(session, sender.clone());
+        let withdrawn = |n| DriverEvent::OfferWithdrawn {
+            offer: dispatch_core::ids::OfferId(n),
+            driver: dispatch_core::ids::DriverId::new("d").unwrap_or_else(|e| panic!("{e}")),
+            reason: dispatch_core::engine::WithdrawReason::Expired,
+        };
+        other.deliver(Delivery::Driver { session, event: withdrawn(1) });
+        other.deliver(Delivery::Driver { session, event: withdrawn(2) });
+        let nothing = tokio::time::timeout(std::time::Duration::from_millis(1), stream.next()).await;
+        assert!(nothing.is_err(), "an event went out before the session started: {nothing:?}");
+        let started = Started { driver: None, fleet: None, now: Timestamp(0), current_trip: None };
+        opener.deliver(Delivery::Open { session, sender, name: "d".into(), started });
+        other.deliver(Delivery::Driver { session, event: withdrawn(3) });
+        let mut kinds = Vec::new();
+        for _ in 0..4 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await;
+            let next = next.unwrap_or_else(|_| panic!("only {kinds:?} came"));
+            let event = next.unwrap_or_else(|| panic!("the stream ended")).unwrap_or_else(|e| panic!("{e}"));
+            kinds.push(match event.kind {
+                Some(pb::driver_event::Kind::SessionStarted(_)) => "started".to_owned(),
+                Some(pb::driver_event::Kind::OfferWithdrawn(w)) => w.offer_id,
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+        assert_eq!(kinds, ["started", "o-1", "o-2", "o-3"]);
     }
 }

@@ -90,6 +90,7 @@ impl EngineHandle {
         match command {
             Command::FleetHello { session, fleet, sender } => {
                 routes.speakers.insert(session, Speaker::Fleet);
+                routes.sessions.expect(session, sender.clone());
                 // Open in every other shard before the hello is answered,
                 // so its first batch finds the session wherever it goes.
                 for shard in 1..routes.count() as Shard {
@@ -133,11 +134,12 @@ impl EngineHandle {
             }
             command => {
                 let shard = match &command {
-                    Command::DriverHello { session, hello, .. } => {
+                    Command::DriverHello { session, hello, sender } => {
                         let shard = routes
                             .holder(&hello.driver)
                             .unwrap_or_else(|| hello.position.map_or(0, |p| routes.map.shard_of(p).0));
                         routes.speakers.insert(*session, Speaker::Driver { id: hello.driver.clone(), first: shard });
+                        routes.sessions.expect(*session, sender.clone());
                         shard
                     }
                     Command::Ping { session, .. } | Command::Availability { session, .. } => {

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{Command, EngineTask};
+use crate::deliver::Sessions;
 
 /// Whom a session speaks for, as the router knows it.
 #[derive(Debug, Clone)]
@@ -50,6 +51,10 @@ pub struct Routes {
     pub speakers: DashMap<SessionId, Speaker>,
     /// Each shard's mail.
     pub mail: Vec<mpsc::UnboundedSender<Mail>>,
+    /// The session senders every shard's delivery stage shares: a session
+    /// is expected there before its hello goes out (see
+    /// `Sessions::expect`).
+    pub sessions: Sessions,
 }
 
 /// A message from one shard's engine task to another's.
@@ -70,8 +75,8 @@ pub enum Mail {
 
 impl Routes {
     /// The shards of `map`, with `mail` the senders of their mail.
-    pub fn new(map: ShardMap, mail: Vec<mpsc::UnboundedSender<Mail>>) -> Self {
-        Self { map, directory: DashMap::new(), speakers: DashMap::new(), mail }
+    pub fn new(map: ShardMap, mail: Vec<mpsc::UnboundedSender<Mail>>, sessions: Sessions) -> Self {
+        Self { map, directory: DashMap::new(), speakers: DashMap::new(), mail, sessions }
     }
 
     pub fn count(&self) -> usize {

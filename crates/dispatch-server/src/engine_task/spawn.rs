@@ -107,7 +107,7 @@ pub fn spawn(config: &ServerConfig, opened: Option<OpenedLog>) -> Result<Spawned
     let (cut_offs, cut_off_rxs): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
     let sessions = Sessions::new(cut_offs);
     let (mail, inboxes): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel::<Mail>()).unzip();
-    let routes = (count > 1).then(|| Arc::new(Routes::new(map, mail)));
+    let routes = (count > 1).then(|| Arc::new(Routes::new(map, mail, sessions.clone())));
     let mut handle = EngineHandle {
         shards: Arc::from(Vec::new()),
         routes: routes.clone(),
