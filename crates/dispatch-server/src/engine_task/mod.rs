@@ -58,6 +58,10 @@ struct EngineTask {
     routes: Option<Arc<Routes>>,
     inbox: Option<mpsc::UnboundedReceiver<Mail>>,
     gathering: shards::Tally,
+    /// Drivers this engine gave up, and to which shard, until the new
+    /// holder names itself in the directory (see `shards`).
+    given: std::collections::HashMap<dispatch_core::ids::DriverId, Shard>,
+    given_kept: usize,
     clock: Clock,
     /// What this round produced, for the commit stage.
     round: Round,

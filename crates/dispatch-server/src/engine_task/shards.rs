@@ -12,11 +12,17 @@
 //!   claims, hand-overs) travel through one unbounded channel per shard,
 //!   which the engine task reads before every command, so a driver handed
 //!   over is always adopted before any later command about it.
-//! - **The directory** is written by the engine giving a driver up: it
-//!   posts the driver's card to the new holder first and names the new
-//!   holder second, so a command routed by the new name always finds the
-//!   card ahead of it; a command routed by the old name is forwarded
-//!   through the same mail, behind the card.
+//! - **The directory** is written by the engine taking a driver in, once it
+//!   has adopted it, so a command routed by the directory always finds the
+//!   driver there or on its way; the writes for one driver follow the
+//!   driver from engine to engine, so they are never out of order. Until
+//!   the new holder has written it, the engine that gave the driver up
+//!   remembers where it went and forwards what reaches it through the
+//!   same mail, behind the card.
+//! - **A card for a session that has ended** (a fleet or an app that hung
+//!   up while its driver was in flight) is dropped rather than adopted: the
+//!   session's close has passed every shard, and adopting would open it
+//!   again with nobody to close it.
 
 use std::collections::HashMap;
 
@@ -65,10 +71,10 @@ pub enum Mail {
     Gathered { trip: TripId, shard: Shard, answers: Vec<Candidate> },
     /// Give `driver` up for `trip`, if still free; answer with `Claimed`.
     Claim { from: Shard, trip: TripId, driver: DriverId, service: ServiceType },
-    /// The answer to a claim: the driver, or a refusal.
-    Claimed { trip: TripId, card: Option<Box<DriverCard>> },
-    /// A free driver is in your part of the map now.
-    Adopt(Box<DriverCard>),
+    /// The answer to a claim from `from`: the driver, or a refusal.
+    Claimed { from: Shard, trip: TripId, card: Option<Box<DriverCard>> },
+    /// A free driver is in your part of the map now, from `from`.
+    Adopt { from: Shard, card: Box<DriverCard> },
     /// A command routed here before its driver moved on.
     Forward(Command),
 }
@@ -126,12 +132,16 @@ pub type Tally = HashMap<TripId, (usize, Vec<(Shard, Candidate)>)>;
 
 impl EngineTask {
     /// The shard holding `driver` if not this one, for a command about it
-    /// to be forwarded there. A command that `creates` the driver claims
-    /// it for this shard when no shard holds it.
+    /// to be forwarded there: where this engine gave it, else the one the
+    /// directory names. A command that `creates` the driver claims it for
+    /// this shard when no shard holds it.
     pub(super) fn elsewhere(&self, driver: &DriverId, creates: bool) -> Option<Shard> {
         let routes = self.routes.as_ref()?;
         if self.engine.holds(driver) {
             return None;
+        }
+        if let Some(&to) = self.given.get(driver) {
+            return Some(to);
         }
         let holder = if creates {
             *routes.directory.entry(driver.clone()).or_insert(self.shard)
@@ -191,26 +201,68 @@ impl EngineTask {
             }
             Mail::Claim { from, trip, driver, service } => {
                 let card = self.engine.claim(&driver, service);
-                let given = card.is_some();
-                routes.post(from, Mail::Claimed { trip, card: card.map(Box::new) });
-                if given {
-                    routes.directory.insert(driver, from);
+                if card.is_some() {
+                    self.gave(&routes, driver, from);
+                }
+                routes.post(from, Mail::Claimed { from: self.shard, trip, card: card.map(Box::new) });
+            }
+            Mail::Claimed { from, trip, card } => {
+                let card = card.and_then(|card| self.live(&routes, card, from));
+                let id = card.as_ref().map(|c| c.id.clone());
+                match self.engine.claimed(now, trip, card.map(|c| *c)) {
+                    Ok(()) => {
+                        if let Some(id) = id {
+                            self.took(&routes, id);
+                        }
+                    }
+                    Err(error) => warn!(shard = self.shard, %trip, %error, "a claimed driver was already here"),
                 }
             }
-            Mail::Claimed { trip, card } => {
-                if let Err(error) = self.engine.claimed(now, trip, card.map(|c| *c)) {
-                    warn!(shard = self.shard, %trip, %error, "a claimed driver was already here");
-                }
-            }
-            Mail::Adopt(card) => {
-                let id = card.id.clone();
-                if let Err(error) = self.engine.adopt(*card) {
-                    warn!(shard = self.shard, driver = %id, %error, "a driver handed over was already here");
+            Mail::Adopt { from, card } => {
+                if let Some(card) = self.live(&routes, card, from) {
+                    let id = card.id.clone();
+                    match self.engine.adopt(*card) {
+                        Ok(()) => self.took(&routes, id),
+                        Err(error) => {
+                            warn!(shard = self.shard, driver = %id, %error, "a driver handed over was already here");
+                        }
+                    }
                 }
             }
             Mail::Forward(command) => self.handle_here(command),
         }
         self.carry_out();
+    }
+
+    /// This engine gave `driver` up to `to`: commands that reach it before
+    /// `to` has named itself in the directory follow the driver there.
+    /// Entries the directory has moved past are forgotten once the table
+    /// doubles.
+    fn gave(&mut self, routes: &Routes, driver: DriverId, to: Shard) {
+        self.given.insert(driver, to);
+        if self.given.len() > 2 * self.given_kept + 1_024 {
+            let me = self.shard;
+            self.given.retain(|d, _| routes.holder(d) == Some(me));
+            self.given_kept = self.given.len();
+        }
+    }
+
+    /// This engine took `driver` in: it names itself in the directory.
+    fn took(&mut self, routes: &Routes, driver: DriverId) {
+        self.given.remove(&driver);
+        routes.directory.insert(driver, self.shard);
+    }
+
+    /// `card`, from `from`, unless its session has ended (see the module
+    /// docs): then the driver is dropped, and the directory forgets the
+    /// giver's name for it.
+    fn live(&self, routes: &Routes, card: Box<DriverCard>, from: Shard) -> Option<Box<DriverCard>> {
+        if routes.speakers.contains_key(&card.session) {
+            return Some(card);
+        }
+        tracing::debug!(shard = self.shard, driver = %card.id, "a driver whose session ended is dropped");
+        routes.directory.remove_if(&card.id, |_, s| *s == from);
+        None
     }
 
     /// Sends the engine's messages for other shards (see the module docs);
@@ -236,9 +288,8 @@ impl EngineTask {
                         routes.post(shard, Mail::Claim { from: self.shard, trip, driver, service });
                     }
                     ToShard::HandOver { card, shard } => {
-                        let id = card.id.clone();
-                        routes.post(shard, Mail::Adopt(card));
-                        routes.directory.insert(id, shard);
+                        self.gave(&routes, card.id.clone(), shard);
+                        routes.post(shard, Mail::Adopt { from: self.shard, card });
                     }
                     ToShard::Gone { driver } => {
                         routes.directory.remove_if(&driver, |_, s| *s == self.shard);

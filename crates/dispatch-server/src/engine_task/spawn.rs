@@ -279,6 +279,8 @@ fn spawn_shard(
         routes,
         inbox,
         gathering: Default::default(),
+        given: Default::default(),
+        given_kept: 0,
         clock,
         round: Round::default(),
         rounds,
