@@ -36,6 +36,51 @@ async fn hello_is_answered_with_session_started() {
     }
 }
 
+/// A location sent right behind the hello, on a thousand sessions at once
+/// and again, is applied after the hello and never refused as coming
+/// before it (hellos and locations travel in different queues to the
+/// engine), with one engine and with the map in shards. The barrier after
+/// it, a reply to an offer no shard made, is refused as unknown whichever
+/// shard holds the driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_right_behind_the_hello_is_never_taken_before_it() {
+    const DRIVERS: usize = 1_000;
+    const WAVES: usize = 3;
+    for shards in [1, 16] {
+        let server =
+            std::sync::Arc::new(TestServer::with(dispatch_server::ServerConfig { shards, ..Default::default() }).await);
+        let mut conns = Vec::new();
+        for wave in 0..WAVES {
+            let opening: Vec<_> = (0..DRIVERS)
+                .map(|n| {
+                    let server = std::sync::Arc::clone(&server);
+                    tokio::spawn(async move {
+                        // No position in the hello: the location is the first fix.
+                        let driver_id = format!("d{wave}-{n}");
+                        let first = pb::Hello { driver_id, available: true, ..Default::default() };
+                        let mut conn = server.open_driver(DriverMsg::Hello(first)).await;
+                        conn.ping(north(10.0 * n as f64)).await;
+                        match conn.next().await {
+                            Event::SessionStarted(_) => conn,
+                            other => panic!("expected session_started, got {other:?}"),
+                        }
+                    })
+                })
+                .collect();
+            for task in opening {
+                conns.push(within("a driver's session", task).await.unwrap_or_else(|e| panic!("{e}")));
+            }
+            let sent = ((wave + 1) * DRIVERS) as u64;
+            let stats =
+                server.stats_until("every driver's first location applied", |s| s.location_updates >= sent).await;
+            assert_eq!(stats.location_updates, sent, "with {shards} shard(s)");
+        }
+        for conn in &mut conns {
+            assert_eq!(conn.next_before_barrier().await, None, "with {shards} shard(s)");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_second_session_for_a_driver_ends_the_first_with_aborted() {
     let server = TestServer::start().await;

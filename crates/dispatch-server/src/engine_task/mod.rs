@@ -3,13 +3,16 @@
 //! Handlers send [`Command`]s through two bounded queues ([`EngineHandle`]:
 //! urgent commands, and location updates that may be shed). The task, on a
 //! thread of its own, empties the urgent queue first and takes location
-//! updates one command at a time between; it runs each command against the
-//! engine with the current time ([`clock`]), ticks the engine, and hands the
-//! round's effects in order to the commit stage, which logs what must be
-//! durable, and then to the delivery stage, which tells people; drivers'
-//! positions on trips, soft state, go to the delivery stage straight. One
-//! owner means no lock around the index or the trips and no two requests
-//! can ever win the same driver: they are simply taken in turn.
+//! updates one command at a time between, each only after the urgent
+//! commands queued before it (a session's hello before its first location
+//! update, whichever queue the task looked at last); it runs each command
+//! against the engine with the current time ([`clock`]), ticks the engine,
+//! and hands the round's effects in order to the commit stage, which logs
+//! what must be durable, and then to the delivery stage, which tells
+//! people; drivers' positions on trips, soft state, go to the delivery
+//! stage straight. One owner means no lock around the index or the trips
+//! and no two requests can ever win the same driver: they are simply taken
+//! in turn.
 //!
 //! Files: `command` (what handlers ask), `handle` (the queues and
 //! shedding), `round` (what a round hands over), `spawn` (recovery from the
@@ -139,6 +142,9 @@ impl EngineTask {
                 self.apply_fleet_slice();
             } else if let Ok(command) = bulk.try_recv() {
                 took = true;
+                if !self.urgent_before(&mut urgent) {
+                    return;
+                }
                 self.handle(command);
             }
             if took {
@@ -155,7 +161,12 @@ impl EngineTask {
                     },
                     Some(session) = self.cut_off.recv() => self.engine.close_session(self.clock.now(), session),
                     Some(mail) = shards::next_mail(&mut self.inbox) => self.on_mail(mail),
-                    Some(command) = bulk.recv() => self.handle(command),
+                    Some(command) = bulk.recv() => {
+                        if !self.urgent_before(&mut urgent) {
+                            return;
+                        }
+                        self.handle(command);
+                    }
                     () = sleep_until(deadline) => {}
                 }
             }
@@ -164,6 +175,23 @@ impl EngineTask {
             self.flush_soon();
         }
         self.shutdown();
+    }
+
+    /// Handles what is in the urgent queue now, before a bulk command
+    /// just taken: a client queues its urgent command first (a session's
+    /// hello before its first location update), so everything it queued
+    /// before the bulk command is in the urgent queue by the time the bulk
+    /// command is taken, and goes first. `false` after a shutdown.
+    fn urgent_before(&mut self, urgent: &mut mpsc::Receiver<Command>) -> bool {
+        for _ in 0..urgent.len() {
+            let Ok(command) = urgent.try_recv() else { break };
+            if matches!(command, Command::Shutdown) {
+                self.shutdown();
+                return false;
+            }
+            self.handle(command);
+        }
+        true
     }
 
     fn handle(&mut self, command: Command) {
@@ -259,10 +287,12 @@ impl EngineTask {
             }
             Command::OfferReply { session, offer, accept } => {
                 let result = self.engine.offer_reply(now, session, offer, accept);
+                let result = result.map_err(|e| self.not_here(session, e, EngineError::UnknownOffer(offer)));
                 self.reject_on_error(session, "", result);
             }
             Command::Progress { session, driver, trip, status } => {
                 let result = self.engine.trip_progress(now, session, driver.as_ref(), trip, status);
+                let result = result.map_err(|e| self.not_here(session, e, EngineError::NotDriversTrip(trip)));
                 self.reject_on_error(session, driver.as_ref().map_or("", |d| d.as_str()), result);
             }
             Command::SessionClosed { session, .. } => {

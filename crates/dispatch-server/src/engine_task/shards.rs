@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 
 use dashmap::DashMap;
+use dispatch_core::EngineError;
 use dispatch_core::engine::{Candidate, CandidateQuery, DriverCard, ToShard};
 use dispatch_core::ids::{DriverId, SessionId, TripId};
 use dispatch_core::service::ServiceType;
@@ -158,6 +159,17 @@ impl EngineTask {
             && !self.engine.holds(driver)
         {
             routes.directory.remove_if(driver, |_, s| *s == self.shard);
+        }
+    }
+
+    /// A driver's reply or report routed by the shard its offer or trip id
+    /// names, which does not hold the driver's session, is answered as one
+    /// engine would answer it (`instead`: that offer or trip is not the
+    /// driver's), not as if the session had ended.
+    pub(super) fn not_here(&self, session: SessionId, error: EngineError, instead: EngineError) -> EngineError {
+        match (&self.routes, error) {
+            (Some(routes), EngineError::SessionNotOpen) if routes.speakers.contains_key(&session) => instead,
+            (_, error) => error,
         }
     }
 
