@@ -16,12 +16,14 @@
 //! - [`engine`]: the engine: sessions, matching, offers, trips, timers.
 //! - [`territory`]: a shard's place on a map cut into shards, as the
 //!   engine asks about it.
+//! - [`roads`]: drives over a road network, as the engine asks about them.
 
 pub mod engine;
 pub mod error;
 pub mod geo;
 pub mod ids;
 pub mod index;
+pub mod roads;
 pub mod service;
 pub mod territory;
 pub mod time;

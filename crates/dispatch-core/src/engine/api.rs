@@ -60,6 +60,11 @@ pub struct Config {
     /// The speed, over the straight line, at which a pickup's estimated
     /// time is reckoned from its distance (city driving with its detours).
     pub eta_speed_kmh: f64,
+    /// With a road network (see [`crate::Engine::set_roads`]): how many of
+    /// the great-circle nearest offerable drivers are ranked by their drive
+    /// to the pickup. The fastest driver by road is found when it is among
+    /// them.
+    pub road_candidates: usize,
 }
 
 /// The most drivers a trip may be offered to, whatever the configuration:
@@ -93,6 +98,7 @@ impl Default for Config {
             accept_weight_m: 0.0,
             forward_dispatch_m: 0.0,
             eta_speed_kmh: 22.0,
+            road_candidates: 16,
         }
     }
 }
@@ -497,6 +503,10 @@ pub struct Stats {
     pub offers_withdrawn: u64,
     /// Position reports applied, in total.
     pub location_updates: u64,
+    /// With a road network: candidates ranked by the straight line because
+    /// no drive to the pickup was to be had (off the roads, or no route),
+    /// in total.
+    pub road_fallbacks: u64,
     /// Ride requests that made a trip (a retry with the same request id
     /// excluded), in total.
     pub ride_requests: u64,

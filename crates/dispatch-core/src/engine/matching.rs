@@ -14,7 +14,8 @@ use crate::trip::TripStatus;
 
 impl Engine {
     /// The driver who would be offered a ride at `pickup` right now, and
-    /// their great-circle distance to it: the best-ranked offerable driver
+    /// their great-circle distance to it (by road, the drive's cost; see
+    /// `road.rs`): the best-ranked offerable driver
     /// serving `service` within `radius_m` (the nearest, unless
     /// `Config::accept_weight_m` ranks drivers who miss offers lower), ties
     /// broken by the smaller id.
@@ -28,7 +29,7 @@ impl Engine {
         service: ServiceType,
         radius_m: f64,
     ) -> Option<(DriverId, f64)> {
-        let best = self.ranked_offerable(pickup, service, radius_m, &HashSet::new(), 1);
+        let (best, _) = self.ranked_offerable(pickup, service, radius_m, &HashSet::new(), 1);
         best.first().map(|&(key, distance_m)| (self.driver(key).id.clone(), distance_m))
     }
 
@@ -45,6 +46,9 @@ impl Engine {
     /// the smaller id); with acceptance-aware ranking on, the nearest
     /// [`super::CANDIDATES`] (or `want`, if more) re-ranked by
     /// [`Engine::rank_cost`].
+    /// With a road network, the nearest `Config::road_candidates` are
+    /// ranked by road first, each with its drive's cost (see `road.rs`);
+    /// the second value counts those ranked by the straight line instead.
     fn ranked_offerable(
         &self,
         pickup: LatLng,
@@ -52,15 +56,17 @@ impl Engine {
         radius_m: f64,
         tried: &HashSet<DriverId>,
         want: usize,
-    ) -> Vec<(DriverKey, f64)> {
+    ) -> (Vec<(DriverKey, f64)>, u64) {
         let ranked = self.config.accept_weight_m > 0.0;
-        let mut found = self.nearest_offerable(pickup, service, radius_m, tried, self.candidate_pool(want));
+        let pool = self.road_pool(self.candidate_pool(want));
+        let mut found = self.nearest_offerable(pickup, service, radius_m, tried, pool);
+        let fallbacks = self.rank_by_road(pickup, &mut found);
         if ranked {
             // Stable: equal costs keep their distance (then id) order.
             found.sort_by(|a, b| self.rank_cost(a.0, a.1).total_cmp(&self.rank_cost(b.0, b.1)));
         }
         found.truncate(want);
-        found
+        (found, fallbacks)
     }
 
     /// The `pool` nearest drivers who may be offered a `service` trip at
@@ -133,7 +139,9 @@ impl Engine {
             }
         }
         let Some(state) = self.trips.get(&trip_id) else { return };
-        let found = self.ranked_offerable(state.trip.pickup, state.trip.service, state.radius_m, &state.tried, want);
+        let (found, fallbacks) =
+            self.ranked_offerable(state.trip.pickup, state.trip.service, state.radius_m, &state.tried, want);
+        self.stats.road_fallbacks += fallbacks;
         // Forward dispatch, for a ride offered to one driver at a time: a
         // driver finishing a ride nearby, if that is quicker than any free
         // driver (by distance driven).
@@ -239,20 +247,22 @@ impl Engine {
         let most = self.config.max_offers_per_trip.min(MAX_OFFERS_PER_TRIP);
         // Trips near a border rank these drivers against other shards'
         // too: they look again (a gather) if one of them could take them.
-        let mut near_border = Vec::new();
+        // So does every trip when ranking by road: a freed driver nearer
+        // by the straight line may be the farther by road.
+        let mut retry = Vec::new();
         for trip_id in waiting {
             if set.is_empty() {
                 break;
             }
             let Some(state) = self.trips.get(&trip_id) else { continue };
-            if state.borders.as_ref().is_some_and(|b| !b.is_empty()) {
+            if self.by_road() || state.borders.as_ref().is_some_and(|b| !b.is_empty()) {
                 let eligible = |key| {
                     let driver = self.driver(key);
                     driver.services.contains(state.trip.service) && !state.tried.contains(&driver.id)
                 };
                 let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
                 if set.nearest(state.trip.pickup, state.radius_m, eligible, by_id).is_some() {
-                    near_border.push(trip_id);
+                    retry.push(trip_id);
                 }
                 continue;
             }
@@ -274,7 +284,7 @@ impl Engine {
                 self.offer_all(now, trip_id, found);
             }
         }
-        for trip_id in near_border {
+        for trip_id in retry {
             self.try_match(now, trip_id);
         }
     }
@@ -300,6 +310,12 @@ impl Engine {
         }
         let (driver_id, position, session) = (driver.id.clone(), driver.position, driver.session);
         drop(driver);
+        // A ride queued behind one in progress keeps its route via the
+        // dropoff; a straight one is the road's, with a road network.
+        let (distance_m, eta_ms) = match self.trips.get(&trip_id) {
+            Some(state) if !queued => self.pickup_leg(key, state.trip.pickup, distance_m),
+            _ => (distance_m, self.config.eta_ms(distance_m)),
+        };
         let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
         // The other drivers of a broadcast, if any: told it is taken below.
         let others = std::mem::take(&mut state.offers);
@@ -308,7 +324,7 @@ impl Engine {
         trip.driver = Some(driver_id);
         trip.driver_position = position;
         trip.pickup_distance_m = Some(distance_m);
-        trip.pickup_eta_ms = Some(self.config.eta_ms(distance_m));
+        trip.pickup_eta_ms = Some(eta_ms);
         trip.updated_at = now;
         trip.queued = queued;
         let trip = trip.clone();

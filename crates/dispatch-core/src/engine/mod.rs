@@ -20,6 +20,7 @@ mod policy;
 mod queue;
 mod recovery;
 mod rides;
+mod road;
 mod sessions;
 mod state;
 mod tables;
@@ -83,6 +84,8 @@ pub struct Engine {
     /// With geo-shards: this engine's territory and its messages to other
     /// shards; `None` when the engine holds the whole map.
     borders: Option<borders::Borders>,
+    /// The road network candidates are ranked by, if any.
+    roads: Option<std::sync::Arc<dyn crate::roads::Roads>>,
 }
 
 impl Engine {
@@ -99,8 +102,16 @@ impl Engine {
             stats: Stats::default(),
             effects: Vec::new(),
             borders: None,
+            roads: None,
             config,
         }
+    }
+
+    /// Ranks candidates by their drive to the pickup over `roads` from now
+    /// on: the `Config::road_candidates` nearest by the straight line, and
+    /// a trip's pickup distance and ETA are the road's.
+    pub fn set_roads(&mut self, roads: std::sync::Arc<dyn crate::roads::Roads>) {
+        self.roads = Some(roads);
     }
 
     /// The configuration in force.

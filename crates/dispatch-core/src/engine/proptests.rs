@@ -169,7 +169,43 @@ fn check_effects(seen: &mut Seen, effects: &[Effect]) -> Result<(), TestCaseErro
     Ok(())
 }
 
+/// Roads along the line the tests' points lie on: the drive is the
+/// distance half again, plus 3 km round a river 1 km north of the origin
+/// for a drive that crosses it; a point between 5,000 and 5,500 m north is
+/// off the roads.
+#[derive(Debug)]
+struct LineRoads;
+
+impl crate::roads::Roads for LineRoads {
+    fn legs_to(&self, from: &[LatLng], to: LatLng) -> Vec<Option<crate::roads::Leg>> {
+        let north = |p: LatLng| (p.lat() - 37.5) * 111_195.0;
+        let off = |m: f64| (5_000.0..5_500.0).contains(&m);
+        from.iter()
+            .map(|&p| {
+                let (a, b) = (north(p), north(to));
+                if off(a) || off(b) {
+                    return None;
+                }
+                let river = if (a < 1_000.0) != (b < 1_000.0) { 3_000.0 } else { 0.0 };
+                let metres = (a - b).abs() * 1.5 + river;
+                Some(crate::roads::Leg { metres, seconds: metres / (30.0 / 3.6) })
+            })
+            .collect()
+    }
+}
+
 fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), TestCaseError> {
+    run_on(ops, policies, tune, false)
+}
+
+/// [`run`], ranking by [`LineRoads`] if `roads`.
+fn run_on(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config), roads: bool) -> Result<(), TestCaseError> {
+    let with_roads = |mut engine: Engine| {
+        if roads {
+            engine.set_roads(std::sync::Arc::new(LineRoads));
+        }
+        engine
+    };
     // Retry on every move, so that after each tick no waiting trip may have
     // an offerable driver in range (`check_invariants` checks it).
     let mut config = Config {
@@ -180,7 +216,7 @@ fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), T
         ..Config::default()
     };
     tune(&mut config);
-    let mut engine = Engine::new(config.clone());
+    let mut engine = with_roads(Engine::new(config.clone()));
     let mut now = Timestamp(1_700_000_000_000);
     let mut seen = Seen::default();
     let mut next_session = 100u64;
@@ -294,7 +330,7 @@ fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), T
                 let first_offer = engine.offers.next_id() + 1_000;
                 let before = std::mem::replace(
                     &mut engine,
-                    Engine::restore(config.clone(), now, LogRecord::fold(seen.log.clone()), 1, first_offer),
+                    with_roads(Engine::restore(config.clone(), now, LogRecord::fold(seen.log.clone()), 1, first_offer)),
                 );
                 for (id, live) in before.trips.iter() {
                     let back = engine.trip(*id).map(|t| Trip { driver_position: None, updated_at: now, ..t.clone() });
@@ -377,5 +413,16 @@ proptest! {
     #[test]
     fn invariants_hold_under_any_sequence_with_forward_dispatch(ops in proptest::collection::vec(op(), 1..120)) {
         run(ops, "nearest,premium=batch:1s", |c| c.forward_dispatch_m = 3_000.0)?;
+    }
+
+    /// Ranking by road (a river to go round, points off the roads that
+    /// fall back to the straight line), nearest-first and broadcast with
+    /// forward dispatch: the same invariants.
+    #[test]
+    fn invariants_hold_under_any_sequence_ranking_by_road(ops in proptest::collection::vec(op(), 1..120)) {
+        run_on(ops, "nearest,premium=broadcast:2", |c| {
+            c.forward_dispatch_m = 3_000.0;
+            c.road_candidates = 3;
+        }, true)?;
     }
 }

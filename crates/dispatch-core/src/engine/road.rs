@@ -1,0 +1,65 @@
+//! Ranking by road: with a road network set ([`Engine::set_roads`]), the
+//! great-circle nearest candidates are ranked by their drive to the
+//! pickup, and an assigned trip's pickup distance and ETA are the road's.
+//!
+//! A drive's cost in the ranking is its seconds at `Config::eta_speed_kmh`
+//! in metres, the unit every other cost here is in (a miss-rate weight,
+//! a batch's unmatched penalty), so a candidate with no drive to be had
+//! (off the roads, no route), ranked by its straight line, compares with
+//! the others as its crow-flight ETA would.
+
+use super::Engine;
+use crate::geo::LatLng;
+use crate::index::DriverKey;
+
+impl Engine {
+    /// Ranks `found` (each with its great-circle distance) by road, in
+    /// place: each distance becomes the drive's cost in metres (see the
+    /// module docs), best first, ties keeping their order. Answers how many
+    /// fell back to the straight line; a no-op without a road network.
+    pub(super) fn rank_by_road(&self, pickup: LatLng, found: &mut [(DriverKey, f64)]) -> u64 {
+        let Some(roads) = &self.roads else { return 0 };
+        let from: Vec<LatLng> = found.iter().filter_map(|&(key, _)| self.driver(key).position).collect();
+        if from.len() != found.len() {
+            // Every candidate came out of the index by its position.
+            return 0;
+        }
+        let legs = roads.legs_to(&from, pickup);
+        let mps = self.config.eta_speed_kmh.max(1.0) / 3.6;
+        let mut fallbacks = 0;
+        for (candidate, leg) in found.iter_mut().zip(legs.into_iter().chain(std::iter::repeat(None))) {
+            match leg {
+                Some(leg) => candidate.1 = leg.seconds.max(0.0) * mps,
+                None => fallbacks += 1,
+            }
+        }
+        found.sort_by(|a, b| a.1.total_cmp(&b.1));
+        fallbacks
+    }
+
+    /// The pickup distance (metres) and ETA (milliseconds) of `key` driving
+    /// straight to `pickup`: the road's, with a road network and a drive to
+    /// be had, else `distance_m` (the straight line) at the ETA speed.
+    pub(super) fn pickup_leg(&self, key: DriverKey, pickup: LatLng, distance_m: f64) -> (f64, i64) {
+        let leg = self
+            .roads
+            .as_ref()
+            .zip(self.driver(key).position)
+            .and_then(|(roads, at)| roads.legs_to(&[at], pickup).into_iter().next().flatten());
+        match leg {
+            Some(leg) => (leg.metres, (leg.seconds.max(0.0) * 1_000.0).round().min(i64::MAX as f64) as i64),
+            None => (distance_m, self.config.eta_ms(distance_m)),
+        }
+    }
+
+    /// How many candidates to draw from the index for `want` offers: with
+    /// a road network, at least `Config::road_candidates`.
+    pub(super) fn road_pool(&self, pool: usize) -> usize {
+        if self.roads.is_some() { pool.max(self.config.road_candidates) } else { pool }
+    }
+
+    /// Whether candidates are ranked by road.
+    pub(super) fn by_road(&self) -> bool {
+        self.roads.is_some()
+    }
+}
