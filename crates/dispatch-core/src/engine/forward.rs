@@ -46,17 +46,20 @@ impl Engine {
     /// The metres `key` drives to `pickup`: straight there, or, with a ride
     /// in progress, to that ride's dropoff and on from there.
     pub(super) fn pickup_route_m(&self, key: DriverKey, pickup: LatLng) -> f64 {
-        let driver = self.driver(key);
-        let Some(position) = driver.position else { return 0.0 };
-        let dropoff = driver
-            .trip
-            .and_then(|t| self.trips.get(&t))
-            .filter(|t| t.trip.status == TripStatus::InProgress)
-            .and_then(|t| t.trip.dropoff);
-        match dropoff {
+        let Some(position) = self.driver(key).position else { return 0.0 };
+        match self.dropoff_in_progress(key) {
             Some(dropoff) => position.distance_m(dropoff) + dropoff.distance_m(pickup),
             None => position.distance_m(pickup),
         }
+    }
+
+    /// The dropoff of `key`'s ride in progress, if it has one.
+    pub(super) fn dropoff_in_progress(&self, key: DriverKey) -> Option<LatLng> {
+        self.driver(key)
+            .trip
+            .and_then(|t| self.trips.get(&t))
+            .filter(|t| t.trip.status == TripStatus::InProgress)
+            .and_then(|t| t.trip.dropoff)
     }
 
     /// The best driver to offer a ride at `pickup` next, by forward
@@ -99,12 +102,15 @@ impl Engine {
     /// told.
     pub(super) fn start_queued(&mut self, now: Timestamp, key: DriverKey, next: TripId) {
         let (position, session) = (self.driver(key).position, self.driver(key).session);
+        // From where the driver is now: by road with a road network.
+        let pickup = self.trips.get(&next).map(|state| state.trip.pickup);
+        let leg = pickup.zip(position).map(|(pickup, at)| self.pickup_leg(key, pickup, at.distance_m(pickup)));
         let Some(mut state) = self.trips.get_mut(&next) else { return };
         state.trip.queued = false;
         state.trip.updated_at = now;
         state.trip.driver_position = position;
-        state.trip.pickup_distance_m = position.map(|p| p.distance_m(state.trip.pickup));
-        state.trip.pickup_eta_ms = state.trip.pickup_distance_m.map(|m| self.config.eta_ms(m));
+        state.trip.pickup_distance_m = leg.map(|(metres, _)| metres);
+        state.trip.pickup_eta_ms = leg.map(|(_, eta_ms)| eta_ms);
         let trip = state.trip.clone();
         drop(state);
         self.drivers.pushed(key, now);

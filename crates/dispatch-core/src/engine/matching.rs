@@ -148,6 +148,7 @@ impl Engine {
         if want == 1
             && let Some((key, route_m)) =
                 self.forward_candidate(state.trip.pickup, state.trip.service, state.radius_m, &state.tried)
+            && let route_m = self.forward_cost(key, state.trip.pickup, route_m)
             && found.first().is_none_or(|&(_, free_m)| route_m < free_m)
         {
             self.offer_to(now, trip_id, key, route_m);
@@ -310,11 +311,11 @@ impl Engine {
         }
         let (driver_id, position, session) = (driver.id.clone(), driver.position, driver.session);
         drop(driver);
-        // A ride queued behind one in progress keeps its route via the
-        // dropoff; a straight one is the road's, with a road network.
+        // By road with a road network (via the dropoff of a ride in
+        // progress, for one queued behind it).
         let (distance_m, eta_ms) = match self.trips.get(&trip_id) {
-            Some(state) if !queued => self.pickup_leg(key, state.trip.pickup, distance_m),
-            _ => (distance_m, self.config.eta_ms(distance_m)),
+            Some(state) => self.pickup_leg(key, state.trip.pickup, distance_m),
+            None => (distance_m, self.config.eta_ms(distance_m)),
         };
         let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
         // The other drivers of a broadcast, if any: told it is taken below.

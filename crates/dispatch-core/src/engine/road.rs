@@ -1,6 +1,8 @@
 //! Ranking by road: with a road network set ([`Engine::set_roads`]), the
 //! great-circle nearest candidates are ranked by their drive to the
-//! pickup, and an assigned trip's pickup distance and ETA are the road's.
+//! pickup (nearest-first and broadcast), a forward-dispatch candidate by
+//! its drive via its dropoff, and an assigned trip's pickup distance and
+//! ETA are the road's. Batches still cost their pairs by the straight line.
 //!
 //! A drive's cost in the ranking is its seconds at `Config::eta_speed_kmh`
 //! in metres, the unit every other cost here is in (a miss-rate weight,
@@ -11,6 +13,7 @@
 use super::Engine;
 use crate::geo::LatLng;
 use crate::index::DriverKey;
+use crate::roads::Leg;
 
 impl Engine {
     /// Ranks `found` (each with its great-circle distance) by road, in
@@ -37,19 +40,39 @@ impl Engine {
         fallbacks
     }
 
-    /// The pickup distance (metres) and ETA (milliseconds) of `key` driving
-    /// straight to `pickup`: the road's, with a road network and a drive to
-    /// be had, else `distance_m` (the straight line) at the ETA speed.
+    /// The drive of `key` to `pickup` by road: straight there, or, with a
+    /// ride in progress, to that ride's dropoff and on from there; `None`
+    /// without a road network or a drive to be had.
+    fn road_route(&self, key: DriverKey, pickup: LatLng) -> Option<Leg> {
+        let roads = self.roads.as_ref()?;
+        let at = self.driver(key).position?;
+        let leg = |from: LatLng, to: LatLng| roads.legs_to(&[from], to).into_iter().next().flatten();
+        match self.dropoff_in_progress(key) {
+            Some(dropoff) => {
+                let (first, then) = (leg(at, dropoff)?, leg(dropoff, pickup)?);
+                Some(Leg { metres: first.metres + then.metres, seconds: first.seconds + then.seconds })
+            }
+            None => leg(at, pickup),
+        }
+    }
+
+    /// The pickup distance (metres) and ETA (milliseconds) of `key`: the
+    /// road's (see [`Engine::road_route`]), with a road network and a
+    /// drive to be had, else `distance_m` (the straight line) at the ETA
+    /// speed.
     pub(super) fn pickup_leg(&self, key: DriverKey, pickup: LatLng, distance_m: f64) -> (f64, i64) {
-        let leg = self
-            .roads
-            .as_ref()
-            .zip(self.driver(key).position)
-            .and_then(|(roads, at)| roads.legs_to(&[at], pickup).into_iter().next().flatten());
-        match leg {
+        match self.road_route(key, pickup) {
             Some(leg) => (leg.metres, (leg.seconds.max(0.0) * 1_000.0).round().min(i64::MAX as f64) as i64),
             None => (distance_m, self.config.eta_ms(distance_m)),
         }
+    }
+
+    /// A forward-dispatch candidate's cost to `pickup` in the ranking's
+    /// unit (see the module docs): by road when it can be had, else
+    /// `route_m`, its straight-line route.
+    pub(super) fn forward_cost(&self, key: DriverKey, pickup: LatLng, route_m: f64) -> f64 {
+        let mps = self.config.eta_speed_kmh.max(1.0) / 3.6;
+        self.road_route(key, pickup).map_or(route_m, |leg| leg.seconds.max(0.0) * mps)
     }
 
     /// How many candidates to draw from the index for `want` offers: with
