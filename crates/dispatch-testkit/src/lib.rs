@@ -5,9 +5,12 @@
 //!
 //! - [`geo`]: random points on the globe and around a centre.
 //! - [`city`]: a seeded city of drivers and ride requests for the engine.
+//! - [`roads`]: a generated road map with a river, two bridges and a
+//!   one-way street, as OpenStreetMap XML.
 
 pub mod city;
 pub mod geo;
+pub mod roads;
 
 pub use rand_chacha::ChaCha8Rng as Rng;
 

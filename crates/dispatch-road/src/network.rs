@@ -1,0 +1,257 @@
+//! The road network: a directed graph of the drivable ways, prepared as a
+//! contraction hierarchy (`fast_paths`), the nodes a point may snap to in
+//! an R-tree, and drives between points.
+//!
+//! - **Edges** join consecutive nodes of a way, one each way unless it is
+//!   one-way; an edge's weight is its travel time in tenths of a second at
+//!   the way's speed.
+//! - **Snapping**: a point joins the road network at the nearest node of
+//!   its largest strongly connected part (so that a route always leads
+//!   from any point that joins to any other: never an island, nor a
+//!   one-way dead end at the extract's edge), if one is within `snap_m`;
+//!   the stretch between the point and that node is driven in a straight
+//!   line at [`ACCESS_KMH`].
+//! - **A drive** from each of many points to one: one query per point on
+//!   the hierarchy, each a few tens of microseconds on a city, with the
+//!   pickup's snap done once.
+
+use std::sync::Mutex;
+
+use dispatch_core::geo::LatLng;
+use dispatch_core::roads::{Leg, Roads};
+use fast_paths::{FastGraph, InputGraph, PathCalculator};
+use rstar::RTree;
+use rstar::primitives::GeomWithData;
+use serde::{Deserialize, Serialize};
+
+use crate::osm::{Oneway, Osm};
+
+/// The speed of the straight stretch between a point and the node it snaps
+/// to (a car park, a driveway).
+pub const ACCESS_KMH: f64 = 15.0;
+
+/// How far a point may be from the road network and still join it, unless
+/// set otherwise.
+pub const DEFAULT_SNAP_M: f64 = 250.0;
+
+/// What is prepared from an extract, and kept in the cache.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Prepared {
+    /// Each graph node's position, (lat, lng).
+    pub coords: Vec<(f64, f64)>,
+    /// The nodes of the largest strongly connected part: those a point
+    /// snaps to.
+    pub snappable: Vec<u32>,
+    pub graph: FastGraph,
+}
+
+/// The directed graph of an extract's drivable ways, before preparation:
+/// what the router answers over, for an oracle to search too.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    /// Each node's position, by node index.
+    pub coords: Vec<LatLng>,
+    /// Directed edges: from, to, travel time in tenths of a second.
+    pub edges: Vec<(usize, usize, usize)>,
+}
+
+impl Graph {
+    /// The graph of `osm`'s drivable ways.
+    pub fn of(osm: &Osm) -> Graph {
+        let mut ids = std::collections::HashMap::new();
+        let mut coords = Vec::new();
+        let mut node = |id: i64| -> Option<usize> {
+            let &(lat, lng) = osm.nodes.get(&id)?;
+            let at = LatLng::new(lat, lng).ok()?;
+            Some(*ids.entry(id).or_insert_with(|| {
+                coords.push(at);
+                coords.len() - 1
+            }))
+        };
+        let mut pairs = Vec::new();
+        for way in &osm.ways {
+            let nodes: Vec<Option<usize>> = way.nodes.iter().map(|&id| node(id)).collect();
+            for pair in nodes.windows(2) {
+                if let (Some(a), Some(b)) = (pair[0], pair[1])
+                    && a != b
+                {
+                    pairs.push((a, b, way.road));
+                }
+            }
+        }
+        let mut edges = Vec::new();
+        for (a, b, road) in pairs {
+            let tenths = (coords[a].distance_m(coords[b]) / (road.speed_kmh / 3.6) * 10.0).round().max(1.0) as usize;
+            if road.oneway != Oneway::Backward {
+                edges.push((a, b, tenths));
+            }
+            if road.oneway != Oneway::Forward {
+                edges.push((b, a, tenths));
+            }
+        }
+        Graph { coords, edges }
+    }
+}
+
+impl Prepared {
+    /// Builds the graph of `osm`'s drivable ways and prepares it.
+    pub fn build(osm: &Osm) -> Prepared {
+        let Graph { coords, edges } = Graph::of(osm);
+        let mut input = InputGraph::new();
+        for &(a, b, tenths) in &edges {
+            input.add_edge(a, b, tenths);
+        }
+        input.freeze();
+        let graph = fast_paths::prepare(&input);
+        let snappable = largest_strong_part(coords.len(), &edges).into_iter().map(|n| n as u32).collect();
+        Prepared { coords: coords.iter().map(|p| (p.lat(), p.lng())).collect(), snappable, graph }
+    }
+
+    /// Whether the parts agree with one another (a cache file that does
+    /// not is rebuilt rather than trusted).
+    pub fn consistent(&self) -> bool {
+        let n = self.coords.len();
+        self.graph.get_num_nodes() == n
+            && self.snappable.iter().all(|&i| (i as usize) < n)
+            && self.coords.iter().all(|&(lat, lng)| LatLng::new(lat, lng).is_ok())
+    }
+}
+
+/// The nodes of the largest strongly connected part of the graph: from
+/// any of them a route leads to any other (petgraph's Kosaraju, which
+/// keeps its own stack, however long the roads).
+fn largest_strong_part(nodes: usize, edges: &[(usize, usize, usize)]) -> Vec<usize> {
+    let mut graph = petgraph::graph::DiGraph::<(), ()>::with_capacity(nodes, edges.len());
+    for _ in 0..nodes {
+        graph.add_node(());
+    }
+    for &(a, b, _) in edges {
+        graph.add_edge(petgraph::graph::NodeIndex::new(a), petgraph::graph::NodeIndex::new(b), ());
+    }
+    let parts = petgraph::algo::kosaraju_scc(&graph);
+    let largest = parts.into_iter().max_by_key(Vec::len).unwrap_or_default();
+    largest.into_iter().map(petgraph::graph::NodeIndex::index).collect()
+}
+
+/// A road network ready to answer drives.
+pub struct RoadNetwork {
+    coords: Vec<LatLng>,
+    graph: FastGraph,
+    snap: RTree<GeomWithData<[f64; 3], u32>>,
+    snap_m: f64,
+    /// One per thread that may ask at once; a query takes a free one.
+    calculators: Vec<Mutex<PathCalculator>>,
+}
+
+impl std::fmt::Debug for RoadNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoadNetwork")
+            .field("nodes", &self.coords.len())
+            .field("snappable", &self.snap.size())
+            .field("snap_m", &self.snap_m)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a point joins the road network.
+#[derive(Debug, Clone, Copy)]
+struct Snap {
+    node: usize,
+    /// The straight stretch to it, in metres.
+    access_m: f64,
+}
+
+impl RoadNetwork {
+    /// The network of `prepared`, or `None` if its parts do not agree
+    /// with one another (see [`Prepared::consistent`]).
+    pub(crate) fn new(prepared: Prepared, snap_m: f64) -> Option<Self> {
+        if !prepared.consistent() {
+            return None;
+        }
+        let Prepared { coords, snappable, graph } = prepared;
+        let coords: Vec<LatLng> =
+            coords.into_iter().map(|(lat, lng)| LatLng::new(lat, lng).ok()).collect::<Option<_>>()?;
+        let points = snappable.iter().map(|&i| GeomWithData::new(coords[i as usize].to_unit(), i)).collect::<Vec<_>>();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let calculators = (0..threads).map(|_| Mutex::new(fast_paths::create_calculator(&graph))).collect();
+        Some(Self { coords, graph, snap: RTree::bulk_load(points), snap_m, calculators })
+    }
+
+    /// Nodes in the graph.
+    pub fn nodes(&self) -> usize {
+        self.coords.len()
+    }
+
+    /// Directed edges in the prepared graph, shortcuts included.
+    pub fn edges(&self) -> usize {
+        self.graph.get_num_out_edges() + self.graph.get_num_in_edges()
+    }
+
+    /// How far a point may be from a road and still join the network.
+    pub fn snap_m(&self) -> f64 {
+        self.snap_m
+    }
+
+    /// Where `at` joins the network: the graph node (an index of
+    /// [`Graph::of`] the same extract) and the straight metres to it;
+    /// `None` beyond the snap distance.
+    pub fn snap_node(&self, at: LatLng) -> Option<(usize, f64)> {
+        self.snap(at).map(|s| (s.node, s.access_m))
+    }
+
+    fn snap(&self, at: LatLng) -> Option<Snap> {
+        let nearest = self.snap.nearest_neighbor(at.to_unit())?;
+        let node = nearest.data as usize;
+        let access_m = at.distance_m(self.coords[node]);
+        (access_m <= self.snap_m).then_some(Snap { node, access_m })
+    }
+
+    /// The drive from `from` to `to`, if both join the network and a route
+    /// joins them.
+    pub fn leg(&self, from: LatLng, to: LatLng) -> Option<Leg> {
+        let to = self.snap(to)?;
+        self.with_calculator(|calc| self.leg_to(calc, from, to))
+    }
+
+    /// The nodes of the drive from `from` to `to`, each a position, the
+    /// two points themselves at the ends: what a map draws.
+    pub fn route(&self, from: LatLng, to: LatLng) -> Option<Vec<LatLng>> {
+        let (a, b) = (self.snap(from)?, self.snap(to)?);
+        let path = self.with_calculator(|calc| calc.calc_path(&self.graph, a.node, b.node))?;
+        let mut points = vec![from];
+        points.extend(path.get_nodes().iter().map(|&n| self.coords[n]));
+        points.push(to);
+        Some(points)
+    }
+
+    fn leg_to(&self, calc: &mut PathCalculator, from: LatLng, to: Snap) -> Option<Leg> {
+        let from = self.snap(from)?;
+        let access = |m: f64| m / (ACCESS_KMH / 3.6);
+        let ends_m = from.access_m + to.access_m;
+        if from.node == to.node {
+            return Some(Leg { metres: ends_m, seconds: access(ends_m) });
+        }
+        let path = calc.calc_path(&self.graph, from.node, to.node)?;
+        let nodes = path.get_nodes();
+        let along: f64 = nodes.windows(2).map(|w| self.coords[w[0]].distance_m(self.coords[w[1]])).sum();
+        Some(Leg { metres: along + ends_m, seconds: path.get_weight() as f64 / 10.0 + access(ends_m) })
+    }
+
+    fn with_calculator<T>(&self, f: impl FnOnce(&mut PathCalculator) -> T) -> T {
+        let free = self.calculators.iter().find_map(|c| c.try_lock().ok());
+        let mut calc = match free {
+            Some(calc) => calc,
+            // All busy: wait for the first. A poisoned one (a query that
+            // panicked) holds no state a later query depends on.
+            None => self.calculators[0].lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        };
+        f(&mut calc)
+    }
+}
+
+impl Roads for RoadNetwork {
+    fn legs_to(&self, from: &[LatLng], to: LatLng) -> Vec<Option<Leg>> {
+        let Some(to) = self.snap(to) else { return vec![None; from.len()] };
+        self.with_calculator(|calc| from.iter().map(|&at| self.leg_to(calc, at, to)).collect())
+    }
+}
