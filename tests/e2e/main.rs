@@ -14,6 +14,7 @@ mod matching;
 mod operators;
 mod overload;
 mod rides;
+mod roads;
 mod security;
 mod shards;
 mod shutdown;

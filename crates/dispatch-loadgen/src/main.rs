@@ -57,6 +57,14 @@ struct Flags {
     /// Time compression of the replay (10: ten minutes of trips a minute).
     #[arg(long, default_value_t = 10.0)]
     speedup: f64,
+    /// Writes a road network for the scenario's cities to this file (OSM
+    /// XML: a grid of streets `--road-grid-spacing-m` apart over each
+    /// city, for `dispatchd --road-network`) and exits without running.
+    #[arg(long)]
+    write_road_grid: Option<PathBuf>,
+    /// The streets' spacing in the grid `--write-road-grid` writes.
+    #[arg(long, default_value_t = 200.0)]
+    road_grid_spacing_m: f64,
     /// How long a driver thinks before accepting.
     #[arg(long, value_parser = Dur::any)]
     think: Option<Dur>,
@@ -132,6 +140,24 @@ impl Flags {
     }
 }
 
+/// Writes the grid of streets over `cities` (see `--write-road-grid`).
+fn write_road_grid(path: &std::path::Path, cities: &[dispatch_loadgen::config::City], spacing_m: f64) -> ExitCode {
+    let areas: Vec<_> = cities
+        .iter()
+        .filter_map(|c| dispatch_core::geo::LatLng::new(c.lat, c.lng).ok().map(|centre| (centre, c.radius_m)))
+        .collect();
+    match std::fs::write(path, dispatch_road::grid::grids_xml(&areas, spacing_m)) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), cities = areas.len(), spacing_m, "road grid written");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(cause = %e, path = %path.display(), "cannot write the road grid");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let mut flags = Flags::parse();
@@ -139,6 +165,9 @@ fn main() -> ExitCode {
         tracing::warn!("{line}");
     }
     let mut config = flags.scenario.config(flags.connection.target.clone());
+    if let Some(path) = &flags.write_road_grid {
+        return write_road_grid(path, &config.cities, flags.road_grid_spacing_m);
+    }
     config.connect_timeout = flags.connection.timeout.0;
     if let Some(ca) = &flags.connection.tls_ca {
         match std::fs::read(ca) {

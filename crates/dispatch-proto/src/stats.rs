@@ -47,6 +47,7 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
     (SESSIONS, Kind::Gauge, "Open sessions: driver apps, fleet gateways, riders following a trip."),
     (TRIPS_OPEN, Kind::Gauge, "Trips not yet ended, by status."),
     (QUEUE_DEPTH, Kind::Gauge, "Commands waiting for the engine: urgent ones, and location updates."),
+    (ROAD_FALLBACKS, Kind::Counter, "Candidates ranked by the straight line for want of a drive by road."),
 ];
 
 /// Location updates applied.
@@ -67,6 +68,8 @@ pub const SESSIONS: &str = "dispatch_sessions";
 pub const TRIPS_OPEN: &str = "dispatch_trips_open";
 /// Engine queue depth.
 pub const QUEUE_DEPTH: &str = "dispatch_engine_queue_depth";
+/// Candidates ranked by the straight line, with a road network.
+pub const ROAD_FALLBACKS: &str = "dispatch_road_fallbacks_total";
 
 macro_rules! stats {
     ($($name:ident, $kind:ident, $title:literal, $json:expr, $metric:expr, $help:literal;)*) => {
@@ -136,6 +139,8 @@ stats! {
         "Position reports applied.";
     location_updates_shed, Counter, "location updates shed", (None, "location_updates_shed"),
         Some((LOCATION_UPDATES_SHED, None)), "Position reports dropped because the engine was behind.";
+    road_fallbacks, Counter, "road fallbacks", (None, "road_fallbacks"), Some((ROAD_FALLBACKS, None)),
+        "Candidates ranked by the straight line for want of a drive by road.";
     queue_urgent, Gauge, "engine queue, urgent", (Some("queue"), "urgent"),
         Some((QUEUE_DEPTH, Some(("queue", "urgent")))), "Urgent commands waiting for the engine.";
     queue_locations, Gauge, "engine queue, locations", (Some("queue"), "locations"),
@@ -188,12 +193,13 @@ mod tests {
             offers_withdrawn: 23,
             location_updates: 24,
             location_updates_shed: 25,
-            queue_urgent: 26,
-            queue_locations: 27,
-            uptime_s: 28,
+            road_fallbacks: 26,
+            queue_urgent: 27,
+            queue_locations: 28,
+            uptime_s: 29,
             ..pb::Stats::default()
         };
         let values: Vec<u64> = STATS.iter().map(|stat| (stat.value)(&s)).collect();
-        assert_eq!(values, (1..=28).collect::<Vec<u64>>());
+        assert_eq!(values, (1..=29).collect::<Vec<u64>>());
     }
 }

@@ -7,7 +7,9 @@
 //!   (`fast_paths`), snapping, drives.
 //! - [`load`]: an extract to a network, through a cache of the prepared
 //!   graph, so a restart does not prepare it again.
+//! - [`grid`]: generated grids of streets, for load scenarios.
 
+pub mod grid;
 pub mod network;
 pub mod osm;
 

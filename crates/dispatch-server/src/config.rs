@@ -99,6 +99,9 @@ pub struct ServerConfig {
     /// Whether drivers and fleets see the rider's id in offers and trips.
     /// Off: a driver learns nothing of who the rider is.
     pub drivers_see_rider_id: bool,
+    /// The road network candidates are ranked by (see
+    /// `dispatch_core::roads`); `None` ranks by the straight line.
+    pub roads: Option<std::sync::Arc<dyn dispatch_core::roads::Roads>>,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +126,7 @@ impl Default for ServerConfig {
             rate_limits: RateLimits::default(),
             offer_hides_dropoff: ServiceSet::EMPTY.with(ServiceType::Premium),
             drivers_see_rider_id: false,
+            roads: None,
         }
     }
 }

@@ -113,6 +113,25 @@ pub struct Flags {
     #[arg(long, env = "DISPATCH_ETA_SPEED_KMH", default_value_t = engine().eta_speed_kmh, value_parser = speed_kmh,
         help_heading = MATCHING)]
     pub eta_speed_kmh: f64,
+    /// An OpenStreetMap extract (`.osm.pbf`, or `.osm` XML) to rank drivers
+    /// by their drive to the pickup over its roads: the nearest
+    /// `--road-candidates` by the straight line are ranked by road, and a
+    /// trip's pickup distance and ETA are the road's. Prepared at start and
+    /// kept in `roads/` in the data directory, so a restart reads it back.
+    /// Without it, drivers are ranked by the straight line.
+    #[arg(long, env = "DISPATCH_ROAD_NETWORK", help_heading = MATCHING)]
+    pub road_network: Option<PathBuf>,
+    /// How many of the nearest drivers by the straight line are ranked by
+    /// road.
+    #[arg(long, env = "DISPATCH_ROAD_CANDIDATES", default_value_t = u16::try_from(engine().road_candidates).unwrap_or(u16::MAX),
+        value_parser = clap::value_parser!(u16).range(1..=1_000), help_heading = MATCHING)]
+    pub road_candidates: u16,
+    /// How far a driver or a pickup may be from the nearest road and still
+    /// be routed; one farther is ranked by the straight line
+    /// (`dispatch_road_fallbacks_total` counts them).
+    #[arg(long, env = "DISPATCH_ROAD_SNAP_M", default_value_t = dispatch_road::DEFAULT_SNAP_M,
+        value_parser = metres_or_zero, help_heading = MATCHING)]
+    pub road_snap_m: f64,
     /// How long a driver whose app dropped keeps a trip not yet in progress
     /// before it goes to another driver.
     #[arg(long, env = "DISPATCH_DRIVER_GRACE", default_value_t = Dur::ms(engine().driver_grace_ms),
@@ -482,6 +501,7 @@ impl Flags {
         config.engine.accept_weight_m = self.matching.accept_weight_m.unwrap_or(self.accept_weight_m);
         config.engine.forward_dispatch_m = self.matching.forward_dispatch_m.unwrap_or(self.forward_dispatch_m);
         config.engine.eta_speed_kmh = self.eta_speed_kmh;
+        config.engine.road_candidates = usize::from(self.road_candidates);
         config.max_fleet_batch = self.max_fleet_batch;
         config.max_sessions = self.max_sessions;
         // Fits: the parser caps it at 2^26.

@@ -86,6 +86,33 @@ pub async fn serve(flags: Flags) -> ExitCode {
         error!(dir = %flags.data_dir.display(), cause = %err, "cannot create the data directory");
         return ExitCode::FAILURE;
     }
+    if let Some(extract) = &flags.road_network {
+        if flags.shards > 1 {
+            error!("--road-network ranks by road on one shard for now; drop --shards or the road network");
+            return ExitCode::FAILURE;
+        }
+        let cache = flags.data_dir.join("roads");
+        let loaded = tokio::task::spawn_blocking({
+            let extract = extract.clone();
+            let snap_m = flags.road_snap_m;
+            move || dispatch_road::load(&extract, Some(&cache), snap_m)
+        })
+        .await;
+        match loaded {
+            Ok(Ok((network, source))) => {
+                info!(extract = %extract.display(), nodes = network.nodes(), ?source, "ranking drivers by road");
+                config.roads = Some(std::sync::Arc::new(network));
+            }
+            Ok(Err(err)) => {
+                error!(cause = %err, "cannot load the road network");
+                return ExitCode::FAILURE;
+            }
+            Err(err) => {
+                error!(cause = %err, "loading the road network failed");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let signalled = hook_signals();
     let listener = match TcpListener::bind(flags.listen).await {
         Ok(listener) => listener,

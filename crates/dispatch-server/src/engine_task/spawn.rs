@@ -212,9 +212,14 @@ fn spawn_shard(
     // own bound (in commands) only backs that up.
     let (bulk, bulk_rx) = mpsc::channel(config.max_queued_updates.max(1));
     let clock = Clock::new();
-    let with_territory = |engine: Engine| match territory {
-        Some(home) => engine.with_territory(Arc::new(home)),
-        None => engine,
+    let with_territory = |mut engine: Engine| {
+        if let Some(roads) = &config.roads {
+            engine.set_roads(Arc::clone(roads));
+        }
+        match territory {
+            Some(home) => engine.with_territory(Arc::new(home)),
+            None => engine,
+        }
     };
     let (log, engine) = match opened {
         Some(OpenedLog { mut store, recovered }) => {

@@ -1,0 +1,135 @@
+#![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
+//! What ranking by road costs: preparing an extract, one drive, the drives
+//! of a pickup's candidates (one query each), and the engine's ranking of
+//! a pickup by the straight line against by road, on central Helsinki
+//! (see `dispatch_testkit::roads::helsinki_extract`).
+//!
+//! Seeded. Run: `cargo bench --bench roads`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use dispatch_core::Engine;
+use dispatch_core::engine::{Config, DriverHello};
+use dispatch_core::geo::LatLng;
+use dispatch_core::ids::{DriverId, SessionId};
+use dispatch_core::roads::Roads;
+use dispatch_core::service::{ServiceSet, ServiceType};
+use dispatch_core::time::Timestamp;
+use dispatch_road::{DEFAULT_SNAP_M, Graph, RoadNetwork};
+use dispatch_testkit::rng;
+use rand::Rng;
+
+struct Helsinki {
+    network: Arc<RoadNetwork>,
+    points: Vec<LatLng>,
+}
+
+fn helsinki() -> Helsinki {
+    let extract = dispatch_testkit::roads::helsinki_extract();
+    let (network, _) = dispatch_road::load(&extract, None, DEFAULT_SNAP_M).unwrap_or_else(|e| panic!("{e}"));
+    let graph = Graph::of(&dispatch_road::osm::Osm::read(&extract).unwrap_or_else(|e| panic!("{e}")));
+    let mut rng = rng(1);
+    let points = (0..4_096)
+        .map(|_| graph.coords[rng.random_range(0..graph.coords.len())])
+        .filter(|&p| network.snap_node(p).is_some())
+        .collect();
+    Helsinki { network: Arc::new(network), points }
+}
+
+fn prepare(c: &mut Criterion) {
+    let mut group = c.benchmark_group("road_prepare");
+    group.sample_size(10);
+    let extract = dispatch_testkit::roads::helsinki_extract();
+    group.bench_function("helsinki", |b| {
+        b.iter(|| black_box(dispatch_road::load(&extract, None, DEFAULT_SNAP_M).map(|(n, _)| n.nodes())));
+    });
+    let xml = dispatch_testkit::roads::xml();
+    group.bench_function("river_city", |b| b.iter(|| black_box(dispatch_road::from_xml(&xml, DEFAULT_SNAP_M).is_ok())));
+    group.finish();
+}
+
+/// Percentiles of single queries, which criterion's means hide: timed one
+/// by one and printed (stderr) before the benchmarks.
+fn spread(city: &Helsinki) {
+    let n = city.points.len();
+    let mut took: Vec<std::time::Duration> = (0..20_000)
+        .map(|i| {
+            let started = std::time::Instant::now();
+            black_box(city.network.leg(city.points[(2 * i) % n], city.points[(2 * i + 1) % n]));
+            started.elapsed()
+        })
+        .collect();
+    took.sort();
+    let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "road_query/leg one by one: p50 {:?}, p99 {:?}, max {:?} over {} queries ({} nodes)",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        took.len(),
+        city.network.nodes()
+    );
+}
+
+fn query(c: &mut Criterion) {
+    let city = helsinki();
+    spread(&city);
+    let mut group = c.benchmark_group("road_query");
+    let mut i = 0;
+    let n = city.points.len();
+    group.bench_function("leg", |b| {
+        b.iter(|| {
+            i += 2;
+            black_box(city.network.leg(city.points[i % n], city.points[(i + 1) % n]))
+        });
+    });
+    for k in [8, 16, 32] {
+        group.bench_function(format!("legs_to/{k}"), |b| {
+            b.iter(|| {
+                i += k + 1;
+                let from: Vec<LatLng> = (0..k).map(|j| city.points[(i + j) % n]).collect();
+                black_box(city.network.legs_to(&from, city.points[(i + k) % n]))
+            });
+        });
+    }
+    group.finish();
+}
+
+/// The engine's answer to "who gets this ride" with 400 drivers in the
+/// extract: by the straight line, and by road over 16 candidates.
+fn rank(c: &mut Criterion) {
+    let city = helsinki();
+    let mut group = c.benchmark_group("road_rank");
+    let engine = |roads: bool| {
+        let mut engine = Engine::new(Config::default());
+        if roads {
+            engine.set_roads(city.network.clone());
+        }
+        let mut rng = rng(2);
+        for n in 0..400u64 {
+            let driver = DriverId::new(&format!("d{n}")).unwrap_or_else(|e| panic!("{e}"));
+            let position = Some(city.points[rng.random_range(0..city.points.len())]);
+            let hello =
+                DriverHello { driver, services: ServiceSet::default(), position, available: true, auto_accept: false };
+            engine.connect_driver(Timestamp(1), SessionId(n + 1), hello).unwrap_or_else(|e| panic!("{e}"));
+        }
+        engine
+    };
+    for (name, roads) in [("crow", false), ("road16", true)] {
+        let engine = engine(roads);
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i += 1;
+                let pickup = city.points[i % city.points.len()];
+                black_box(engine.nearest_offerable_driver(pickup, ServiceType::Taxi, 5_000.0))
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, prepare, query, rank);
+criterion_main!(benches);

@@ -1,0 +1,102 @@
+//! Ranking by road through the real gRPC API, on the generated river city:
+//! the driver across the river loses to the farther one on the same bank,
+//! and the trip's pickup distance and ETA are the drive's.
+
+use std::sync::Arc;
+
+use dispatch_proto::pb;
+use dispatch_testkit::roads::{self as city, at};
+
+use crate::harness::*;
+
+fn point(p: dispatch_core::geo::LatLng) -> pb::LatLng {
+    pb::LatLng { lat: p.lat(), lng: p.lng() }
+}
+
+async fn server(by_road: bool) -> TestServer {
+    let roads = by_road.then(|| {
+        let network = dispatch_road::from_xml(&city::xml(), dispatch_road::DEFAULT_SNAP_M);
+        Arc::new(network.unwrap_or_else(|e| panic!("{e}"))) as Arc<dyn dispatch_core::roads::Roads>
+    });
+    TestServer::with(dispatch_server::ServerConfig { roads, ..Default::default() }).await
+}
+
+fn driver_at(id: &str, position: dispatch_core::geo::LatLng) -> pb::Hello {
+    pb::Hello { driver_id: id.into(), position: Some(point(position)), available: true, ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_across_the_river_loses_to_the_farther_one_on_the_same_bank() {
+    let pickup = at(6.0, 10.0);
+    for by_road in [true, false] {
+        let server = server(by_road).await;
+        // 100 m away over the water, 1.7 km by the nearer bridge.
+        let mut across = server.driver(driver_at("across", at(5.0, 10.0))).await;
+        // 500 m away along the same street.
+        let mut same_bank = server.driver(driver_at("same-bank", at(6.0, 15.0))).await;
+        let mut rider = server
+            .request_with(pb::RideRequest {
+                rider_id: "r1".into(),
+                request_id: "q1".into(),
+                pickup: Some(point(pickup)),
+                ..Default::default()
+            })
+            .await;
+        let (winner, loser) = if by_road { (&mut same_bank, &mut across) } else { (&mut across, &mut same_bank) };
+        let offer = winner.expect_offer().await;
+        winner.reply(&offer, true).await;
+        let trip = rider.until(pb::TripStatus::DriverAssigned).await;
+        assert_eq!(loser.next_before_barrier().await, None, "by road: {by_road}");
+        if by_road {
+            assert_eq!(trip.driver_id, "same-bank");
+            assert!((trip.pickup_distance_m - 500.0).abs() < 5.0, "{trip:?}");
+            // Residential streets at 30 km/h: a minute.
+            assert!((trip.pickup_eta_s - 500.0 / (30.0 / 3.6)).abs() < 1.0, "{trip:?}");
+        } else {
+            assert_eq!(trip.driver_id, "across");
+            assert!((trip.pickup_distance_m - 100.0).abs() < 1.0, "{trip:?}");
+        }
+        assert_eq!(server.stats().await.road_fallbacks, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_street_counts_and_a_pickup_off_the_map_falls_back_to_the_straight_line() {
+    let server = server(true).await;
+    let row = city::ONEWAY_ROW as f64;
+    // East of the pickup on the one-way (eastward) street: 300 m straight,
+    // but round the block, 500 m. West of it: 400 m, driven straight.
+    let mut against = server.driver(driver_at("against", at(row, 13.0))).await;
+    let mut with = server.driver(driver_at("with", at(row, 6.0))).await;
+    let mut rider = server
+        .request_with(pb::RideRequest {
+            rider_id: "r1".into(),
+            request_id: "q1".into(),
+            pickup: Some(point(at(row, 10.0))),
+            ..Default::default()
+        })
+        .await;
+    let offer = with.expect_offer().await;
+    with.reply(&offer, true).await;
+    let trip = rider.until(pb::TripStatus::DriverAssigned).await;
+    assert!((trip.pickup_distance_m - 400.0).abs() < 5.0, "{trip:?}");
+    assert_eq!(against.next_before_barrier().await, None);
+    // A pickup a kilometre out at sea: no road reaches it, so the last
+    // driver is ranked (and its ETA reckoned) by the straight line, and
+    // the server counts it.
+    let sea = at(-10.0, 13.0);
+    let mut rider = server
+        .request_with(pb::RideRequest {
+            rider_id: "r2".into(),
+            request_id: "q2".into(),
+            pickup: Some(point(sea)),
+            ..Default::default()
+        })
+        .await;
+    let offer = against.expect_offer().await;
+    against.reply(&offer, true).await;
+    let trip = rider.until(pb::TripStatus::DriverAssigned).await;
+    let crow = at(row, 13.0).distance_m(sea);
+    assert!((trip.pickup_distance_m - crow).abs() < 1.0, "{trip:?}, straight line {crow}");
+    assert_eq!(server.stats().await.road_fallbacks, 1);
+}
