@@ -24,4 +24,10 @@ pub trait Roads: Send + Sync + std::fmt::Debug {
     /// no route between them). The caller then reckons that one by the
     /// straight line, and says so.
     fn legs_to(&self, from: &[LatLng], to: LatLng) -> Vec<Option<Leg>>;
+
+    /// A speed no drive beats over the straight line between its ends, in
+    /// metres a second: a drive from a point `d` metres away takes at least
+    /// `d / top_speed_mps()` seconds. The engine skips candidates too far
+    /// to beat those it has already ranked.
+    fn top_speed_mps(&self) -> f64;
 }

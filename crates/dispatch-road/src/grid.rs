@@ -12,7 +12,9 @@ const METRES_PER_DEGREE: f64 = 111_195.0;
 /// One square grid of residential streets `spacing_m` apart round each
 /// `(centre, radius_m)`, reaching `radius_m` each way, as OSM XML.
 pub fn grids_xml(areas: &[(LatLng, f64)], spacing_m: f64) -> String {
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<osm version=\"0.6\" generator=\"dispatch-road grid\">\n");
+    let mut out = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<osm version=\"0.6\" generator=\"dispatch-road grid\">\n",
+    );
     let spacing_m = spacing_m.max(10.0);
     let mut next_node = 1u64;
     let mut next_way = 1u64;
@@ -59,7 +61,9 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(network.nodes(), 11 * 11);
         // Two blocks east and two south: 800 m by the streets.
-        let east = |m: f64| LatLng::new(37.5 - m / METRES_PER_DEGREE, 127.0 + m / (METRES_PER_DEGREE * 37.5f64.to_radians().cos()));
+        let east = |m: f64| {
+            LatLng::new(37.5 - m / METRES_PER_DEGREE, 127.0 + m / (METRES_PER_DEGREE * 37.5f64.to_radians().cos()))
+        };
         let to = east(400.0).unwrap_or_else(|e| panic!("{e}"));
         let leg = network.leg(centre, to).unwrap_or_else(|| panic!("a route"));
         assert!((leg.metres - 800.0).abs() < 2.0, "{leg:?}");

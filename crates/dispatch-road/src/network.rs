@@ -4,7 +4,8 @@
 //!
 //! - **Edges** join consecutive nodes of a way, one each way unless it is
 //!   one-way; an edge's weight is its travel time in tenths of a second at
-//!   the way's speed.
+//!   the way's speed, rounded up, so that no drive is quicker than its
+//!   length at the fastest speed (the engine prunes candidates by that).
 //! - **Snapping**: a point joins the road network at the nearest node of
 //!   its largest strongly connected part (so that a route always leads
 //!   from any point that joins to any other: never an island, nor a
@@ -42,6 +43,8 @@ pub(crate) struct Prepared {
     /// The nodes of the largest strongly connected part: those a point
     /// snaps to.
     pub snappable: Vec<u32>,
+    /// See [`Graph::top_kmh`].
+    pub top_kmh: f64,
     pub graph: FastGraph,
 }
 
@@ -51,8 +54,12 @@ pub(crate) struct Prepared {
 pub struct Graph {
     /// Each node's position, by node index.
     pub coords: Vec<LatLng>,
-    /// Directed edges: from, to, travel time in tenths of a second.
+    /// Directed edges: from, to, travel time in tenths of a second,
+    /// rounded up (so no drive is quicker than its length at its speeds).
     pub edges: Vec<(usize, usize, usize)>,
+    /// The fastest speed of any edge, or of the stretch a point is driven
+    /// to the network at, km/h.
+    pub top_kmh: f64,
 }
 
 impl Graph {
@@ -80,8 +87,10 @@ impl Graph {
             }
         }
         let mut edges = Vec::new();
+        let mut top_kmh = ACCESS_KMH;
         for (a, b, road) in pairs {
-            let tenths = (coords[a].distance_m(coords[b]) / (road.speed_kmh / 3.6) * 10.0).round().max(1.0) as usize;
+            top_kmh = top_kmh.max(road.speed_kmh);
+            let tenths = (coords[a].distance_m(coords[b]) / (road.speed_kmh / 3.6) * 10.0).ceil().max(1.0) as usize;
             if road.oneway != Oneway::Backward {
                 edges.push((a, b, tenths));
             }
@@ -89,14 +98,14 @@ impl Graph {
                 edges.push((b, a, tenths));
             }
         }
-        Graph { coords, edges }
+        Graph { coords, edges, top_kmh }
     }
 }
 
 impl Prepared {
     /// Builds the graph of `osm`'s drivable ways and prepares it.
     pub fn build(osm: &Osm) -> Prepared {
-        let Graph { coords, edges } = Graph::of(osm);
+        let Graph { coords, edges, top_kmh } = Graph::of(osm);
         let mut input = InputGraph::new();
         for &(a, b, tenths) in &edges {
             input.add_edge(a, b, tenths);
@@ -104,7 +113,7 @@ impl Prepared {
         input.freeze();
         let graph = fast_paths::prepare(&input);
         let snappable = largest_strong_part(coords.len(), &edges).into_iter().map(|n| n as u32).collect();
-        Prepared { coords: coords.iter().map(|p| (p.lat(), p.lng())).collect(), snappable, graph }
+        Prepared { coords: coords.iter().map(|p| (p.lat(), p.lng())).collect(), snappable, top_kmh, graph }
     }
 
     /// Whether the parts agree with one another (a cache file that does
@@ -112,6 +121,8 @@ impl Prepared {
     pub fn consistent(&self) -> bool {
         let n = self.coords.len();
         self.graph.get_num_nodes() == n
+            && self.top_kmh.is_finite()
+            && self.top_kmh >= ACCESS_KMH
             && self.snappable.iter().all(|&i| (i as usize) < n)
             && self.coords.iter().all(|&(lat, lng)| LatLng::new(lat, lng).is_ok())
     }
@@ -139,6 +150,8 @@ pub struct RoadNetwork {
     graph: FastGraph,
     snap: RTree<GeomWithData<[f64; 3], u32>>,
     snap_m: f64,
+    /// No drive is faster over the straight line (see [`Graph::top_kmh`]).
+    top_mps: f64,
     /// One per thread that may ask at once; a query takes a free one.
     calculators: Vec<Mutex<PathCalculator>>,
 }
@@ -168,13 +181,13 @@ impl RoadNetwork {
         if !prepared.consistent() {
             return None;
         }
-        let Prepared { coords, snappable, graph } = prepared;
+        let Prepared { coords, snappable, top_kmh, graph } = prepared;
         let coords: Vec<LatLng> =
             coords.into_iter().map(|(lat, lng)| LatLng::new(lat, lng).ok()).collect::<Option<_>>()?;
         let points = snappable.iter().map(|&i| GeomWithData::new(coords[i as usize].to_unit(), i)).collect::<Vec<_>>();
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let calculators = (0..threads).map(|_| Mutex::new(fast_paths::create_calculator(&graph))).collect();
-        Some(Self { coords, graph, snap: RTree::bulk_load(points), snap_m, calculators })
+        Some(Self { coords, graph, snap: RTree::bulk_load(points), snap_m, top_mps: top_kmh / 3.6, calculators })
     }
 
     /// Nodes in the graph.
@@ -253,5 +266,9 @@ impl Roads for RoadNetwork {
     fn legs_to(&self, from: &[LatLng], to: LatLng) -> Vec<Option<Leg>> {
         let Some(to) = self.snap(to) else { return vec![None; from.len()] };
         self.with_calculator(|calc| from.iter().map(|&at| self.leg_to(calc, at, to)).collect())
+    }
+
+    fn top_speed_mps(&self) -> f64 {
+        self.top_mps
     }
 }

@@ -192,6 +192,11 @@ impl crate::roads::Roads for LineRoads {
             })
             .collect()
     }
+
+    fn top_speed_mps(&self) -> f64 {
+        // Half again the line's length at 30 km/h: never faster than 20.
+        20.0 / 3.6
+    }
 }
 
 fn run(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config)) -> Result<(), TestCaseError> {

@@ -16,26 +16,41 @@ use crate::index::DriverKey;
 use crate::roads::Leg;
 
 impl Engine {
-    /// Ranks `found` (each with its great-circle distance) by road, in
-    /// place: each distance becomes the drive's cost in metres (see the
-    /// module docs), best first, ties keeping their order. Answers how many
-    /// fell back to the straight line; a no-op without a road network.
-    pub(super) fn rank_by_road(&self, pickup: LatLng, found: &mut [(DriverKey, f64)]) -> u64 {
+    /// Ranks `found` (each with its great-circle distance, nearest first)
+    /// by road, in place: each distance becomes the drive's cost in metres
+    /// (see the module docs), best first, ties keeping their order. Answers
+    /// how many fell back to the straight line; a no-op without a road
+    /// network.
+    ///
+    /// Exact and lazy: a candidate `d` metres away cannot drive there in
+    /// less than `d / Roads::top_speed_mps()`, so once `want` candidates
+    /// cost (with their miss-rate weight) no more than that, it and every
+    /// farther one are dropped unasked.
+    pub(super) fn rank_by_road(&self, pickup: LatLng, found: &mut Vec<(DriverKey, f64)>, want: usize) -> u64 {
         let Some(roads) = &self.roads else { return 0 };
-        let from: Vec<LatLng> = found.iter().filter_map(|&(key, _)| self.driver(key).position).collect();
-        if from.len() != found.len() {
-            // Every candidate came out of the index by its position.
-            return 0;
-        }
-        let legs = roads.legs_to(&from, pickup);
         let mps = self.config.eta_speed_kmh.max(1.0) / 3.6;
+        // The least cost per metre of straight line (a fallback's is 1).
+        let floor = (mps / roads.top_speed_mps().max(0.1)).min(1.0);
+        let mut best: Vec<f64> = Vec::with_capacity(want + 1);
         let mut fallbacks = 0;
-        for (candidate, leg) in found.iter_mut().zip(legs.into_iter().chain(std::iter::repeat(None))) {
+        let mut asked = 0;
+        for candidate in found.iter_mut() {
+            let (key, crow_m) = *candidate;
+            if want > 0 && best.len() >= want && crow_m * floor >= best[want - 1] {
+                break;
+            }
+            asked += 1;
+            let leg = self.driver(key).position.and_then(|at| roads.legs_to(&[at], pickup).pop().flatten());
             match leg {
                 Some(leg) => candidate.1 = leg.seconds.max(0.0) * mps,
                 None => fallbacks += 1,
             }
+            let cost = self.rank_cost(key, candidate.1);
+            let at = best.partition_point(|&c| c <= cost);
+            best.insert(at, cost);
+            best.truncate(want.max(1));
         }
+        found.truncate(asked);
         found.sort_by(|a, b| a.1.total_cmp(&b.1));
         fallbacks
     }
