@@ -14,11 +14,17 @@ fn point(p: dispatch_core::geo::LatLng) -> pb::LatLng {
 }
 
 async fn server(by_road: bool) -> TestServer {
+    server_matching(by_road, "nearest").await
+}
+
+async fn server_matching(by_road: bool, matching: &str) -> TestServer {
     let roads = by_road.then(|| {
         let network = dispatch_road::from_xml(&city::xml(), dispatch_road::DEFAULT_SNAP_M);
         Arc::new(network.unwrap_or_else(|e| panic!("{e}"))) as Arc<dyn dispatch_core::roads::Roads>
     });
-    TestServer::with(dispatch_server::ServerConfig { roads, ..Default::default() }).await
+    let mut config = dispatch_server::ServerConfig { roads, ..Default::default() };
+    config.engine.matching = matching.parse().unwrap_or_else(|e: String| panic!("{e}"));
+    TestServer::with(config).await
 }
 
 fn driver_at(id: &str, position: dispatch_core::geo::LatLng) -> pb::Hello {
@@ -28,8 +34,9 @@ fn driver_at(id: &str, position: dispatch_core::geo::LatLng) -> pb::Hello {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_driver_across_the_river_loses_to_the_farther_one_on_the_same_bank() {
     let pickup = at(6.0, 10.0);
-    for by_road in [true, false] {
-        let server = server(by_road).await;
+    // Nearest-first, and a batch (its candidates costed by road too).
+    for (by_road, matching) in [(true, "nearest"), (false, "nearest"), (true, "batch:1s"), (false, "batch:1s")] {
+        let server = server_matching(by_road, matching).await;
         // 100 m away over the water, 1.7 km by the nearer bridge.
         let mut across = server.driver(driver_at("across", at(5.0, 10.0))).await;
         // 500 m away along the same street.
@@ -46,7 +53,7 @@ async fn the_driver_across_the_river_loses_to_the_farther_one_on_the_same_bank()
         let offer = winner.expect_offer().await;
         winner.reply(&offer, true).await;
         let trip = rider.until(pb::TripStatus::DriverAssigned).await;
-        assert_eq!(loser.next_before_barrier().await, None, "by road: {by_road}");
+        assert_eq!(loser.next_before_barrier().await, None, "by road: {by_road}, {matching}");
         if by_road {
             assert_eq!(trip.driver_id, "same-bank");
             assert!((trip.pickup_distance_m - 500.0).abs() < 5.0, "{trip:?}");

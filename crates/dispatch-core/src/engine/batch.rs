@@ -158,6 +158,7 @@ impl Engine {
         let mut distances: Vec<Vec<f64>> = Vec::new();
         let mut columns: Vec<DriverKey> = Vec::new();
         let mut column_of: HashMap<DriverKey, usize> = HashMap::new();
+        let mut fallbacks = 0;
         for trip_id in held {
             let Some(state) = self.trips.get(&trip_id) else {
                 self.queue.release(trip_id);
@@ -173,14 +174,22 @@ impl Engine {
                 driver.is_offerable() && driver.services.contains(service) && !state.tried.contains(&driver.id)
             };
             let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
-            let found = self.drivers.free().nearest_k(state.trip.pickup, state.radius_m, CANDIDATES, offerable, by_id);
+            let pool = self.road_pool(CANDIDATES);
+            let found = self.drivers.free().nearest_k(state.trip.pickup, state.radius_m, pool, offerable, by_id);
+            // With a road network, the best `CANDIDATES` by road, each
+            // costed by its drive (see `road.rs`).
+            let mut near: Vec<(DriverKey, f64)> = found.into_iter().map(|n| (n.key, n.distance_m)).collect();
+            fallbacks += self.rank_by_road(state.trip.pickup, &mut near, CANDIDATES);
+            near.truncate(CANDIDATES);
             let mut found: Vec<(DriverKey, f64, f64)> =
-                found.into_iter().map(|n| (n.key, n.distance_m, self.rank_cost(n.key, n.distance_m))).collect();
+                near.into_iter().map(|(key, cost_m)| (key, cost_m, self.rank_cost(key, cost_m))).collect();
             // Forward dispatch: the best driver finishing a ride nearby is
-            // one more candidate, costed by the route via its dropoff.
+            // one more candidate, costed by the route via its dropoff (by
+            // road, with a road network).
             if let Some((key, route_m)) =
                 self.forward_candidate(state.trip.pickup, service, state.radius_m, &state.tried)
             {
+                let route_m = self.forward_cost(key, state.trip.pickup, route_m);
                 found.push((key, route_m, self.rank_cost(key, route_m)));
             }
             let mut candidates = Vec::with_capacity(found.len());
@@ -204,6 +213,7 @@ impl Engine {
             distances.push(metres);
             trips.push(trip_id);
         }
+        self.stats.road_fallbacks += fallbacks;
         let chosen = assign(&rows, columns.len());
         for (((trip_id, row), metres), choice) in trips.into_iter().zip(&rows).zip(&distances).zip(chosen) {
             let Some(col) = choice else { continue };

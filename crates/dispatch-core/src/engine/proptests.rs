@@ -430,4 +430,13 @@ proptest! {
             c.road_candidates = 3;
         }, true)?;
     }
+
+    /// Batches costing their candidates by road, with forward dispatch.
+    #[test]
+    fn invariants_hold_under_any_sequence_batching_by_road(ops in proptest::collection::vec(op(), 1..120)) {
+        run_on(ops, "batch:1s,premium=nearest", |c| {
+            c.forward_dispatch_m = 3_000.0;
+            c.road_candidates = 3;
+        }, true)?;
+    }
 }

@@ -2,7 +2,7 @@
 //! great-circle nearest candidates are ranked by their drive to the
 //! pickup (nearest-first and broadcast), a forward-dispatch candidate by
 //! its drive via its dropoff, and an assigned trip's pickup distance and
-//! ETA are the road's. Batches still cost their pairs by the straight line.
+//! ETA are the road's. A batch costs each request's candidates by road too.
 //!
 //! A drive's cost in the ranking is its seconds at `Config::eta_speed_kmh`
 //! in metres, the unit every other cost here is in (a miss-rate weight,
