@@ -20,7 +20,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use network::Prepared;
-pub use network::{ACCESS_KMH, DEFAULT_SNAP_M, Graph, RoadNetwork};
+pub use network::{ACCESS_KMH, DEFAULT_SNAP_M, Graph, RoadNetwork, Route};
 use osm::Osm;
 
 /// What stops a road network from loading.

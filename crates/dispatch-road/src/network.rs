@@ -166,6 +166,15 @@ impl std::fmt::Debug for RoadNetwork {
     }
 }
 
+/// A drive and the way it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Its length and time, as [`RoadNetwork::leg`] answers.
+    pub leg: Leg,
+    /// The points it passes, from its start to its end.
+    pub points: Vec<LatLng>,
+}
+
 /// Where a point joins the road network.
 #[derive(Debug, Clone, Copy)]
 struct Snap {
@@ -226,28 +235,46 @@ impl RoadNetwork {
         self.with_calculator(|calc| self.leg_to(calc, from, to))
     }
 
-    /// The nodes of the drive from `from` to `to`, each a position, the
-    /// two points themselves at the ends: what a map draws.
-    pub fn route(&self, from: LatLng, to: LatLng) -> Option<Vec<LatLng>> {
+    /// The drive from `from` to `to` and the way it goes (the points it
+    /// passes, the two ends first and last): what a map draws and a
+    /// simulated car follows. `None` where [`RoadNetwork::leg`] is.
+    pub fn route(&self, from: LatLng, to: LatLng) -> Option<Route> {
         let (a, b) = (self.snap(from)?, self.snap(to)?);
-        let path = self.with_calculator(|calc| calc.calc_path(&self.graph, a.node, b.node))?;
-        let mut points = vec![from];
-        points.extend(path.get_nodes().iter().map(|&n| self.coords[n]));
+        let (nodes, leg) = if a.node == b.node {
+            (vec![a.node], self.leg_along(a, b, &[], 0))
+        } else {
+            let path = self.with_calculator(|calc| calc.calc_path(&self.graph, a.node, b.node))?;
+            (path.get_nodes().clone(), self.leg_along(a, b, path.get_nodes(), path.get_weight()))
+        };
+        let mut points = Vec::with_capacity(nodes.len() + 2);
+        points.push(from);
+        points.extend(nodes.iter().map(|&n| self.coords[n]));
         points.push(to);
-        Some(points)
+        Some(Route { leg, points })
+    }
+
+    /// Every point a driver or pickup may snap to (the nodes of the largest
+    /// strongly connected part), in no particular order: where a
+    /// simulation may put riders.
+    pub fn snappable(&self) -> Vec<LatLng> {
+        self.snap.iter().map(|p| self.coords[p.data as usize]).collect()
     }
 
     fn leg_to(&self, calc: &mut PathCalculator, from: LatLng, to: Snap) -> Option<Leg> {
         let from = self.snap(from)?;
-        let access = |m: f64| m / (ACCESS_KMH / 3.6);
-        let ends_m = from.access_m + to.access_m;
         if from.node == to.node {
-            return Some(Leg { metres: ends_m, seconds: access(ends_m) });
+            return Some(self.leg_along(from, to, &[], 0));
         }
         let path = calc.calc_path(&self.graph, from.node, to.node)?;
-        let nodes = path.get_nodes();
+        Some(self.leg_along(from, to, path.get_nodes(), path.get_weight()))
+    }
+
+    /// The drive from `from` to `to` through `nodes` (none when both snap
+    /// to one), `tenths` of a second between the first and the last.
+    fn leg_along(&self, from: Snap, to: Snap, nodes: &[usize], tenths: usize) -> Leg {
+        let ends_m = from.access_m + to.access_m;
         let along: f64 = nodes.windows(2).map(|w| self.coords[w[0]].distance_m(self.coords[w[1]])).sum();
-        Some(Leg { metres: along + ends_m, seconds: path.get_weight() as f64 / 10.0 + access(ends_m) })
+        Leg { metres: along + ends_m, seconds: tenths as f64 / 10.0 + ends_m / (ACCESS_KMH / 3.6) }
     }
 
     fn with_calculator<T>(&self, f: impl FnOnce(&mut PathCalculator) -> T) -> T {

@@ -17,8 +17,25 @@ use rand::SeedableRng;
 #[command(name = "dispatch-sim", version, about)]
 struct Flags {
     /// A trip file, e.g. `../shared/data/nyc-2013-03-01-am/nyc_2013-03-01_8-12.csv`.
+    #[arg(long, required_unless_present = "random_trips")]
+    data: Option<PathBuf>,
+    /// Instead of a trip file: this many requests spread evenly at random
+    /// over the window, from and to points drawn from `--road-network`'s
+    /// roads.
+    #[arg(long, requires = "road_network", conflicts_with = "data")]
+    random_trips: Option<usize>,
+    /// Drive the cars along this OpenStreetMap extract's roads at their
+    /// speeds (`.osm.pbf` or `.osm`), and rank drivers by it (see `--rank`).
     #[arg(long)]
-    data: PathBuf,
+    road_network: Option<PathBuf>,
+    /// How far from a road a point still joins it, metres.
+    #[arg(long, default_value_t = dispatch_road::DEFAULT_SNAP_M)]
+    road_snap_m: f64,
+    /// How the engine ranks drivers, with `--road-network`: `road`,
+    /// `crow` (the straight line, as without one), or both (`--rank crow
+    /// road`: each policy run both ways, cars on the same roads).
+    #[arg(long, num_args = 1.., value_enum, default_value = "road")]
+    rank: Vec<Rank>,
     /// Its layout (read from its header when left out).
     #[arg(long)]
     format: Option<Format>,
@@ -160,6 +177,15 @@ impl Flags {
     }
 }
 
+/// How drivers are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Rank {
+    /// By the straight line.
+    Crow,
+    /// By the drive over the road network.
+    Road,
+}
+
 /// Fleet sizes to sweep.
 #[derive(Debug, Clone)]
 struct Sizes(Vec<usize>);
@@ -212,15 +238,30 @@ fn think_with(s: &str, seconds: impl Fn(&str) -> Result<f64, String>) -> Result<
 }
 
 fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
-    let format = match flags.format {
-        Some(format) => format,
-        None => Format::sniff(&flags.data)?,
+    let roads = match &flags.road_network {
+        Some(path) => {
+            let (network, _) = dispatch_road::load(path, None, flags.road_snap_m)
+                .map_err(|e| SimError::Input(format!("--road-network: {e}")))?;
+            Some(std::sync::Arc::new(network))
+        }
+        None => None,
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(flags.seed);
-    let (all, dropped) = trips::read(&flags.data, format, &mut rng)?;
-    if dropped.total() > 0 {
-        eprintln!("dispatch-sim: {}: {dropped}", flags.data.display());
-    }
+    let all = match (&flags.data, flags.random_trips, &roads) {
+        (_, Some(n), Some(roads)) => trips::on_roads(&roads.snappable(), n, flags.from, flags.to, &mut rng)?,
+        (Some(data), _, _) => {
+            let format = match flags.format {
+                Some(format) => format,
+                None => Format::sniff(data)?,
+            };
+            let (all, dropped) = trips::read(data, format, &mut rng)?;
+            if dropped.total() > 0 {
+                eprintln!("dispatch-sim: {}: {dropped}", data.display());
+            }
+            all
+        }
+        _ => return Err(SimError::Input("give --data, or --random-trips with --road-network".into())),
+    };
     let seeds = seed_points(&all, flags.from);
     let think = match flags.think {
         ThinkFlag::Range(lo, hi) => Think::Uniform(lo, hi),
@@ -237,9 +278,10 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
     }
     let sizes = flags.sweep_drivers.clone().map_or_else(|| vec![flags.drivers], |s| s.0);
     let policies: Vec<&str> = flags.compare.iter().map(|p| p.trim()).filter(|p| !p.is_empty()).collect();
+    let ranks: Vec<Rank> = if roads.is_some() { flags.rank.clone() } else { vec![Rank::Crow] };
     let mut rows: Vec<(String, Kpis)> = Vec::new();
     for &drivers in &sizes {
-        for policy in &policies {
+        for (policy, rank) in policies.iter().flat_map(|p| ranks.iter().map(move |r| (p, *r))) {
             let mut world = World {
                 drivers,
                 speed_mps: flags.speed_kmh / 3.6,
@@ -248,6 +290,8 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
                 accept_spread: flags.accept_spread,
                 think: think.clone(),
                 seed: flags.seed,
+                roads: roads.clone(),
+                rank_by_road: rank == Rank::Road,
                 ..World::default()
             };
             world.engine.max_pickup_distance_m = flags.max_pickup_distance_m;
@@ -259,7 +303,12 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
             world.engine.batch_unmatched_m = flags.batch_unmatched_m;
             world.engine.batch_unmatched_per_s_m = flags.batch_unmatched_per_s_m;
             let kpis = world::run(&world, &all, &seeds, flags.from, flags.to)?;
-            rows.push(((*policy).to_owned(), kpis));
+            let name = match (&roads, rank) {
+                (None, _) => (*policy).to_owned(),
+                (Some(_), Rank::Crow) => format!("{policy} by crow"),
+                (Some(_), Rank::Road) => format!("{policy} by road"),
+            };
+            rows.push((name, kpis));
         }
     }
     let io = |e: std::io::Error| SimError::Input(format!("output: {e}"));
@@ -315,7 +364,7 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
         .map_err(io)?;
     }
     // Against the first policy of the same fleet size, as ratios.
-    if policies.len() > 1 {
+    if rows.len() > sizes.len() {
         writeln!(out).map_err(io)?;
         for (policy, k) in &rows {
             let Some((base_name, base)) = rows.iter().find(|(_, b)| b.drivers == k.drivers) else { continue };
@@ -325,11 +374,12 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
             let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
             writeln!(
                 out,
-                "{} drivers: {policy} vs {base_name}: match {:+.1} points, pickup x{:.2}, wait p90 {:+.1} s, \
-                 empty km x{:.2}, offers per request x{:.2}",
+                "{} drivers: {policy} vs {base_name}: match {:+.1} points, pickup x{:.2}, pickup eta x{:.2}, \
+                 wait p90 {:+.1} s, empty km x{:.2}, offers per request x{:.2}",
                 k.drivers,
                 (k.match_rate - base.match_rate) * 100.0,
                 ratio(k.pickup_mean_m, base.pickup_mean_m),
+                ratio(k.pickup_eta_mean_s, base.pickup_eta_mean_s),
                 k.wait_p90_s - base.wait_p90_s,
                 ratio(k.empty_km, base.empty_km),
                 ratio(k.offers_per_trip, base.offers_per_trip),

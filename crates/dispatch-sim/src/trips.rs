@@ -136,6 +136,32 @@ fn point(lat: f64, lng: f64) -> Option<LatLng> {
     LatLng::new(lat, lng).ok()
 }
 
+/// `n` requests at times drawn uniformly from `from_s..to_s`, sorted,
+/// each from and to one of `points` drawn uniformly (a road network's
+/// nodes: riders ask where the roads are dense).
+pub fn on_roads(
+    points: &[LatLng],
+    n: usize,
+    from_s: f64,
+    to_s: f64,
+    rng: &mut impl Rng,
+) -> Result<Vec<TripRow>, SimError> {
+    if points.len() < 2 || to_s <= from_s {
+        return Err(SimError::Input("--random-trips: needs a road network of two points and a window".into()));
+    }
+    let point = |rng: &mut dyn rand::RngCore| points[rng.random_range(0..points.len())];
+    let mut trips: Vec<TripRow> = (0..n)
+        .map(|_| TripRow {
+            at_s: rng.random_range(from_s..to_s),
+            pickup: point(rng),
+            dropoff: point(rng),
+            accept_after_s: None,
+        })
+        .collect();
+    trips.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    Ok(trips)
+}
+
 /// Reads every usable trip of `path`, sorted by time, and counts the rows
 /// left out.
 pub fn read(path: &Path, format: Format, rng: &mut impl Rng) -> Result<(Vec<TripRow>, Dropped), SimError> {

@@ -1,5 +1,6 @@
 //! One simulated city: the pure engine driven in virtual time by riders
-//! replayed from real trips and drivers who drive straight lines.
+//! replayed from real trips and drivers who drive straight lines at a
+//! detour, or, with a road network, along its roads at their speeds.
 //!
 //! Event-driven: the next thing to happen is the earliest of the queued
 //! events (a request, a driver's answer, an arrival, a drop-off, a ping)
@@ -8,6 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use dispatch_core::Engine;
 use dispatch_core::engine::{Config, DriverEvent, DriverHello, Effect, Ping, RideRequest};
@@ -16,6 +18,7 @@ use dispatch_core::ids::{DriverId, OfferId, RequestId, RiderId, SessionId, TripI
 use dispatch_core::service::{ServiceSet, ServiceType};
 use dispatch_core::time::Timestamp;
 use dispatch_core::trip::TripStatus;
+use dispatch_road::RoadNetwork;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -45,6 +48,12 @@ pub struct World {
     pub engine: Config,
     /// The seed for everything random.
     pub seed: u64,
+    /// Roads the cars drive along (a drive with no route, such as to a
+    /// point off the network, goes straight at `speed_mps` and `detour`).
+    pub roads: Option<Arc<RoadNetwork>>,
+    /// Whether the engine ranks drivers by those roads, or by the straight
+    /// line as it does without a road network.
+    pub rank_by_road: bool,
 }
 
 impl Default for World {
@@ -59,6 +68,8 @@ impl Default for World {
             ping_s: 5.0,
             engine: Config { search_timeout_ms: 60_000, ..Config::default() },
             seed: 1,
+            roads: None,
+            rank_by_road: false,
         }
     }
 }
@@ -98,29 +109,53 @@ enum Event {
     Ping(usize),
 }
 
-/// A driver's straight-line leg, for its position at any time.
-#[derive(Debug, Clone, Copy)]
+/// A driver's leg, for its position at any time: straight, or along the
+/// points of a route by road.
+#[derive(Debug, Clone)]
 struct Leg {
     from: LatLng,
     to: LatLng,
     depart_ms: i64,
     arrive_ms: i64,
+    /// The route's points with the metres driven to each, if by road.
+    path: Option<Arc<[(LatLng, f64)]>>,
 }
 
 impl Leg {
     fn still(at: LatLng) -> Self {
-        Self { from: at, to: at, depart_ms: 0, arrive_ms: 0 }
+        Self { from: at, to: at, depart_ms: 0, arrive_ms: 0, path: None }
     }
 
+    /// Where the car is at `now_ms`: as far along as the time driven, at
+    /// an even speed over the leg.
     fn at(&self, now_ms: i64) -> LatLng {
         if now_ms >= self.arrive_ms || self.arrive_ms <= self.depart_ms {
             return self.to;
         }
         let f = (now_ms - self.depart_ms) as f64 / (self.arrive_ms - self.depart_ms) as f64;
-        let lat = self.from.lat() + (self.to.lat() - self.from.lat()) * f;
-        let lng = self.from.lng() + (self.to.lng() - self.from.lng()) * f;
-        LatLng::new(lat, lng).unwrap_or(self.to)
+        let Some(path) = &self.path else { return between(self.from, self.to, f) };
+        let total = path.last().map_or(0.0, |&(_, m)| m);
+        let done = total * f;
+        let next = path.partition_point(|&(_, m)| m < done).clamp(1, path.len().saturating_sub(1).max(1));
+        match (path.get(next - 1), path.get(next)) {
+            (Some(&(a, am)), Some(&(b, bm))) if bm > am => between(a, b, (done - am) / (bm - am)),
+            (_, Some(&(b, _))) => b,
+            _ => self.to,
+        }
     }
+}
+
+fn between(a: LatLng, b: LatLng, f: f64) -> LatLng {
+    let lat = a.lat() + (b.lat() - a.lat()) * f;
+    let lng = a.lng() + (b.lng() - a.lng()) * f;
+    LatLng::new(lat, lng).unwrap_or(b)
+}
+
+/// A drive: how long, how far, and the way (by road).
+struct Drive {
+    ms: i64,
+    metres: f64,
+    path: Option<Arc<[(LatLng, f64)]>>,
 }
 
 struct Sim<'a> {
@@ -152,8 +187,27 @@ impl Sim<'_> {
         self.queue.push(Reverse((at_ms, self.seq, event)));
     }
 
-    fn drive_ms(&self, from: LatLng, to: LatLng) -> i64 {
-        (from.distance_m(to) * self.world.detour / self.world.speed_mps * 1_000.0).round() as i64
+    /// The drive from `from` to `to`: along the roads if there are any and
+    /// a route, else straight at the detour.
+    fn drive(&self, from: LatLng, to: LatLng) -> Drive {
+        if let Some(route) = self.world.roads.as_ref().and_then(|roads| roads.route(from, to)) {
+            let mut metres = 0.0;
+            let mut path = Vec::with_capacity(route.points.len());
+            for (n, &p) in route.points.iter().enumerate() {
+                if n > 0 {
+                    metres += route.points[n - 1].distance_m(p);
+                }
+                path.push((p, metres));
+            }
+            let ms = (route.leg.seconds * 1_000.0).round() as i64;
+            return Drive { ms, metres: route.leg.metres, path: Some(path.into()) };
+        }
+        let metres = from.distance_m(to) * self.world.detour;
+        Drive { ms: (metres / self.world.speed_mps * 1_000.0).round() as i64, metres, path: None }
+    }
+
+    fn set_off(&mut self, driver: usize, from: LatLng, to: LatLng, drive: Drive) {
+        self.legs[driver] = Leg { from, to, depart_ms: self.now, arrive_ms: self.now + drive.ms, path: drive.path };
     }
 
     /// Reads what the engine said and schedules what people do about it.
@@ -175,13 +229,13 @@ impl Sim<'_> {
                     // Forward dispatch: the driver finishes the ride under
                     // way (its leg ends at that dropoff), then drives on.
                     let driver = (session.0 - 1) as usize;
-                    let leg = self.legs[driver];
-                    let on = self.drive_ms(leg.to, trip.pickup);
+                    let (to, arrive_ms) = (self.legs[driver].to, self.legs[driver].arrive_ms);
+                    let on = self.drive(to, trip.pickup);
                     if let Some(&n) = self.request_of.get(&trip.id) {
                         let waited = self.now - (self.trips[n].at_s * 1_000.0) as i64;
-                        let eta = (leg.arrive_ms - self.now).max(0) + on;
+                        let eta = (arrive_ms - self.now).max(0) + on.ms;
                         let route = trip.pickup_distance_m.unwrap_or_default();
-                        self.tally.assigned(waited, route, eta, leg.to.distance_m(trip.pickup) * self.world.detour);
+                        self.tally.assigned(waited, route, eta, on.metres);
                         self.counted.insert(trip.id);
                     }
                 }
@@ -190,16 +244,16 @@ impl Sim<'_> {
                 {
                     let driver = (session.0 - 1) as usize;
                     let from = self.legs[driver].at(self.now);
-                    let drive = self.drive_ms(from, trip.pickup);
-                    self.legs[driver] = Leg { from, to: trip.pickup, depart_ms: self.now, arrive_ms: self.now + drive };
+                    let drive = self.drive(from, trip.pickup);
+                    let (ms, metres) = (drive.ms, drive.metres);
+                    self.set_off(driver, from, trip.pickup, drive);
                     if let Some(&n) = self.request_of.get(&trip.id)
                         && self.counted.insert(trip.id)
                     {
                         let waited = self.now - (self.trips[n].at_s * 1_000.0) as i64;
-                        let straight = from.distance_m(trip.pickup);
-                        self.tally.assigned(waited, straight, drive, straight * self.world.detour);
+                        self.tally.assigned(waited, from.distance_m(trip.pickup), ms, metres);
                     }
-                    self.at(self.now + drive, Event::Arrive { driver, trip: trip.id });
+                    self.at(self.now + ms, Event::Arrive { driver, trip: trip.id });
                 }
                 Effect::Rider(trip) if trip.status == TripStatus::NoDriverFound => self.tally.no_driver += 1,
                 _ => {}
@@ -244,11 +298,11 @@ impl Sim<'_> {
                 }
                 let Some(&n) = self.request_of.get(&trip) else { return };
                 let row = self.trips[n];
-                let drive = self.drive_ms(row.pickup, row.dropoff);
-                self.legs[driver] =
-                    Leg { from: row.pickup, to: row.dropoff, depart_ms: self.now, arrive_ms: self.now + drive };
-                self.tally.busy_ms += drive;
-                self.at(self.now + drive, Event::Complete { driver, trip });
+                let drive = self.drive(row.pickup, row.dropoff);
+                let ms = drive.ms;
+                self.set_off(driver, row.pickup, row.dropoff, drive);
+                self.tally.busy_ms += ms;
+                self.at(self.now + ms, Event::Complete { driver, trip });
             }
             Event::Complete { driver, trip } => {
                 if self.engine.trip_progress(now, session(driver), None, trip, TripStatus::Completed).is_ok() {
@@ -263,6 +317,15 @@ impl Sim<'_> {
             }
         }
     }
+}
+
+/// The engine of `world`: ranking by its roads if it says so.
+fn engine(world: &World) -> Engine {
+    let mut engine = Engine::new(world.engine.clone());
+    if let (Some(roads), true) = (&world.roads, world.rank_by_road) {
+        engine.set_roads(roads.clone());
+    }
+    engine
 }
 
 /// Runs `trips` (those asked for from `start_s` to `end_s`) through a city
@@ -283,7 +346,7 @@ pub fn run(
     let mut sim = Sim {
         world,
         trips,
-        engine: Engine::new(world.engine.clone()),
+        engine: engine(world),
         now: start_ms,
         queue: BinaryHeap::new(),
         seq: 0,
