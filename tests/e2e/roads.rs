@@ -107,3 +107,32 @@ async fn a_one_way_street_counts_and_a_pickup_off_the_map_falls_back_to_the_stra
     assert!((trip.pickup_distance_m - crow).abs() < 1.0, "{trip:?}, straight line {crow}");
     assert_eq!(server.stats().await.road_fallbacks, 1);
 }
+
+/// `max_pickup_eta` by road: the driver 100 m away across the river is
+/// 1.7 km and over three minutes by road, so with two minutes at most it
+/// is never offered the ride, which waits for a driver who can come in
+/// time (a minute along the same bank).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_too_many_minutes_away_by_road_is_not_offered_the_ride() {
+    let network = dispatch_road::from_xml(&city::xml(), dispatch_road::DEFAULT_SNAP_M);
+    let roads = Some(Arc::new(network.unwrap_or_else(|e| panic!("{e}"))) as Arc<dyn dispatch_core::roads::Roads>);
+    let mut config = dispatch_server::ServerConfig { roads, ..Default::default() };
+    config.engine.max_pickup_eta_ms = 120_000;
+    let server = TestServer::with(config).await;
+    let mut across = server.driver(driver_at("across", at(5.0, 10.0))).await;
+    let mut rider = server
+        .request_with(pb::RideRequest {
+            rider_id: "r1".into(),
+            request_id: "q1".into(),
+            pickup: Some(point(at(6.0, 10.0))),
+            ..Default::default()
+        })
+        .await;
+    let mut same_bank = server.driver(driver_at("same-bank", at(6.0, 15.0))).await;
+    let offer = same_bank.expect_offer().await;
+    same_bank.reply(&offer, true).await;
+    let trip = rider.until(pb::TripStatus::DriverAssigned).await;
+    assert_eq!(trip.driver_id, "same-bank");
+    assert!(trip.pickup_eta_s <= 120.0, "{trip:?}");
+    assert_eq!(across.next_before_barrier().await, None);
+}

@@ -79,6 +79,13 @@ pub struct Flags {
     #[arg(long, env = "DISPATCH_MAX_PICKUP_DISTANCE_M", default_value_t = engine().max_pickup_distance_m,
         value_parser = positive_metres, help_heading = MATCHING)]
     pub max_pickup_distance_m: f64,
+    /// The pickup radius as time (`10m`): no driver whose drive to the
+    /// pickup takes longer is offered the ride (by road with
+    /// `--road-network`, else the straight line at `--eta-speed-kmh`),
+    /// whatever the radius in metres; 0 turns it off.
+    #[arg(long, env = "DISPATCH_MAX_PICKUP_ETA", default_value_t = Dur::ms(engine().max_pickup_eta_ms),
+        value_parser = Dur::any, help_heading = MATCHING)]
+    pub max_pickup_eta: Dur,
     /// How many drivers a ride is offered to (declined, lapsed or given
     /// back) before it ends NO_DRIVER_FOUND; at most 5,000, so every trip
     /// record fits the trip log's frame limit.
@@ -487,6 +494,7 @@ impl Flags {
         config.engine.offer_timeout_ms = self.offer_timeout.as_ms();
         config.engine.search_timeout_ms = self.search_timeout.as_ms();
         config.engine.max_pickup_distance_m = self.max_pickup_distance_m;
+        config.engine.max_pickup_eta_ms = self.max_pickup_eta.as_ms();
         config.engine.trip_retention_ms = self.trip_retention.as_ms();
         config.engine.driver_grace_ms = self.driver_grace.as_ms();
         config.engine.rider_position_interval_ms = self.rider_position_interval.as_ms();

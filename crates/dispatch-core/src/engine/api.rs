@@ -65,6 +65,11 @@ pub struct Config {
     /// to the pickup. The fastest driver by road is found when it is among
     /// them.
     pub road_candidates: usize,
+    /// The pickup radius as time: no driver whose drive to the pickup
+    /// takes longer is offered the ride (by road with a road network, else
+    /// the straight line at `eta_speed_kmh`), whatever the radius in
+    /// metres. 0 turns it off.
+    pub max_pickup_eta_ms: i64,
 }
 
 /// The most drivers a trip may be offered to, whatever the configuration:
@@ -99,6 +104,7 @@ impl Default for Config {
             forward_dispatch_m: 0.0,
             eta_speed_kmh: 22.0,
             road_candidates: 16,
+            max_pickup_eta_ms: 0,
         }
     }
 }

@@ -175,11 +175,13 @@ impl Engine {
             };
             let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
             let pool = self.road_pool(CANDIDATES);
-            let found = self.drivers.free().nearest_k(state.trip.pickup, state.radius_m, pool, offerable, by_id);
+            let radius_m = self.eta_radius(state.radius_m);
+            let found = self.drivers.free().nearest_k(state.trip.pickup, radius_m, pool, offerable, by_id);
             // With a road network, the best `CANDIDATES` by road, each
             // costed by its drive (see `road.rs`).
             let mut near: Vec<(DriverKey, f64)> = found.into_iter().map(|n| (n.key, n.distance_m)).collect();
             fallbacks += self.rank_by_road(state.trip.pickup, &mut near, CANDIDATES);
+            near.retain(|&(_, cost_m)| self.within_eta(cost_m));
             near.truncate(CANDIDATES);
             let mut found: Vec<(DriverKey, f64, f64)> =
                 near.into_iter().map(|(key, cost_m)| (key, cost_m, self.rank_cost(key, cost_m))).collect();
@@ -190,7 +192,9 @@ impl Engine {
                 self.forward_candidate(state.trip.pickup, service, state.radius_m, &state.tried)
             {
                 let route_m = self.forward_cost(key, state.trip.pickup, route_m);
-                found.push((key, route_m, self.rank_cost(key, route_m)));
+                if self.within_eta(route_m) {
+                    found.push((key, route_m, self.rank_cost(key, route_m)));
+                }
             }
             let mut candidates = Vec::with_capacity(found.len());
             let mut metres = Vec::with_capacity(found.len());

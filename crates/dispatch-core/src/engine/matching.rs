@@ -61,6 +61,7 @@ impl Engine {
         let pool = self.road_pool(self.candidate_pool(want));
         let mut found = self.nearest_offerable(pickup, service, radius_m, tried, pool);
         let fallbacks = self.rank_by_road(pickup, &mut found, want);
+        found.retain(|&(_, cost_m)| self.within_eta(cost_m));
         if ranked {
             // Stable: equal costs keep their distance (then id) order.
             found.sort_by(|a, b| self.rank_cost(a.0, a.1).total_cmp(&self.rank_cost(b.0, b.1)));
@@ -84,7 +85,7 @@ impl Engine {
             driver.is_offerable() && driver.services.contains(service) && !tried.contains(&driver.id)
         };
         let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
-        let nearest = self.drivers.free().nearest_k(pickup, radius_m, pool, offerable, by_id);
+        let nearest = self.drivers.free().nearest_k(pickup, self.eta_radius(radius_m), pool, offerable, by_id);
         nearest.into_iter().map(|n| (n.key, n.distance_m)).collect()
     }
 
@@ -149,6 +150,7 @@ impl Engine {
             && let Some((key, route_m)) =
                 self.forward_candidate(state.trip.pickup, state.trip.service, state.radius_m, &state.tried)
             && let route_m = self.forward_cost(key, state.trip.pickup, route_m)
+            && self.within_eta(route_m)
             && found.first().is_none_or(|&(_, free_m)| route_m < free_m)
         {
             self.offer_to(now, trip_id, key, route_m);

@@ -96,6 +96,29 @@ impl Engine {
         if self.roads.is_some() { pool.max(self.config.road_candidates) } else { pool }
     }
 
+    /// Whether a candidate whose cost is `cost_m` in the ranking's unit
+    /// (see the module docs) reaches the pickup within
+    /// `Config::max_pickup_eta_ms`: always, when that is off.
+    pub(super) fn within_eta(&self, cost_m: f64) -> bool {
+        let max_ms = self.config.max_pickup_eta_ms;
+        max_ms <= 0 || cost_m <= max_ms as f64 / 1_000.0 * (self.config.eta_speed_kmh.max(1.0) / 3.6)
+    }
+
+    /// `radius_m` cut to where a driver could still reach the pickup within
+    /// `Config::max_pickup_eta_ms`: the straight line at the ETA speed, or,
+    /// by road, at the network's top speed (no drive is quicker).
+    pub(super) fn eta_radius(&self, radius_m: f64) -> f64 {
+        let max_ms = self.config.max_pickup_eta_ms;
+        if max_ms <= 0 {
+            return radius_m;
+        }
+        let mps = match &self.roads {
+            Some(roads) => roads.top_speed_mps().max(self.config.eta_speed_kmh.max(1.0) / 3.6),
+            None => self.config.eta_speed_kmh.max(1.0) / 3.6,
+        };
+        radius_m.min(max_ms as f64 / 1_000.0 * mps)
+    }
+
     /// Whether candidates are ranked by road.
     pub(super) fn by_road(&self) -> bool {
         self.roads.is_some()

@@ -296,6 +296,32 @@ fn outside_the_radius_the_trip_waits_then_a_driver_moving_in_gets_it() {
     assert_eq!(w.status(trip), TripStatus::Searching);
 }
 
+/// The radius as time: a minute at 22 km/h is 367 m, so a driver 400 m
+/// off waits, whatever the radius in metres, and gets it at 300 m; under
+/// a batch too.
+#[test]
+fn beyond_the_longest_pickup_eta_the_trip_waits_then_a_driver_moving_in_gets_it() {
+    for policy in ["nearest", "batch:1s"] {
+        let mut w = World::with(Config {
+            max_pickup_eta_ms: 60_000,
+            matching: policy.parse().unwrap_or_else(|e: String| panic!("{e}")),
+            ..Config::default()
+        });
+        let s = w.driver("far", 400.0);
+        let trip = w.request("r1");
+        for _ in 0..3 {
+            w.advance(1_000);
+            assert!(offers(&w.drain()).is_empty(), "{policy}");
+        }
+        w.engine
+            .ping(w.now, s, Ping { position: north_of_pickup(300.0), timestamp: None })
+            .unwrap_or_else(|e| panic!("{e}"));
+        w.advance(1_000);
+        assert_eq!(only_offer(&w.drain()).2, "far", "{policy}");
+        assert_eq!(w.status(trip), TripStatus::Searching);
+    }
+}
+
 #[test]
 fn moves_retry_waiting_trips_at_most_once_per_rematch_interval() {
     let mut w = World::new();
