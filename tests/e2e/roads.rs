@@ -136,3 +136,52 @@ async fn a_driver_too_many_minutes_away_by_road_is_not_offered_the_ride() {
     assert!(trip.pickup_eta_s <= 120.0, "{trip:?}");
     assert_eq!(across.next_before_barrier().await, None);
 }
+
+/// The rider's stream updates the ETA by road as the car comes: the driver
+/// across the river drives round by the bridge, and each position the
+/// rider sees comes with the drive from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_riders_eta_follows_the_car_by_road() {
+    let network = dispatch_road::from_xml(&city::xml(), dispatch_road::DEFAULT_SNAP_M);
+    let network = Arc::new(network.unwrap_or_else(|e| panic!("{e}")));
+    let roads = Some(network.clone() as Arc<dyn dispatch_core::roads::Roads>);
+    let mut config = dispatch_server::ServerConfig { roads, ..Default::default() };
+    config.engine.rider_position_interval_ms = 0;
+    config.engine.eta_refresh_ms = 50;
+    let server = TestServer::with(config).await;
+    let pickup = at(6.0, 10.0);
+    let mut driver = server.driver(driver_at("across", at(5.0, 10.0))).await;
+    let mut rider = server
+        .request_with(pb::RideRequest {
+            rider_id: "r1".into(),
+            request_id: "q1".into(),
+            pickup: Some(point(pickup)),
+            ..Default::default()
+        })
+        .await;
+    let offer = driver.expect_offer().await;
+    driver.reply(&offer, true).await;
+    let trip = rider.until(pb::TripStatus::DriverAssigned).await;
+    let mut last = trip.pickup_eta_s;
+    let mut seen_at = unix_ms();
+    // East along the far bank, over the bridge, back west.
+    for (row, col) in [(5.0, 14.0), (5.0, 18.0), (6.0, 18.0), (6.0, 14.0)] {
+        // Past the refresh interval since the last one was seen (so since
+        // the engine reckoned it).
+        wait_until_past(seen_at + 50).await;
+        driver.ping(point(at(row, col))).await;
+        let update = loop {
+            let update = rider.next().await;
+            if update.driver_position.is_some_and(|p| (p.lat, p.lng) == (at(row, col).lat(), at(row, col).lng())) {
+                break update;
+            }
+        };
+        seen_at = unix_ms();
+        let drive = network.leg(at(row, col), pickup).unwrap_or_else(|| panic!("no drive"));
+        assert!((update.pickup_eta_s - drive.seconds).abs() < 0.01, "{update:?} against {drive:?}");
+        assert!(update.pickup_eta_s < last, "{update:?} after {last}");
+        last = update.pickup_eta_s;
+    }
+    let fetched = server.get_trip(&trip.trip_id).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fetched.pickup_eta_s, last);
+}

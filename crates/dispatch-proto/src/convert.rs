@@ -358,6 +358,7 @@ impl From<&Stats> for pb::Stats {
             offers_expired: s.offers_expired,
             location_updates: s.location_updates,
             road_fallbacks: s.road_fallbacks,
+            eta_refreshes: s.eta_refreshes,
             match_latency_p50_us: 0,
             match_latency_p99_us: 0,
             uptime_s: 0,

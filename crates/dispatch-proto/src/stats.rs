@@ -48,6 +48,7 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
     (TRIPS_OPEN, Kind::Gauge, "Trips not yet ended, by status."),
     (QUEUE_DEPTH, Kind::Gauge, "Commands waiting for the engine: urgent ones, and location updates."),
     (ROAD_FALLBACKS, Kind::Counter, "Candidates ranked by the straight line for want of a drive by road."),
+    (ETA_REFRESHES, Kind::Counter, "Pickup ETAs reckoned again from where the car was, as it came."),
 ];
 
 /// Location updates applied.
@@ -70,6 +71,8 @@ pub const TRIPS_OPEN: &str = "dispatch_trips_open";
 pub const QUEUE_DEPTH: &str = "dispatch_engine_queue_depth";
 /// Candidates ranked by the straight line, with a road network.
 pub const ROAD_FALLBACKS: &str = "dispatch_road_fallbacks_total";
+/// Pickup ETAs reckoned again as cars came.
+pub const ETA_REFRESHES: &str = "dispatch_eta_refreshes_total";
 
 macro_rules! stats {
     ($($name:ident, $kind:ident, $title:literal, $json:expr, $metric:expr, $help:literal;)*) => {
@@ -141,6 +144,8 @@ stats! {
         Some((LOCATION_UPDATES_SHED, None)), "Position reports dropped because the engine was behind.";
     road_fallbacks, Counter, "road fallbacks", (None, "road_fallbacks"), Some((ROAD_FALLBACKS, None)),
         "Candidates ranked by the straight line for want of a drive by road.";
+    eta_refreshes, Counter, "pickup ETAs refreshed", (None, "eta_refreshes"), Some((ETA_REFRESHES, None)),
+        "Pickup ETAs reckoned again from where the car was, as it came.";
     queue_urgent, Gauge, "engine queue, urgent", (Some("queue"), "urgent"),
         Some((QUEUE_DEPTH, Some(("queue", "urgent")))), "Urgent commands waiting for the engine.";
     queue_locations, Gauge, "engine queue, locations", (Some("queue"), "locations"),
@@ -194,12 +199,13 @@ mod tests {
             location_updates: 24,
             location_updates_shed: 25,
             road_fallbacks: 26,
-            queue_urgent: 27,
-            queue_locations: 28,
-            uptime_s: 29,
+            eta_refreshes: 27,
+            queue_urgent: 28,
+            queue_locations: 29,
+            uptime_s: 30,
             ..pb::Stats::default()
         };
         let values: Vec<u64> = STATS.iter().map(|stat| (stat.value)(&s)).collect();
-        assert_eq!(values, (1..=29).collect::<Vec<u64>>());
+        assert_eq!(values, (1..=30).collect::<Vec<u64>>());
     }
 }

@@ -70,6 +70,11 @@ pub struct Config {
     /// the straight line at `eta_speed_kmh`), whatever the radius in
     /// metres. 0 turns it off.
     pub max_pickup_eta_ms: i64,
+    /// How often, at most, an assigned trip's pickup ETA is reckoned again
+    /// from where the car is as it comes (by road with a road network),
+    /// and shown to its riders with the car's position. 0 keeps the ETA of
+    /// the assignment.
+    pub eta_refresh_ms: i64,
 }
 
 /// The most drivers a trip may be offered to, whatever the configuration:
@@ -105,6 +110,7 @@ impl Default for Config {
             eta_speed_kmh: 22.0,
             road_candidates: 16,
             max_pickup_eta_ms: 0,
+            eta_refresh_ms: 10_000,
         }
     }
 }
@@ -391,6 +397,9 @@ pub enum Effect {
         position: LatLng,
         /// When (the trip's `updated_at` from now on).
         at: Timestamp,
+        /// The pickup ETA reckoned again from there, in milliseconds, when
+        /// one was due (see `Config::eta_refresh_ms`).
+        pickup_eta_ms: Option<i64>,
     },
     /// A trip got its first offer (or, with auto-accept, its driver): the
     /// caller measures request-to-offer latency from here. `across`, with
@@ -513,6 +522,9 @@ pub struct Stats {
     /// no drive to the pickup was to be had (off the roads, or no route),
     /// in total.
     pub road_fallbacks: u64,
+    /// Pickup ETAs reckoned again as cars came (`Config::eta_refresh_ms`),
+    /// in total.
+    pub eta_refreshes: u64,
     /// Ride requests that made a trip (a retry with the same request id
     /// excluded), in total.
     pub ride_requests: u64,

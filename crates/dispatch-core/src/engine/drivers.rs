@@ -10,10 +10,10 @@ use super::{
 };
 use crate::error::EngineError;
 use crate::geo::MAX_DISTANCE_M;
-use crate::ids::{DriverId, FLEET_SEPARATOR, FleetId, SessionId};
+use crate::ids::{DriverId, FLEET_SEPARATOR, FleetId, SessionId, TripId};
 use crate::index::{DriverIndex, DriverKey, nearest_k_bounded_in};
 use crate::time::Timestamp;
-use crate::trip::Trip;
+use crate::trip::{Trip, TripStatus};
 
 impl Engine {
     /// A driver's app says hello on a new session. A session already open
@@ -330,7 +330,28 @@ impl Engine {
         }
         if self.trips.show_driver_at(trip, ping.position, Some(now)) {
             self.drivers.pushed(key, now);
-            self.effects.push(Effect::DriverMoved { trip, position: ping.position, at: now });
+            let pickup_eta_ms = self.refresh_eta(now, key, trip);
+            self.effects.push(Effect::DriverMoved { trip, position: ping.position, at: now, pickup_eta_ms });
         }
+    }
+
+    /// Reckons the pickup ETA of `trip` again from where its driver `key`
+    /// is now, if the trip still waits for the car and its ETA was last
+    /// reckoned `Config::eta_refresh_ms` ago or more; answers the new one.
+    fn refresh_eta(&mut self, now: Timestamp, key: DriverKey, trip: TripId) -> Option<i64> {
+        let every = self.config.eta_refresh_ms;
+        let state = self.trips.get(&trip)?;
+        if every <= 0 || state.trip.status != TripStatus::DriverAssigned || now.since(state.eta_at) < every {
+            return None;
+        }
+        let pickup = state.trip.pickup;
+        let crow_m = self.driver(key).position?.distance_m(pickup);
+        let (_, eta_ms) = self.pickup_leg(key, pickup, crow_m);
+        let mut state = self.trips.get_mut(&trip)?;
+        state.eta_at = now;
+        state.trip.pickup_eta_ms = Some(eta_ms);
+        drop(state);
+        self.stats.eta_refreshes += 1;
+        Some(eta_ms)
     }
 }

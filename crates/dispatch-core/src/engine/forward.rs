@@ -111,6 +111,7 @@ impl Engine {
         state.trip.driver_position = position;
         state.trip.pickup_distance_m = leg.map(|(metres, _)| metres);
         state.trip.pickup_eta_ms = leg.map(|(_, eta_ms)| eta_ms);
+        state.eta_at = now;
         let trip = state.trip.clone();
         drop(state);
         self.drivers.pushed(key, now);

@@ -322,6 +322,7 @@ impl Engine {
         let Some(mut state) = self.trips.get_mut(&trip_id) else { return };
         // The other drivers of a broadcast, if any: told it is taken below.
         let others = std::mem::take(&mut state.offers);
+        state.eta_at = now;
         let trip = &mut state.trip;
         trip.status = TripStatus::DriverAssigned;
         trip.driver = Some(driver_id);

@@ -338,8 +338,21 @@ fn run_on(ops: Vec<Op>, policies: &str, tune: impl Fn(&mut Config), roads: bool)
                     with_roads(Engine::restore(config.clone(), now, LogRecord::fold(seen.log.clone()), 1, first_offer)),
                 );
                 for (id, live) in before.trips.iter() {
-                    let back = engine.trip(*id).map(|t| Trip { driver_position: None, updated_at: now, ..t.clone() });
-                    let mut live = Trip { driver_position: None, updated_at: now, ..live.trip.clone() };
+                    // Soft state, not logged: the driver's position, and
+                    // the pickup ETA of a car on its way (reckoned again as
+                    // it comes; the next ping after the restart does so).
+                    let soft = |t: &Trip| Trip {
+                        driver_position: None,
+                        updated_at: now,
+                        pickup_eta_ms: if t.status == TripStatus::DriverAssigned && !t.queued {
+                            None
+                        } else {
+                            t.pickup_eta_ms
+                        },
+                        ..t.clone()
+                    };
+                    let back = engine.trip(*id).map(|t| soft(&t));
+                    let mut live = soft(&live.trip);
                     if live.queued {
                         // A ride queued behind another searches again.
                         live = Trip {

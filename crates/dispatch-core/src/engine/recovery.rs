@@ -113,6 +113,7 @@ impl Engine {
                     asking: false,
                     asked_across: false,
                     claims: 0,
+                    eta_at: Timestamp(0),
                 },
             );
             if let Some(driver) = driver {

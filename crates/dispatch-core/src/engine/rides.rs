@@ -56,6 +56,7 @@ impl Engine {
                 asking: false,
                 asked_across: false,
                 claims: 0,
+                eta_at: Timestamp(0),
             },
         );
         self.stats.ride_requests += 1;

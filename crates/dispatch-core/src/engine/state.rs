@@ -153,6 +153,9 @@ pub(super) struct TripState {
     pub asked_across: bool,
     /// Claims out for the trip's drivers in other shards.
     pub claims: u32,
+    /// When the pickup ETA was last reckoned (at assignment, then at most
+    /// every `Config::eta_refresh_ms` as the car comes).
+    pub eta_at: Timestamp,
 }
 
 /// An ended trip as kept for its retention (a day by default): the facts

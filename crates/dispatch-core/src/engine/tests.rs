@@ -497,6 +497,51 @@ fn a_lost_session_declines_its_offer_and_forgets_an_idle_driver() {
     assert_eq!(w.engine.stats().drivers_connected, 1);
 }
 
+/// The pickup ETA, reckoned again as the car comes, at most every
+/// `eta_refresh_ms`, with the car's position; the engine's trip shows the
+/// newest; none once the car is there.
+#[test]
+fn the_pickup_eta_is_reckoned_again_as_the_car_comes() {
+    let mut w = World::with(Config { rider_position_interval_ms: 0, eta_refresh_ms: 10_000, ..Config::default() });
+    let s = w.driver_with("a", 1_000.0, ServiceSet::taxi(), true);
+    let trip = w.request("r1");
+    w.drain();
+    let first = w.engine.trip(trip).and_then(|t| t.pickup_eta_ms);
+    assert_eq!(first, Some(w.engine.config().eta_ms(1_000.0)));
+    let etas = |effects: &[Effect]| -> Vec<Option<i64>> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::DriverMoved { pickup_eta_ms, .. } => Some(*pickup_eta_ms),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for step in 1..=8 {
+        w.advance(4_000);
+        let metres = 1_000.0 - 100.0 * f64::from(step);
+        w.engine
+            .ping(w.now, s, Ping { position: north_of_pickup(metres), timestamp: None })
+            .unwrap_or_else(|e| panic!("{e}"));
+        seen.extend(etas(&w.drain()));
+    }
+    // Pings at 4 s, 8 s, ... 32 s after the assignment: reckoned at 12 s
+    // (700 m to go), 24 s (400 m), and not between.
+    let config = w.engine.config().clone();
+    let eta = |m: f64| Some(config.eta_ms(north_of_pickup(m).distance_m(p(PICKUP.0, PICKUP.1))));
+    assert_eq!(seen, [None, None, eta(700.0), None, None, eta(400.0), None, None], "{seen:?}");
+    assert_eq!(w.engine.trip(trip).and_then(|t| t.pickup_eta_ms), eta(400.0));
+    w.engine.trip_progress(w.now, s, None, trip, TripStatus::DriverArrived).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..3 {
+        w.advance(10_000);
+        w.engine
+            .ping(w.now, s, Ping { position: north_of_pickup(0.0), timestamp: None })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(etas(&w.drain()), [None]);
+    }
+}
+
 #[test]
 fn a_driver_on_a_trip_keeps_it_across_a_reconnect() {
     let mut w = World::new();

@@ -31,10 +31,8 @@ use std::sync::mpsc as std_mpsc;
 
 use dashmap::DashMap;
 use dispatch_core::engine::DriverEvent;
-use dispatch_core::geo::LatLng;
 use dispatch_core::ids::{SessionId, TripId};
 use dispatch_core::service::ServiceSet;
-use dispatch_core::time::Timestamp;
 use dispatch_core::trip::{Trip, TripStatus};
 use dispatch_proto::{convert, pb};
 use tokio::sync::{broadcast, mpsc};
@@ -255,8 +253,8 @@ impl Deliverer {
     fn deliver_moves(&mut self, most: usize) {
         self.moves_turn = Instant::now();
         for _ in 0..most {
-            let Some((trip, position, at)) = self.moves.pop() else { return };
-            self.moved(trip, position, at);
+            let Some((trip, fix)) = self.moves.pop() else { return };
+            self.moved(trip, fix);
         }
     }
 
@@ -413,12 +411,16 @@ impl Deliverer {
         }
     }
 
-    /// Refreshes the driver's position in the trip's snapshot in place (no
-    /// new snapshot for every ping), and tells its riders, if any.
-    fn moved(&mut self, trip: TripId, position: LatLng, at: Timestamp) {
+    /// Refreshes the driver's position (and the pickup ETA, if reckoned
+    /// again) in the trip's snapshot in place (no new snapshot for every
+    /// ping), and tells its riders, if any.
+    fn moved(&mut self, trip: TripId, fix: moves::Fix) {
         let Some(mut entry) = self.trips.get_mut(&trip) else { return };
-        entry.driver_position = Some(position.into());
-        entry.updated_at_ms = at.0;
+        entry.driver_position = Some(fix.position.into());
+        entry.updated_at_ms = fix.at.0;
+        if let Some(ms) = fix.pickup_eta_ms {
+            entry.pickup_eta_s = ms as f64 / 1_000.0;
+        }
         let Some(riders) = self.riders.get_mut(&trip) else { return };
         let snapshot = entry.clone();
         drop(entry);
@@ -477,6 +479,8 @@ mod tests {
     use super::*;
     use crate::engine_task::{Gates, Move};
     use crate::streams::RiderUpdate;
+    use dispatch_core::geo::LatLng;
+    use dispatch_core::time::Timestamp;
 
     fn stage() -> Deliverer {
         let (cut_off, _) = mpsc::unbounded_channel();
@@ -540,7 +544,7 @@ mod tests {
         }
 
         fn moved(&self, trip: u64, lat: f64, at_ms: i64) -> Move {
-            self.gates.gate(TripId(trip), at(lat), Timestamp(at_ms))
+            self.gates.gate(TripId(trip), at(lat), Timestamp(at_ms), None)
         }
     }
 
@@ -713,12 +717,36 @@ mod tests {
         assert!(stage.moves.is_empty());
     }
 
+    /// A refreshed ETA in a position superseded by a newer one before it
+    /// was delivered still reaches the rider, with the newer position.
+    #[test]
+    fn a_refreshed_eta_outlives_the_position_it_came_with() {
+        let mut moves = Moves::default();
+        let moved = |lat: f64, pickup_eta_ms| Move {
+            trip: TripId(1),
+            position: at(lat),
+            at: Timestamp(0),
+            pickup_eta_ms,
+            after: None,
+        };
+        moves.note(moved(37.1, Some(90_000)), 0);
+        moves.note(moved(37.2, None), 0);
+        let (trip, fix) = moves.pop().unwrap_or_else(|| panic!("nothing ready"));
+        assert_eq!((trip, fix.position, fix.pickup_eta_ms), (TripId(1), at(37.2), Some(90_000)));
+        // Gated behind a delivery, the same.
+        moves.note(Move { after: Some(5), ..moved(37.3, Some(60_000)) }, 0);
+        moves.note(Move { after: Some(5), ..moved(37.4, None) }, 0);
+        moves.release(6);
+        let (_, fix) = moves.pop().unwrap_or_else(|| panic!("nothing released"));
+        assert_eq!((fix.position, fix.pickup_eta_ms), (at(37.4), Some(60_000)));
+    }
+
     #[test]
     fn superseded_and_released_positions_do_not_pile_up() {
         let mut moves = Moves::default();
         for n in 0..100_000u64 {
             let trip = TripId(n % 10);
-            let moved = Move { trip, position: at(37.0), at: Timestamp(n as i64), after: Some(n) };
+            let moved = Move { trip, position: at(37.0), at: Timestamp(n as i64), pickup_eta_ms: None, after: Some(n) };
             moves.note(moved, n);
             moves.release(n + 1);
             moves.supersede(trip, n + 1);

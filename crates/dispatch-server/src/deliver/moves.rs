@@ -17,7 +17,7 @@ use crate::engine_task::Move;
 /// as new), so a trip's riders never see its driver go back.
 #[derive(Default)]
 pub(super) struct Moves {
-    ready: HashMap<TripId, (LatLng, Timestamp, u64)>,
+    ready: HashMap<TripId, (Fix, u64)>,
     /// Trips in the order their positions became ready, each with the
     /// number its position was given; an entry whose number is not the
     /// trip's in `ready` is stale (superseded, or come again since).
@@ -25,44 +25,63 @@ pub(super) struct Moves {
     next: u64,
     /// Positions waiting for a delivery about their trip: the newest per
     /// trip, with the number of that delivery.
-    gated: HashMap<TripId, (LatLng, Timestamp, u64)>,
+    gated: HashMap<TripId, (Fix, u64)>,
     /// `gated` by the delivery each waits for; an entry whose number is not
     /// the trip's in `gated` is stale.
     gates: BTreeSet<(u64, TripId)>,
 }
 
+/// Where a trip's driver is, when, and the pickup ETA reckoned from there
+/// if it was.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Fix {
+    pub position: LatLng,
+    pub at: Timestamp,
+    pub pickup_eta_ms: Option<i64>,
+}
+
+impl Fix {
+    /// `self`, newer than `older`, keeping the ETA `older` brought if
+    /// `self` brings none (it is still the newest reckoned).
+    fn over(self, older: Option<&Fix>) -> Fix {
+        Fix { pickup_eta_ms: self.pickup_eta_ms.or(older.and_then(|o| o.pickup_eta_ms)), ..self }
+    }
+}
+
 impl Moves {
     /// A position came; `delivered` deliveries have been carried out.
     pub fn note(&mut self, moved: Move, delivered: u64) {
-        let Move { trip, position, at, after } = moved;
+        let Move { trip, position, at, pickup_eta_ms, after } = moved;
+        let fix = Fix { position, at, pickup_eta_ms };
         match after {
             Some(after) if after >= delivered => {
-                self.gated.insert(trip, (position, at, after));
+                let fix = fix.over(self.gated.get(&trip).map(|(f, _)| f));
+                self.gated.insert(trip, (fix, after));
                 self.gates.insert((after, trip));
             }
             _ => {
                 // Newer than anything gated for the trip.
-                self.gated.remove(&trip);
-                self.ready(trip, position, at);
+                let fix = fix.over(self.gated.remove(&trip).as_ref().map(|(f, _)| f));
+                self.ready(trip, fix);
             }
         }
     }
 
-    fn ready(&mut self, trip: TripId, position: LatLng, at: Timestamp) {
+    fn ready(&mut self, trip: TripId, fix: Fix) {
         match self.ready.entry(trip) {
             Entry::Occupied(mut waiting) => {
-                let number = waiting.get().2;
-                waiting.insert((position, at, number));
+                let (older, number) = *waiting.get();
+                waiting.insert((fix.over(Some(&older)), number));
             }
             Entry::Vacant(slot) => {
                 self.next += 1;
-                slot.insert((position, at, self.next));
+                slot.insert((fix, self.next));
                 self.order.push_back((trip, self.next));
                 // Stale entries are dropped before they outnumber the live
                 // ones, so the queue stays as small as the open trips.
                 if self.order.len() > 2 * self.ready.len() + 1024 {
                     let ready = &self.ready;
-                    self.order.retain(|(trip, number)| ready.get(trip).is_some_and(|waiting| waiting.2 == *number));
+                    self.order.retain(|(trip, number)| ready.get(trip).is_some_and(|waiting| waiting.1 == *number));
                 }
             }
         }
@@ -77,10 +96,10 @@ impl Moves {
             }
             self.gates.pop_first();
             if let Entry::Occupied(gated) = self.gated.entry(trip)
-                && gated.get().2 == after
+                && gated.get().1 == after
             {
-                let (position, at, _) = gated.remove();
-                self.ready(trip, position, at);
+                let (fix, _) = gated.remove();
+                self.ready(trip, fix);
             }
         }
     }
@@ -90,20 +109,20 @@ impl Moves {
     pub fn supersede(&mut self, trip: TripId, number: u64) {
         self.ready.remove(&trip);
         if let Entry::Occupied(gated) = self.gated.entry(trip)
-            && gated.get().2 < number
+            && gated.get().1 < number
         {
             gated.remove();
         }
     }
 
     /// The next ready position, oldest first.
-    pub fn pop(&mut self) -> Option<(TripId, LatLng, Timestamp)> {
+    pub fn pop(&mut self) -> Option<(TripId, Fix)> {
         while let Some((trip, number)) = self.order.pop_front() {
             if let Entry::Occupied(waiting) = self.ready.entry(trip)
-                && waiting.get().2 == number
+                && waiting.get().1 == number
             {
-                let (position, at, _) = waiting.remove();
-                return Some((trip, position, at));
+                let (fix, _) = waiting.remove();
+                return Some((trip, fix));
             }
         }
         None

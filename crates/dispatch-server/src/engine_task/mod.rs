@@ -427,8 +427,8 @@ impl EngineTask {
                 }
                 Effect::Driver { session, event } => Delivery::Driver { session, event },
                 Effect::Rider(trip) => Delivery::Rider(trip),
-                Effect::DriverMoved { trip, position, at } => {
-                    moves.push(gates.gate(trip, position, at));
+                Effect::DriverMoved { trip, position, at, pickup_eta_ms } => {
+                    moves.push(gates.gate(trip, position, at, pickup_eta_ms));
                     continue;
                 }
                 Effect::FirstOffer { trip, across } => Delivery::FirstOffer { trip, across },

@@ -81,6 +81,8 @@ pub struct Move {
     pub position: LatLng,
     /// When (the trip's `updated_at` from now on).
     pub at: Timestamp,
+    /// The pickup ETA reckoned again from there, if it was.
+    pub pickup_eta_ms: Option<i64>,
     /// The number (counting every delivery the engine task ever handed
     /// over, from 0) of the last delivery about this trip before the move,
     /// if one may not have been delivered yet: the move waits for it, so
@@ -153,8 +155,8 @@ impl Gates {
     }
 
     /// The move of `trip`'s driver, waiting for what it must.
-    pub fn gate(&self, trip: TripId, position: LatLng, at: Timestamp) -> Move {
-        Move { trip, position, at, after: self.last.get(&trip).copied() }
+    pub fn gate(&self, trip: TripId, position: LatLng, at: Timestamp, pickup_eta_ms: Option<i64>) -> Move {
+        Move { trip, position, at, pickup_eta_ms, after: self.last.get(&trip).copied() }
     }
 
     /// Forgets the trips whose last delivery is among the first
@@ -174,7 +176,7 @@ mod tests {
 
     fn moves() -> Vec<Move> {
         let position = LatLng::new(37.5, 127.0).unwrap_or_else(|e| panic!("{e}"));
-        vec![Move { trip: TripId(1), position, at: Timestamp(0), after: None }]
+        vec![Move { trip: TripId(1), position, at: Timestamp(0), pickup_eta_ms: None, after: None }]
     }
 
     #[test]
