@@ -2,7 +2,8 @@
 //! What ranking by road costs: preparing an extract, one drive, the drives
 //! of a pickup's candidates (one query each), and the engine's ranking of
 //! a pickup by the straight line against by road, on central Helsinki
-//! (see `dispatch_testkit::roads::helsinki_extract`).
+//! (see `dispatch_testkit::roads::helsinki_extract`); the same drives and
+//! ranking asked of a real `osrm-routed` over loopback (`--router`).
 //!
 //! Seeded. Run: `cargo bench --bench roads`.
 
@@ -97,15 +98,38 @@ fn query(c: &mut Criterion) {
     group.finish();
 }
 
+/// The drives of 16 candidates to a pickup in one `table` request to
+/// `osrm-routed` serving Helsinki.
+fn osrm(c: &mut Criterion, city: &Helsinki, osrm: &dispatch_osrm::Osrm) {
+    let mut group = c.benchmark_group("road_query");
+    let mut i = 0;
+    let n = city.points.len();
+    group.bench_function("osrm_table/16", |b| {
+        b.iter(|| {
+            i += 17;
+            let from: Vec<LatLng> = (0..16).map(|j| city.points[(i + j) % n]).collect();
+            black_box(osrm.legs_to(&from, city.points[(i + 16) % n]))
+        });
+    });
+    group.finish();
+}
+
 /// The engine's answer to "who gets this ride" with 400 drivers in the
-/// extract: by the straight line, and by road over 16 candidates.
+/// extract: by the straight line, by road over 16 candidates, and by
+/// asking OSRM for those 16.
 fn rank(c: &mut Criterion) {
     let city = helsinki();
+    let routed = dispatch_testkit::osrm::Routed::start(&dispatch_testkit::roads::helsinki_extract());
+    let spec = routed.spec();
+    let timeout = std::time::Duration::from_secs(5);
+    let router = dispatch_osrm::Osrm::new(&spec, timeout, DEFAULT_SNAP_M, dispatch_osrm::TOP_KMH);
+    let router = Arc::new(router.unwrap_or_else(|e| panic!("{e}")));
+    osrm(c, &city, &router);
     let mut group = c.benchmark_group("road_rank");
-    let engine = |roads: bool| {
+    let engine = |roads: Option<Arc<dyn Roads>>| {
         let mut engine = Engine::new(Config::default());
-        if roads {
-            engine.set_roads(city.network.clone());
+        if let Some(roads) = roads {
+            engine.set_roads(roads);
         }
         let mut rng = rng(2);
         for n in 0..400u64 {
@@ -117,7 +141,9 @@ fn rank(c: &mut Criterion) {
         }
         engine
     };
-    for (name, roads) in [("crow", false), ("road16", true)] {
+    let embedded: Arc<dyn Roads> = city.network.clone();
+    let asked: Arc<dyn Roads> = router.clone();
+    for (name, roads) in [("crow", None), ("road16", Some(embedded)), ("osrm16", Some(asked))] {
         let engine = engine(roads);
         let mut i = 0;
         group.bench_function(name, |b| {

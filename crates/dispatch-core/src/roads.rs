@@ -30,4 +30,11 @@ pub trait Roads: Send + Sync + std::fmt::Debug {
     /// `d / top_speed_mps()` seconds. The engine skips candidates too far
     /// to beat those it has already ranked.
     fn top_speed_mps(&self) -> f64;
+
+    /// Whether many drives in one call cost about what one does (a router
+    /// across the network, one round trip a call): the engine then asks
+    /// for all its candidates at once rather than one by one.
+    fn batches(&self) -> bool {
+        false
+    }
 }

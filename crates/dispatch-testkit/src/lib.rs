@@ -10,6 +10,7 @@
 
 pub mod city;
 pub mod geo;
+pub mod osrm;
 pub mod roads;
 
 pub use rand_chacha::ChaCha8Rng as Rng;

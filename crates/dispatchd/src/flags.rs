@@ -86,6 +86,13 @@ pub struct Flags {
     #[arg(long, env = "DISPATCH_MAX_PICKUP_ETA", default_value_t = Dur::ms(engine().max_pickup_eta_ms),
         value_parser = Dur::any, help_heading = MATCHING)]
     pub max_pickup_eta: Dur,
+    /// How often, at most, an assigned trip's pickup ETA is reckoned again
+    /// from where the car is (by road with `--road-network`) and sent to
+    /// its riders with the car's position; 0 keeps the ETA of the
+    /// assignment.
+    #[arg(long, env = "DISPATCH_ETA_REFRESH", default_value_t = Dur::ms(engine().eta_refresh_ms),
+        value_parser = Dur::any, help_heading = MATCHING)]
+    pub eta_refresh: Dur,
     /// How many drivers a ride is offered to (declined, lapsed or given
     /// back) before it ends NO_DRIVER_FOUND; at most 5,000, so every trip
     /// record fits the trip log's frame limit.
@@ -128,6 +135,17 @@ pub struct Flags {
     /// Without it, drivers are ranked by the straight line.
     #[arg(long, env = "DISPATCH_ROAD_NETWORK", help_heading = MATCHING)]
     pub road_network: Option<PathBuf>,
+    /// An external router to rank drivers by road instead of an extract:
+    /// an OSRM server's address, `osrm:http://HOST:PORT` (its `table`
+    /// service, one request per ranking).
+    #[arg(long, env = "DISPATCH_ROUTER", conflicts_with = "road_network", help_heading = MATCHING)]
+    pub router: Option<String>,
+    /// How long a request to `--router` may take; one that fails leaves
+    /// the router resting for 5 s, meanwhile drivers are ranked by the
+    /// straight line.
+    #[arg(long, env = "DISPATCH_ROUTER_TIMEOUT", default_value = "1s", value_parser = Dur::positive,
+        help_heading = MATCHING)]
+    pub router_timeout: Dur,
     /// How many of the nearest drivers by the straight line are ranked by
     /// road.
     #[arg(long, env = "DISPATCH_ROAD_CANDIDATES", default_value_t = u16::try_from(engine().road_candidates).unwrap_or(u16::MAX),
@@ -495,6 +513,7 @@ impl Flags {
         config.engine.search_timeout_ms = self.search_timeout.as_ms();
         config.engine.max_pickup_distance_m = self.max_pickup_distance_m;
         config.engine.max_pickup_eta_ms = self.max_pickup_eta.as_ms();
+        config.engine.eta_refresh_ms = self.eta_refresh.as_ms();
         config.engine.trip_retention_ms = self.trip_retention.as_ms();
         config.engine.driver_grace_ms = self.driver_grace.as_ms();
         config.engine.rider_position_interval_ms = self.rider_position_interval.as_ms();

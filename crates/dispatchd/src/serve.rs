@@ -113,6 +113,35 @@ pub async fn serve(flags: Flags) -> ExitCode {
             }
         }
     }
+    if let Some(spec) = &flags.router {
+        if flags.shards > 1 {
+            error!("--router ranks by road on one shard for now; drop --shards or the router");
+            return ExitCode::FAILURE;
+        }
+        let router = dispatch_osrm::Osrm::new(spec, flags.router_timeout.0, flags.road_snap_m, dispatch_osrm::TOP_KMH);
+        let router = match router {
+            Ok(router) => router,
+            Err(err) => {
+                error!(cause = %err, "--router");
+                return ExitCode::FAILURE;
+            }
+        };
+        let checked = tokio::task::spawn_blocking(move || router.check().map(|()| router)).await;
+        match checked {
+            Ok(Ok(router)) => {
+                info!(router = router.base(), "ranking drivers by road, asking the router");
+                config.roads = Some(std::sync::Arc::new(router));
+            }
+            Ok(Err(err)) => {
+                error!(cause = %err, "the router does not answer");
+                return ExitCode::FAILURE;
+            }
+            Err(err) => {
+                error!(cause = %err, "asking the router failed");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let signalled = hook_signals();
     let listener = match TcpListener::bind(flags.listen).await {
         Ok(listener) => listener,

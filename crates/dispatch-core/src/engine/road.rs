@@ -34,13 +34,23 @@ impl Engine {
         let mut best: Vec<f64> = Vec::with_capacity(want + 1);
         let mut fallbacks = 0;
         let mut asked = 0;
-        for candidate in found.iter_mut() {
+        // A router that batches is asked for every candidate in one call.
+        let all: Option<Vec<Option<Leg>>> = roads.batches().then(|| {
+            let at: Vec<Option<LatLng>> = found.iter().map(|&(key, _)| self.driver(key).position).collect();
+            let known: Vec<LatLng> = at.iter().flatten().copied().collect();
+            let mut legs = roads.legs_to(&known, pickup).into_iter();
+            at.iter().map(|p| p.and_then(|_| legs.next().flatten())).collect()
+        });
+        for (n, candidate) in found.iter_mut().enumerate() {
             let (key, crow_m) = *candidate;
             if want > 0 && best.len() >= want && crow_m * floor >= best[want - 1] {
                 break;
             }
             asked += 1;
-            let leg = self.driver(key).position.and_then(|at| roads.legs_to(&[at], pickup).pop().flatten());
+            let leg = match &all {
+                Some(all) => all.get(n).copied().flatten(),
+                None => self.driver(key).position.and_then(|at| roads.legs_to(&[at], pickup).pop().flatten()),
+            };
             match leg {
                 Some(leg) => candidate.1 = leg.seconds.max(0.0) * mps,
                 None => fallbacks += 1,
