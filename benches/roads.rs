@@ -74,9 +74,46 @@ fn spread(city: &Helsinki) {
     );
 }
 
+/// How often the driver with the least drive to a pickup is not among the
+/// `k` nearest by the straight line (so ranking `k` by road misses it), and
+/// by how much the best of those `k` is slower then: drivers and pickups
+/// at random on the roads, printed (stderr) before the benchmarks.
+fn misses(city: &Helsinki) {
+    let n = city.points.len();
+    let mut rng = rng(7);
+    for drivers in [50, 100, 400] {
+        for k in [8, 16, 32] {
+            let (mut missed, mut extra_s, asked) = (0, 0.0, 1_000);
+            for _ in 0..asked {
+                let pickup = city.points[rng.random_range(0..n)];
+                let mut fleet: Vec<LatLng> = (0..drivers).map(|_| city.points[rng.random_range(0..n)]).collect();
+                fleet.sort_by(|a, b| a.distance_m(pickup).total_cmp(&b.distance_m(pickup)));
+                let secs: Vec<f64> = city
+                    .network
+                    .legs_to(&fleet, pickup)
+                    .into_iter()
+                    .map(|leg| leg.map_or(f64::INFINITY, |l| l.seconds))
+                    .collect();
+                let best = secs.iter().copied().fold(f64::INFINITY, f64::min);
+                let best_of_k = secs.iter().take(k).copied().fold(f64::INFINITY, f64::min);
+                if best_of_k > best {
+                    missed += 1;
+                    extra_s += best_of_k - best;
+                }
+            }
+            eprintln!(
+                "road_candidates {k} of {drivers} drivers: the fastest missed in {missed} of {asked} pickups, \
+                 {:.1} s slower on average when missed",
+                if missed > 0 { extra_s / f64::from(missed) } else { 0.0 }
+            );
+        }
+    }
+}
+
 fn query(c: &mut Criterion) {
     let city = helsinki();
     spread(&city);
+    misses(&city);
     let mut group = c.benchmark_group("road_query");
     let mut i = 0;
     let n = city.points.len();

@@ -17,12 +17,24 @@ pub struct Leg {
     pub seconds: f64,
 }
 
+impl Leg {
+    /// No drive leads there: both ends are on roads, but on parts no road
+    /// joins (an island, another city). A driver so placed cannot come.
+    pub const UNREACHABLE: Leg = Leg { metres: f64::INFINITY, seconds: f64::INFINITY };
+
+    /// Whether a drive leads there (see [`Leg::UNREACHABLE`]).
+    pub fn reachable(&self) -> bool {
+        self.seconds.is_finite() && self.metres.is_finite()
+    }
+}
+
 /// A road network the engine can ask for drives.
 pub trait Roads: Send + Sync + std::fmt::Debug {
     /// The drive from each of `from` to `to`, in the same order: `None`
-    /// where there is none to be had (a point too far from any road, or
-    /// no route between them). The caller then reckons that one by the
-    /// straight line, and says so.
+    /// where the router cannot say (a point too far from any road). The
+    /// caller then reckons that one by the straight line, and says so. A
+    /// [`Leg::UNREACHABLE`] where both are on roads no route joins: that
+    /// one cannot come at all.
     fn legs_to(&self, from: &[LatLng], to: LatLng) -> Vec<Option<Leg>>;
 
     /// A speed no drive beats over the straight line between its ends, in

@@ -139,8 +139,8 @@ impl Osrm {
     }
 
     /// The drive from each of `from` to `to`: `Ok` with `None` where OSRM
-    /// has no route or snapped a point too far; `Err` if the server could
-    /// not be asked.
+    /// snapped a point too far, [`Leg::UNREACHABLE`] where it has no route;
+    /// `Err` if the server could not be asked.
     pub fn table(&self, from: &[LatLng], to: LatLng) -> Result<Vec<Option<Leg>>, OsrmError> {
         let mut legs = Vec::with_capacity(from.len());
         for chunk in from.chunks(MAX_SOURCES) {
@@ -162,10 +162,12 @@ impl Osrm {
                 let seconds = table.durations.get(n).and_then(|row| row.first().copied().flatten());
                 let metres = table.distances.get(n).and_then(|row| row.first().copied().flatten());
                 legs.push(match (near, seconds, metres) {
+                    (false, _, _) => None,
                     (true, Some(seconds), Some(metres)) if seconds.is_finite() && metres.is_finite() => {
                         Some(Leg { metres: metres.max(0.0), seconds: seconds.max(0.0) })
                     }
-                    _ => None,
+                    // Both on roads, and no route between them.
+                    (true, _, _) => Some(Leg::UNREACHABLE),
                 });
             }
         }

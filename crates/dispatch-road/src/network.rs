@@ -7,11 +7,12 @@
 //!   the way's speed, rounded up, so that no drive is quicker than its
 //!   length at the fastest speed (the engine prunes candidates by that).
 //! - **Snapping**: a point joins the road network at the nearest node of
-//!   its largest strongly connected part (so that a route always leads
-//!   from any point that joins to any other: never an island, nor a
-//!   one-way dead end at the extract's edge), if one is within `snap_m`;
-//!   the stretch between the point and that node is driven in a straight
-//!   line at [`ACCESS_KMH`].
+//!   a large strongly connected part (within which a route leads from any
+//!   node to any other; not a one-way dead end at the extract's edge), if
+//!   one is within `snap_m`; the stretch between the point and that node is
+//!   driven in a straight line at [`ACCESS_KMH`]. Two points on roads no
+//!   route joins (an island and the mainland, two cities no road in the
+//!   extract joins) have no drive: [`Leg::UNREACHABLE`].
 //! - **A drive** from each of many points to one: one query per point on
 //!   the hierarchy, each a few tens of microseconds on a city, with the
 //!   pickup's snap done once.
@@ -40,8 +41,8 @@ pub const DEFAULT_SNAP_M: f64 = 250.0;
 pub(crate) struct Prepared {
     /// Each graph node's position, (lat, lng).
     pub coords: Vec<(f64, f64)>,
-    /// The nodes of the largest strongly connected part: those a point
-    /// snaps to.
+    /// The nodes of the large strongly connected parts (see
+    /// [`strong_parts`]): those a point snaps to.
     pub snappable: Vec<u32>,
     /// See [`Graph::top_kmh`].
     pub top_kmh: f64,
@@ -112,7 +113,7 @@ impl Prepared {
         }
         input.freeze();
         let graph = fast_paths::prepare(&input);
-        let snappable = largest_strong_part(coords.len(), &edges).into_iter().map(|n| n as u32).collect();
+        let snappable = strong_parts(coords.len(), &edges);
         Prepared { coords: coords.iter().map(|p| (p.lat(), p.lng())).collect(), snappable, top_kmh, graph }
     }
 
@@ -128,10 +129,13 @@ impl Prepared {
     }
 }
 
-/// The nodes of the largest strongly connected part of the graph: from
-/// any of them a route leads to any other (petgraph's Kosaraju, which
-/// keeps its own stack, however long the roads).
-fn largest_strong_part(nodes: usize, edges: &[(usize, usize, usize)]) -> Vec<usize> {
+/// The nodes of the graph's large strongly connected parts: within a part
+/// a route leads from any node to any other (petgraph's Kosaraju, which
+/// keeps its own stack, however long the roads). A part is large if it is
+/// the largest or holds 1% of the nodes or more: a city apart, an island;
+/// not a one-way dead end at the extract's edge, a car park's aisle, a
+/// stretch cut off by an access tag.
+fn strong_parts(nodes: usize, edges: &[(usize, usize, usize)]) -> Vec<u32> {
     let mut graph = petgraph::graph::DiGraph::<(), ()>::with_capacity(nodes, edges.len());
     for _ in 0..nodes {
         graph.add_node(());
@@ -140,8 +144,9 @@ fn largest_strong_part(nodes: usize, edges: &[(usize, usize, usize)]) -> Vec<usi
         graph.add_edge(petgraph::graph::NodeIndex::new(a), petgraph::graph::NodeIndex::new(b), ());
     }
     let parts = petgraph::algo::kosaraju_scc(&graph);
-    let largest = parts.into_iter().max_by_key(Vec::len).unwrap_or_default();
-    largest.into_iter().map(petgraph::graph::NodeIndex::index).collect()
+    let largest = parts.iter().map(Vec::len).max().unwrap_or(0);
+    let large = parts.into_iter().filter(|p| p.len() == largest || p.len() * 100 >= nodes);
+    large.flatten().map(|n| n.index() as u32).collect()
 }
 
 /// A road network ready to answer drives.
@@ -265,7 +270,8 @@ impl RoadNetwork {
         if from.node == to.node {
             return Some(self.leg_along(from, to, &[], 0));
         }
-        let path = calc.calc_path(&self.graph, from.node, to.node)?;
+        // Both on roads, and none leads from one to the other.
+        let Some(path) = calc.calc_path(&self.graph, from.node, to.node) else { return Some(Leg::UNREACHABLE) };
         Some(self.leg_along(from, to, path.get_nodes(), path.get_weight()))
     }
 

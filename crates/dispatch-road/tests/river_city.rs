@@ -106,3 +106,24 @@ fn the_engine_offers_the_driver_with_the_least_drive_by_dijkstra() {
     // The river makes the straight line wrong often enough to see.
     assert!(outcome.crow_worse > 50, "{outcome:?}");
 }
+
+/// Two cities no road joins (as the load harness's grid over six Korean
+/// cities): a point in either joins its own city's roads, a drive within a
+/// city is had, and between them there is none: unreachable, not a
+/// fallback to the straight line.
+#[test]
+fn two_cities_no_road_joins_are_both_routed_and_unreachable_from_each_other() {
+    let (a, b) = (LatLng::new(37.5, 127.0), LatLng::new(37.5, 127.3));
+    let (a, b) = (a.unwrap_or_else(|e| panic!("{e}")), b.unwrap_or_else(|e| panic!("{e}")));
+    // The smaller city holds a fifth of the nodes: a large part.
+    let xml = dispatch_road::grid::grids_xml(&[(a, 2_000.0), (b, 1_000.0)], 200.0);
+    let network = dispatch_road::from_xml(&xml, DEFAULT_SNAP_M).unwrap_or_else(|e| panic!("{e}"));
+    let east = |p: LatLng, m: f64| LatLng::new(p.lat(), p.lng() + m / 88_000.0).unwrap_or_else(|e| panic!("{e}"));
+    for city in [a, b] {
+        assert!(network.snap_node(city).is_some(), "{city}");
+        let leg = network.leg(city, east(city, 600.0)).unwrap_or_else(|| panic!("no drive in {city}"));
+        assert!(leg.reachable() && (leg.metres - 600.0).abs() < 30.0, "{leg:?}");
+    }
+    assert_eq!(network.leg(a, b), Some(dispatch_core::roads::Leg::UNREACHABLE));
+    assert_eq!(network.route(a, b), None);
+}

@@ -145,15 +145,24 @@ impl Engine {
     }
 
     /// With no retry pending, no waiting trip may have an offerable driver
-    /// in range (checked by brute force over every driver).
+    /// in range (checked by brute force over every driver): within its
+    /// radius, and able to come within `max_pickup_eta_ms` (by road, with a
+    /// road network, where a road leads from there at all).
     fn check_no_missed_match(&self) -> Result<(), String> {
         for trip_id in self.queue.waiting() {
             let Some(state) = self.trips.get(&trip_id) else { continue };
+            let pickup = state.trip.pickup;
+            let could_come = |at: crate::geo::LatLng| {
+                let crow_m = at.distance_m(pickup);
+                let leg = self.roads.as_ref().and_then(|roads| roads.legs_to(&[at], pickup).pop().flatten());
+                let mps = self.config.eta_speed_kmh.max(1.0) / 3.6;
+                crow_m <= state.radius_m && self.within_eta(leg.map_or(crow_m, |leg| leg.seconds * mps))
+            };
             let missed = self.drivers.iter().map(|(_, d)| d).find(|d| {
                 d.is_offerable()
                     && d.services.contains(state.trip.service)
                     && !state.tried.contains(&d.id)
-                    && d.position.is_some_and(|p| p.distance_m(state.trip.pickup) <= state.radius_m)
+                    && d.position.is_some_and(could_come)
             });
             if let Some(driver) = missed {
                 return Err(format!("trip {trip_id} waits while {} could take it", driver.id));

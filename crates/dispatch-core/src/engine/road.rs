@@ -18,9 +18,9 @@ use crate::roads::Leg;
 impl Engine {
     /// Ranks `found` (each with its great-circle distance, nearest first)
     /// by road, in place: each distance becomes the drive's cost in metres
-    /// (see the module docs), best first, ties keeping their order. Answers
-    /// how many fell back to the straight line; a no-op without a road
-    /// network.
+    /// (see the module docs), best first, ties keeping their order; one
+    /// from where no road leads is dropped. Answers how many fell back to
+    /// the straight line; a no-op without a road network.
     ///
     /// Exact and lazy: a candidate `d` metres away cannot drive there in
     /// less than `d / Roads::top_speed_mps()`, so once `want` candidates
@@ -52,7 +52,12 @@ impl Engine {
                 None => self.driver(key).position.and_then(|at| roads.legs_to(&[at], pickup).pop().flatten()),
             };
             match leg {
-                Some(leg) => candidate.1 = leg.seconds.max(0.0) * mps,
+                Some(leg) if leg.reachable() => candidate.1 = leg.seconds.max(0.0) * mps,
+                // No road leads from there: that driver cannot come.
+                Some(_) => {
+                    candidate.1 = f64::INFINITY;
+                    continue;
+                }
                 None => fallbacks += 1,
             }
             let cost = self.rank_cost(key, candidate.1);
@@ -61,6 +66,7 @@ impl Engine {
             best.truncate(want.max(1));
         }
         found.truncate(asked);
+        found.retain(|c| c.1.is_finite());
         found.sort_by(|a, b| a.1.total_cmp(&b.1));
         fallbacks
     }
@@ -87,8 +93,10 @@ impl Engine {
     /// speed.
     pub(super) fn pickup_leg(&self, key: DriverKey, pickup: LatLng, distance_m: f64) -> (f64, i64) {
         match self.road_route(key, pickup) {
-            Some(leg) => (leg.metres, (leg.seconds.max(0.0) * 1_000.0).round().min(i64::MAX as f64) as i64),
-            None => (distance_m, self.config.eta_ms(distance_m)),
+            Some(leg) if leg.reachable() => {
+                (leg.metres, (leg.seconds.max(0.0) * 1_000.0).round().min(i64::MAX as f64) as i64)
+            }
+            _ => (distance_m, self.config.eta_ms(distance_m)),
         }
     }
 
@@ -111,7 +119,9 @@ impl Engine {
     /// `Config::max_pickup_eta_ms`: always, when that is off.
     pub(super) fn within_eta(&self, cost_m: f64) -> bool {
         let max_ms = self.config.max_pickup_eta_ms;
-        max_ms <= 0 || cost_m <= max_ms as f64 / 1_000.0 * (self.config.eta_speed_kmh.max(1.0) / 3.6)
+        // An infinite cost: no road leads from there.
+        cost_m.is_finite()
+            && (max_ms <= 0 || cost_m <= max_ms as f64 / 1_000.0 * (self.config.eta_speed_kmh.max(1.0) / 3.6))
     }
 
     /// `radius_m` cut to where a driver could still reach the pickup within

@@ -497,6 +497,51 @@ fn a_lost_session_declines_its_offer_and_forgets_an_idle_driver() {
     assert_eq!(w.engine.stats().drivers_connected, 1);
 }
 
+/// Roads where every point within 500 m north of the pickup is an island:
+/// no road leaves it; elsewhere the drive is the straight line at 10 m/s.
+#[derive(Debug)]
+struct IslandRoads;
+
+impl crate::roads::Roads for IslandRoads {
+    fn legs_to(&self, from: &[LatLng], to: LatLng) -> Vec<Option<crate::roads::Leg>> {
+        let island = |p: LatLng| (1.0..500.0).contains(&((p.lat() - PICKUP.0) * 111_195.0));
+        from.iter()
+            .map(|&p| {
+                let metres = p.distance_m(to);
+                Some(if island(p) != island(to) {
+                    crate::roads::Leg::UNREACHABLE
+                } else {
+                    crate::roads::Leg { metres, seconds: metres / 10.0 }
+                })
+            })
+            .collect()
+    }
+
+    fn top_speed_mps(&self) -> f64 {
+        10.0
+    }
+}
+
+/// A driver no road leads from is never offered the ride, nearest though
+/// it is, under nearest-first and a batch; nor counted a fallback.
+#[test]
+fn a_driver_on_an_island_is_never_offered_the_ride() {
+    for policy in ["nearest", "batch:1s"] {
+        let mut w = World::with(Config {
+            matching: policy.parse().unwrap_or_else(|e: String| panic!("{e}")),
+            ..Config::default()
+        });
+        w.engine.set_roads(std::sync::Arc::new(IslandRoads));
+        w.driver("island", 200.0);
+        w.driver("mainland", 900.0);
+        w.request("r1");
+        w.advance(1_000);
+        let (_, _, driver) = only_offer(&w.drain());
+        assert_eq!(driver, "mainland", "{policy}");
+        assert_eq!(w.engine.stats().road_fallbacks, 0, "{policy}");
+    }
+}
+
 /// The pickup ETA, reckoned again as the car comes, at most every
 /// `eta_refresh_ms`, with the car's position; the engine's trip shows the
 /// newest; none once the car is there.
