@@ -10,6 +10,7 @@
 //! - [`grid`]: generated grids of streets, for load scenarios.
 
 pub mod grid;
+mod nearby;
 pub mod network;
 pub mod osm;
 
@@ -19,6 +20,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
+pub use nearby::SETTLE_LIMIT;
 use network::Prepared;
 pub use network::{ACCESS_KMH, DEFAULT_SNAP_M, Graph, RoadNetwork, Route};
 use osm::Osm;
@@ -57,7 +59,7 @@ impl RoadError {
 }
 
 /// The cache file's format; a change makes old files be rebuilt.
-const CACHE_VERSION: u32 = 3;
+const CACHE_VERSION: u32 = 4;
 
 /// How a network came to be: read and prepared, or loaded from the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,9 +13,11 @@
 //!   driven in a straight line at [`ACCESS_KMH`]. Two points on roads no
 //!   route joins (an island and the mainland, two cities no road in the
 //!   extract joins) have no drive: [`Leg::UNREACHABLE`].
-//! - **A drive** from each of many points to one: one query per point on
-//!   the hierarchy, each a few tens of microseconds on a city, with the
-//!   pickup's snap done once.
+//! - **Drives** from many points to one (a pickup's candidates): one
+//!   search from the pickup over the reversed roads, nearest in time first,
+//!   until every point's node is settled (see [`crate::nearby`]); a point
+//!   beyond its limit, and a drive with its way (a route), is a query on
+//!   the hierarchy.
 
 use std::sync::Mutex;
 
@@ -26,6 +28,7 @@ use rstar::RTree;
 use rstar::primitives::GeomWithData;
 use serde::{Deserialize, Serialize};
 
+use crate::nearby::{Found, Reversed, Search};
 use crate::osm::{Oneway, Osm};
 
 /// The speed of the straight stretch between a point and the node it snaps
@@ -47,6 +50,9 @@ pub(crate) struct Prepared {
     /// See [`Graph::top_kmh`].
     pub top_kmh: f64,
     pub graph: FastGraph,
+    /// The graph's edges, `(from, to, tenths)`, for the searches from a
+    /// pickup (see [`crate::nearby`]).
+    pub edges: Vec<(u32, u32, u32)>,
 }
 
 /// The directed graph of an extract's drivable ways, before preparation:
@@ -114,7 +120,9 @@ impl Prepared {
         input.freeze();
         let graph = fast_paths::prepare(&input);
         let snappable = strong_parts(coords.len(), &edges);
-        Prepared { coords: coords.iter().map(|p| (p.lat(), p.lng())).collect(), snappable, top_kmh, graph }
+        let to_u32 = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let edges = edges.iter().map(|&(a, b, t)| (to_u32(a), to_u32(b), to_u32(t))).collect();
+        Prepared { coords: coords.iter().map(|p| (p.lat(), p.lng())).collect(), snappable, top_kmh, graph, edges }
     }
 
     /// Whether the parts agree with one another (a cache file that does
@@ -125,6 +133,7 @@ impl Prepared {
             && self.top_kmh.is_finite()
             && self.top_kmh >= ACCESS_KMH
             && self.snappable.iter().all(|&i| (i as usize) < n)
+            && self.edges.iter().all(|&(a, b, _)| (a as usize) < n && (b as usize) < n)
             && self.coords.iter().all(|&(lat, lng)| LatLng::new(lat, lng).is_ok())
     }
 }
@@ -157,8 +166,12 @@ pub struct RoadNetwork {
     snap_m: f64,
     /// No drive is faster over the straight line (see [`Graph::top_kmh`]).
     top_mps: f64,
+    /// The roads reversed, for a search from a pickup.
+    reversed: Reversed,
+    /// The most nodes such a search settles.
+    settle_limit: usize,
     /// One per thread that may ask at once; a query takes a free one.
-    calculators: Vec<Mutex<PathCalculator>>,
+    calculators: Vec<Mutex<(PathCalculator, Search)>>,
 }
 
 impl std::fmt::Debug for RoadNetwork {
@@ -195,13 +208,27 @@ impl RoadNetwork {
         if !prepared.consistent() {
             return None;
         }
-        let Prepared { coords, snappable, top_kmh, graph } = prepared;
+        let Prepared { coords, snappable, top_kmh, graph, edges } = prepared;
         let coords: Vec<LatLng> =
             coords.into_iter().map(|(lat, lng)| LatLng::new(lat, lng).ok()).collect::<Option<_>>()?;
         let points = snappable.iter().map(|&i| GeomWithData::new(coords[i as usize].to_unit(), i)).collect::<Vec<_>>();
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let calculators = (0..threads).map(|_| Mutex::new(fast_paths::create_calculator(&graph))).collect();
-        Some(Self { coords, graph, snap: RTree::bulk_load(points), snap_m, top_mps: top_kmh / 3.6, calculators })
+        let calculators = (0..threads)
+            .map(|_| Mutex::new((fast_paths::create_calculator(&graph), Search::new(coords.len()))))
+            .collect();
+        let reversed = Reversed::new(&coords, &edges);
+        let snap = RTree::bulk_load(points);
+        let settle_limit = crate::nearby::SETTLE_LIMIT;
+        Some(Self { coords, graph, snap, snap_m, top_mps: top_kmh / 3.6, reversed, settle_limit, calculators })
+    }
+
+    /// The network with searches from a pickup that settle at most `nodes`
+    /// nodes ([`SETTLE_LIMIT`](crate::SETTLE_LIMIT) unless set) before the
+    /// hierarchy answers for the points not reached; the answers are the
+    /// same, only their cost differs.
+    pub fn with_settle_limit(mut self, nodes: usize) -> Self {
+        self.settle_limit = nodes.max(1);
+        self
     }
 
     /// Nodes in the graph.
@@ -233,11 +260,10 @@ impl RoadNetwork {
         (access_m <= self.snap_m).then_some(Snap { node, access_m })
     }
 
-    /// The drive from `from` to `to`, if both join the network and a route
-    /// joins them.
+    /// The drive from `from` to `to`: `None` if either is off the roads,
+    /// [`Leg::UNREACHABLE`] if no route joins them.
     pub fn leg(&self, from: LatLng, to: LatLng) -> Option<Leg> {
-        let to = self.snap(to)?;
-        self.with_calculator(|calc| self.leg_to(calc, from, to))
+        self.legs_to(&[from], to).pop().flatten()
     }
 
     /// The drive from `from` to `to` and the way it goes (the points it
@@ -248,7 +274,7 @@ impl RoadNetwork {
         let (nodes, leg) = if a.node == b.node {
             (vec![a.node], self.leg_along(a, b, &[], 0))
         } else {
-            let path = self.with_calculator(|calc| calc.calc_path(&self.graph, a.node, b.node))?;
+            let path = self.with_calculator(|(calc, _)| calc.calc_path(&self.graph, a.node, b.node))?;
             (path.get_nodes().clone(), self.leg_along(a, b, path.get_nodes(), path.get_weight()))
         };
         let mut points = Vec::with_capacity(nodes.len() + 2);
@@ -265,14 +291,14 @@ impl RoadNetwork {
         self.snap.iter().map(|p| self.coords[p.data as usize]).collect()
     }
 
-    fn leg_to(&self, calc: &mut PathCalculator, from: LatLng, to: Snap) -> Option<Leg> {
-        let from = self.snap(from)?;
+    /// The drive between two points on the roads, by the hierarchy.
+    fn leg_between(&self, calc: &mut PathCalculator, from: Snap, to: Snap) -> Leg {
         if from.node == to.node {
-            return Some(self.leg_along(from, to, &[], 0));
+            return self.leg_along(from, to, &[], 0);
         }
         // Both on roads, and none leads from one to the other.
-        let Some(path) = calc.calc_path(&self.graph, from.node, to.node) else { return Some(Leg::UNREACHABLE) };
-        Some(self.leg_along(from, to, path.get_nodes(), path.get_weight()))
+        let Some(path) = calc.calc_path(&self.graph, from.node, to.node) else { return Leg::UNREACHABLE };
+        self.leg_along(from, to, path.get_nodes(), path.get_weight())
     }
 
     /// The drive from `from` to `to` through `nodes` (none when both snap
@@ -283,7 +309,7 @@ impl RoadNetwork {
         Leg { metres: along + ends_m, seconds: tenths as f64 / 10.0 + ends_m / (ACCESS_KMH / 3.6) }
     }
 
-    fn with_calculator<T>(&self, f: impl FnOnce(&mut PathCalculator) -> T) -> T {
+    fn with_calculator<T>(&self, f: impl FnOnce(&mut (PathCalculator, Search)) -> T) -> T {
         let free = self.calculators.iter().find_map(|c| c.try_lock().ok());
         let mut calc = match free {
             Some(calc) => calc,
@@ -296,9 +322,33 @@ impl RoadNetwork {
 }
 
 impl Roads for RoadNetwork {
+    /// One search from `to` over the reversed roads settles the nodes the
+    /// points join (see [`crate::nearby`]); one it did not reach before its
+    /// limit is asked of the hierarchy.
     fn legs_to(&self, from: &[LatLng], to: LatLng) -> Vec<Option<Leg>> {
         let Some(to) = self.snap(to) else { return vec![None; from.len()] };
-        self.with_calculator(|calc| from.iter().map(|&at| self.leg_to(calc, at, to)).collect())
+        let snaps: Vec<Option<Snap>> = from.iter().map(|&at| self.snap(at)).collect();
+        let starts: Vec<usize> = snaps.iter().flatten().map(|s| s.node).collect();
+        self.with_calculator(|(calc, search)| {
+            let mut found = search.to(&self.reversed, to.node, &starts, self.settle_limit).into_iter();
+            snaps
+                .iter()
+                .map(|snap| {
+                    let from = (*snap)?;
+                    Some(match found.next()? {
+                        Found::Drive(tenths, metres) => {
+                            let ends_m = from.access_m + to.access_m;
+                            Leg {
+                                metres: f64::from(metres) + ends_m,
+                                seconds: f64::from(tenths) / 10.0 + ends_m / (ACCESS_KMH / 3.6),
+                            }
+                        }
+                        Found::Unreachable => Leg::UNREACHABLE,
+                        Found::Unknown => self.leg_between(calc, from, to),
+                    })
+                })
+                .collect()
+        })
     }
 
     fn top_speed_mps(&self) -> f64 {

@@ -75,22 +75,30 @@ fn random_point(rng: &mut dispatch_testkit::Rng) -> LatLng {
     at(rng.random_range(0.0..(city::ROWS - 1) as f64), rng.random_range(0.0..(city::COLS - 1) as f64))
 }
 
+/// One by one and ten at a time to one point, whether the search from
+/// that point reaches them (the default limit), stops short of some (a
+/// limit of 16 nodes) or of all (1) and leaves them to the hierarchy.
 #[test]
 fn every_drive_takes_as_long_as_dijkstra_says() {
-    let (network, graph) = (network(), graph());
-    let mut rng = dispatch_testkit::rng(7);
-    for _ in 0..200 {
-        let to = random_point(&mut rng);
-        let (node, access_to) = network.snap_node(to).unwrap_or_else(|| panic!("in the city"));
-        let costs = common::dijkstra_to(&graph, node);
-        for _ in 0..10 {
-            let from = random_point(&mut rng);
-            let (start, access_from) = network.snap_node(from).unwrap_or_else(|| panic!("in the city"));
-            let want = costs.get(&start).map(|&t| t as f64 / 10.0 + (access_from + access_to) / (ACCESS_KMH / 3.6));
-            let got = network.leg(from, to).map(|leg| leg.seconds);
-            match (got, want) {
-                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-6, "{from} to {to}: {g} s, Dijkstra {w} s"),
-                other => panic!("{from} to {to}: {other:?}"),
+    let graph = graph();
+    for limit in [dispatch_road::SETTLE_LIMIT, 16, 1] {
+        let network = network().with_settle_limit(limit);
+        let mut rng = dispatch_testkit::rng(7);
+        for _ in 0..200 {
+            let to = random_point(&mut rng);
+            let (node, access_to) = network.snap_node(to).unwrap_or_else(|| panic!("in the city"));
+            let costs = common::dijkstra_to(&graph, node);
+            let from: Vec<LatLng> = (0..10).map(|_| random_point(&mut rng)).collect();
+            let together = network.legs_to(&from, to);
+            for (&from, together) in from.iter().zip(together) {
+                let (start, access_from) = network.snap_node(from).unwrap_or_else(|| panic!("in the city"));
+                let want = costs.get(&start).map(|&t| t as f64 / 10.0 + (access_from + access_to) / (ACCESS_KMH / 3.6));
+                let got = network.leg(from, to).map(|leg| leg.seconds);
+                match (got, want) {
+                    (Some(g), Some(w)) => assert!((g - w).abs() < 1e-6, "{from} to {to}: {g} s, Dijkstra {w} s"),
+                    other => panic!("{from} to {to}, limit {limit}: {other:?}"),
+                }
+                assert_eq!(together.map(|leg| leg.seconds), got, "{from} to {to}, limit {limit}");
             }
         }
     }
