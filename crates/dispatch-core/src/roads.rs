@@ -49,4 +49,12 @@ pub trait Roads: Send + Sync + std::fmt::Debug {
     fn batches(&self) -> bool {
         false
     }
+
+    /// The points a drive from `from` to `to` passes, the two ends first
+    /// and last, for a map to draw; `None` where there is no drive, or the
+    /// router does not say.
+    fn way(&self, from: LatLng, to: LatLng) -> Option<Vec<LatLng>> {
+        let _ = (from, to);
+        None
+    }
 }

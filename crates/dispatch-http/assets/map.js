@@ -28,7 +28,7 @@
     reconnectTimer: null,
     tiles: new Map(),
   };
-  const drawn = { drivers: 0, cells: 0, trips: 0, tripIds: [], driverIds: [] };
+  const drawn = { drivers: 0, cells: 0, trips: 0, tripIds: [], driverIds: [], route: [] };
   window.dispatchMap = { state, drawn };
 
   const withToken = (url) => (token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url);
@@ -185,6 +185,20 @@
   }
 
   function drawFollowed(f) {
+    // A followed trip's way by road, when the server ranks by road: where
+    // the car drives next (to the pickup, or to the dropoff).
+    drawn.route = f.kind === "trip" && Array.isArray(f.route) ? f.route : [];
+    if (drawn.route.length > 1) {
+      ctx.strokeStyle = "#e3b341";
+      ctx.lineWidth = 3;
+      ctx.setLineDash([]);
+      ctx.beginPath();
+      drawn.route.forEach(([lat, lng], i) => {
+        const [x, y] = toScreen(lat, lng);
+        if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+      });
+      ctx.stroke();
+    }
     const at = f.kind === "driver" ? f.position : f.driver_position || f.pickup;
     if (!at) return;
     const [x, y] = toScreen(at[0], at[1]);
@@ -217,9 +231,11 @@
       drawn.driverIds = view.drivers.map((d) => d[0]);
     }
     if (state.frame && state.frame.followed) drawFollowed(state.frame.followed);
+    else drawn.route = [];
     canvas.dataset.driversDrawn = drawn.drivers;
     canvas.dataset.cellsDrawn = drawn.cells;
     canvas.dataset.tripsDrawn = drawn.trips;
+    canvas.dataset.routePoints = drawn.route.length;
     canvas.dataset.frames = state.frames;
     document.getElementById("where").textContent =
       `${state.lat.toFixed(4)}, ${state.lng.toFixed(4)} · zoom ${state.zoom}` +

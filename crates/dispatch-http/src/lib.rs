@@ -104,6 +104,9 @@ pub struct HttpConfig {
     /// A tile server for the map's base layer (`{z}/{x}/{y}` in it), or
     /// none: the map draws a plain grid.
     pub map_tile_url: Option<String>,
+    /// The road network the engine ranks by, if any: a followed trip's
+    /// route is drawn along it.
+    pub roads: Option<std::sync::Arc<dyn dispatch_core::roads::Roads>>,
 }
 
 /// Everything the routes need.

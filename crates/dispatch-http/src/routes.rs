@@ -187,13 +187,33 @@ async fn view(State(shared): State<Shared>, headers: HeaderMap, Query(p): Query<
     }
 }
 
-/// A trip (`t-42`) or a driver by id, as the map follows it; `Ok(None)` if
-/// there is none.
+/// With a road network, the way a trip's car drives next: to the pickup
+/// while it comes, to the dropoff with the rider aboard, as `[lat, lng]`
+/// points.
+fn route(app: &App, trip: &dispatch_proto::pb::Trip) -> Option<Value> {
+    use dispatch_proto::pb::TripStatus;
+    let roads = app.config.roads.as_ref()?;
+    let point = |p: Option<&dispatch_proto::pb::LatLng>| p.and_then(|p| LatLng::new(p.lat, p.lng).ok());
+    let car = point(trip.driver_position.as_ref())?;
+    let to = match trip.status() {
+        TripStatus::DriverAssigned if !trip.queued => point(trip.pickup.as_ref())?,
+        TripStatus::InProgress => point(trip.dropoff.as_ref())?,
+        _ => return None,
+    };
+    let way = roads.way(car, to)?;
+    Some(json!(way.iter().map(|p| [p.lat(), p.lng()]).collect::<Vec<_>>()))
+}
+
+/// A trip (`t-42`) or a driver by id, as the map follows it (a trip with
+/// its route, by road); `Ok(None)` if there is none.
 async fn lookup(app: &App, q: &str) -> Result<Option<Value>, tonic::Status> {
     if let Ok(trip) = q.parse::<TripId>() {
         return Ok(app.operator.trip(trip).await?.map(|t| {
             let mut value = json::trip(&t);
             value["kind"] = json!("trip");
+            if let Some(route) = route(app, &t) {
+                value["route"] = route;
+            }
             value
         }));
     }

@@ -354,4 +354,13 @@ impl Roads for RoadNetwork {
     fn top_speed_mps(&self) -> f64 {
         self.top_mps
     }
+
+    fn way(&self, from: LatLng, to: LatLng) -> Option<Vec<LatLng>> {
+        self.route(from, to).map(|route| route.points)
+    }
+
+    /// One search answers for all of a pickup's candidates at once.
+    fn batches(&self) -> bool {
+        true
+    }
 }

@@ -181,6 +181,7 @@ pub async fn serve(flags: Flags) -> ExitCode {
         keys: config.auth.clone(),
         open_metrics: flags.http_open_metrics,
         map_tile_url: flags.map_tile_url.clone(),
+        roads: config.roads.clone(),
     };
     let server = match dispatch_server::Server::start(config).await {
         Ok(server) => server,
@@ -273,6 +274,7 @@ async fn run_cluster(
                 keys: config.auth.clone(),
                 open_metrics: flags.http_open_metrics,
                 map_tile_url: flags.map_tile_url.clone(),
+                roads: config.roads.clone(),
             };
             let serve: dispatch_cluster::SideServe = std::sync::Arc::new(move |operator, connections, stop| {
                 let app = dispatch_http::App { operator, metrics: Some(metrics.clone()), config: http_config.clone() };

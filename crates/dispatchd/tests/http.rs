@@ -425,3 +425,65 @@ async fn the_live_map_draws_cars_and_trips_in_a_real_browser() {
     drop((cars, tx, events));
     child.stop();
 }
+
+/// With `--road-network`, following a trip draws the way its car drives to
+/// the pickup by road: on the river city, a car 100 m across the water goes
+/// round by the bridge at the east end, and the route drawn goes there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_map_draws_a_followed_trips_route_by_road_in_a_real_browser() {
+    use dispatch_testkit::roads::{self as city, at as city_at};
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let extract = dir.path().join("river-city.osm");
+    std::fs::write(&extract, city::xml()).unwrap_or_else(|e| panic!("{e}"));
+    let road_network = extract.to_string_lossy().into_owned();
+    let (child, addr, http) =
+        common::start_with_http(&dir.path().join("data"), &["--road-network", road_network.as_str()], &[]);
+    let child = common::Running(Some(child));
+    let (car, pickup, dropoff) = (city_at(5.0, 10.0), city_at(6.0, 10.0), city_at(11.0, 10.0));
+    let (tx, mut events) = driver(&addr, "across", car.lat(), car.lng()).await;
+    let mut rider = request(&addr, "rider-1", (pickup.lat(), pickup.lng()), (dropoff.lat(), dropoff.lng())).await;
+    let offer = match next_event(&mut events).await {
+        Event::Offer(offer) => offer,
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    let trip_id = offer.trip.as_ref().map(|t| t.trip_id.clone()).unwrap_or_default();
+    send(&tx, DriverMsg::OfferReply(pb::OfferReply { offer_id: offer.offer_id.clone(), accept: true })).await;
+    while let Ok(Ok(Some(trip))) = tokio::time::timeout(Duration::from_secs(10), rider.message()).await {
+        if trip.status == pb::TripStatus::DriverAssigned as i32 {
+            break;
+        }
+    }
+    // The east bridge is 8 streets east of the car: the way goes there.
+    let bridge = city_at(5.0, 17.5).lng();
+    let (status, found) = get(&format!("http://{http}/api/find?q={trip_id}"), None).await;
+    assert_eq!(status, 200, "{found}");
+    let found: serde_json::Value = serde_json::from_str(&found).unwrap_or_else(|e| panic!("{e}: {found}"));
+    let route = found["route"].as_array().unwrap_or_else(|| panic!("no route in {found}"));
+    assert!(route.iter().any(|p| p[1].as_f64().is_some_and(|lng| lng > bridge)), "{found}");
+
+    let profile = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut browser, events_task) = browser(profile.path()).await;
+    let page = browser
+        .new_page(format!(
+            "http://{http}/?lat={}&lng={}&zoom=16&follow={trip_id}",
+            pickup.lat(),
+            city_at(6.0, 14.0).lng()
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let drawn = format!(
+        "window.dispatchMap.drawn.route.length > 3 && \
+         window.dispatchMap.drawn.route.some(([, lng]) => lng > {bridge}) && \
+         document.querySelector('canvas').dataset.routePoints > 3"
+    );
+    until(&page, "the route by the bridge", &drawn).await;
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-map-route.png");
+    page.save_screenshot(chromiumoxide::page::ScreenshotParams::builder().build(), &shot)
+        .await
+        .unwrap_or_else(|e| panic!("screenshot: {e}"));
+    let _ = browser.close().await;
+    let _ = browser.wait().await;
+    events_task.abort();
+    drop((tx, events));
+    child.stop();
+}
