@@ -158,6 +158,16 @@ fn strong_parts(nodes: usize, edges: &[(usize, usize, usize)]) -> Vec<u32> {
     large.flatten().map(|n| n.index() as u32).collect()
 }
 
+/// Each node's weakly connected part (a label per node): nodes no road
+/// joins, whichever way, are in different parts.
+fn weak_parts(nodes: usize, edges: &[(u32, u32, u32)]) -> Vec<u32> {
+    let mut parts = petgraph::unionfind::UnionFind::<u32>::new(nodes);
+    for &(a, b, _) in edges {
+        parts.union(a, b);
+    }
+    parts.into_labeling()
+}
+
 /// A road network ready to answer drives.
 pub struct RoadNetwork {
     coords: Vec<LatLng>,
@@ -168,6 +178,10 @@ pub struct RoadNetwork {
     top_mps: f64,
     /// The roads reversed, for a search from a pickup.
     reversed: Reversed,
+    /// Each node's weakly connected part: no road at all joins two
+    /// parts, so a drive between them is known to be unreachable without
+    /// a search (which would settle its whole part to learn it).
+    joined: Vec<u32>,
     /// The most nodes such a search settles.
     settle_limit: usize,
     /// One per thread that may ask at once; a query takes a free one.
@@ -217,9 +231,11 @@ impl RoadNetwork {
             .map(|_| Mutex::new((fast_paths::create_calculator(&graph), Search::new(coords.len()))))
             .collect();
         let reversed = Reversed::new(&coords, &edges);
+        let joined = weak_parts(coords.len(), &edges);
         let snap = RTree::bulk_load(points);
         let settle_limit = crate::nearby::SETTLE_LIMIT;
-        Some(Self { coords, graph, snap, snap_m, top_mps: top_kmh / 3.6, reversed, settle_limit, calculators })
+        let top_mps = top_kmh / 3.6;
+        Some(Self { coords, graph, snap, snap_m, top_mps, reversed, joined, settle_limit, calculators })
     }
 
     /// The network with searches from a pickup that settle at most `nodes`
@@ -328,13 +344,17 @@ impl Roads for RoadNetwork {
     fn legs_to(&self, from: &[LatLng], to: LatLng) -> Vec<Option<Leg>> {
         let Some(to) = self.snap(to) else { return vec![None; from.len()] };
         let snaps: Vec<Option<Snap>> = from.iter().map(|&at| self.snap(at)).collect();
-        let starts: Vec<usize> = snaps.iter().flatten().map(|s| s.node).collect();
+        let joined = |s: &Snap| self.joined.get(s.node) == self.joined.get(to.node);
+        let starts: Vec<usize> = snaps.iter().flatten().filter(|s| joined(s)).map(|s| s.node).collect();
         self.with_calculator(|(calc, search)| {
             let mut found = search.to(&self.reversed, to.node, &starts, self.settle_limit).into_iter();
             snaps
                 .iter()
                 .map(|snap| {
                     let from = (*snap)?;
+                    if !joined(&from) {
+                        return Some(Leg::UNREACHABLE);
+                    }
                     Some(match found.next()? {
                         Found::Drive(tenths, metres) => {
                             let ends_m = from.access_m + to.access_m;
