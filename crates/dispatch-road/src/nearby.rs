@@ -56,6 +56,11 @@ impl Reversed {
     fn arriving(&self, node: usize) -> std::ops::Range<usize> {
         self.first[node] as usize..self.first[node + 1] as usize
     }
+
+    /// The nodes with an edge arriving at `node`.
+    pub fn arriving_from(&self, node: usize) -> impl Iterator<Item = usize> + '_ {
+        self.arriving(node).map(|e| self.from[e] as usize)
+    }
 }
 
 /// One search's working state, kept between searches (a generation stamp

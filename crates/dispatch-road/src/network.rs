@@ -145,6 +145,14 @@ impl Prepared {
 /// not a one-way dead end at the extract's edge, a car park's aisle, a
 /// stretch cut off by an access tag.
 fn strong_parts(nodes: usize, edges: &[(usize, usize, usize)]) -> Vec<u32> {
+    let parts = petgraph::algo::kosaraju_scc(&directed(nodes, edges));
+    let largest = parts.iter().map(Vec::len).max().unwrap_or(0);
+    let large = parts.into_iter().filter(|p| p.len() == largest || p.len() * 100 >= nodes);
+    large.flatten().map(|n| n.index() as u32).collect()
+}
+
+/// The graph of `edges` over `nodes`, for petgraph's algorithms.
+fn directed(nodes: usize, edges: &[(usize, usize, usize)]) -> petgraph::graph::DiGraph<(), ()> {
     let mut graph = petgraph::graph::DiGraph::<(), ()>::with_capacity(nodes, edges.len());
     for _ in 0..nodes {
         graph.add_node(());
@@ -152,10 +160,7 @@ fn strong_parts(nodes: usize, edges: &[(usize, usize, usize)]) -> Vec<u32> {
     for &(a, b, _) in edges {
         graph.add_edge(petgraph::graph::NodeIndex::new(a), petgraph::graph::NodeIndex::new(b), ());
     }
-    let parts = petgraph::algo::kosaraju_scc(&graph);
-    let largest = parts.iter().map(Vec::len).max().unwrap_or(0);
-    let large = parts.into_iter().filter(|p| p.len() == largest || p.len() * 100 >= nodes);
-    large.flatten().map(|n| n.index() as u32).collect()
+    graph
 }
 
 /// Each node's weakly connected part (a label per node): nodes no road
@@ -300,11 +305,17 @@ impl RoadNetwork {
         Some(Route { leg, points })
     }
 
-    /// Every point a driver or pickup may snap to (the nodes of the largest
-    /// strongly connected part), in no particular order: where a
-    /// simulation may put riders.
-    pub fn snappable(&self) -> Vec<LatLng> {
-        self.snap.iter().map(|p| self.coords[p.data as usize]).collect()
+    /// The nodes of the largest strongly connected part, in no particular
+    /// order: where a simulation may put riders and cars, so that every
+    /// ride can be driven and no car is left where no rider can be reached
+    /// (an island, another city).
+    pub fn main_part(&self) -> Vec<LatLng> {
+        let n = self.coords.len();
+        let edges: Vec<(usize, usize, usize)> =
+            (0..n).flat_map(|to| self.reversed.arriving_from(to).map(move |from| (from, to, 0))).collect();
+        let parts = petgraph::algo::kosaraju_scc(&directed(n, &edges));
+        let largest = parts.into_iter().max_by_key(Vec::len).unwrap_or_default();
+        largest.into_iter().map(|node| self.coords[node.index()]).collect()
     }
 
     /// The drive between two points on the roads, by the hierarchy.

@@ -248,7 +248,7 @@ fn run(flags: &Flags, out: &mut impl Write) -> Result<(), SimError> {
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(flags.seed);
     let all = match (&flags.data, flags.random_trips, &roads) {
-        (_, Some(n), Some(roads)) => trips::on_roads(&roads.snappable(), n, flags.from, flags.to, &mut rng)?,
+        (_, Some(n), Some(roads)) => trips::on_roads(&roads.main_part(), n, flags.from, flags.to, &mut rng)?,
         (Some(data), _, _) => {
             let format = match flags.format {
                 Some(format) => format,

@@ -138,7 +138,7 @@ fn point(lat: f64, lng: f64) -> Option<LatLng> {
 
 /// `n` requests at times drawn uniformly from `from_s..to_s`, sorted,
 /// each from and to one of `points` drawn uniformly (a road network's
-/// nodes: riders ask where the roads are dense).
+/// nodes, of its main part: riders ask where the roads are dense).
 pub fn on_roads(
     points: &[LatLng],
     n: usize,
