@@ -17,11 +17,26 @@ async fn server(by_road: bool) -> TestServer {
     server_matching(by_road, "nearest").await
 }
 
+/// The generated river city's road network.
+fn river_city() -> Arc<dispatch_road::RoadNetwork> {
+    let network = dispatch_road::from_xml(&city::xml(), dispatch_road::DEFAULT_SNAP_M);
+    Arc::new(network.unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// `rider` asks for a ride at `pickup`.
+async fn ride(server: &TestServer, rider: &str, pickup: dispatch_core::geo::LatLng) -> RiderConn {
+    server
+        .request_with(pb::RideRequest {
+            rider_id: rider.into(),
+            request_id: format!("q-{rider}"),
+            pickup: Some(point(pickup)),
+            ..Default::default()
+        })
+        .await
+}
+
 async fn server_matching(by_road: bool, matching: &str) -> TestServer {
-    let roads = by_road.then(|| {
-        let network = dispatch_road::from_xml(&city::xml(), dispatch_road::DEFAULT_SNAP_M);
-        Arc::new(network.unwrap_or_else(|e| panic!("{e}"))) as Arc<dyn dispatch_core::roads::Roads>
-    });
+    let roads = by_road.then(|| river_city() as Arc<dyn dispatch_core::roads::Roads>);
     let mut config = dispatch_server::ServerConfig { roads, ..Default::default() };
     config.engine.matching = matching.parse().unwrap_or_else(|e: String| panic!("{e}"));
     TestServer::with(config).await
@@ -41,14 +56,7 @@ async fn the_driver_across_the_river_loses_to_the_farther_one_on_the_same_bank()
         let mut across = server.driver(driver_at("across", at(5.0, 10.0))).await;
         // 500 m away along the same street.
         let mut same_bank = server.driver(driver_at("same-bank", at(6.0, 15.0))).await;
-        let mut rider = server
-            .request_with(pb::RideRequest {
-                rider_id: "r1".into(),
-                request_id: "q1".into(),
-                pickup: Some(point(pickup)),
-                ..Default::default()
-            })
-            .await;
+        let mut rider = ride(&server, "r1", pickup).await;
         let (winner, loser) = if by_road { (&mut same_bank, &mut across) } else { (&mut across, &mut same_bank) };
         let offer = winner.expect_offer().await;
         winner.reply(&offer, true).await;
@@ -75,14 +83,7 @@ async fn a_one_way_street_counts_and_a_pickup_off_the_map_falls_back_to_the_stra
     // but round the block, 500 m. West of it: 400 m, driven straight.
     let mut against = server.driver(driver_at("against", at(row, 13.0))).await;
     let mut with = server.driver(driver_at("with", at(row, 6.0))).await;
-    let mut rider = server
-        .request_with(pb::RideRequest {
-            rider_id: "r1".into(),
-            request_id: "q1".into(),
-            pickup: Some(point(at(row, 10.0))),
-            ..Default::default()
-        })
-        .await;
+    let mut rider = ride(&server, "r1", at(row, 10.0)).await;
     let offer = with.expect_offer().await;
     with.reply(&offer, true).await;
     let trip = rider.until(pb::TripStatus::DriverAssigned).await;
@@ -92,14 +93,7 @@ async fn a_one_way_street_counts_and_a_pickup_off_the_map_falls_back_to_the_stra
     // driver is ranked (and its ETA reckoned) by the straight line, and
     // the server counts it.
     let sea = at(-10.0, 13.0);
-    let mut rider = server
-        .request_with(pb::RideRequest {
-            rider_id: "r2".into(),
-            request_id: "q2".into(),
-            pickup: Some(point(sea)),
-            ..Default::default()
-        })
-        .await;
+    let mut rider = ride(&server, "r2", sea).await;
     let offer = against.expect_offer().await;
     against.reply(&offer, true).await;
     let trip = rider.until(pb::TripStatus::DriverAssigned).await;
@@ -114,20 +108,12 @@ async fn a_one_way_street_counts_and_a_pickup_off_the_map_falls_back_to_the_stra
 /// time (a minute along the same bank).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_too_many_minutes_away_by_road_is_not_offered_the_ride() {
-    let network = dispatch_road::from_xml(&city::xml(), dispatch_road::DEFAULT_SNAP_M);
-    let roads = Some(Arc::new(network.unwrap_or_else(|e| panic!("{e}"))) as Arc<dyn dispatch_core::roads::Roads>);
+    let roads = Some(river_city() as Arc<dyn dispatch_core::roads::Roads>);
     let mut config = dispatch_server::ServerConfig { roads, ..Default::default() };
     config.engine.max_pickup_eta_ms = 120_000;
     let server = TestServer::with(config).await;
     let mut across = server.driver(driver_at("across", at(5.0, 10.0))).await;
-    let mut rider = server
-        .request_with(pb::RideRequest {
-            rider_id: "r1".into(),
-            request_id: "q1".into(),
-            pickup: Some(point(at(6.0, 10.0))),
-            ..Default::default()
-        })
-        .await;
+    let mut rider = ride(&server, "r1", at(6.0, 10.0)).await;
     let mut same_bank = server.driver(driver_at("same-bank", at(6.0, 15.0))).await;
     let offer = same_bank.expect_offer().await;
     same_bank.reply(&offer, true).await;
@@ -142,8 +128,7 @@ async fn a_driver_too_many_minutes_away_by_road_is_not_offered_the_ride() {
 /// rider sees comes with the drive from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_riders_eta_follows_the_car_by_road() {
-    let network = dispatch_road::from_xml(&city::xml(), dispatch_road::DEFAULT_SNAP_M);
-    let network = Arc::new(network.unwrap_or_else(|e| panic!("{e}")));
+    let network = river_city();
     let roads = Some(network.clone() as Arc<dyn dispatch_core::roads::Roads>);
     let mut config = dispatch_server::ServerConfig { roads, ..Default::default() };
     config.engine.rider_position_interval_ms = 0;
@@ -151,14 +136,7 @@ async fn the_riders_eta_follows_the_car_by_road() {
     let server = TestServer::with(config).await;
     let pickup = at(6.0, 10.0);
     let mut driver = server.driver(driver_at("across", at(5.0, 10.0))).await;
-    let mut rider = server
-        .request_with(pb::RideRequest {
-            rider_id: "r1".into(),
-            request_id: "q1".into(),
-            pickup: Some(point(pickup)),
-            ..Default::default()
-        })
-        .await;
+    let mut rider = ride(&server, "r1", pickup).await;
     let offer = driver.expect_offer().await;
     driver.reply(&offer, true).await;
     let trip = rider.until(pb::TripStatus::DriverAssigned).await;

@@ -49,6 +49,27 @@ async fn driver(
     (tx, events)
 }
 
+/// The driver on `tx`/`events` accepts the offer it gets; answers its
+/// trip's id once `rider` sees the trip assigned.
+async fn accept_the_offer(
+    tx: &mpsc::Sender<pb::DriverMessage>,
+    events: &mut tonic::Streaming<pb::DriverEvent>,
+    rider: &mut tonic::Streaming<pb::Trip>,
+) -> String {
+    let offer = match next_event(events).await {
+        Event::Offer(offer) => offer,
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    let trip_id = offer.trip.as_ref().map(|t| t.trip_id.clone()).unwrap_or_default();
+    send(tx, DriverMsg::OfferReply(pb::OfferReply { offer_id: offer.offer_id.clone(), accept: true })).await;
+    while let Ok(Ok(Some(trip))) = tokio::time::timeout(Duration::from_secs(10), rider.message()).await {
+        if trip.status == pb::TripStatus::DriverAssigned as i32 {
+            break;
+        }
+    }
+    trip_id
+}
+
 async fn request(addr: &str, rider: &str, pickup: (f64, f64), dropoff: (f64, f64)) -> tonic::Streaming<pb::Trip> {
     let mut riders = pb::rider_service_client::RiderServiceClient::new(channel(addr).await);
     let request = pb::RideRequest {
@@ -345,17 +366,7 @@ async fn the_live_map_draws_cars_and_trips_in_a_real_browser() {
     }
     let (tx, mut events) = driver(&addr, "taxi-7", SEOUL.0 + 0.002, SEOUL.1).await;
     let mut rider = request(&addr, "rider-1", SEOUL, (37.55, 127.01)).await;
-    let offer = match next_event(&mut events).await {
-        Event::Offer(offer) => offer,
-        other => panic!("expected an offer, got {other:?}"),
-    };
-    let trip_id = offer.trip.as_ref().map(|t| t.trip_id.clone()).unwrap_or_default();
-    send(&tx, DriverMsg::OfferReply(pb::OfferReply { offer_id: offer.offer_id.clone(), accept: true })).await;
-    while let Ok(Ok(Some(trip))) = tokio::time::timeout(Duration::from_secs(10), rider.message()).await {
-        if trip.status == pb::TripStatus::DriverAssigned as i32 {
-            break;
-        }
-    }
+    let trip_id = accept_the_offer(&tx, &mut events, &mut rider).await;
     let mut riders = pb::rider_service_client::RiderServiceClient::new(channel(&addr).await);
     let waiting = pb::RideRequest {
         rider_id: "rider-2".into(),
@@ -442,17 +453,7 @@ async fn the_map_draws_a_followed_trips_route_by_road_in_a_real_browser() {
     let (car, pickup, dropoff) = (city_at(5.0, 10.0), city_at(6.0, 10.0), city_at(11.0, 10.0));
     let (tx, mut events) = driver(&addr, "across", car.lat(), car.lng()).await;
     let mut rider = request(&addr, "rider-1", (pickup.lat(), pickup.lng()), (dropoff.lat(), dropoff.lng())).await;
-    let offer = match next_event(&mut events).await {
-        Event::Offer(offer) => offer,
-        other => panic!("expected an offer, got {other:?}"),
-    };
-    let trip_id = offer.trip.as_ref().map(|t| t.trip_id.clone()).unwrap_or_default();
-    send(&tx, DriverMsg::OfferReply(pb::OfferReply { offer_id: offer.offer_id.clone(), accept: true })).await;
-    while let Ok(Ok(Some(trip))) = tokio::time::timeout(Duration::from_secs(10), rider.message()).await {
-        if trip.status == pb::TripStatus::DriverAssigned as i32 {
-            break;
-        }
-    }
+    let trip_id = accept_the_offer(&tx, &mut events, &mut rider).await;
     // The east bridge is 8 streets east of the car: the way goes there.
     let bridge = city_at(5.0, 17.5).lng();
     let (status, found) = get(&format!("http://{http}/api/find?q={trip_id}"), None).await;
