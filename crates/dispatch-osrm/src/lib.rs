@@ -5,10 +5,11 @@
 //! - **One call per ranking**: the drives from every candidate to a pickup
 //!   come from one `table` request (sources: the candidates; destination:
 //!   the pickup), up to [`MAX_SOURCES`] a request.
-//! - **Snapping** is OSRM's (to the nearest road); a point OSRM moved
-//!   farther than the snap distance to reach a road has no drive, and the
-//!   engine ranks it by the straight line, as it does off the embedded
-//!   router's roads.
+//! - **Snapping** is OSRM's (to the nearest road); the stretch between a
+//!   point and where OSRM put it is driven at [`ACCESS_KMH`]; a point OSRM
+//!   moved farther than the snap distance to reach a road has no drive,
+//!   and the engine ranks it by the straight line, as it does off the
+//!   embedded router's roads.
 //! - **A router that does not answer** (refused, timed out, not OSRM's
 //!   JSON) is let rest for [`REST`]: meanwhile every drive is `None`, so
 //!   rides are ranked by the straight line and counted as fallbacks, rather
@@ -34,6 +35,9 @@ pub const MAX_SOURCES: usize = 99;
 /// candidates too far to beat those it has ranked by it (OSRM does not say
 /// its top speed; motorways in its car profile are 90 to 130).
 pub const TOP_KMH: f64 = 200.0;
+
+/// The speed of the stretch between a point and where OSRM snapped it.
+pub const ACCESS_KMH: f64 = 15.0;
 
 /// How long a router that failed is let rest before it is asked again.
 pub const REST: Duration = Duration::from_secs(5);
@@ -156,16 +160,31 @@ impl Osrm {
                 let reason = format!("{}: {}", table.code, table.message.unwrap_or_default());
                 return Err(OsrmError::Answer { url, reason });
             }
-            let to_near = table.destinations.first().is_some_and(|w| w.distance <= self.snap_m);
+            // A table of another shape is not an answer: the router rests
+            // rather than every driver seeming unreachable.
+            let whole = |rows: &[Vec<Option<f64>>]| rows.len() == chunk.len() && rows.iter().all(|r| r.len() == 1);
+            let (Some(to_snap), true, true, true) = (
+                table.destinations.first(),
+                table.sources.len() == chunk.len(),
+                whole(&table.durations),
+                whole(&table.distances),
+            ) else {
+                let reason = format!("a table not of {} sources by 1 destination", chunk.len());
+                return Err(OsrmError::Answer { url, reason });
+            };
             for n in 0..chunk.len() {
-                let near = to_near && table.sources.get(n).is_some_and(|w| w.distance <= self.snap_m);
-                let seconds = table.durations.get(n).and_then(|row| row.first().copied().flatten());
-                let metres = table.distances.get(n).and_then(|row| row.first().copied().flatten());
-                legs.push(match (near, seconds, metres) {
+                let from_snap = &table.sources[n];
+                let near = to_snap.distance <= self.snap_m && from_snap.distance <= self.snap_m;
+                // OSRM drives from where it snapped each point: the stretch
+                // from the point to there is driven at `ACCESS_KMH`, as the
+                // embedded router does (so no drive beats `TOP_KMH`).
+                let access_m = to_snap.distance.max(0.0) + from_snap.distance.max(0.0);
+                legs.push(match (near, table.durations[n][0], table.distances[n][0]) {
                     (false, _, _) => None,
-                    (true, Some(seconds), Some(metres)) if seconds.is_finite() && metres.is_finite() => {
-                        Some(Leg { metres: metres.max(0.0), seconds: seconds.max(0.0) })
-                    }
+                    (true, Some(seconds), Some(metres)) if seconds.is_finite() && metres.is_finite() => Some(Leg {
+                        metres: metres.max(0.0) + access_m,
+                        seconds: seconds.max(0.0) + access_m / (ACCESS_KMH / 3.6),
+                    }),
                     // Both on roads, and no route between them.
                     (true, _, _) => Some(Leg::UNREACHABLE),
                 });

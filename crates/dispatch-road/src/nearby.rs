@@ -113,6 +113,9 @@ impl Search {
         let mut wanted: Vec<usize> = starts.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
+        if wanted.is_empty() {
+            return Vec::new();
+        }
         let mut left = wanted.len();
         self.seen[target] = g;
         self.tenths[target] = 0;

@@ -231,7 +231,9 @@ impl RoadNetwork {
         let coords: Vec<LatLng> =
             coords.into_iter().map(|(lat, lng)| LatLng::new(lat, lng).ok()).collect::<Option<_>>()?;
         let points = snappable.iter().map(|&i| GeomWithData::new(coords[i as usize].to_unit(), i)).collect::<Vec<_>>();
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // The engine asks from one thread, the map from a few: more would
+        // only hold memory (a search's state is 16 bytes a node).
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
         let calculators = (0..threads)
             .map(|_| Mutex::new((fast_paths::create_calculator(&graph), Search::new(coords.len()))))
             .collect();
@@ -245,8 +247,9 @@ impl RoadNetwork {
 
     /// The network with searches from a pickup that settle at most `nodes`
     /// nodes ([`SETTLE_LIMIT`](crate::SETTLE_LIMIT) unless set) before the
-    /// hierarchy answers for the points not reached; the answers are the
-    /// same, only their cost differs.
+    /// hierarchy answers for the points not reached; the times are the
+    /// same, only their cost differs (the metres of two routes of equal
+    /// time may).
     pub fn with_settle_limit(mut self, nodes: usize) -> Self {
         self.settle_limit = nodes.max(1);
         self
@@ -289,7 +292,8 @@ impl RoadNetwork {
 
     /// The drive from `from` to `to` and the way it goes (the points it
     /// passes, the two ends first and last): what a map draws and a
-    /// simulated car follows. `None` where [`RoadNetwork::leg`] is.
+    /// simulated car follows. `None` where [`RoadNetwork::leg`] is, or is
+    /// [`Leg::UNREACHABLE`].
     pub fn route(&self, from: LatLng, to: LatLng) -> Option<Route> {
         let (a, b) = (self.snap(from)?, self.snap(to)?);
         let (nodes, leg) = if a.node == b.node {

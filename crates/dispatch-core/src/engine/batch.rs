@@ -174,14 +174,14 @@ impl Engine {
                 driver.is_offerable() && driver.services.contains(service) && !state.tried.contains(&driver.id)
             };
             let by_id = |a, b| self.driver(a).id.cmp(&self.driver(b).id);
-            let pool = self.road_pool(CANDIDATES);
             let radius_m = self.eta_radius(state.radius_m);
-            let found = self.drivers.free().nearest_k(state.trip.pickup, radius_m, pool, offerable, by_id);
             // With a road network, the best `CANDIDATES` by road, each
             // costed by its drive (see `road.rs`).
-            let mut near: Vec<(DriverKey, f64)> = found.into_iter().map(|n| (n.key, n.distance_m)).collect();
-            fallbacks += self.rank_by_road(state.trip.pickup, &mut near, CANDIDATES);
-            near.retain(|&(_, cost_m)| self.within_eta(cost_m));
+            let (mut near, asked_by_road) = self.road_ranked(state.trip.pickup, CANDIDATES, CANDIDATES, |pool| {
+                let found = self.drivers.free().nearest_k(state.trip.pickup, radius_m, pool, offerable, by_id);
+                found.into_iter().map(|n| (n.key, n.distance_m)).collect()
+            });
+            fallbacks += asked_by_road;
             near.truncate(CANDIDATES);
             let mut found: Vec<(DriverKey, f64, f64)> =
                 near.into_iter().map(|(key, cost_m)| (key, cost_m, self.rank_cost(key, cost_m))).collect();

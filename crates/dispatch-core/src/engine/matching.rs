@@ -58,10 +58,9 @@ impl Engine {
         want: usize,
     ) -> (Vec<(DriverKey, f64)>, u64) {
         let ranked = self.config.accept_weight_m > 0.0;
-        let pool = self.road_pool(self.candidate_pool(want));
-        let mut found = self.nearest_offerable(pickup, service, radius_m, tried, pool);
-        let fallbacks = self.rank_by_road(pickup, &mut found, want);
-        found.retain(|&(_, cost_m)| self.within_eta(cost_m));
+        let (mut found, fallbacks) = self.road_ranked(pickup, want, self.candidate_pool(want), |pool| {
+            self.nearest_offerable(pickup, service, radius_m, tried, pool)
+        });
         if ranked {
             // Stable: equal costs keep their distance (then id) order.
             found.sort_by(|a, b| self.rank_cost(a.0, a.1).total_cmp(&self.rank_cost(b.0, b.1)));

@@ -15,6 +15,10 @@ use crate::geo::LatLng;
 use crate::index::DriverKey;
 use crate::roads::Leg;
 
+/// The most candidates by the straight line a ride's ranking by road asks
+/// when the nearest cannot come.
+pub const MAX_ROAD_POOL: usize = 256;
+
 impl Engine {
     /// Ranks `found` (each with its great-circle distance, nearest first)
     /// by road, in place: each distance becomes the drive's cost in metres
@@ -22,10 +26,12 @@ impl Engine {
     /// from where no road leads is dropped. Answers how many fell back to
     /// the straight line; a no-op without a road network.
     ///
-    /// Exact and lazy: a candidate `d` metres away cannot drive there in
-    /// less than `d / Roads::top_speed_mps()`, so once `want` candidates
-    /// cost (with their miss-rate weight) no more than that, it and every
-    /// farther one are dropped unasked.
+    /// A router that batches (see [`crate::roads::Roads::batches`]) is asked
+    /// for every candidate at once. Else lazily, and exactly: a candidate
+    /// `d` metres away cannot drive there in less than
+    /// `d / Roads::top_speed_mps()`, so once `want` candidates cost (with
+    /// their miss-rate weight) no more than that, it and every farther one
+    /// are dropped unasked.
     pub(super) fn rank_by_road(&self, pickup: LatLng, found: &mut Vec<(DriverKey, f64)>, want: usize) -> u64 {
         let Some(roads) = &self.roads else { return 0 };
         let mps = self.config.eta_speed_kmh.max(1.0) / 3.6;
@@ -43,7 +49,9 @@ impl Engine {
         });
         for (n, candidate) in found.iter_mut().enumerate() {
             let (key, crow_m) = *candidate;
-            if want > 0 && best.len() >= want && crow_m * floor >= best[want - 1] {
+            // Asked one by one, stop where no farther one can win; every
+            // drive already had, rank them all.
+            if all.is_none() && want > 0 && best.len() >= want && crow_m * floor >= best[want - 1] {
                 break;
             }
             asked += 1;
@@ -69,6 +77,33 @@ impl Engine {
         found.retain(|c| c.1.is_finite());
         found.sort_by(|a, b| a.1.total_cmp(&b.1));
         fallbacks
+    }
+
+    /// The best `want` candidates for `pickup` from `nearest(pool)` (the
+    /// `pool` nearest by the straight line), ranked by road (see
+    /// [`Engine::rank_by_road`]) and able to come within
+    /// `Config::max_pickup_eta_ms`; with the fallbacks counted. Should
+    /// fewer than `want` be left of a full pool (none of the nearest has a
+    /// road that brings it in time: across a river, on an island), the next
+    /// nearest are asked too, up to [`MAX_ROAD_POOL`].
+    pub(super) fn road_ranked(
+        &self,
+        pickup: LatLng,
+        want: usize,
+        pool: usize,
+        mut nearest: impl FnMut(usize) -> Vec<(DriverKey, f64)>,
+    ) -> (Vec<(DriverKey, f64)>, u64) {
+        let mut pool = self.road_pool(pool);
+        loop {
+            let mut found = nearest(pool);
+            let full = found.len() >= pool;
+            let fallbacks = self.rank_by_road(pickup, &mut found, want);
+            found.retain(|&(_, cost_m)| self.within_eta(cost_m));
+            if found.len() >= want || !full || !self.by_road() || pool >= MAX_ROAD_POOL {
+                return (found, fallbacks);
+            }
+            pool = (pool * 4).min(MAX_ROAD_POOL);
+        }
     }
 
     /// The drive of `key` to `pickup` by road: straight there, or, with a

@@ -523,7 +523,9 @@ impl crate::roads::Roads for IslandRoads {
 }
 
 /// A driver no road leads from is never offered the ride, nearest though
-/// it is, under nearest-first and a batch; nor counted a fallback.
+/// it is, under nearest-first and a batch; nor counted a fallback. With
+/// more island drivers than the candidates ranked by road, the next
+/// nearest are asked too.
 #[test]
 fn a_driver_on_an_island_is_never_offered_the_ride() {
     for policy in ["nearest", "batch:1s"] {
@@ -532,7 +534,9 @@ fn a_driver_on_an_island_is_never_offered_the_ride() {
             ..Config::default()
         });
         w.engine.set_roads(std::sync::Arc::new(IslandRoads));
-        w.driver("island", 200.0);
+        for n in 0..20 {
+            w.driver(&format!("island-{n:02}"), 100.0 + 10.0 * f64::from(n));
+        }
         w.driver("mainland", 900.0);
         w.request("r1");
         w.advance(1_000);

@@ -55,13 +55,15 @@ impl Moves {
         let fix = Fix { position, at, pickup_eta_ms };
         match after {
             Some(after) if after >= delivered => {
-                let fix = fix.over(self.gated.get(&trip).map(|(f, _)| f));
+                // Only an ETA waiting behind the same delivery: one behind
+                // an earlier one may be another driver's.
+                let fix = fix.over(self.gated.get(&trip).filter(|(_, a)| *a == after).map(|(f, _)| f));
                 self.gated.insert(trip, (fix, after));
                 self.gates.insert((after, trip));
             }
             _ => {
                 // Newer than anything gated for the trip.
-                let fix = fix.over(self.gated.remove(&trip).as_ref().map(|(f, _)| f));
+                self.gated.remove(&trip);
                 self.ready(trip, fix);
             }
         }
