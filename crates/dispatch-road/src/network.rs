@@ -394,8 +394,4 @@ impl Roads for RoadNetwork {
         self.route(from, to).map(|route| route.points)
     }
 
-    /// One search answers for all of a pickup's candidates at once.
-    fn batches(&self) -> bool {
-        true
-    }
 }
