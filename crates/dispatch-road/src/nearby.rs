@@ -64,10 +64,7 @@ impl Reversed {
 }
 
 /// One search's working state, kept between searches (a generation stamp
-/// marks what this search has seen, so nothing is cleared). A search to
-/// the same target as the last one goes on from where that one stopped:
-/// the engine asks for a pickup's candidates one by one, nearest first,
-/// and each is then only as dear as the nodes between it and the last.
+/// marks what this search has seen, so nothing is cleared).
 #[derive(Debug)]
 pub(crate) struct Search {
     tenths: Vec<u32>,
@@ -76,12 +73,6 @@ pub(crate) struct Search {
     settled: Vec<u32>,
     generation: u32,
     heap: BinaryHeap<Reverse<(u32, u32)>>,
-    /// The target of the search this state holds, if any.
-    target: Option<usize>,
-    /// Nodes it settled.
-    count: usize,
-    /// Whether it ran out of roads (every node it can reach is settled).
-    exhausted: bool,
 }
 
 /// What a search found for one node.
@@ -104,14 +95,12 @@ impl Search {
             settled: vec![0; nodes],
             generation: 0,
             heap: BinaryHeap::new(),
-            target: None,
-            count: 0,
-            exhausted: false,
         }
     }
 
-    /// Starts a search to `target` afresh.
-    fn restart(&mut self, target: usize) {
+    /// The drives from each of `starts` to `target`, over `roads`, settling
+    /// at most `limit` nodes.
+    pub fn to(&mut self, roads: &Reversed, target: usize, starts: &[usize], limit: usize) -> Vec<Found> {
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             // Wrapped: stamps from 4 billion searches ago would read as new.
@@ -121,36 +110,37 @@ impl Search {
         }
         let g = self.generation;
         self.heap.clear();
+        let mut wanted: Vec<usize> = starts.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        let mut left = wanted.len();
         self.seen[target] = g;
         self.tenths[target] = 0;
         self.metres[target] = 0.0;
         self.heap.push(Reverse((0, target as u32)));
-        self.target = Some(target);
-        self.count = 0;
-        self.exhausted = false;
-    }
-
-    /// The drives from each of `starts` to `target`, over `roads`, settling
-    /// at most `limit` nodes in all (with the searches to the same target
-    /// before it, which it goes on from).
-    pub fn to(&mut self, roads: &Reversed, target: usize, starts: &[usize], limit: usize) -> Vec<Found> {
-        if self.target != Some(target) {
-            self.restart(target);
-        }
-        let g = self.generation;
-        let mut left = starts.iter().filter(|&&s| self.settled[s] != g).count();
-        while left > 0 && !self.exhausted && self.count < limit {
-            let Some(Reverse((t, node))) = self.heap.pop() else {
-                self.exhausted = true;
-                break;
-            };
+        let mut settled = 0;
+        let mut exhausted = true;
+        while let Some(Reverse((t, node))) = self.heap.pop() {
             let node = node as usize;
             if self.settled[node] == g || t > self.tenths[node] {
                 continue;
             }
             self.settled[node] = g;
-            self.count += 1;
-            left -= starts.iter().filter(|&&s| s == node).count();
+            settled += 1;
+            if wanted.binary_search(&node).is_ok() {
+                left -= 1;
+                if left == 0 {
+                    exhausted = false;
+                    break;
+                }
+            }
+            if settled >= limit {
+                exhausted = false;
+                break;
+            }
             for e in roads.arriving(node) {
                 let next = roads.from[e] as usize;
                 let through = t.saturating_add(roads.tenths[e]);
@@ -165,7 +155,7 @@ impl Search {
         }
         starts
             .iter()
-            .map(|&s| match (self.settled[s] == g, self.exhausted) {
+            .map(|&s| match (self.settled[s] == g, exhausted) {
                 (true, _) => Found::Drive(self.tenths[s], self.metres[s]),
                 (false, true) => Found::Unreachable,
                 (false, false) => Found::Unknown,

@@ -394,4 +394,8 @@ impl Roads for RoadNetwork {
         self.route(from, to).map(|route| route.points)
     }
 
+    /// One search answers for all of a pickup's candidates at once.
+    fn batches(&self) -> bool {
+        true
+    }
 }
