@@ -86,61 +86,9 @@ pub async fn serve(flags: Flags) -> ExitCode {
         error!(dir = %flags.data_dir.display(), cause = %err, "cannot create the data directory");
         return ExitCode::FAILURE;
     }
-    if let Some(extract) = &flags.road_network {
-        if flags.shards > 1 {
-            error!("--road-network ranks by road on one shard for now; drop --shards or the road network");
-            return ExitCode::FAILURE;
-        }
-        let cache = flags.data_dir.join("roads");
-        let loaded = tokio::task::spawn_blocking({
-            let extract = extract.clone();
-            let snap_m = flags.road_snap_m;
-            move || dispatch_road::load(&extract, Some(&cache), snap_m)
-        })
-        .await;
-        match loaded {
-            Ok(Ok((network, source))) => {
-                info!(extract = %extract.display(), nodes = network.nodes(), ?source, "ranking drivers by road");
-                config.roads = Some(std::sync::Arc::new(network));
-            }
-            Ok(Err(err)) => {
-                error!(cause = %err, "cannot load the road network");
-                return ExitCode::FAILURE;
-            }
-            Err(err) => {
-                error!(cause = %err, "loading the road network failed");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    if let Some(spec) = &flags.router {
-        if flags.shards > 1 {
-            error!("--router ranks by road on one shard for now; drop --shards or the router");
-            return ExitCode::FAILURE;
-        }
-        let router = dispatch_osrm::Osrm::new(spec, flags.router_timeout.0, flags.road_snap_m, dispatch_osrm::TOP_KMH);
-        let router = match router {
-            Ok(router) => router,
-            Err(err) => {
-                error!(cause = %err, "--router");
-                return ExitCode::FAILURE;
-            }
-        };
-        let checked = tokio::task::spawn_blocking(move || router.check().map(|()| router)).await;
-        match checked {
-            Ok(Ok(router)) => {
-                info!(router = router.base(), "ranking drivers by road, asking the router");
-                config.roads = Some(std::sync::Arc::new(router));
-            }
-            Ok(Err(err)) => {
-                error!(cause = %err, "the router does not answer");
-                return ExitCode::FAILURE;
-            }
-            Err(err) => {
-                error!(cause = %err, "asking the router failed");
-                return ExitCode::FAILURE;
-            }
-        }
+    match road_network(&flags).await {
+        Ok(roads) => config.roads = roads.or(config.roads),
+        Err(()) => return ExitCode::FAILURE,
     }
     let signalled = hook_signals();
     let listener = match TcpListener::bind(flags.listen).await {
@@ -352,5 +300,55 @@ fn hook_signals() -> impl std::future::Future<Output = ()> {
             let _ = tokio::signal::ctrl_c().await;
             info!("SIGINT received");
         }
+    }
+}
+
+/// A road network the engine ranks by.
+type Roads = std::sync::Arc<dyn dispatch_core::roads::Roads>;
+
+/// The road network drivers are ranked by, if the flags name one: an
+/// extract (`--road-network`, prepared or read from the cache in the data
+/// directory) or an OSRM server (`--router`, asked once to see that it
+/// answers). `Err` once the reason is logged.
+async fn road_network(flags: &Flags) -> Result<Option<Roads>, ()> {
+    let (what, flag) = match (&flags.road_network, &flags.router) {
+        (Some(_), _) => ("road network", "--road-network"),
+        (None, Some(_)) => ("router", "--router"),
+        (None, None) => return Ok(None),
+    };
+    if flags.shards > 1 {
+        error!("{flag} ranks by road on one shard for now; drop --shards or the {what}");
+        return Err(());
+    }
+    let failed = |cause: &dyn std::fmt::Display, why: &str| -> Result<Option<Roads>, ()> {
+        error!(%cause, "{why}");
+        Err(())
+    };
+    if let Some(extract) = &flags.road_network {
+        let cache = flags.data_dir.join("roads");
+        let (extract, snap_m) = (extract.clone(), flags.road_snap_m);
+        let load = move || dispatch_road::load(&extract, Some(&cache), snap_m).map(|loaded| (loaded, extract));
+        return match tokio::task::spawn_blocking(load).await {
+            Ok(Ok(((network, source), extract))) => {
+                info!(extract = %extract.display(), nodes = network.nodes(), ?source, "ranking drivers by road");
+                Ok(Some(std::sync::Arc::new(network)))
+            }
+            Ok(Err(err)) => failed(&err, "cannot load the road network"),
+            Err(err) => failed(&err, "loading the road network failed"),
+        };
+    }
+    let spec = flags.router.as_deref().unwrap_or_default();
+    let router = match dispatch_osrm::Osrm::new(spec, flags.router_timeout.0, flags.road_snap_m, dispatch_osrm::TOP_KMH)
+    {
+        Ok(router) => router,
+        Err(err) => return failed(&err, "--router"),
+    };
+    match tokio::task::spawn_blocking(move || router.check().map(|()| router)).await {
+        Ok(Ok(router)) => {
+            info!(router = router.base(), "ranking drivers by road, asking the router");
+            Ok(Some(std::sync::Arc::new(router)))
+        }
+        Ok(Err(err)) => failed(&err, "the router does not answer"),
+        Err(err) => failed(&err, "asking the router failed"),
     }
 }
