@@ -59,7 +59,7 @@ impl RoadError {
 }
 
 /// The cache file's format; a change makes old files be rebuilt.
-const CACHE_VERSION: u32 = 4;
+const CACHE_VERSION: u32 = 5;
 
 /// How a network came to be: read and prepared, or loaded from the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +103,7 @@ pub fn load(path: &Path, cache_dir: Option<&Path>, snap_m: f64) -> Result<(RoadN
     info!(
         extract = %path.display(),
         ways = osm.ways.len(),
+        turn_restrictions = osm.turns.len(),
         nodes = prepared.coords.len(),
         seconds = started.elapsed().as_secs_f64(),
         "road network prepared"

@@ -6,6 +6,10 @@
 //!   one-way; an edge's weight is its travel time in tenths of a second at
 //!   the way's speed, rounded up, so that no drive is quicker than its
 //!   length at the fastest speed (the engine prunes candidates by that).
+//! - **Turn restrictions** split the junction they are at: arriving along
+//!   a restricted edge leads to a copy of the junction whose edges out are
+//!   the turns allowed from it (see [`Graph::of`]). Points never snap to a
+//!   copy.
 //! - **Snapping**: a point joins the road network at the nearest node of
 //!   a large strongly connected part (within which a route leads from any
 //!   node to any other; not a one-way dead end at the extract's edge), if
@@ -67,10 +71,22 @@ pub struct Graph {
     /// The fastest speed of any edge, or of the stretch a point is driven
     /// to the network at, km/h.
     pub top_kmh: f64,
+    /// Nodes `0..placed` are the extract's; those after are copies of a
+    /// junction, one for each edge into it that a turn restriction binds.
+    pub placed: usize,
 }
 
 impl Graph {
-    /// The graph of `osm`'s drivable ways.
+    /// The graph of `osm`'s drivable ways, with its turn restrictions.
+    ///
+    /// A restriction binds the edges along its `from` way into its `via`
+    /// node. Each such edge `u → v` leads instead to a copy of `v` of its
+    /// own, whose edges out are `v`'s that the restrictions on `u → v`
+    /// allow (`no_*`: all but those along `to`; `only_*`: those along `to`
+    /// only). An edge into a junction that restrictions bind leads to the
+    /// copy for that edge, from wherever it starts, so restrictions at
+    /// consecutive junctions hold too. A restriction naming a way, or a
+    /// node, not in the graph, or a `via` not on both ways, is ignored.
     pub fn of(osm: &Osm) -> Graph {
         let mut ids = std::collections::HashMap::new();
         let mut coords = Vec::new();
@@ -105,21 +121,101 @@ impl Graph {
                 edges.push((b, a, tenths));
             }
         }
-        Graph { coords, edges, top_kmh }
+        let placed = coords.len();
+        let turns = turns(osm, &ids, &edges);
+        let edges = split_junctions(&mut coords, edges, &turns);
+        Graph { coords, edges, top_kmh, placed }
     }
+}
+
+/// The turns a restriction allows or forbids, by the edge `(u, v)` into
+/// the junction `v`: the nodes `w` of edges `v → w` it names, and whether
+/// they are the only ones allowed (else the ones forbidden).
+type TurnRules = std::collections::BTreeMap<(usize, usize), Vec<(bool, Vec<usize>)>>;
+
+/// `osm`'s turn restrictions as rules on the graph's edges (`ids`: OSM
+/// node id to graph node).
+fn turns(osm: &Osm, ids: &std::collections::HashMap<i64, usize>, edges: &[(usize, usize, usize)]) -> TurnRules {
+    use std::collections::{HashMap, HashSet};
+    let wanted: HashSet<i64> = osm.turns.iter().flat_map(|t| [t.from, t.to]).collect();
+    let ways: HashMap<i64, &[i64]> =
+        osm.ways.iter().filter(|w| wanted.contains(&w.id)).map(|w| (w.id, w.nodes.as_slice())).collect();
+    let present: HashSet<(usize, usize)> = edges.iter().map(|&(a, b, _)| (a, b)).collect();
+    // The graph nodes next to `via` along `way`.
+    let beside = |way: i64, via: i64| -> Vec<usize> {
+        let nodes = ways.get(&way).copied().unwrap_or_default();
+        let next = |i: usize| nodes.get(i).and_then(|id| ids.get(id)).copied();
+        let at = nodes.iter().enumerate().filter(|&(_, &n)| n == via).map(|(i, _)| i);
+        at.flat_map(|i| [i.checked_sub(1).and_then(next), next(i + 1)]).flatten().collect()
+    };
+    let mut rules = TurnRules::new();
+    for turn in &osm.turns {
+        let Some(&v) = ids.get(&turn.via) else { continue };
+        let froms: Vec<usize> =
+            beside(turn.from, turn.via).into_iter().filter(|&u| present.contains(&(u, v))).collect();
+        let mut tos: Vec<usize> =
+            beside(turn.to, turn.via).into_iter().filter(|&w| present.contains(&(v, w))).collect();
+        for &u in &froms {
+            // No U-turn along one way forbids going back, not straight on.
+            if turn.from == turn.to {
+                tos = vec![u];
+            }
+            if !tos.is_empty() {
+                rules.entry((u, v)).or_default().push((turn.only, tos.clone()));
+            }
+        }
+    }
+    rules
+}
+
+/// `edges` with each junction that `rules` bind split (see [`Graph::of`]):
+/// the copies' positions are pushed onto `coords`.
+fn split_junctions(
+    coords: &mut Vec<LatLng>,
+    edges: Vec<(usize, usize, usize)>,
+    rules: &TurnRules,
+) -> Vec<(usize, usize, usize)> {
+    if rules.is_empty() {
+        return edges;
+    }
+    let mut copy = std::collections::HashMap::new();
+    for &(u, v) in rules.keys() {
+        copy.insert((u, v), coords.len());
+        coords.push(coords[v]);
+    }
+    let junctions: std::collections::HashSet<usize> = rules.keys().map(|&(_, v)| v).collect();
+    let target = |a: usize, b: usize| copy.get(&(a, b)).copied().unwrap_or(b);
+    let mut out: std::collections::HashMap<usize, Vec<(usize, usize)>> = std::collections::HashMap::new();
+    for &(a, b, tenths) in &edges {
+        if junctions.contains(&a) {
+            out.entry(a).or_default().push((b, tenths));
+        }
+    }
+    let mut split: Vec<(usize, usize, usize)> = edges.iter().map(|&(a, b, t)| (a, target(a, b), t)).collect();
+    for (&(u, v), on) in rules {
+        let allowed = |w: usize| on.iter().all(|(only, named)| named.contains(&w) == *only);
+        let from = target(u, v);
+        for &(w, tenths) in out.get(&v).map(Vec::as_slice).unwrap_or_default() {
+            if allowed(w) {
+                split.push((from, target(v, w), tenths));
+            }
+        }
+    }
+    split
 }
 
 impl Prepared {
     /// Builds the graph of `osm`'s drivable ways and prepares it.
     pub fn build(osm: &Osm) -> Prepared {
-        let Graph { coords, edges, top_kmh } = Graph::of(osm);
+        let Graph { coords, edges, top_kmh, placed } = Graph::of(osm);
         let mut input = InputGraph::new();
         for &(a, b, tenths) in &edges {
             input.add_edge(a, b, tenths);
         }
         input.freeze();
         let graph = fast_paths::prepare(&input);
-        let snappable = strong_parts(coords.len(), &edges);
+        let mut snappable = strong_parts(coords.len(), &edges);
+        snappable.retain(|&node| (node as usize) < placed);
         let to_u32 = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         let edges = edges.iter().map(|&(a, b, t)| (to_u32(a), to_u32(b), to_u32(t))).collect();
         Prepared { coords: coords.iter().map(|p| (p.lat(), p.lng())).collect(), snappable, top_kmh, graph, edges }
@@ -319,7 +415,11 @@ impl RoadNetwork {
             (0..n).flat_map(|to| self.reversed.arriving_from(to).map(move |from| (from, to, 0))).collect();
         let parts = petgraph::algo::kosaraju_scc(&directed(n, &edges));
         let largest = parts.into_iter().max_by_key(Vec::len).unwrap_or_default();
-        largest.into_iter().map(|node| self.coords[node.index()]).collect()
+        // Each place once: a junction copied for its turn restrictions is
+        // where the junction is.
+        let mut seen = std::collections::HashSet::new();
+        let points = largest.into_iter().map(|node| self.coords[node.index()]);
+        points.filter(|p| seen.insert((p.lat().to_bits(), p.lng().to_bits()))).collect()
     }
 
     /// The drive between two points on the roads, by the hierarchy.

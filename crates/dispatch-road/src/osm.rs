@@ -6,7 +6,10 @@
 //! their tags ([`Road::of_tags`]): `highway` of a class cars use,
 //! `access`/`motor_vehicle`/`motorcar` not `no` or `private`, `maxspeed`
 //! (km/h, or `mph`) else the class's default, `oneway` (`yes`, `-1`;
-//! implied on motorways and roundabouts). Turn restrictions are not read.
+//! implied on motorways and roundabouts). Turn restrictions ([`Turn`]) are
+//! read from `type=restriction` relations whose `via` is a node: `no_*` and
+//! `only_*`, `restriction:motorcar` before `restriction`, none that
+//! `except` motor cars. A restriction via a way is not read.
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
@@ -92,21 +95,85 @@ fn parse_maxspeed(v: &str) -> Option<f64> {
 /// A drivable way: its nodes in order and how it is driven.
 #[derive(Debug, Clone)]
 pub struct Way {
+    /// Its OSM id.
+    pub id: i64,
     /// Its nodes' OSM ids, in order.
     pub nodes: Vec<i64>,
     /// How it is driven.
     pub road: Road,
 }
 
-/// What a road network is built from: the drivable ways and the positions
-/// (lat, lng) of their nodes. A way naming a node the file does not place
-/// is cut there (an extract's edge).
+/// A turn restriction: arriving at node `via` along way `from`, a car may
+/// not go on along way `to` (`only` false: `no_left_turn`, `no_u_turn`,
+/// ...), or may go on along `to` only (`only` true: `only_straight_on`,
+/// ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// The way arrived along.
+    pub from: i64,
+    /// The node turned at.
+    pub via: i64,
+    /// The way left along.
+    pub to: i64,
+    /// Whether `to` is the only way on, rather than the one way not.
+    pub only: bool,
+}
+
+impl Turn {
+    /// The restriction a relation's tags and members describe, if it is a
+    /// turn restriction via a node that binds motor cars. `members` are
+    /// (type, id, role), type being `node`, `way` or `relation`.
+    pub fn of_relation<'a>(
+        tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+        members: impl IntoIterator<Item = (&'a str, i64, &'a str)>,
+    ) -> Option<Turn> {
+        let (mut restriction, mut motorcar, mut is_restriction) = (None, None, false);
+        for (k, v) in tags {
+            match k {
+                "type" => is_restriction = v == "restriction",
+                "restriction" => restriction = Some(v),
+                "restriction:motorcar" => motorcar = Some(v),
+                "except" if v.split(';').any(|x| x.trim() == "motorcar") => return None,
+                _ => {}
+            }
+        }
+        let kind = motorcar.or(restriction).filter(|_| is_restriction)?;
+        let only = if kind.starts_with("only_") {
+            true
+        } else if kind.starts_with("no_") {
+            false
+        } else {
+            return None;
+        };
+        let (mut from, mut via, mut to) = (None, None, None);
+        for (kind, id, role) in members {
+            let slot = match (kind, role) {
+                ("way", "from") => &mut from,
+                ("node", "via") => &mut via,
+                ("way", "to") => &mut to,
+                // A via way, or a second via: not read.
+                (_, "via") => return None,
+                _ => continue,
+            };
+            if slot.replace(id).is_some() {
+                return None;
+            }
+        }
+        Some(Turn { from: from?, via: via?, to: to?, only })
+    }
+}
+
+/// What a road network is built from: the drivable ways, the positions
+/// (lat, lng) of their nodes and the turn restrictions. A way naming a
+/// node the file does not place is cut there (an extract's edge).
 #[derive(Debug, Default)]
 pub struct Osm {
     /// The drivable ways.
     pub ways: Vec<Way>,
     /// Nodes' positions (lat, lng) by OSM id.
     pub nodes: HashMap<i64, (f64, f64)>,
+    /// The turn restrictions.
+    pub turns: Vec<Turn>,
 }
 
 impl Osm {
@@ -121,20 +188,32 @@ impl Osm {
         }
     }
 
-    /// Reads a PBF extract in two passes: the drivable ways, then the
-    /// positions of their nodes only.
+    /// Reads a PBF extract in two passes: the drivable ways and the turn
+    /// restrictions, then the positions of the ways' nodes only.
     fn read_pbf(path: &Path) -> Result<Osm, RoadError> {
-        use osmpbf::{Element, ElementReader};
+        use osmpbf::{Element, ElementReader, RelMemberType};
         let bad = |e: osmpbf::Error| RoadError::Osm { path: path.into(), why: e.to_string() };
         let mut osm = Osm::default();
         ElementReader::from_path(path)
             .map_err(bad)?
-            .for_each(|element| {
-                if let Element::Way(way) = element
-                    && let Some(road) = Road::of_tags(way.tags())
-                {
-                    osm.ways.push(Way { nodes: way.refs().collect(), road });
+            .for_each(|element| match element {
+                Element::Way(way) => {
+                    if let Some(road) = Road::of_tags(way.tags()) {
+                        osm.ways.push(Way { id: way.id(), nodes: way.refs().collect(), road });
+                    }
                 }
+                Element::Relation(relation) => {
+                    let members = relation.members().map(|m| {
+                        let kind = match m.member_type {
+                            RelMemberType::Node => "node",
+                            RelMemberType::Way => "way",
+                            RelMemberType::Relation => "relation",
+                        };
+                        (kind, m.member_id, m.role().unwrap_or_default())
+                    });
+                    osm.turns.extend(Turn::of_relation(relation.tags(), members));
+                }
+                _ => {}
             })
             .map_err(bad)?;
         let wanted: HashSet<i64> = osm.ways.iter().flat_map(|w| w.nodes.iter().copied()).collect();
@@ -160,8 +239,8 @@ impl Osm {
         let mut reader = quick_xml::Reader::from_reader(source);
         let mut buf = Vec::new();
         let mut osm = Osm::default();
-        // The way being read: its node ids and tags.
-        let mut way: Option<(Vec<i64>, Tags)> = None;
+        // The way or relation being read.
+        let mut open: Option<Open> = None;
         loop {
             let event =
                 reader.read_event_into(&mut buf).map_err(|e| format!("at byte {}: {e}", reader.buffer_position()))?;
@@ -175,25 +254,38 @@ impl Osm {
                             osm.nodes.insert(id, (lat, lng));
                         }
                     }
-                    "way" => way = Some((Vec::new(), Vec::new())),
+                    kind @ ("way" | "relation") => {
+                        let id = attr(&e, "id")?.and_then(|v| v.parse().ok()).unwrap_or_default();
+                        let relation = kind == "relation";
+                        open = Some(Open { relation, id, nodes: Vec::new(), members: Vec::new(), tags: Vec::new() });
+                    }
                     "nd" => {
-                        if let (Some((nodes, _)), Some(id)) = (&mut way, attr(&e, "ref")?.and_then(|v| v.parse().ok()))
-                        {
-                            nodes.push(id);
+                        if let (Some(way), Some(id)) = (&mut open, attr(&e, "ref")?.and_then(|v| v.parse().ok())) {
+                            way.nodes.push(id);
+                        }
+                    }
+                    "member" => {
+                        let id = attr(&e, "ref")?.and_then(|v| v.parse().ok());
+                        if let (Some(relation), Some(kind), Some(id)) = (&mut open, attr(&e, "type")?, id) {
+                            relation.members.push((kind, id, attr(&e, "role")?.unwrap_or_default()));
                         }
                     }
                     "tag" => {
-                        if let (Some((_, tags)), Some(k), Some(v)) = (&mut way, attr(&e, "k")?, attr(&e, "v")?) {
-                            tags.push((k, v));
+                        if let (Some(open), Some(k), Some(v)) = (&mut open, attr(&e, "k")?, attr(&e, "v")?) {
+                            open.tags.push((k, v));
                         }
                     }
                     _ => {}
                 },
-                Event::End(e) if e.name().into_inner() == "way" => {
-                    if let Some((nodes, tags)) = way.take()
-                        && let Some(road) = Road::of_tags(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                    {
-                        osm.ways.push(Way { nodes, road });
+                Event::End(e) if matches!(e.name().into_inner(), "way" | "relation") => {
+                    if let Some(Open { relation, id, nodes, members, tags }) = open.take() {
+                        let tags = tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                        if relation {
+                            let members = members.iter().map(|(kind, id, role)| (kind.as_str(), *id, role.as_str()));
+                            osm.turns.extend(Turn::of_relation(tags, members));
+                        } else if let Some(road) = Road::of_tags(tags) {
+                            osm.ways.push(Way { id, nodes, road });
+                        }
                     }
                 }
                 Event::Eof => break,
@@ -205,8 +297,16 @@ impl Osm {
     }
 }
 
-/// A way's tags as read, before they are judged.
-type Tags = Vec<(String, String)>;
+/// A way or relation being read from XML, before it is judged.
+struct Open {
+    relation: bool,
+    id: i64,
+    /// A way's nodes.
+    nodes: Vec<i64>,
+    /// A relation's members: type, id, role.
+    members: Vec<(String, i64, String)>,
+    tags: Vec<(String, String)>,
+}
 
 /// An attribute's value, unescaped.
 fn attr(e: &BytesStart<'_>, key: &str) -> Result<Option<String>, String> {

@@ -20,8 +20,12 @@ fn helsinki_is_read_cached_read_back_and_ranked_as_dijkstra_says() {
         dispatch_road::load(&extract, Some(cache.path()), DEFAULT_SNAP_M).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(source, Source::Prepared);
     assert!(network.nodes() > 1_000, "{network:?}");
-    let graph = Graph::of(&Osm::read(&extract).unwrap_or_else(|e| panic!("{e}")));
+    let osm = Osm::read(&extract).unwrap_or_else(|e| panic!("{e}"));
+    let graph = Graph::of(&osm);
     assert_eq!(graph.coords.len(), network.nodes());
+    // The extract's turn restrictions split junctions, and the drives
+    // below (Dijkstra's among them) keep to them.
+    assert!(!osm.turns.is_empty() && graph.coords.len() > graph.placed, "{} restrictions", osm.turns.len());
 
     // The bounding box of the roads, where drivers and pickups are drawn.
     let (mut south, mut north, mut west, mut east) = (90.0f64, -90.0f64, 180.0f64, -180.0f64);
