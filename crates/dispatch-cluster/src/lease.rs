@@ -17,9 +17,10 @@
 //!   can expire its key, as long as the two clocks' rates differ by less
 //!   than a third. A paused process (SIGSTOP) finds this out at its first
 //!   tick after waking; until then the trip log's fence refuses its writes.
-//! - **Giving it up:** an owner whose log failed deletes its key (only if
-//!   the revision is still its own), so another node takes over without
-//!   waiting for the key to expire.
+//! - **Giving it up:** an owner whose log failed, or whose shard is placed
+//!   on another node, deletes its key (only if the revision is still its
+//!   own), so another node takes over without waiting for the key to
+//!   expire.
 
 use std::time::Duration;
 
@@ -56,6 +57,26 @@ pub enum Role {
     Owner(u64),
 }
 
+/// Why a lease is given up, sent to [`Lease::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resign {
+    /// The owner's log failed: give the lease up and compete again a time
+    /// to live later.
+    Retry,
+    /// The shard is placed elsewhere, or the node is stopping: give the
+    /// lease up and stop.
+    Leave,
+}
+
+/// Who holds `shard`'s lease, as the bucket says now (`None`: nobody, or
+/// the bucket does not answer).
+pub async fn holder(kv: &kv::Store, shard: u16) -> Option<Holder> {
+    match kv.entry(crate::shards::lease_key(shard)).await {
+        Ok(Some(entry)) if entry.operation == kv::Operation::Put => serde_json::from_slice(&entry.value).ok(),
+        _ => None,
+    }
+}
+
 /// Creates the bucket if it is missing.
 pub async fn ensure_bucket(js: &jetstream::Context, ttl: Duration, replicas: usize) -> Result<kv::Store, ClusterError> {
     match js.get_key_value(BUCKET).await {
@@ -88,9 +109,11 @@ pub struct Lease {
 
 impl Lease {
     /// Takes, holds and gives up the lease, saying what this node is on
-    /// `role`, until `resign` closes. A message on `resign` gives the lease
-    /// up (if held) and waits a time to live before competing again.
-    pub async fn run(self, role: watch::Sender<Role>, mut resign: mpsc::Receiver<()>) {
+    /// `role`, until `resign` closes or says [`Resign::Leave`] (which gives
+    /// the lease up if held). [`Resign::Retry`] gives it up and waits a
+    /// time to live before competing again. A closed `resign` leaves a held
+    /// lease to expire.
+    pub async fn run(self, role: watch::Sender<Role>, mut resign: mpsc::Receiver<Resign>) {
         let renew_every = self.ttl / 3;
         let give_up_after = self.ttl * 2 / 3;
         let poll = (self.ttl / 12).max(Duration::from_millis(50));
@@ -105,7 +128,10 @@ impl Lease {
             // Follower: try to take it; otherwise learn who holds it.
             let taken = tokio::select! {
                 taken = self.kv.create(&self.key, value.clone()) => taken,
-                got = resign.recv() => { if got.is_none() { return; } continue; }
+                got = resign.recv() => match got {
+                    None | Some(Resign::Leave) => return,
+                    Some(Resign::Retry) => continue,
+                },
             };
             let (epoch, mut revision, mut renewed) = match taken {
                 Ok(revision) => (revision, revision, Instant::now()),
@@ -126,7 +152,7 @@ impl Lease {
                     });
                     tokio::select! {
                         () = tokio::time::sleep(poll) => {}
-                        got = resign.recv() => if got.is_none() { return; },
+                        got = resign.recv() => if matches!(got, None | Some(Resign::Leave)) { return; },
                     }
                     continue;
                 }
@@ -138,12 +164,18 @@ impl Lease {
             let resigned = loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    got = resign.recv() => break got.is_some(),
+                    got = resign.recv() => match got {
+                        Some(why) => break Some(why),
+                        None => {
+                            let _ = role.send(Role::Follower(None));
+                            return;
+                        }
+                    },
                 }
                 let sent = Instant::now();
                 if sent - renewed > give_up_after {
                     warn!(key = %self.key, epoch, silent_ms = (sent - renewed).as_millis() as u64, "lease not renewed in time: stepping down");
-                    break false;
+                    break None;
                 }
                 match tokio::time::timeout(renew_every, self.kv.update(&self.key, value.clone(), revision)).await {
                     Ok(Ok(next)) => {
@@ -152,19 +184,22 @@ impl Lease {
                     }
                     Ok(Err(e)) if matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision) => {
                         warn!(key = %self.key, epoch, "lease taken by another node: stepping down");
-                        break false;
+                        break None;
                     }
                     Ok(Err(e)) => warn!(key = %self.key, epoch, cause = %e, "lease renewal failed"),
                     Err(_) => warn!(key = %self.key, epoch, "lease renewal timed out"),
                 }
             };
             let _ = role.send(Role::Follower(None));
-            if resigned {
+            if let Some(why) = resigned {
                 if let Err(e) = self.kv.delete_expect_revision(&self.key, Some(revision)).await {
                     warn!(cause = %e, "could not give the lease up; it expires on its own");
                 }
-                info!(key = %self.key, epoch, "lease given up");
-                tokio::time::sleep(self.ttl).await;
+                info!(key = %self.key, epoch, ?why, "lease given up");
+                match why {
+                    Resign::Leave => return,
+                    Resign::Retry => tokio::time::sleep(self.ttl).await,
+                }
             }
         }
     }

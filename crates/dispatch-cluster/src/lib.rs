@@ -5,6 +5,9 @@
 //!   design keys everything by shard): it holds the lease ([`lease`]), runs
 //!   the engine, and writes the trip log to a replicated JetStream stream
 //!   ([`log`]), fenced so that a deposed owner cannot write.
+//! - Which node campaigns for which shard's lease is the placement of the
+//!   shards over the live nodes ([`shards`]), which also keeps the shard
+//!   count, fixed when the cluster is created.
 //! - Every node takes clients ([`front`]): the owner serves them, the
 //!   others relay their connections to the owner.
 //! - When the owner dies, its lease expires, another node takes it, reads
@@ -16,6 +19,7 @@
 pub mod front;
 pub mod lease;
 pub mod log;
+pub mod shards;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,7 +32,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{error, info, warn};
 
-use crate::lease::{Holder, Lease, Role};
+use crate::lease::{Holder, Role};
+use crate::shards::Keeper;
 use backon::{ExponentialBuilder, Retryable};
 
 /// Why a node could not run.
@@ -37,6 +42,20 @@ pub enum ClusterError {
     /// NATS refused or failed a request.
     #[error("NATS: {0}")]
     Nats(String),
+    /// This node's `--shards` is not the cluster's.
+    #[error(
+        "this cluster's map is in {cluster} shard(s), fixed when it was created; this node was started with \
+         --shards {node} (start it with --shards {cluster})"
+    )]
+    ShardCount {
+        /// The cluster's count.
+        cluster: u16,
+        /// This node's.
+        node: u16,
+    },
+    /// Something this version does not do.
+    #[error("{0}")]
+    Unsupported(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {cause}")]
     Listen {
@@ -64,8 +83,9 @@ pub struct ClusterConfig {
     /// The lease's time to live: an owner that dies is replaced after at
     /// most this, plus reading the log back.
     pub lease_ttl: Duration,
-    /// The shard this node competes for (0: the whole map).
-    pub shard: u32,
+    /// The map's shard count (`--shards`), which must be the cluster's
+    /// (see [`shards::settle_count`]).
+    pub shards: u16,
 }
 
 /// Serves a side service (the HTTP side) for the owner: its engine's
@@ -91,7 +111,7 @@ pub struct Side {
 pub struct Node {
     config: ClusterConfig,
     client: async_nats::Client,
-    lease: Lease,
+    keeper: Keeper,
     shard: log::Shard,
     engine: TcpListener,
 }
@@ -109,17 +129,21 @@ impl Node {
             .map_err(|e| ClusterError::Nats(format!("connect: {e}")))?;
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(Duration::from_secs(2));
-        let shard = log::Shard::new(config.shard);
+        let shard = log::Shard::new(0);
         // A cluster just started elects its JetStream leader a few seconds
         // after the servers listen: retry until it answers, for `wait`.
         let ready = || async {
             shard.ensure(&js, config.replicas).await?;
-            lease::ensure_bucket(&js, config.lease_ttl, config.replicas).await
+            let leases = lease::ensure_bucket(&js, config.lease_ttl, config.replicas).await?;
+            let nodes = shards::ensure_nodes_bucket(&js, config.lease_ttl, config.replicas).await?;
+            Ok::<_, ClusterError>((leases, nodes))
         };
-        let kv = ready
-            .retry(backoff(Duration::from_millis(100), Duration::from_secs(2)).with_total_delay(Some(wait)))
-            .notify(|e, _| warn!(cause = %e, "JetStream not ready yet; retrying"))
-            .await?;
+        let retried = ready
+            .retry(backoff(Duration::from_millis(100), Duration::from_secs(2)))
+            .notify(|e, _| warn!(cause = %e, "JetStream not ready yet; retrying"));
+        let (leases, nodes) = tokio::time::timeout(wait, retried)
+            .await
+            .map_err(|_| ClusterError::Nats(format!("JetStream did not answer within {wait:?}")))??;
         // Known once connected (JetStream answered above).
         let version = client.server_info().version;
         if !supported(&version) {
@@ -127,23 +151,25 @@ impl Node {
                 "nats-server {version} is too old: cluster mode needs 2.12 or later (fenced atomic batches)"
             )));
         }
+        shards::settle_count(&js, config.shards, config.replicas).await?;
         let engine = TcpListener::bind(config.engine_listen)
             .await
             .map_err(|cause| ClusterError::Listen { addr: config.engine_listen, cause })?;
         let bound = engine.local_addr().map_err(|cause| ClusterError::Listen { addr: config.engine_listen, cause })?;
         let advertise = config.advertise.clone().unwrap_or_else(|| bound.to_string());
-        let lease = Lease {
-            kv,
-            key: format!("shard-{}", config.shard),
+        let keeper = Keeper {
+            leases,
+            nodes,
             me: Holder { node: config.node_id.clone(), engine: advertise, http: None },
+            count: config.shards,
             ttl: config.lease_ttl,
         };
-        Ok(Self { config, client, lease, shard, engine })
+        Ok(Self { config, client, keeper, shard, engine })
     }
 
     /// Where other nodes reach this node's engine.
     pub fn engine_addr(&self) -> &str {
-        &self.lease.me.engine
+        &self.keeper.me.engine
     }
 
     /// Serves clients on `public` until `shutdown` resolves: relays them
@@ -155,20 +181,23 @@ impl Node {
         server: ServerConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ClusterError> {
-        let Self { config, client, mut lease, shard, engine } = self;
+        let Self { config, client, mut keeper, shard, engine } = self;
         let side_local = front::Local::default();
         let mut side_serve = None;
         let mut side_fronts = Vec::new();
-        let (role_tx, mut role) = watch::channel(Role::Follower(None));
+        let (role_txs, roles) = Keeper::roles(keeper.count);
+        let Some(mut role) = roles.into_iter().next() else {
+            return Err(ClusterError::Unsupported("a map of no shards".into()));
+        };
         if let Some(Side { public, engine, serve }) = side {
-            lease.me.http = engine.local_addr().ok().map(|a| a.to_string());
+            keeper.me.http = engine.local_addr().ok().map(|a| a.to_string());
             side_fronts
                 .push(tokio::spawn(front::serve_public(public, role.clone(), side_local.clone(), |h| h.http.clone())));
             side_fronts.push(tokio::spawn(front::serve_engine(engine, side_local.clone())));
             side_serve = Some(serve);
         }
-        let (resign, resign_rx) = mpsc::channel(1);
-        let lease_task = tokio::spawn(lease.run(role_tx, resign_rx));
+        let (release, release_rx) = mpsc::channel(1);
+        let keeper_task = tokio::spawn(keeper.run(role_txs, release_rx));
         let local = front::Local::default();
         let fronts = [
             tokio::spawn(front::serve_public(public, role.clone(), local.clone(), |h| Some(h.engine.clone()))),
@@ -205,12 +234,12 @@ impl Node {
             if still_owner {
                 // The log failed under us (fenced, or NATS lost): give the
                 // lease up so a healthy node takes over at once.
-                let _ = resign.send(()).await;
+                let _ = release.send(0).await;
                 let _ = role.wait_for(|r| *r != Role::Owner(epoch)).await;
             }
         }
-        drop(resign);
-        let _ = lease_task.await;
+        drop(release);
+        let _ = keeper_task.await;
         for front in fronts.into_iter().chain(side_fronts) {
             front.abort();
         }

@@ -100,10 +100,6 @@ pub async fn serve(flags: Flags) -> ExitCode {
     };
     let addr = listener.local_addr().map_or_else(|_| flags.listen.to_string(), |a| a.to_string());
     if !flags.cluster.is_empty() {
-        if flags.shards > 1 {
-            error!("--shards above 1 runs on one node; a cluster runs one shard for now");
-            return ExitCode::FAILURE;
-        }
         return run_cluster(&flags, config, listener, addr, signalled).await;
     }
     // The recorder goes in before the server starts, so the handles the
@@ -248,9 +244,19 @@ async fn run_cluster(
         advertise: flags.cluster_advertise.clone(),
         replicas: usize::from(flags.cluster_replicas),
         lease_ttl: flags.lease_ttl.0,
-        shard: 0,
+        shards: flags.shards,
     };
-    let node = match dispatch_cluster::Node::join(cluster, Duration::from_secs(60)).await {
+    // A signal while joining (JetStream may take a while to answer) stops
+    // the node there.
+    let mut signalled = Box::pin(signalled);
+    let joined = tokio::select! {
+        joined = dispatch_cluster::Node::join(cluster, Duration::from_secs(60)) => joined,
+        () = &mut signalled => {
+            info!("stopped before joining the cluster");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let node = match joined {
         Ok(node) => node,
         Err(cause) => {
             error!(%cause, "cannot join the cluster");

@@ -12,7 +12,10 @@
 //! - the `nats-server` leading the trip stream `SIGKILL`ed under load:
 //!   nothing lost, writes wait only for the stream's new leader;
 //! - a paused owner (`SIGSTOP` past its lease) is fenced: after `SIGCONT`
-//!   none of its writes lands, and it relays to the new owner.
+//!   none of its writes lands, and it relays to the new owner;
+//! - the shard count is the cluster's, fixed when it is created: a node
+//!   with another `--shards` is refused, saying why; every node keeps a
+//!   live key, and a node stopping gives up its lease and its key.
 
 mod common;
 
@@ -644,6 +647,95 @@ async fn killing_a_nats_server_under_load_loses_nothing() {
     // servers' Raft election timeout is 4 to 9 s, so that is the floor.
     assert!(first.max(stall) < Duration::from_secs(12), "dispatch stalled {:?}", first.max(stall));
     check_nothing_lost(&cluster, &book).await;
+}
+
+/// `dispatchd --cluster URLS --shards N` as a node joining, run to its
+/// end: whether it succeeded, and what it said.
+fn join_with_shards(urls: &str, shards: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .args(["--cluster", urls, "--node-id", "n9", "--listen", "127.0.0.1:0", "--http-listen", "off"])
+        .args(["--cluster-listen", "127.0.0.1:0", "--shards", shards, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// The live nodes' ids, as their keys in `dispatch_nodes` say.
+async fn live_nodes(cluster: &Cluster) -> Vec<String> {
+    let js = cluster.jetstream().await;
+    let Ok(kv) = js.get_key_value("dispatch_nodes").await else { return Vec::new() };
+    let Ok(keys) = kv.keys().await else { return Vec::new() };
+    let keys: Vec<String> = futures::TryStreamExt::try_collect(keys).await.unwrap_or_default();
+    let mut nodes: Vec<String> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix("node-"))
+        .filter_map(|hex| {
+            let bytes: Option<Vec<u8>> =
+                (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+            String::from_utf8(bytes?).ok()
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shard_count_is_the_clusters_and_nodes_say_they_are_live() {
+    let _serial = SERIAL.lock().await;
+    // A new cluster is not created with more shards than a cluster runs,
+    // and nothing is stored on the way.
+    {
+        let nats = common::cluster::Nats::start();
+        let urls = nats.urls();
+        let joined = tokio::task::spawn_blocking(move || join_with_shards(&urls, "2"));
+        // A new JetStream cluster elects its leader first: give it a minute.
+        let joined = tokio::time::timeout(Duration::from_secs(90), joined).await;
+        let (ok, said) = joined.unwrap_or_else(|_| panic!("no answer")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!ok && said.contains("--shards 2") && said.contains("1 shard for now"), "{said}");
+        let client = async_nats::connect(nats.urls().split(',').map(str::to_owned).collect::<Vec<_>>())
+            .await
+            .unwrap_or_else(|e| panic!("connect to NATS: {e}"));
+        let js = async_nats::jetstream::new(client);
+        let meta = js.get_key_value("dispatch_cluster").await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(meta.get("shards").await.unwrap_or_else(|e| panic!("{e}")).is_none());
+    }
+
+    let mut cluster = Cluster::start(&[]);
+    let owner = cluster.owner(Duration::from_secs(60)).await;
+    let js = cluster.jetstream().await;
+    let meta = js.get_key_value("dispatch_cluster").await.unwrap_or_else(|e| panic!("{e}"));
+    let count = meta.get("shards").await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_default();
+    assert_eq!(&count[..], b"1");
+    let all: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
+    let start = Instant::now();
+    while live_nodes(&cluster).await != all {
+        assert!(start.elapsed() < STEP, "live nodes: {:?}", live_nodes(&cluster).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A node with another count is refused, and says what to do.
+    let urls = cluster.nats.urls();
+    let joined = tokio::task::spawn_blocking(move || join_with_shards(&urls, "4"));
+    let (ok, said) = within("a refused join", joined).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!ok, "{said}");
+    assert!(said.contains("in 1 shard(s)") && said.contains("--shards 4") && said.contains("--shards 1"), "{said}");
+
+    // The owner stopping (SIGTERM) deletes its live key and gives its
+    // lease up: another node holds it, and the stopped node is not live.
+    let node = cluster.nodes[owner].take().unwrap_or_else(|| panic!("the owner runs"));
+    signal(&node, "-TERM");
+    let mut node = node;
+    let _ = common::wait_exit(&mut node, STEP);
+    let next = cluster.owner(STEP).await;
+    assert_ne!(next, owner);
+    let rest: Vec<String> = all.iter().filter(|n| **n != format!("n{owner}")).cloned().collect();
+    let start = Instant::now();
+    while live_nodes(&cluster).await != rest {
+        assert!(start.elapsed() < STEP, "live nodes: {:?}", live_nodes(&cluster).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
