@@ -412,3 +412,74 @@ async fn each_shard_recovers_its_trips_and_the_count_is_fixed_with_the_data() {
     }
     drop(dir);
 }
+
+/// Ranking by road across a border: on a grid of streets 100 m apart
+/// straddling a border, the pickup's nearest driver by the straight line
+/// is in its own shard (3 blocks north and 2 east: 361 m, 500 m by road),
+/// and the nearest by road in the next shard (4 blocks east along the
+/// street: 400 m). With the roads the ride goes across the border, at the
+/// road's distance and ETA, exactly as one engine would; without, it stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_road_the_quicker_driver_across_a_border_gets_the_ride() {
+    let map = ShardMap::new(u32::from(SHARDS)).unwrap_or_else(|e| panic!("{e}"));
+    let (edge, home, _) = border(&map);
+    let centre = dispatch_testkit::geo::point(edge.lat, edge.lng);
+    let xml = dispatch_road::grid::grids_xml(&[(centre, 1_500.0)], 100.0);
+    let roads = dispatch_road::from_xml(&xml, dispatch_road::DEFAULT_SNAP_M).unwrap_or_else(|e| panic!("{e}"));
+    let roads: std::sync::Arc<dyn dispatch_core::roads::Roads> = std::sync::Arc::new(roads);
+    // The grid's nodes: `north` and `east` blocks from the centre.
+    let node = |north: f64, east_blocks: f64| {
+        let p = dispatch_testkit::geo::destination(centre, 0.0, north * 100.0);
+        let p = dispatch_testkit::geo::destination(p, std::f64::consts::FRAC_PI_2, east_blocks * 100.0);
+        pb::LatLng { lat: p.lat(), lng: p.lng() }
+    };
+    let shard = |p: pb::LatLng| map.shard_of(dispatch_testkit::geo::point(p.lat, p.lng)).0;
+    // The pickup two blocks west of the border's edge; the street driver
+    // four blocks east of it, over the border; the diagonal one three
+    // blocks north (or south) and two east, on the pickup's side.
+    let pickup = node(0.0, -2.0);
+    let street = node(0.0, 2.0);
+    let diagonal = [node(3.0, 0.0), node(-3.0, 0.0)]
+        .into_iter()
+        .find(|&p| shard(p) == home)
+        .unwrap_or_else(|| panic!("the border runs north-south here"));
+    assert_eq!(shard(pickup), home);
+    assert_ne!(shard(street), home, "four blocks east is over the border");
+
+    for by_road in [true, false] {
+        let mut config =
+            ServerConfig { shards: SHARDS, roads: by_road.then(|| roads.clone()), ..ServerConfig::default() };
+        config.engine.offer_timeout_ms = 600_000;
+        let server = TestServer::with(config).await;
+        let hello = |id: &str, at: pb::LatLng| pb::Hello {
+            driver_id: id.into(),
+            position: Some(at),
+            available: true,
+            ..Default::default()
+        };
+        let mut across = server.driver(hello("across", street)).await;
+        let mut near = server.driver(hello("near", diagonal)).await;
+        let request = pb::RideRequest {
+            rider_id: "r".into(),
+            request_id: "q".into(),
+            pickup: Some(pickup),
+            ..Default::default()
+        };
+        let mut rider = server.request_with(request).await;
+        let (winner, loser) = if by_road { (&mut across, &mut near) } else { (&mut near, &mut across) };
+        let offer = winner.expect_offer().await;
+        winner.reply(&offer, true).await;
+        let trip = rider.until(pb::TripStatus::DriverAssigned).await;
+        assert_eq!(loser.next_before_barrier().await, None, "by road: {by_road}");
+        if by_road {
+            assert_eq!(trip.driver_id, "across");
+            assert!((trip.pickup_distance_m - 400.0).abs() < 5.0, "{trip:?}");
+            // Residential streets at 30 km/h: 12 s a block.
+            assert!((trip.pickup_eta_s - 48.0).abs() < 1.0, "{trip:?}");
+            assert_eq!(server.stats().await.road_fallbacks, 0);
+        } else {
+            assert_eq!(trip.driver_id, "near");
+            assert!((trip.pickup_distance_m - 360.6).abs() < 2.0, "{trip:?}");
+        }
+    }
+}

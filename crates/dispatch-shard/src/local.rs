@@ -81,6 +81,14 @@ impl LocalShards {
         }
     }
 
+    /// Ranks drivers by `roads` in every shard's engine (see
+    /// `Engine::set_roads`).
+    pub fn set_roads(&mut self, roads: Arc<dyn dispatch_core::roads::Roads>) {
+        for engine in &mut self.engines {
+            engine.set_roads(Arc::clone(&roads));
+        }
+    }
+
     /// The engine of `shard`.
     pub fn engine(&self, shard: Shard) -> Option<&Engine> {
         self.engines.get(usize::from(shard))

@@ -155,6 +155,24 @@ fn step_toward(rng: &mut impl Rng, from: LatLng, city: &CityShape) -> LatLng {
 }
 
 fn run(seed: u64, policy: &str, accept_weight_m: f64, steps: usize) -> [u64; 3] {
+    run_with(seed, policy, accept_weight_m, steps, None)
+}
+
+/// A grid of streets 250 m apart over the city, for ranking by road.
+fn city_roads() -> std::sync::Arc<dyn dispatch_core::roads::Roads> {
+    let city = CityShape::seoul();
+    let xml = dispatch_road::grid::grids_xml(&[(city.centre, 13_000.0)], 250.0);
+    let network = dispatch_road::from_xml(&xml, dispatch_road::DEFAULT_SNAP_M).unwrap_or_else(|e| panic!("{e}"));
+    std::sync::Arc::new(network)
+}
+
+fn run_with(
+    seed: u64,
+    policy: &str,
+    accept_weight_m: f64,
+    steps: usize,
+    roads: Option<std::sync::Arc<dyn dispatch_core::roads::Roads>>,
+) -> [u64; 3] {
     let matching = policy.parse().unwrap_or_else(|e: String| panic!("{e}"));
     // Offers and searches never lapse here: each step's command and its
     // consequences are the only thing happening (see the module docs).
@@ -169,6 +187,14 @@ fn run(seed: u64, policy: &str, accept_weight_m: f64, steps: usize) -> [u64; 3] 
     let map = ShardMap::new(16).unwrap_or_else(|e| panic!("{e}"));
     let mut worlds =
         [World::One(Box::new(Engine::new(config.clone()))), World::Sharded(Box::new(LocalShards::new(&config, map)))];
+    if let Some(roads) = roads {
+        for w in &mut worlds {
+            match w {
+                World::One(engine) => engine.set_roads(std::sync::Arc::clone(&roads)),
+                World::Sharded(shards) => shards.set_roads(std::sync::Arc::clone(&roads)),
+            }
+        }
+    }
     let mut ledgers = [Ledger::default(), Ledger::default()];
     // Around Seoul City Hall, 12 km: several cells, several shards.
     let city = CityShape { radius_m: 12_000.0, ..CityShape::seoul() };
@@ -370,4 +396,18 @@ fn broadcast_across_borders_offers_the_same_three() {
 #[test]
 fn acceptance_aware_ranking_across_borders_ranks_as_one_engine() {
     run(21, "nearest", 500.0, 2_000);
+}
+
+#[test]
+fn ranking_by_road_across_borders_ranks_as_one_engine() {
+    let roads = city_roads();
+    let mut carried = [0u64; 3];
+    for (seed, policy) in [(31, "nearest"), (32, "broadcast:3")] {
+        let c = run_with(seed, policy, 0.0, 2_000, Some(std::sync::Arc::clone(&roads)));
+        for i in 0..3 {
+            carried[i] += c[i];
+        }
+    }
+    assert!(carried[0] > 300 && carried[1] > 30, "gathers, claims, hand-overs: {carried:?}");
+    run_with(33, "nearest", 500.0, 1_500, Some(roads));
 }

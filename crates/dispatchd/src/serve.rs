@@ -317,14 +317,8 @@ type Roads = std::sync::Arc<dyn dispatch_core::roads::Roads>;
 /// directory) or an OSRM server (`--router`, asked once to see that it
 /// answers). `Err` once the reason is logged.
 async fn road_network(flags: &Flags) -> Result<Option<Roads>, ()> {
-    let (what, flag) = match (&flags.road_network, &flags.router) {
-        (Some(_), _) => ("road network", "--road-network"),
-        (None, Some(_)) => ("router", "--router"),
-        (None, None) => return Ok(None),
-    };
-    if flags.shards > 1 {
-        error!("{flag} ranks by road on one shard for now; drop --shards or the {what}");
-        return Err(());
+    if flags.road_network.is_none() && flags.router.is_none() {
+        return Ok(None);
     }
     let failed = |cause: &dyn std::fmt::Display, why: &str| -> Result<Option<Roads>, ()> {
         error!(%cause, "{why}");

@@ -26,6 +26,13 @@
 //! Trips near no border never leave the engine: the common path does not
 //! coordinate. Batch and forward dispatch see the drivers of their own
 //! shard only.
+//!
+//! With a road network, a gather asks for the `Config::road_candidates`
+//! nearest by the straight line, and the asking engine ranks the best of
+//! them all by road (each candidate says where it is), as one engine would.
+//! Should none of them be able to come, the next nearest are not gathered
+//! (one engine would ask up to `MAX_ROAD_POOL`): the trip waits and looks
+//! again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -63,6 +70,8 @@ pub struct Candidate {
     pub driver: DriverId,
     /// Great-circle metres to the pickup.
     pub distance_m: f64,
+    /// Where the driver is, for the asking engine to rank it by road.
+    pub position: LatLng,
     /// The share of recent offers the driver missed, for acceptance-aware
     /// ranking.
     pub miss_rate: f64,
@@ -190,11 +199,20 @@ impl Engine {
         let tried: HashSet<DriverId> = query.tried.iter().cloned().collect();
         self.nearest_offerable(query.pickup, query.service, query.radius_m, &tried, query.want)
             .into_iter()
-            .map(|(key, distance_m)| {
-                let driver = self.driver(key);
-                Candidate { driver: driver.id.clone(), distance_m, miss_rate: driver.answers.miss_rate() }
-            })
+            .filter_map(|(key, distance_m)| self.candidate(key, distance_m))
             .collect()
+    }
+
+    /// `key` as a candidate `distance_m` from a pickup; `None` if it has no
+    /// position (never one the index found).
+    fn candidate(&self, key: DriverKey, distance_m: f64) -> Option<Candidate> {
+        let driver = self.driver(key);
+        Some(Candidate {
+            driver: driver.id.clone(),
+            distance_m,
+            position: driver.position?,
+            miss_rate: driver.answers.miss_rate(),
+        })
     }
 
     /// Another shard claims `driver` for a `service` ride: the driver, if
@@ -416,20 +434,18 @@ impl Engine {
         let most = self.config.max_offers_per_trip.min(super::MAX_OFFERS_PER_TRIP);
         let want = policy.fanout().min(most.saturating_sub(tried.len()));
         drop(state);
-        let pool = self.candidate_pool(want);
+        let pool = self.road_pool(self.candidate_pool(want));
         let here = self.shard();
         let mut all: Vec<(Shard, Candidate)> = self
             .nearest_offerable(pickup, service, radius_m, &tried, pool)
             .into_iter()
-            .map(|(key, distance_m)| {
-                let d = self.driver(key);
-                (here, Candidate { driver: d.id.clone(), distance_m, miss_rate: d.answers.miss_rate() })
-            })
+            .filter_map(|(key, distance_m)| Some((here, self.candidate(key, distance_m)?)))
             .chain(answers.into_iter().filter(|(_, c)| !tried.contains(&c.driver)))
             .collect();
         all.sort_by(|a, b| a.1.distance_m.total_cmp(&b.1.distance_m).then_with(|| a.1.driver.cmp(&b.1.driver)));
         all.dedup_by(|a, b| a.1.driver == b.1.driver);
         all.truncate(pool);
+        self.stats.road_fallbacks += self.rank_gathered_by_road(pickup, &mut all);
         if self.config.accept_weight_m > 0.0 {
             let cost = |c: &Candidate| c.distance_m + self.config.accept_weight_m * c.miss_rate;
             all.sort_by(|a, b| cost(&a.1).total_cmp(&cost(&b.1)));
@@ -438,6 +454,8 @@ impl Engine {
         // Forward dispatch, from this shard's drivers finishing rides.
         if want == 1
             && let Some((key, route_m)) = self.forward_candidate(pickup, service, radius_m, &tried)
+            && let route_m = self.forward_cost(key, pickup, route_m)
+            && self.within_eta(route_m)
             && all.first().is_none_or(|(_, best)| route_m < best.distance_m)
         {
             self.offer_to(now, trip_id, key, route_m);

@@ -130,7 +130,7 @@ impl Engine {
             if !borders.is_empty() {
                 // Only the shards nearer than this shard's own candidates
                 // can change the choice: usually none.
-                let pool = self.candidate_pool(want);
+                let pool = self.road_pool(self.candidate_pool(want));
                 let touched = self.shards_that_could_beat(trip_id, &borders, pool);
                 if !touched.is_empty() {
                     self.gather(trip_id, touched, pool);

@@ -11,9 +11,11 @@
 //! the others as its crow-flight ETA would.
 
 use super::Engine;
+use super::borders::Candidate;
 use crate::geo::LatLng;
 use crate::index::DriverKey;
 use crate::roads::Leg;
+use crate::territory::Shard;
 
 /// The most candidates by the straight line a ride's ranking by road asks
 /// when the nearest cannot come.
@@ -104,6 +106,29 @@ impl Engine {
             }
             pool = (pool * 4).min(MAX_ROAD_POOL);
         }
+    }
+
+    /// Ranks a gather's candidates (here and in other shards, nearest
+    /// first) by road, in place, as [`Engine::road_ranked`] ranks one
+    /// engine's: each distance becomes its drive's cost, best first, ties
+    /// keeping their order; one no road leads from, or that cannot come
+    /// within `Config::max_pickup_eta_ms`, is dropped. Answers how many
+    /// fell back to the straight line; a no-op without a road network.
+    pub(super) fn rank_gathered_by_road(&self, pickup: LatLng, all: &mut Vec<(Shard, Candidate)>) -> u64 {
+        let Some(roads) = &self.roads else { return 0 };
+        let mps = self.config.eta_speed_kmh.max(1.0) / 3.6;
+        let at: Vec<LatLng> = all.iter().map(|(_, c)| c.position).collect();
+        let mut fallbacks = 0;
+        for ((_, candidate), leg) in all.iter_mut().zip(roads.legs_to(&at, pickup)) {
+            match leg {
+                Some(leg) if leg.reachable() => candidate.distance_m = leg.seconds.max(0.0) * mps,
+                Some(_) => candidate.distance_m = f64::INFINITY,
+                None => fallbacks += 1,
+            }
+        }
+        all.retain(|(_, c)| self.within_eta(c.distance_m));
+        all.sort_by(|a, b| a.1.distance_m.total_cmp(&b.1.distance_m));
+        fallbacks
     }
 
     /// The drive of `key` to `pickup` by road: straight there, or, with a
