@@ -59,7 +59,7 @@ impl RoadError {
 }
 
 /// The cache file's format; a change makes old files be rebuilt.
-const CACHE_VERSION: u32 = 5;
+const CACHE_VERSION: u32 = 6;
 
 /// How a network came to be: read and prepared, or loaded from the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -98,9 +98,10 @@ impl Search {
         }
     }
 
-    /// The drives from each of `starts` to `target`, over `roads`, settling
-    /// at most `limit` nodes.
-    pub fn to(&mut self, roads: &Reversed, target: usize, starts: &[usize], limit: usize) -> Vec<Found> {
+    /// The drives from each of `starts` to the nearest of `targets` (a
+    /// place, and the copies of it a turn restriction made), over `roads`,
+    /// settling at most `limit` nodes.
+    pub fn to(&mut self, roads: &Reversed, targets: &[usize], starts: &[usize], limit: usize) -> Vec<Found> {
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             // Wrapped: stamps from 4 billion searches ago would read as new.
@@ -117,10 +118,12 @@ impl Search {
             return Vec::new();
         }
         let mut left = wanted.len();
-        self.seen[target] = g;
-        self.tenths[target] = 0;
-        self.metres[target] = 0.0;
-        self.heap.push(Reverse((0, target as u32)));
+        for &target in targets {
+            self.seen[target] = g;
+            self.tenths[target] = 0;
+            self.metres[target] = 0.0;
+            self.heap.push(Reverse((0, target as u32)));
+        }
         let mut settled = 0;
         let mut exhausted = true;
         while let Some(Reverse((t, node))) = self.heap.pop() {

@@ -57,6 +57,8 @@ pub(crate) struct Prepared {
     /// The graph's edges, `(from, to, tenths)`, for the searches from a
     /// pickup (see [`crate::nearby`]).
     pub edges: Vec<(u32, u32, u32)>,
+    /// See [`Graph::copy_of`]: the last `copy_of.len()` nodes are copies.
+    pub copy_of: Vec<u32>,
 }
 
 /// The directed graph of an extract's drivable ways, before preparation:
@@ -74,19 +76,32 @@ pub struct Graph {
     /// Nodes `0..placed` are the extract's; those after are copies of a
     /// junction, one for each edge into it that a turn restriction binds.
     pub placed: usize,
+    /// The junction each copy is of: `copy_of[n - placed]` for node `n`.
+    /// A drive to a junction ends at it or at any of its copies.
+    pub copy_of: Vec<usize>,
+}
+
+impl Graph {
+    /// The nodes a drive to `node` may end at: it, and its copies.
+    pub fn arrivals(&self, node: usize) -> Vec<usize> {
+        let copies = self.copy_of.iter().enumerate().filter(|&(_, &of)| of == node).map(|(i, _)| self.placed + i);
+        std::iter::once(node).chain(copies).collect()
+    }
 }
 
 impl Graph {
     /// The graph of `osm`'s drivable ways, with its turn restrictions.
     ///
-    /// A restriction binds the edges along its `from` way into its `via`
-    /// node. Each such edge `u → v` leads instead to a copy of `v` of its
-    /// own, whose edges out are `v`'s that the restrictions on `u → v`
-    /// allow (`no_*`: all but those along `to`; `only_*`: those along `to`
-    /// only). An edge into a junction that restrictions bind leads to the
-    /// copy for that edge, from wherever it starts, so restrictions at
-    /// consecutive junctions hold too. A restriction naming a way, or a
-    /// node, not in the graph, or a `via` not on both ways, is ignored.
+    /// A restriction binds the edge along its `from` way into its `via`
+    /// node, which ends (or starts) both ways. Each such edge `u → v` leads
+    /// instead to a copy of `v` of its own, whose edges out are `v`'s that
+    /// the restrictions on `u → v` allow (`no_*`: all but the one along
+    /// `to`; `only_*`: that one only). An edge into a junction that
+    /// restrictions bind leads to the copy for that edge, from wherever it
+    /// starts, so restrictions at consecutive junctions hold too; a drive
+    /// to the junction ends at it or at any of its copies. A restriction
+    /// naming a way or a node not in the graph, or whose `via` is not an
+    /// end of both ways (as OSRM, it is then not valid), is ignored.
     pub fn of(osm: &Osm) -> Graph {
         let mut ids = std::collections::HashMap::new();
         let mut coords = Vec::new();
@@ -123,8 +138,8 @@ impl Graph {
         }
         let placed = coords.len();
         let turns = turns(osm, &ids, &edges);
-        let edges = split_junctions(&mut coords, edges, &turns);
-        Graph { coords, edges, top_kmh, placed }
+        let (edges, copy_of) = split_junctions(&mut coords, edges, &turns);
+        Graph { coords, edges, top_kmh, placed, copy_of }
     }
 }
 
@@ -141,25 +156,28 @@ fn turns(osm: &Osm, ids: &std::collections::HashMap<i64, usize>, edges: &[(usize
     let ways: HashMap<i64, &[i64]> =
         osm.ways.iter().filter(|w| wanted.contains(&w.id)).map(|w| (w.id, w.nodes.as_slice())).collect();
     let present: HashSet<(usize, usize)> = edges.iter().map(|&(a, b, _)| (a, b)).collect();
-    // The graph nodes next to `via` along `way`.
+    // The graph node next to `via` along `way`, where the way ends (or
+    // starts) at `via`; none where `via` is only inside it.
     let beside = |way: i64, via: i64| -> Vec<usize> {
         let nodes = ways.get(&way).copied().unwrap_or_default();
-        let next = |i: usize| nodes.get(i).and_then(|id| ids.get(id)).copied();
-        let at = nodes.iter().enumerate().filter(|&(_, &n)| n == via).map(|(i, _)| i);
-        at.flat_map(|i| [i.checked_sub(1).and_then(next), next(i + 1)]).flatten().collect()
+        let node = |i: usize| nodes.get(i).and_then(|id| ids.get(id)).copied();
+        let n = nodes.len();
+        let mut next = Vec::new();
+        if n >= 2 && nodes[n - 1] == via {
+            next.extend(node(n - 2));
+        }
+        if n >= 2 && nodes[0] == via {
+            next.extend(node(1));
+        }
+        next
     };
     let mut rules = TurnRules::new();
     for turn in &osm.turns {
         let Some(&v) = ids.get(&turn.via) else { continue };
         let froms: Vec<usize> =
             beside(turn.from, turn.via).into_iter().filter(|&u| present.contains(&(u, v))).collect();
-        let mut tos: Vec<usize> =
-            beside(turn.to, turn.via).into_iter().filter(|&w| present.contains(&(v, w))).collect();
+        let tos: Vec<usize> = beside(turn.to, turn.via).into_iter().filter(|&w| present.contains(&(v, w))).collect();
         for &u in &froms {
-            // No U-turn along one way forbids going back, not straight on.
-            if turn.from == turn.to {
-                tos = vec![u];
-            }
             if !tos.is_empty() {
                 rules.entry((u, v)).or_default().push((turn.only, tos.clone()));
             }
@@ -168,20 +186,23 @@ fn turns(osm: &Osm, ids: &std::collections::HashMap<i64, usize>, edges: &[(usize
     rules
 }
 
-/// `edges` with each junction that `rules` bind split (see [`Graph::of`]):
-/// the copies' positions are pushed onto `coords`.
+/// `edges` with each junction that `rules` bind split (see [`Graph::of`]),
+/// and the junction each copy is of: the copies' positions are pushed onto
+/// `coords`.
 fn split_junctions(
     coords: &mut Vec<LatLng>,
     edges: Vec<(usize, usize, usize)>,
     rules: &TurnRules,
-) -> Vec<(usize, usize, usize)> {
+) -> (Vec<(usize, usize, usize)>, Vec<usize>) {
     if rules.is_empty() {
-        return edges;
+        return (edges, Vec::new());
     }
     let mut copy = std::collections::HashMap::new();
+    let mut copy_of = Vec::with_capacity(rules.len());
     for &(u, v) in rules.keys() {
         copy.insert((u, v), coords.len());
         coords.push(coords[v]);
+        copy_of.push(v);
     }
     let junctions: std::collections::HashSet<usize> = rules.keys().map(|&(_, v)| v).collect();
     let target = |a: usize, b: usize| copy.get(&(a, b)).copied().unwrap_or(b);
@@ -201,13 +222,13 @@ fn split_junctions(
             }
         }
     }
-    split
+    (split, copy_of)
 }
 
 impl Prepared {
     /// Builds the graph of `osm`'s drivable ways and prepares it.
     pub fn build(osm: &Osm) -> Prepared {
-        let Graph { coords, edges, top_kmh, placed } = Graph::of(osm);
+        let Graph { coords, edges, top_kmh, placed, copy_of } = Graph::of(osm);
         let mut input = InputGraph::new();
         for &(a, b, tenths) in &edges {
             input.add_edge(a, b, tenths);
@@ -218,7 +239,9 @@ impl Prepared {
         snappable.retain(|&node| (node as usize) < placed);
         let to_u32 = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         let edges = edges.iter().map(|&(a, b, t)| (to_u32(a), to_u32(b), to_u32(t))).collect();
-        Prepared { coords: coords.iter().map(|p| (p.lat(), p.lng())).collect(), snappable, top_kmh, graph, edges }
+        let copy_of = copy_of.iter().map(|&v| to_u32(v)).collect();
+        let coords = coords.iter().map(|p| (p.lat(), p.lng())).collect();
+        Prepared { coords, snappable, top_kmh, graph, edges, copy_of }
     }
 
     /// Whether the parts agree with one another (a cache file that does
@@ -230,6 +253,8 @@ impl Prepared {
             && self.top_kmh >= ACCESS_KMH
             && self.snappable.iter().all(|&i| (i as usize) < n)
             && self.edges.iter().all(|&(a, b, _)| (a as usize) < n && (b as usize) < n)
+            && self.copy_of.len() <= n
+            && self.copy_of.iter().all(|&v| (v as usize) < n - self.copy_of.len())
             && self.coords.iter().all(|&(lat, lng)| LatLng::new(lat, lng).is_ok())
     }
 }
@@ -285,6 +310,9 @@ pub struct RoadNetwork {
     joined: Vec<u32>,
     /// The most nodes such a search settles.
     settle_limit: usize,
+    /// Each junction split for its turn restrictions, and its copies: a
+    /// drive to it ends at any of them.
+    copies: std::collections::HashMap<usize, Vec<usize>>,
     /// One per thread that may ask at once; a query takes a free one.
     calculators: Vec<Mutex<(PathCalculator, Search)>>,
 }
@@ -323,7 +351,12 @@ impl RoadNetwork {
         if !prepared.consistent() {
             return None;
         }
-        let Prepared { coords, snappable, top_kmh, graph, edges } = prepared;
+        let Prepared { coords, snappable, top_kmh, graph, edges, copy_of } = prepared;
+        let placed = coords.len() - copy_of.len();
+        let mut copies: std::collections::HashMap<usize, Vec<usize>> = std::collections::HashMap::new();
+        for (i, &v) in copy_of.iter().enumerate() {
+            copies.entry(v as usize).or_default().push(placed + i);
+        }
         let coords: Vec<LatLng> =
             coords.into_iter().map(|(lat, lng)| LatLng::new(lat, lng).ok()).collect::<Option<_>>()?;
         let points = snappable.iter().map(|&i| GeomWithData::new(coords[i as usize].to_unit(), i)).collect::<Vec<_>>();
@@ -338,7 +371,7 @@ impl RoadNetwork {
         let snap = RTree::bulk_load(points);
         let settle_limit = crate::nearby::SETTLE_LIMIT;
         let top_mps = top_kmh / 3.6;
-        Some(Self { coords, graph, snap, snap_m, top_mps, reversed, joined, settle_limit, calculators })
+        Some(Self { coords, graph, snap, snap_m, top_mps, reversed, joined, settle_limit, copies, calculators })
     }
 
     /// The network with searches from a pickup that settle at most `nodes`
@@ -395,7 +428,7 @@ impl RoadNetwork {
         let (nodes, leg) = if a.node == b.node {
             (vec![a.node], self.leg_along(a, b, &[], 0))
         } else {
-            let path = self.with_calculator(|(calc, _)| calc.calc_path(&self.graph, a.node, b.node))?;
+            let path = self.with_calculator(|(calc, _)| self.path(calc, a.node, b.node))?;
             (path.get_nodes().clone(), self.leg_along(a, b, path.get_nodes(), path.get_weight()))
         };
         let mut points = Vec::with_capacity(nodes.len() + 2);
@@ -428,8 +461,22 @@ impl RoadNetwork {
             return self.leg_along(from, to, &[], 0);
         }
         // Both on roads, and none leads from one to the other.
-        let Some(path) = calc.calc_path(&self.graph, from.node, to.node) else { return Leg::UNREACHABLE };
+        let Some(path) = self.path(calc, from.node, to.node) else { return Leg::UNREACHABLE };
         self.leg_along(from, to, path.get_nodes(), path.get_weight())
+    }
+
+    /// The nodes a drive to `node` may end at: it, and its copies (see
+    /// [`Graph::of`]).
+    fn arrivals(&self, node: usize) -> Vec<usize> {
+        let copies = self.copies.get(&node).map(Vec::as_slice).unwrap_or_default();
+        std::iter::once(node).chain(copies.iter().copied()).collect()
+    }
+
+    /// The quickest path from `from` to `to` (or a copy of it), by the
+    /// hierarchy.
+    fn path(&self, calc: &mut PathCalculator, from: usize, to: usize) -> Option<fast_paths::ShortestPath> {
+        let ends = self.arrivals(to).into_iter().map(|node| (node, 0)).collect();
+        calc.calc_path_multiple_sources_and_targets(&self.graph, vec![(from, 0)], ends)
     }
 
     /// The drive from `from` to `to` through `nodes` (none when both snap
@@ -462,7 +509,7 @@ impl Roads for RoadNetwork {
         let joined = |s: &Snap| self.joined.get(s.node) == self.joined.get(to.node);
         let starts: Vec<usize> = snaps.iter().flatten().filter(|s| joined(s)).map(|s| s.node).collect();
         self.with_calculator(|(calc, search)| {
-            let mut found = search.to(&self.reversed, to.node, &starts, self.settle_limit).into_iter();
+            let mut found = search.to(&self.reversed, &self.arrivals(to.node), &starts, self.settle_limit).into_iter();
             snaps
                 .iter()
                 .map(|snap| {

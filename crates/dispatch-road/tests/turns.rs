@@ -88,6 +88,12 @@ fn a_forbidden_turn_sends_the_car_round_the_block() {
     for (from, to) in [(s, n), (s, w), (e, s), (n, e), (w, e)] {
         assert!((metres(&restricted, from, to) - 200.0).abs() < 2.0, "{from} to {to}");
     }
+    // A drive to the junction itself arrives along the restricted street,
+    // wherever it may not turn next.
+    let c = at(0.0, 0.0);
+    assert!((metres(&restricted, s, c) - 100.0).abs() < 1.0, "{}", metres(&restricted, s, c));
+    let to_c = restricted.route(s, c).unwrap_or_else(|| panic!("a route")).points;
+    assert!(to_c.iter().all(|p| p.distance_m(n) > 50.0), "{to_c:?}");
     // Points snap to the junction itself, never to a copy of it.
     let graph = Graph::of(&Osm::read_xml(no_right.as_bytes()).unwrap_or_else(|e| panic!("{e}")));
     assert!(graph.coords.len() > graph.placed);
@@ -121,6 +127,12 @@ fn what_binds_a_car_is_read_and_the_rest_is_not() {
     assert_eq!(turn(&[("type", "restriction"), ("restriction", "no_right_turn"), ("except", "bus;motorcar")]), None);
     assert_eq!(turn(&[("type", "multipolygon"), ("restriction", "no_right_turn")]), None);
     assert_eq!(turn(&[("type", "restriction"), ("restriction", "give_way")]), None);
+    // A via inside a way rather than at its end is not a valid restriction
+    // (OSRM too ignores it): nothing is split.
+    let inside = xml(&restriction(&[("type", "restriction"), ("restriction", "no_left_turn")], 103, 101))
+        .replace("<nd ref=\"2\"/><nd ref=\"5\"/><nd ref=\"3\"/>", "<nd ref=\"2\"/><nd ref=\"1\"/><nd ref=\"5\"/>");
+    let graph = Graph::of(&Osm::read_xml(inside.as_bytes()).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!((graph.coords.len(), graph.placed), (6, 6));
     // A turn restriction via a way is not read.
     let via_way = "<relation id=\"1\"><member type=\"way\" ref=\"101\" role=\"from\"/>\
         <member type=\"way\" ref=\"104\" role=\"via\"/><member type=\"way\" ref=\"103\" role=\"to\"/>\

@@ -10,15 +10,21 @@ use dispatch_core::service::{ServiceSet, ServiceType};
 use dispatch_core::time::Timestamp;
 use dispatch_road::{ACCESS_KMH, Graph, RoadNetwork};
 
-/// Tenths of a second from every node to `to`, by Dijkstra over the
-/// reversed edges.
+/// Tenths of a second from every node to `to` (arriving at it or at a
+/// copy of it, see `Graph::of`), by Dijkstra over the reversed edges.
 pub fn dijkstra_to(graph: &Graph, to: usize) -> HashMap<usize, usize> {
     let mut incoming: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
     for &(a, b, w) in &graph.edges {
         incoming.entry(b).or_default().push((a, w));
     }
-    let reached = pathfinding::prelude::dijkstra_all(&to, |&n| incoming.get(&n).cloned().unwrap_or_default());
+    // From a point past every node: to `to` and its copies, at no cost.
+    let arrivals: Vec<(usize, usize)> = graph.arrivals(to).into_iter().map(|n| (n, 0)).collect();
+    let start = usize::MAX;
+    let reached = pathfinding::prelude::dijkstra_all(&start, |&n| {
+        if n == start { arrivals.clone() } else { incoming.get(&n).cloned().unwrap_or_default() }
+    });
     let mut cost: HashMap<usize, usize> = reached.into_iter().map(|(n, (_, c))| (n, c)).collect();
+    cost.remove(&start);
     cost.insert(to, 0);
     cost
 }
