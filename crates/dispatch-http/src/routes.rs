@@ -189,8 +189,9 @@ async fn view(State(shared): State<Shared>, headers: HeaderMap, Query(p): Query<
 
 /// With a road network, the way a trip's car drives next: to the pickup
 /// while it comes, to the dropoff with the rider aboard, as `[lat, lng]`
-/// points.
-fn route(app: &App, trip: &dispatch_proto::pb::Trip) -> Option<Value> {
+/// points. Asked on a blocking thread: an external router is asked over
+/// HTTP.
+async fn route(app: &App, trip: &dispatch_proto::pb::Trip) -> Option<Value> {
     use dispatch_proto::pb::TripStatus;
     let roads = app.config.roads.as_ref()?;
     let point = |p: Option<&dispatch_proto::pb::LatLng>| p.and_then(|p| LatLng::new(p.lat, p.lng).ok());
@@ -200,7 +201,8 @@ fn route(app: &App, trip: &dispatch_proto::pb::Trip) -> Option<Value> {
         TripStatus::InProgress => point(trip.dropoff.as_ref())?,
         _ => return None,
     };
-    let way = roads.way(car, to)?;
+    let roads = std::sync::Arc::clone(roads);
+    let way = tokio::task::spawn_blocking(move || roads.way(car, to)).await.ok()??;
     Some(json!(way.iter().map(|p| [p.lat(), p.lng()]).collect::<Vec<_>>()))
 }
 
@@ -208,14 +210,13 @@ fn route(app: &App, trip: &dispatch_proto::pb::Trip) -> Option<Value> {
 /// its route, by road); `Ok(None)` if there is none.
 async fn lookup(app: &App, q: &str) -> Result<Option<Value>, tonic::Status> {
     if let Ok(trip) = q.parse::<TripId>() {
-        return Ok(app.operator.trip(trip).await?.map(|t| {
-            let mut value = json::trip(&t);
-            value["kind"] = json!("trip");
-            if let Some(route) = route(app, &t) {
-                value["route"] = route;
-            }
-            value
-        }));
+        let Some(t) = app.operator.trip(trip).await? else { return Ok(None) };
+        let mut value = json::trip(&t);
+        value["kind"] = json!("trip");
+        if let Some(route) = route(app, &t).await {
+            value["route"] = route;
+        }
+        return Ok(Some(value));
     }
     let Ok(driver) = DriverId::new(q) else { return Ok(None) };
     let found = app.operator.driver(driver).await?;

@@ -1,6 +1,7 @@
 //! An external router: an OSRM server's `table` service, asked over HTTP,
 //! as the engine's road network (`dispatchd --router osrm:http://...`), for
-//! operators who already run OSRM for a whole country.
+//! operators who already run OSRM for a whole country; its `route` service
+//! gives the way a followed trip's car drives, for the map.
 //!
 //! - **One call per ranking**: the drives from every candidate to a pickup
 //!   come from one `table` request (sources: the candidates; destination:
@@ -80,6 +81,29 @@ struct Table {
     sources: Vec<Waypoint>,
     #[serde(default)]
     destinations: Vec<Waypoint>,
+}
+
+/// OSRM's `route` answer, the parts read.
+#[derive(Debug, Deserialize)]
+struct Routes {
+    code: String,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    routes: Vec<RouteAnswer>,
+    #[serde(default)]
+    waypoints: Vec<Waypoint>,
+}
+
+/// One route: its GeoJSON line, `[lng, lat]` points.
+#[derive(Debug, Deserialize)]
+struct RouteAnswer {
+    geometry: Line,
+}
+
+#[derive(Debug, Deserialize)]
+struct Line {
+    coordinates: Vec<[f64; 2]>,
 }
 
 /// Where OSRM snapped a point: `distance` metres from it.
@@ -193,6 +217,36 @@ impl Osrm {
         Ok(legs)
     }
 
+    /// The way a drive from `from` to `to` goes, as OSRM's `route` service
+    /// gives it (its whole line), with the two ends first and last: `Ok`
+    /// with `None` where a point snaps farther than the snap distance, or
+    /// OSRM has no route; `Err` if the server could not be asked.
+    pub fn route(&self, from: LatLng, to: LatLng) -> Result<Option<Vec<LatLng>>, OsrmError> {
+        let point = |p: LatLng| format!("{:.6},{:.6}", p.lng(), p.lat());
+        let url = format!(
+            "{}/route/v1/{}/{};{}?overview=full&geometries=geojson&steps=false",
+            self.base,
+            self.profile,
+            point(from),
+            point(to)
+        );
+        let answer: Routes = self.get_json(&url, "route")?;
+        match answer.code.as_str() {
+            "Ok" => {}
+            "NoSegment" | "NoRoute" => return Ok(None),
+            code => {
+                let reason = format!("{code}: {}", answer.message.unwrap_or_default());
+                return Err(OsrmError::Answer { url, reason });
+            }
+        }
+        if answer.waypoints.len() != 2 || answer.waypoints.iter().any(|w| w.distance > self.snap_m) {
+            return Ok(None);
+        }
+        let Some(route) = answer.routes.into_iter().next() else { return Ok(None) };
+        let line = route.geometry.coordinates.into_iter().filter_map(|[lng, lat]| LatLng::new(lat, lng).ok());
+        Ok(Some(std::iter::once(from).chain(line).chain(std::iter::once(to)).collect()))
+    }
+
     /// `{base}/table/v1/driving/{to};{from...}?sources=1;...&destinations=0`.
     fn table_url(&self, from: &[LatLng], to: LatLng) -> String {
         let point = |p: LatLng| format!("{:.6},{:.6}", p.lng(), p.lat());
@@ -209,13 +263,18 @@ impl Osrm {
     }
 
     fn get(&self, url: &str) -> Result<Table, OsrmError> {
+        self.get_json(url, "table")
+    }
+
+    /// `url`'s answer as OSRM's JSON of a `what` (for the error).
+    fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str, what: &str) -> Result<T, OsrmError> {
         let request = |reason: String| OsrmError::Request { url: url.to_owned(), reason };
         let mut response = self.agent.get(url).call().map_err(|e| request(e.to_string()))?;
         let status = response.status();
         let body = response.body_mut().read_to_string().map_err(|e| request(e.to_string()))?;
-        serde_json::from_str::<Table>(&body).map_err(|e| OsrmError::Answer {
+        serde_json::from_str::<T>(&body).map_err(|e| OsrmError::Answer {
             url: url.to_owned(),
-            reason: format!("HTTP {status}, not an OSRM table ({e})"),
+            reason: format!("HTTP {status}, not an OSRM {what} ({e})"),
         })
     }
 
@@ -256,6 +315,19 @@ impl Roads for Osrm {
 
     fn top_speed_mps(&self) -> f64 {
         self.top_mps
+    }
+
+    /// OSRM's `route` service; nothing while the router rests, and a
+    /// failure lets it rest, as a ranking's does.
+    fn way(&self, from: LatLng, to: LatLng) -> Option<Vec<LatLng>> {
+        if self.resting() {
+            return None;
+        }
+        self.route(from, to).unwrap_or_else(|e| {
+            warn!(error = %e, rest_s = REST.as_secs(), "the router failed; ranking by the straight line meanwhile");
+            self.rest();
+            None
+        })
     }
 
     fn batches(&self) -> bool {

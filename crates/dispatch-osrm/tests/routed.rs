@@ -28,6 +28,16 @@ fn osrm_answers_the_drives_of_the_river_city() {
     assert!(across.seconds > 2.0 * same_bank.seconds, "{across:?} {same_bank:?}");
     // A pickup at sea: no drive for anyone.
     assert_eq!(osrm.legs_to(&[pickup], sea), [None]);
+
+    // The way across, for the map: from the car round by the bridge at
+    // column 18 (OSRM's line passes it) to the pickup.
+    let way = osrm.way(at(5.0, 10.0), pickup).unwrap_or_else(|| panic!("a way across"));
+    assert_eq!((way.first(), way.last()), (Some(&at(5.0, 10.0)), Some(&pickup)));
+    let bridge = at(5.5, 18.0);
+    assert!(way.iter().any(|p| p.distance_m(bridge) < 60.0), "{way:?}");
+    let along: f64 = way.windows(2).map(|w| w[0].distance_m(w[1])).sum();
+    assert!((along - 1_700.0).abs() < 60.0, "{along} m");
+    assert_eq!(osrm.way(pickup, sea), None);
     assert!(!osrm.resting());
 }
 
@@ -42,6 +52,9 @@ fn a_router_that_is_not_there_gives_no_drive_and_is_let_rest() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(osrm.check().is_err());
     assert!(!osrm.resting());
+    // The map's way fails the same way, and lets it rest.
+    assert_eq!(osrm.way(at(5.0, 10.0), at(6.0, 10.0)), None);
+    assert!(osrm.resting());
     assert_eq!(osrm.legs_to(&[at(5.0, 10.0), at(6.0, 15.0)], at(6.0, 10.0)), [None, None]);
     assert!(osrm.resting());
 }

@@ -437,6 +437,46 @@ async fn the_live_map_draws_cars_and_trips_in_a_real_browser() {
     child.stop();
 }
 
+/// On the river city: a car 100 m across the water from the pickup takes
+/// the ride, and `/api/find` of the trip gives its way there, which goes
+/// round by the east bridge (8 streets east). The trip's id, that bridge's
+/// longitude, and the driver's stream.
+async fn a_followed_trip_goes_by_the_east_bridge(
+    addr: &str,
+    http: &str,
+) -> (String, f64, mpsc::Sender<pb::DriverMessage>, tonic::Streaming<pb::DriverEvent>) {
+    use dispatch_testkit::roads::at as city_at;
+    let (car, pickup, dropoff) = (city_at(5.0, 10.0), city_at(6.0, 10.0), city_at(11.0, 10.0));
+    let (tx, mut events) = driver(addr, "across", car.lat(), car.lng()).await;
+    let mut rider = request(addr, "rider-1", (pickup.lat(), pickup.lng()), (dropoff.lat(), dropoff.lng())).await;
+    let trip_id = accept_the_offer(&tx, &mut events, &mut rider).await;
+    let bridge = city_at(5.0, 17.5).lng();
+    let (status, found) = get(&format!("http://{http}/api/find?q={trip_id}"), None).await;
+    assert_eq!(status, 200, "{found}");
+    let found: serde_json::Value = serde_json::from_str(&found).unwrap_or_else(|e| panic!("{e}: {found}"));
+    let route = found["route"].as_array().unwrap_or_else(|| panic!("no route in {found}"));
+    assert!(route.len() > 3 && route.iter().any(|p| p[1].as_f64().is_some_and(|lng| lng > bridge)), "{found}");
+    let end = route.last().and_then(|p| Some((p[0].as_f64()?, p[1].as_f64()?)));
+    assert_eq!(end, Some((pickup.lat(), pickup.lng())), "{found}");
+    (trip_id, bridge, tx, events)
+}
+
+/// With `--router` and a real `osrm-routed` serving the river city, the
+/// map's way of a followed trip is OSRM's (its `route` service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_osrm_router_a_followed_trips_way_is_osrms() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let extract = dir.path().join("river-city.osm");
+    std::fs::write(&extract, dispatch_testkit::roads::xml()).unwrap_or_else(|e| panic!("{e}"));
+    let routed = dispatch_testkit::osrm::Routed::start(&extract);
+    let spec = routed.spec();
+    let (child, addr, http) = common::start_with_http(&dir.path().join("data"), &["--router", spec.as_str()], &[]);
+    let child = common::Running(Some(child));
+    let (_, _, tx, events) = a_followed_trip_goes_by_the_east_bridge(&addr, &http).await;
+    drop((tx, events));
+    child.stop();
+}
+
 /// With `--road-network`, following a trip draws the way its car drives to
 /// the pickup by road: on the river city, a car 100 m across the water goes
 /// round by the bridge at the east end, and the route drawn goes there too.
@@ -450,17 +490,8 @@ async fn the_map_draws_a_followed_trips_route_by_road_in_a_real_browser() {
     let (child, addr, http) =
         common::start_with_http(&dir.path().join("data"), &["--road-network", road_network.as_str()], &[]);
     let child = common::Running(Some(child));
-    let (car, pickup, dropoff) = (city_at(5.0, 10.0), city_at(6.0, 10.0), city_at(11.0, 10.0));
-    let (tx, mut events) = driver(&addr, "across", car.lat(), car.lng()).await;
-    let mut rider = request(&addr, "rider-1", (pickup.lat(), pickup.lng()), (dropoff.lat(), dropoff.lng())).await;
-    let trip_id = accept_the_offer(&tx, &mut events, &mut rider).await;
-    // The east bridge is 8 streets east of the car: the way goes there.
-    let bridge = city_at(5.0, 17.5).lng();
-    let (status, found) = get(&format!("http://{http}/api/find?q={trip_id}"), None).await;
-    assert_eq!(status, 200, "{found}");
-    let found: serde_json::Value = serde_json::from_str(&found).unwrap_or_else(|e| panic!("{e}: {found}"));
-    let route = found["route"].as_array().unwrap_or_else(|| panic!("no route in {found}"));
-    assert!(route.iter().any(|p| p[1].as_f64().is_some_and(|lng| lng > bridge)), "{found}");
+    let pickup = city_at(6.0, 10.0);
+    let (trip_id, bridge, tx, events) = a_followed_trip_goes_by_the_east_bridge(&addr, &http).await;
 
     let profile = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (mut browser, events_task) = browser(profile.path()).await;

@@ -31,8 +31,9 @@
 //! nearest by the straight line, and the asking engine ranks the best of
 //! them all by road (each candidate says where it is), as one engine would.
 //! Should none of them be able to come, the next nearest are not gathered
-//! (one engine would ask up to `MAX_ROAD_POOL`): the trip waits and looks
-//! again.
+//! (one engine would ask up to `MAX_ROAD_POOL` of the whole map; a trip
+//! that gathered nobody waits and looks again, one that did not asks its
+//! own shard's next nearest only).
 
 use std::collections::HashSet;
 use std::sync::Arc;
