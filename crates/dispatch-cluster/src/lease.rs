@@ -69,12 +69,12 @@ pub enum Resign {
 }
 
 /// Who holds `shard`'s lease, as the bucket says now (`None`: nobody, or
-/// the bucket does not answer).
-pub async fn holder(kv: &kv::Store, shard: u16) -> Option<Holder> {
-    match kv.entry(crate::shards::lease_key(shard)).await {
-        Ok(Some(entry)) if entry.operation == kv::Operation::Put => serde_json::from_slice(&entry.value).ok(),
+/// a value this version cannot read); `Err` if the bucket does not answer.
+pub async fn holder(kv: &kv::Store, shard: u16) -> Result<Option<Holder>, kv::EntryError> {
+    Ok(match kv.entry(crate::shards::lease_key(shard)).await? {
+        Some(entry) if entry.operation == kv::Operation::Put => serde_json::from_slice(&entry.value).ok(),
         _ => None,
-    }
+    })
 }
 
 /// Creates the bucket if it is missing.

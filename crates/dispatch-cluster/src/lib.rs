@@ -151,6 +151,8 @@ impl Node {
                 "nats-server {version} is too old: cluster mode needs 2.12 or later (fenced atomic batches)"
             )));
         }
+        shards::check_ttl(&leases, config.lease_ttl).await?;
+        shards::check_ttl(&nodes, config.lease_ttl).await?;
         shards::settle_count(&js, config.shards, config.replicas).await?;
         let engine = TcpListener::bind(config.engine_listen)
             .await

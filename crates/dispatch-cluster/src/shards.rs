@@ -11,12 +11,19 @@
 //!   bucket's max age (the time to live) expires the key of a node that
 //!   stopped, and a node shutting down deletes its own.
 //! - **The keeper** ([`Keeper::run`]) looks at the live nodes and the
-//!   leases every twelfth of the time to live, computes the placement
+//!   leases every twelfth of the time to live and computes the placement
 //!   (`dispatch_shard::placement::place`: every node computes the same from
-//!   the same view, nobody is told), runs a [`Lease`] for each shard it is
-//!   given, and gives up, at once, the lease of each shard it is no longer
-//!   given. Moving a shard is the failover path: the new owner takes the
-//!   lease, writes its marker (the fence), reads the log back.
+//!   the same view, nobody is told). It runs a [`Lease`] for each shard
+//!   that is free (every live node does, and the lease's `create` decides:
+//!   a dead or failing owner is replaced as soon as its lease is gone) or
+//!   that the placement gives it, and gives up the lease of a shard it
+//!   holds that the placement gives another live node. Moving a shard is
+//!   the failover path: the new owner takes the lease, writes its marker
+//!   (the fence), reads the log back. A look that fails changes nothing.
+//!   (A hand-off gives the lease up as the engine is told to stop, not
+//!   after it has stopped; the fence keeps the log whole meanwhile. With
+//!   one shard, the only count a cluster runs today, a live holder always
+//!   keeps its shard, so no hand-off happens.)
 //!
 //! What this node is for each shard is published on one watch per shard,
 //! as a [`Role`]: the owner's epoch, or who holds it.
@@ -98,6 +105,9 @@ pub async fn settle_count(js: &jetstream::Context, count: u16, replicas: usize) 
     };
     let cluster = std::str::from_utf8(&stored).ok().and_then(|s| s.trim().parse::<u16>().ok());
     match cluster {
+        Some(cluster) if cluster == count && count > SUPPORTED_SHARDS => Err(ClusterError::Unsupported(format!(
+            "this cluster's map is in {count} shards, more than this version runs in a cluster ({SUPPORTED_SHARDS})"
+        ))),
         Some(cluster) if cluster == count => Ok(()),
         Some(cluster) => Err(ClusterError::ShardCount { cluster, node: count }),
         None => Err(ClusterError::Nats(format!(
@@ -105,6 +115,22 @@ pub async fn settle_count(js: &jetstream::Context, count: u16, replicas: usize) 
             String::from_utf8_lossy(&stored)
         ))),
     }
+}
+
+/// Checks that a bucket whose keys expire (the leases, the live nodes)
+/// expires them after `ttl`, this node's `--lease-ttl`: a node with
+/// another would renew too seldom, or take its peers for dead.
+pub async fn check_ttl(store: &kv::Store, ttl: Duration) -> Result<(), ClusterError> {
+    let status = store.status().await.map_err(|e| ClusterError::Nats(format!("bucket status: {e}")))?;
+    if status.max_age() == ttl {
+        return Ok(());
+    }
+    Err(ClusterError::Unsupported(format!(
+        "this cluster's lease TTL is {:?} (its {} bucket's max age); start this node with --lease-ttl {:?}, not {ttl:?}",
+        status.max_age(),
+        status.bucket(),
+        status.max_age(),
+    )))
 }
 
 /// Creates the live nodes' bucket if it is missing.
@@ -188,43 +214,12 @@ impl Keeper {
                     Err(e) => warn!(cause = %e, "cannot say this node is live"),
                 }
             }
-            let view = self.look().await;
-            for (shard, holder) in view.holders.iter().enumerate() {
-                let running = campaigns.get(&(shard as u16)).is_some_and(|c| !c.task.is_finished());
-                if !running && let Some(role) = roles.get(shard) {
-                    let next = Role::Follower(holder.clone());
-                    role.send_if_modified(|now| (*now != next).then(|| *now = next).is_some());
-                }
-            }
-            let holders: Vec<Option<&str>> = view.holders.iter().map(|h| h.as_ref().map(|h| h.node.as_str())).collect();
-            if let Some(owners) = placement::place(self.count, &view.live, &holders) {
-                let mine = view.live.iter().position(|n| *n == self.me.node);
-                for shard in 0..self.count {
-                    let given = mine.is_some_and(|me| owners.get(usize::from(shard)) == Some(&me));
-                    match (given, campaigns.get(&shard).is_some_and(|c| !c.task.is_finished())) {
-                        (true, false) => {
-                            let Some(role) = roles.get(usize::from(shard)).cloned() else { continue };
-                            campaigns.insert(shard, self.campaign(shard, role));
-                        }
-                        (false, true) => {
-                            if let Some(campaign) = campaigns.remove(&shard) {
-                                info!(shard, node = %self.me.node, "shard placed elsewhere: giving it up");
-                                let _ = campaign.resign.send(Resign::Leave).await;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                if placed.as_ref() != Some(&owners) {
-                    let per_node: BTreeMap<&str, usize> = view.live.iter().map(|n| (n.as_str(), 0)).collect();
-                    let per_node = owners.iter().fold(per_node, |mut per, &o| {
-                        if let Some(n) = view.live.get(o) {
-                            *per.entry(n.as_str()).or_default() += 1;
-                        }
-                        per
-                    });
-                    info!(node = %self.me.node, ?per_node, "shards placed over the live nodes");
-                    placed = Some(owners);
+            // A look that fails or hangs changes nothing: a holder not
+            // seen is not a free shard.
+            match tokio::time::timeout(self.ttl / 3, self.look()).await {
+                Ok(Some(view)) => self.steer(&view, &roles, &mut campaigns, &mut placed).await,
+                Ok(None) | Err(_) => {
+                    warn!(node = %self.me.node, "cannot see the live nodes and the leases; campaigns unchanged")
                 }
             }
             tokio::select! {
@@ -239,12 +234,75 @@ impl Keeper {
                 },
             }
         }
+        // Not live first, so that no look between the two gives this node
+        // a shard it is giving up.
+        if let Err(e) = self.nodes.delete(&live_key).await {
+            warn!(cause = %e, "could not delete this node's live key; it expires on its own");
+        }
         for (_, campaign) in std::mem::take(&mut campaigns) {
             let _ = campaign.resign.send(Resign::Leave).await;
             let _ = campaign.task.await;
         }
-        if let Err(e) = self.nodes.delete(&live_key).await {
-            warn!(cause = %e, "could not delete this node's live key; it expires on its own");
+    }
+
+    /// Campaigns for each shard that is free (nobody holds its lease:
+    /// every live node campaigns, and the lease's `create` decides, so a
+    /// dead or failing owner is replaced as soon as its lease is gone) or
+    /// that the placement gives this node (its holder gives it up when it
+    /// sees the same placement); stops campaigning for a shard another
+    /// node holds, and gives up a shard this node holds that the placement
+    /// gives another live node.
+    async fn steer(
+        &self,
+        view: &View,
+        roles: &[Arc<watch::Sender<Role>>],
+        campaigns: &mut BTreeMap<u16, Campaign>,
+        placed: &mut Option<Vec<usize>>,
+    ) {
+        let running = |campaigns: &BTreeMap<u16, Campaign>, shard: u16| {
+            campaigns.get(&shard).is_some_and(|c| !c.task.is_finished())
+        };
+        for (shard, holder) in view.holders.iter().enumerate() {
+            if !running(campaigns, shard as u16)
+                && let Some(role) = roles.get(shard)
+            {
+                let next = Role::Follower(holder.clone());
+                role.send_if_modified(|now| (*now != next).then(|| *now = next).is_some());
+            }
+        }
+        let holders: Vec<Option<&str>> = view.holders.iter().map(|h| h.as_ref().map(|h| h.node.as_str())).collect();
+        let Some(owners) = placement::place(self.count, &view.live, &holders) else { return };
+        let mine = view.live.iter().position(|n| *n == self.me.node);
+        for shard in 0..self.count {
+            let given = mine.is_some_and(|me| owners.get(usize::from(shard)) == Some(&me));
+            let holder = holders.get(usize::from(shard)).copied().flatten();
+            let wanted = given || holder.is_none();
+            match (wanted, running(campaigns, shard)) {
+                (true, false) => {
+                    let Some(role) = roles.get(usize::from(shard)).cloned() else { continue };
+                    campaigns.insert(shard, self.campaign(shard, role));
+                }
+                (false, true) => {
+                    if let Some(campaign) = campaigns.remove(&shard) {
+                        if holder == Some(self.me.node.as_str()) {
+                            info!(shard, node = %self.me.node, "shard placed on another node: giving it up");
+                        }
+                        let _ = campaign.resign.send(Resign::Leave).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if placed.as_ref() != Some(&owners) {
+            let per_node: BTreeMap<&str, usize> = view.live.iter().map(|n| (n.as_str(), 0)).collect();
+            let per_node = owners.iter().fold(per_node, |mut per, &o| {
+                if let Some(n) = view.live.get(o) {
+                    *per.entry(n.as_str()).or_default() += 1;
+                }
+                per
+            });
+            info!(node = %self.me.node, ?per_node, "shards placed over the live nodes");
+            *placed = Some(owners);
         }
     }
 
@@ -265,22 +323,18 @@ impl Keeper {
         Campaign { resign, task }
     }
 
-    /// The live nodes and every shard's holder, as the buckets say now. A
-    /// bucket that does not answer leaves this node alone live, and the
-    /// holders unknown.
-    async fn look(&self) -> View {
-        let mut live = vec![self.me.node.clone()];
-        match self.nodes.keys().await {
-            Ok(keys) => {
-                let keys: Vec<String> = futures::TryStreamExt::try_collect(keys).await.unwrap_or_default();
-                live.extend(keys.iter().filter_map(|k| node_of_key(k)));
-            }
-            Err(e) => warn!(cause = %e, "cannot list the live nodes"),
-        }
+    /// The live nodes and every shard's holder, as the buckets say now;
+    /// `None` if a bucket did not answer.
+    async fn look(&self) -> Option<View> {
+        let keys = self.nodes.keys().await.ok()?;
+        let keys: Vec<String> = futures::TryStreamExt::try_collect(keys).await.ok()?;
+        let mut live: Vec<String> = keys.iter().filter_map(|k| node_of_key(k)).collect();
+        live.push(self.me.node.clone());
         live.sort();
         live.dedup();
         let holders = futures::future::join_all((0..self.count).map(|shard| lease::holder(&self.leases, shard))).await;
-        View { live, holders }
+        let holders = holders.into_iter().collect::<Result<Vec<_>, _>>().ok()?;
+        Some(View { live, holders })
     }
 }
 

@@ -649,13 +649,13 @@ async fn killing_a_nats_server_under_load_loses_nothing() {
     check_nothing_lost(&cluster, &book).await;
 }
 
-/// `dispatchd --cluster URLS --shards N` as a node joining, run to its
-/// end: whether it succeeded, and what it said.
-fn join_with_shards(urls: &str, shards: &str) -> (bool, String) {
+/// `dispatchd --cluster URLS --lease-ttl TTL --shards N` as a node joining,
+/// run to its end: whether it succeeded, and what it said.
+fn join_with(urls: &str, ttl: &str, shards: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_dispatchd"))
         .args(["--cluster", urls, "--node-id", "n9", "--listen", "127.0.0.1:0", "--http-listen", "off"])
-        .args(["--cluster-listen", "127.0.0.1:0", "--shards", shards, "--data-dir"])
+        .args(["--cluster-listen", "127.0.0.1:0", "--lease-ttl", ttl, "--shards", shards, "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap_or_else(|e| panic!("spawn: {e}"));
@@ -689,7 +689,7 @@ async fn the_shard_count_is_the_clusters_and_nodes_say_they_are_live() {
     {
         let nats = common::cluster::Nats::start();
         let urls = nats.urls();
-        let joined = tokio::task::spawn_blocking(move || join_with_shards(&urls, "2"));
+        let joined = tokio::task::spawn_blocking(move || join_with(&urls, "2s", "2"));
         // A new JetStream cluster elects its leader first: give it a minute.
         let joined = tokio::time::timeout(Duration::from_secs(90), joined).await;
         let (ok, said) = joined.unwrap_or_else(|_| panic!("no answer")).unwrap_or_else(|e| panic!("{e}"));
@@ -717,17 +717,27 @@ async fn the_shard_count_is_the_clusters_and_nodes_say_they_are_live() {
 
     // A node with another count is refused, and says what to do.
     let urls = cluster.nats.urls();
-    let joined = tokio::task::spawn_blocking(move || join_with_shards(&urls, "4"));
+    let joined = tokio::task::spawn_blocking(move || join_with(&urls, "2s", "4"));
     let (ok, said) = within("a refused join", joined).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(!ok, "{said}");
     assert!(said.contains("in 1 shard(s)") && said.contains("--shards 4") && said.contains("--shards 1"), "{said}");
+    // So is one with another lease TTL: it would renew too seldom.
+    let urls = cluster.nats.urls();
+    let joined = tokio::task::spawn_blocking(move || join_with(&urls, "6s", "1"));
+    let (ok, said) = within("a refused join", joined).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!ok && said.contains("--lease-ttl 2s"), "{said}");
 
     // The owner stopping (SIGTERM) deletes its live key and gives its
     // lease up: another node holds it, and the stopped node is not live.
     let node = cluster.nodes[owner].take().unwrap_or_else(|| panic!("the owner runs"));
     signal(&node, "-TERM");
     let mut node = node;
-    let _ = common::wait_exit(&mut node, STEP);
+    assert!(common::wait_exit(&mut node, STEP).success());
+    // Deleted, not left to expire: its key's last word is a delete.
+    let hex: String = format!("n{owner}").bytes().map(|b| format!("{b:02x}")).collect();
+    let nodes = js.get_key_value("dispatch_nodes").await.unwrap_or_else(|e| panic!("{e}"));
+    let last = nodes.entry(format!("node-{hex}")).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(last.map(|e| e.operation), Some(async_nats::jetstream::kv::Operation::Delete));
     let next = cluster.owner(STEP).await;
     assert_ne!(next, owner);
     let rest: Vec<String> = all.iter().filter(|n| **n != format!("n{owner}")).cloned().collect();
