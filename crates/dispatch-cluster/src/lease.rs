@@ -79,20 +79,7 @@ pub async fn holder(kv: &kv::Store, shard: u16) -> Result<Option<Holder>, kv::En
 
 /// Creates the bucket if it is missing.
 pub async fn ensure_bucket(js: &jetstream::Context, ttl: Duration, replicas: usize) -> Result<kv::Store, ClusterError> {
-    match js.get_key_value(BUCKET).await {
-        Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: BUCKET.to_owned(),
-                history: 1,
-                max_age: ttl,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Nats(format!("lease bucket: {e}"))),
-    }
+    crate::bucket(js, BUCKET, ttl, replicas).await
 }
 
 /// The lease on one shard, run by [`Lease::run`].

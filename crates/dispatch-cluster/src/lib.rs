@@ -249,6 +249,31 @@ impl Node {
     }
 }
 
+/// The key-value bucket `name`, made if it is missing: one value a key,
+/// kept `max_age` (zero: for ever), on file, on `replicas` servers.
+async fn bucket(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
+    use async_nats::jetstream::{kv, stream::StorageType};
+    match js.get_key_value(name).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: name.to_owned(),
+                history: 1,
+                max_age,
+                storage: StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Nats(format!("bucket {name}: {e}"))),
+    }
+}
+
 /// The gauge naming the owner's epoch (`/metrics`).
 pub const EPOCH_GAUGE: &str = "dispatch_cluster_epoch";
 

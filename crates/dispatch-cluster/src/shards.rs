@@ -61,19 +61,7 @@ pub fn lease_key(shard: u16) -> String {
 /// Checks `count` against the cluster's: stores it if the cluster has
 /// none yet (a new cluster), else refuses another.
 pub async fn settle_count(js: &jetstream::Context, count: u16, replicas: usize) -> Result<(), ClusterError> {
-    let store = match js.get_key_value(META_BUCKET).await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: META_BUCKET.to_owned(),
-                history: 1,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Nats(format!("cluster bucket: {e}")))?,
-    };
+    let store = crate::bucket(js, META_BUCKET, Duration::ZERO, replicas).await?;
     let stored = match store.entry(COUNT_KEY).await {
         Ok(Some(entry)) if entry.operation == kv::Operation::Put => Some(entry.value),
         Ok(_) => None,
@@ -139,20 +127,7 @@ pub async fn ensure_nodes_bucket(
     ttl: Duration,
     replicas: usize,
 ) -> Result<kv::Store, ClusterError> {
-    match js.get_key_value(NODES_BUCKET).await {
-        Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: NODES_BUCKET.to_owned(),
-                history: 1,
-                max_age: ttl,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Nats(format!("nodes bucket: {e}"))),
-    }
+    crate::bucket(js, NODES_BUCKET, ttl, replicas).await
 }
 
 /// What a node looks at and campaigns with; run by [`Keeper::run`].
