@@ -87,9 +87,7 @@ impl Graph {
         let copies = self.copy_of.iter().enumerate().filter(|&(_, &of)| of == node).map(|(i, _)| self.placed + i);
         std::iter::once(node).chain(copies).collect()
     }
-}
 
-impl Graph {
     /// The graph of `osm`'s drivable ways, with its turn restrictions.
     ///
     /// A restriction binds the edge along its `from` way into its `via`
@@ -313,6 +311,8 @@ pub struct RoadNetwork {
     /// Each junction split for its turn restrictions, and its copies: a
     /// drive to it ends at any of them.
     copies: std::collections::HashMap<usize, Vec<usize>>,
+    /// Nodes `0..placed` are the extract's, the rest copies.
+    placed: usize,
     /// One per thread that may ask at once; a query takes a free one.
     calculators: Vec<Mutex<(PathCalculator, Search)>>,
 }
@@ -371,7 +371,7 @@ impl RoadNetwork {
         let snap = RTree::bulk_load(points);
         let settle_limit = crate::nearby::SETTLE_LIMIT;
         let top_mps = top_kmh / 3.6;
-        Some(Self { coords, graph, snap, snap_m, top_mps, reversed, joined, settle_limit, copies, calculators })
+        Some(Self { coords, graph, snap, snap_m, top_mps, reversed, joined, settle_limit, copies, placed, calculators })
     }
 
     /// The network with searches from a pickup that settle at most `nodes`
@@ -448,11 +448,8 @@ impl RoadNetwork {
             (0..n).flat_map(|to| self.reversed.arriving_from(to).map(move |from| (from, to, 0))).collect();
         let parts = petgraph::algo::kosaraju_scc(&directed(n, &edges));
         let largest = parts.into_iter().max_by_key(Vec::len).unwrap_or_default();
-        // Each place once: a junction copied for its turn restrictions is
-        // where the junction is.
-        let mut seen = std::collections::HashSet::new();
-        let points = largest.into_iter().map(|node| self.coords[node.index()]);
-        points.filter(|p| seen.insert((p.lat().to_bits(), p.lng().to_bits()))).collect()
+        // Each place once: a junction's copies are where it is.
+        largest.into_iter().filter(|node| node.index() < self.placed).map(|node| self.coords[node.index()]).collect()
     }
 
     /// The drive between two points on the roads, by the hierarchy.
