@@ -3,7 +3,10 @@
 //! of a pickup's candidates (one query each), and the engine's ranking of
 //! a pickup by the straight line against by road, on central Helsinki
 //! (see `dispatch_testkit::roads::helsinki_extract`); the same drives and
-//! ranking asked of a real `osrm-routed` over loopback (`--router`).
+//! ranking asked of a real `osrm-routed` over loopback (`--router`); and
+//! snapping a point to the nearest node, the k-d tree the network uses
+//! against an R-tree over the same nodes, at Helsinki's size and at the
+//! load harness's Korean grid's.
 //!
 //! Seeded. Run: `cargo bench --bench roads`.
 
@@ -129,6 +132,57 @@ fn query(c: &mut Criterion) {
                 i += k + 1;
                 let from: Vec<LatLng> = (0..k).map(|j| city.points[(i + j) % n]).collect();
                 black_box(city.network.legs_to(&from, city.points[(i + k) % n]))
+            });
+        });
+    }
+    group.finish();
+    snap(c, &city);
+}
+
+/// The nearest of `nodes` to a point: the network's own snap (a k-d tree,
+/// `kiddo`) on Helsinki, and a k-d tree against an R-tree (`rstar`, as the
+/// driver index) over the same points: the benchmark's 4,096 points on
+/// Helsinki's nodes, and as many random points as the load harness's grid
+/// has nodes (92,366, over 60 km by 60 km).
+fn snap(c: &mut Criterion, city: &Helsinki) {
+    let mut group = c.benchmark_group("road_snap");
+    let mut rng = rng(3);
+    // Pickups and drivers near the roads, not on their nodes.
+    let near: Vec<LatLng> = (0..4_096)
+        .map(|i| {
+            let at = city.points[i % city.points.len()];
+            LatLng::new(at.lat() + rng.random_range(-0.0005..0.0005), at.lng() + rng.random_range(-0.0005..0.0005))
+                .unwrap_or(at)
+        })
+        .collect();
+    let mut i = 0;
+    group.bench_function("network/helsinki", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(city.network.snap_node(near[i % near.len()]))
+        });
+    });
+    let seoul = |rng: &mut dispatch_testkit::Rng| {
+        LatLng::new(37.3 + rng.random_range(0.0..0.54), 126.7 + rng.random_range(0.0..0.68))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let korea: Vec<LatLng> = (0..92_366).map(|_| seoul(&mut rng)).collect();
+    let korea_asked: Vec<LatLng> = (0..4_096).map(|_| seoul(&mut rng)).collect();
+    for (size, nodes, asked) in [("helsinki", &city.points, &near), ("korea_grid", &korea, &korea_asked)] {
+        let units: Vec<[f64; 3]> = nodes.iter().map(|p| p.to_unit()).collect();
+        let kd: kiddo::ImmutableKdTree<f64, 3> = kiddo::ImmutableKdTree::new_from_slice(&units);
+        let rtree = rstar::RTree::bulk_load(units.clone());
+        let asked: Vec<[f64; 3]> = asked.iter().map(|p| p.to_unit()).collect();
+        group.bench_function(format!("kdtree/{size}"), |b| {
+            b.iter(|| {
+                i += 1;
+                black_box(kd.nearest_one::<kiddo::SquaredEuclidean>(&asked[i % asked.len()]).item)
+            });
+        });
+        group.bench_function(format!("rtree/{size}"), |b| {
+            b.iter(|| {
+                i += 1;
+                black_box(rtree.nearest_neighbor(asked[i % asked.len()]))
             });
         });
     }

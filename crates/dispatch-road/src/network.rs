@@ -1,6 +1,8 @@
 //! The road network: a directed graph of the drivable ways, prepared as a
 //! contraction hierarchy (`fast_paths`), the nodes a point may snap to in
-//! an R-tree, and drives between points.
+//! a k-d tree (`kiddo`; built once, as the graph does not change, and
+//! several times quicker to ask for the one nearest than an R-tree), and
+//! drives between points.
 //!
 //! - **Edges** join consecutive nodes of a way, one each way unless it is
 //!   one-way; an edge's weight is its travel time in tenths of a second at
@@ -28,8 +30,7 @@ use std::sync::Mutex;
 use dispatch_core::geo::LatLng;
 use dispatch_core::roads::{Leg, Roads};
 use fast_paths::{FastGraph, InputGraph, PathCalculator};
-use rstar::RTree;
-use rstar::primitives::GeomWithData;
+use kiddo::{ImmutableKdTree, SquaredEuclidean};
 use serde::{Deserialize, Serialize};
 
 use crate::nearby::{Found, Reversed, Search};
@@ -296,7 +297,11 @@ fn weak_parts(nodes: usize, edges: &[(u32, u32, u32)]) -> Vec<u32> {
 pub struct RoadNetwork {
     coords: Vec<LatLng>,
     graph: FastGraph,
-    snap: RTree<GeomWithData<[f64; 3], u32>>,
+    /// The snappable nodes' unit vectors (none when there are none); an
+    /// item is an index of `snappable`.
+    snap: Option<ImmutableKdTree<f64, 3>>,
+    /// The nodes a point may snap to (see [`Prepared`]).
+    snappable: Vec<u32>,
     snap_m: f64,
     /// No drive is faster over the straight line (see [`Graph::top_kmh`]).
     top_mps: f64,
@@ -321,7 +326,7 @@ impl std::fmt::Debug for RoadNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RoadNetwork")
             .field("nodes", &self.coords.len())
-            .field("snappable", &self.snap.size())
+            .field("snappable", &self.snappable.len())
             .field("snap_m", &self.snap_m)
             .finish_non_exhaustive()
     }
@@ -359,7 +364,8 @@ impl RoadNetwork {
         }
         let coords: Vec<LatLng> =
             coords.into_iter().map(|(lat, lng)| LatLng::new(lat, lng).ok()).collect::<Option<_>>()?;
-        let points = snappable.iter().map(|&i| GeomWithData::new(coords[i as usize].to_unit(), i)).collect::<Vec<_>>();
+        let points =
+            snappable.iter().map(|&i| coords.get(i as usize).map(|c| c.to_unit())).collect::<Option<Vec<_>>>()?;
         // The engine asks from one thread, the map from a few: more would
         // only hold memory (a search's state is 16 bytes a node).
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
@@ -368,10 +374,23 @@ impl RoadNetwork {
             .collect();
         let reversed = Reversed::new(&coords, &edges);
         let joined = weak_parts(coords.len(), &edges);
-        let snap = RTree::bulk_load(points);
+        let snap = (!points.is_empty()).then(|| ImmutableKdTree::new_from_slice(&points));
         let settle_limit = crate::nearby::SETTLE_LIMIT;
         let top_mps = top_kmh / 3.6;
-        Some(Self { coords, graph, snap, snap_m, top_mps, reversed, joined, settle_limit, copies, placed, calculators })
+        Some(Self {
+            coords,
+            graph,
+            snap,
+            snappable,
+            snap_m,
+            top_mps,
+            reversed,
+            joined,
+            settle_limit,
+            copies,
+            placed,
+            calculators,
+        })
     }
 
     /// The network with searches from a pickup that settle at most `nodes`
@@ -407,8 +426,8 @@ impl RoadNetwork {
     }
 
     fn snap(&self, at: LatLng) -> Option<Snap> {
-        let nearest = self.snap.nearest_neighbor(at.to_unit())?;
-        let node = nearest.data as usize;
+        let nearest = self.snap.as_ref()?.nearest_one::<SquaredEuclidean>(&at.to_unit());
+        let node = *self.snappable.get(usize::try_from(nearest.item).ok()?)? as usize;
         let access_m = at.distance_m(self.coords[node]);
         (access_m <= self.snap_m).then_some(Snap { node, access_m })
     }
