@@ -25,13 +25,11 @@
 //!   beyond its limit, and a drive with its way (a route), is a query on
 //!   the hierarchy.
 
-use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
-use dispatch_core::geo::{LatLng, chord2_for_distance};
+use dispatch_core::geo::LatLng;
 use dispatch_core::roads::{Leg, Roads};
 use fast_paths::{FastGraph, InputGraph, PathCalculator};
-use kiddo::traits::DistanceMetric;
 use kiddo::{ImmutableKdTree, SquaredEuclidean};
 use serde::{Deserialize, Serialize};
 
@@ -295,11 +293,6 @@ fn weak_parts(nodes: usize, edges: &[(u32, u32, u32)]) -> Vec<u32> {
     parts.into_labeling()
 }
 
-/// The most nodes gathered around a pickup to snap its candidates by (see
-/// `RoadNetwork::snaps`): a few streets' worth on a coarse grid; where
-/// there are more, each candidate is snapped by the tree on its own.
-const NEAR_NODES: usize = 64;
-
 /// A road network ready to answer drives.
 pub struct RoadNetwork {
     coords: Vec<LatLng>,
@@ -432,72 +425,10 @@ impl RoadNetwork {
         self.snap(at).map(|s| (s.node, s.access_m))
     }
 
-    /// Where `at` joins the network (see the module docs): the nearest
-    /// snappable node, ties to the first in `snappable`, within `snap_m`.
     fn snap(&self, at: LatLng) -> Option<Snap> {
-        let tree = self.snap.as_ref()?;
-        let unit = at.to_unit();
-        let nearest = tree.nearest_one::<SquaredEuclidean>(&unit);
-        // Another node exactly as near (a point midway along a street)
-        // goes to the first, as `snaps` breaks ties: the same point snaps
-        // to the same node whichever way it is asked.
-        let item = tree
-            .within_unsorted::<SquaredEuclidean>(&unit, nearest.distance)
-            .into_iter()
-            .filter(|n| n.distance <= nearest.distance)
-            .map(|n| n.item)
-            .min()
-            .unwrap_or(nearest.item);
-        self.snapped(at, usize::try_from(item).ok()?)
-    }
-
-    /// Where each of `points`, all near `centre`, joins the network: as
-    /// [`RoadNetwork::snap`] answers, but from the nodes within reach of
-    /// `centre` gathered once ([`NEAR_NODES`] at most; one k-d tree query
-    /// rather than one a point). Any node within `snap_m` of a point is
-    /// within its distance from `centre` plus `snap_m` of `centre`, so the
-    /// nearest among those gathered is the nearest of all whenever it
-    /// counts. With more nodes than that within reach (a dense centre,
-    /// points far apart), each is snapped on its own.
-    fn snaps(&self, points: &[LatLng], centre: LatLng) -> Vec<Option<Snap>> {
-        let Some(tree) = self.snap.as_ref() else { return vec![None; points.len()] };
-        let reach_m = points.iter().map(|p| centre.distance_m(*p)).fold(0.0, f64::max) + self.snap_m;
-        // A hair wider than the reach, so that rounding never leaves out a
-        // node that counts; one more gathered changes nothing.
-        let reach = chord2_for_distance(reach_m) * (1.0 + 1e-9) + 1e-18;
-        let near = match NonZeroUsize::new(NEAR_NODES) {
-            Some(most) if points.len() > 1 => {
-                tree.nearest_n_within::<SquaredEuclidean>(&centre.to_unit(), reach, most, false)
-            }
-            _ => Vec::new(),
-        };
-        if near.is_empty() || near.len() >= NEAR_NODES {
-            return points.iter().map(|&p| self.snap(p)).collect();
-        }
-        let near: Vec<(u64, [f64; 3])> = near
-            .iter()
-            .filter_map(|n| {
-                let node = *self.snappable.get(usize::try_from(n.item).ok()?)? as usize;
-                Some((n.item, self.coords.get(node)?.to_unit()))
-            })
-            .collect();
-        points
-            .iter()
-            .map(|&p| {
-                let unit = p.to_unit();
-                let (item, _) = near
-                    .iter()
-                    .map(|(item, at)| (*item, SquaredEuclidean::dist(at, &unit)))
-                    .min_by(|(a, da), (b, db)| da.total_cmp(db).then(a.cmp(b)))?;
-                self.snapped(p, usize::try_from(item).ok()?)
-            })
-            .collect()
-    }
-
-    /// `at` joined to the `item`th snappable node, if within `snap_m`.
-    fn snapped(&self, at: LatLng, item: usize) -> Option<Snap> {
-        let node = *self.snappable.get(item)? as usize;
-        let access_m = at.distance_m(*self.coords.get(node)?);
+        let nearest = self.snap.as_ref()?.nearest_one::<SquaredEuclidean>(&at.to_unit());
+        let node = *self.snappable.get(usize::try_from(nearest.item).ok()?)? as usize;
+        let access_m = at.distance_m(self.coords[node]);
         (access_m <= self.snap_m).then_some(Snap { node, access_m })
     }
 
@@ -588,9 +519,9 @@ impl Roads for RoadNetwork {
     /// One search from `to` over the reversed roads settles the nodes the
     /// points join (see [`crate::nearby`]); one it did not reach before its
     /// limit is asked of the hierarchy.
-    fn legs_to(&self, from: &[LatLng], pickup: LatLng) -> Vec<Option<Leg>> {
-        let Some(to) = self.snap(pickup) else { return vec![None; from.len()] };
-        let snaps = self.snaps(from, pickup);
+    fn legs_to(&self, from: &[LatLng], to: LatLng) -> Vec<Option<Leg>> {
+        let Some(to) = self.snap(to) else { return vec![None; from.len()] };
+        let snaps: Vec<Option<Snap>> = from.iter().map(|&at| self.snap(at)).collect();
         let joined = |s: &Snap| self.joined.get(s.node) == self.joined.get(to.node);
         let starts: Vec<usize> = snaps.iter().flatten().filter(|s| joined(s)).map(|s| s.node).collect();
         self.with_calculator(|(calc, search)| {
@@ -629,59 +560,5 @@ impl Roads for RoadNetwork {
     /// One search answers for all of a pickup's candidates at once.
     fn batches(&self) -> bool {
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use rand::Rng;
-
-    use super::*;
-
-    /// Points round `centre` within `spread_m`, half of them midway along a
-    /// street between two nodes of a grid `spacing_m` apart (as near to
-    /// both as rounding lets them be).
-    fn around(centre: LatLng, spread_m: f64, spacing_m: f64, seed: u64) -> Vec<LatLng> {
-        let mut rng = dispatch_testkit::rng(seed);
-        let deg = |m: f64| m / 111_195.0;
-        (0..200)
-            .map(|i| {
-                let (mut north, east) = (rng.random_range(-spread_m..spread_m), rng.random_range(-spread_m..spread_m));
-                if i % 2 == 0 {
-                    // On a row of the grid, midway between two of its columns.
-                    north = (north / spacing_m).round() * spacing_m;
-                }
-                let cos = centre.lat().to_radians().cos();
-                let east = if i % 2 == 0 { ((east / spacing_m).floor() + 0.5) * spacing_m } else { east };
-                LatLng::new(centre.lat() + deg(north), centre.lng() + deg(east) / cos).unwrap_or(centre)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn points_near_a_pickup_snap_together_as_each_would_alone() {
-        let centre = LatLng::new(37.5665, 126.978).unwrap_or_else(|e| panic!("{e}"));
-        // A coarse grid (a few dozen nodes within reach: snapped from
-        // those gathered) and a dense one (more: snapped one by one).
-        for (spacing_m, spread_m, radius_m) in [(200.0, 400.0, 1_500.0), (20.0, 300.0, 600.0)] {
-            let xml = crate::grid::grids_xml(&[(centre, radius_m)], spacing_m);
-            let network = crate::from_xml(&xml, 250.0).unwrap_or_else(|e| panic!("{e}"));
-            for seed in 0..5 {
-                let points = around(centre, spread_m, spacing_m, seed);
-                let pickup = points[0];
-                let together: Vec<Option<usize>> =
-                    network.snaps(&points, pickup).iter().map(|s| s.map(|s| s.node)).collect();
-                let alone: Vec<Option<usize>> = points.iter().map(|&p| network.snap(p).map(|s| s.node)).collect();
-                assert_eq!(together, alone, "spacing {spacing_m} m, seed {seed}");
-                assert!(alone.iter().all(Option::is_some));
-            }
-        }
-        // Beyond the snap distance, none: together as alone.
-        let xml = crate::grid::grids_xml(&[(centre, 400.0)], 200.0);
-        let network = crate::from_xml(&xml, 50.0).unwrap_or_else(|e| panic!("{e}"));
-        let far = LatLng::new(centre.lat() + 0.009, centre.lng()).unwrap_or(centre);
-        let points = [centre, far];
-        let together: Vec<Option<usize>> = network.snaps(&points, centre).iter().map(|s| s.map(|s| s.node)).collect();
-        assert!(together[0].is_some() && together[1].is_none(), "{together:?}");
     }
 }
