@@ -562,3 +562,56 @@ impl Roads for RoadNetwork {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::Rng;
+
+    use super::*;
+
+    /// The nearest snappable node of `at` by brute force, and how far.
+    fn nearest_by_hand(network: &RoadNetwork, at: LatLng) -> (usize, f64) {
+        network
+            .snappable
+            .iter()
+            .map(|&node| (node as usize, at.distance_m(network.coords[node as usize])))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((usize::MAX, f64::INFINITY))
+    }
+
+    #[test]
+    fn a_point_snaps_to_its_nearest_snappable_node_within_the_bound() {
+        let centre = LatLng::new(37.5665, 126.978).unwrap_or_else(|e| panic!("{e}"));
+        let grid = crate::grid::grids_xml(&[(centre, 1_000.0)], 150.0);
+        for (name, xml) in [("grid", grid), ("river city", dispatch_testkit::roads::xml())] {
+            let network = crate::from_xml(&xml, 120.0).unwrap_or_else(|e| panic!("{e}"));
+            let mut rng = dispatch_testkit::rng(7);
+            let (mut snapped, mut beyond) = (0, 0);
+            for _ in 0..2_000 {
+                // Round a random node, on it or up to 300 m off.
+                let node = network.snappable[rng.random_range(0..network.snappable.len())] as usize;
+                let base = network.coords[node];
+                let mut off = |d: f64| rng.random_range(-d..d) / 111_195.0;
+                let at = LatLng::new(base.lat() + off(300.0), base.lng() + off(300.0)).unwrap_or(base);
+                let (nearest, metres) = nearest_by_hand(&network, at);
+                match network.snap_node(at) {
+                    Some((got, access_m)) => {
+                        snapped += 1;
+                        // The same node, or one exactly as near.
+                        assert!(
+                            (access_m - metres).abs() < 1e-6,
+                            "{name}: {at} snapped {access_m} m, nearest {metres} m"
+                        );
+                        assert!(got == nearest || (at.distance_m(network.coords[got]) - metres).abs() < 1e-6);
+                        assert!(access_m <= network.snap_m);
+                    }
+                    None => {
+                        beyond += 1;
+                        assert!(metres > network.snap_m, "{name}: {at} not snapped, yet {metres} m from a node");
+                    }
+                }
+            }
+            assert!(snapped > 100 && beyond > 10, "{name}: {snapped} snapped, {beyond} beyond: a weak test");
+        }
+    }
+}
