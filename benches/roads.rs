@@ -4,9 +4,8 @@
 //! a pickup by the straight line against by road, on central Helsinki
 //! (see `dispatch_testkit::roads::helsinki_extract`); the same drives and
 //! ranking asked of a real `osrm-routed` over loopback (`--router`); and
-//! snapping a point to the nearest node, the k-d tree the network uses
-//! against an R-tree over the same nodes, at Helsinki's size and at the
-//! load harness's Korean grid's.
+//! snapping a point to the nearest node: the network's own, and a k-d tree
+//! (what the network uses) against an R-tree over the same points.
 //!
 //! Seeded. Run: `cargo bench --bench roads`.
 
@@ -139,11 +138,12 @@ fn query(c: &mut Criterion) {
     snap(c, &city);
 }
 
-/// The nearest of `nodes` to a point: the network's own snap (a k-d tree,
-/// `kiddo`) on Helsinki, and a k-d tree against an R-tree (`rstar`, as the
-/// driver index) over the same points: the benchmark's 4,096 points on
-/// Helsinki's nodes, and as many random points as the load harness's grid
-/// has nodes (92,366, over 60 km by 60 km).
+/// The nearest of many points to a point: the network's own snap (a k-d
+/// tree, `kiddo`) on Helsinki, and a k-d tree against an R-tree (`rstar`)
+/// over the same points, asked the same queries: the benchmark's 4,096
+/// draws from Helsinki's 1,956 nodes (most nodes drawn twice), and 92,366
+/// random points (as many as the load harness's grid of six cities has
+/// nodes) spread evenly over 60 km by 60 km round Seoul.
 fn snap(c: &mut Criterion, city: &Helsinki) {
     let mut group = c.benchmark_group("road_snap");
     let mut rng = rng(3);
